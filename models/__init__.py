@@ -1,0 +1,35 @@
+"""SQLAlchemy tables and the pure domain rules."""
+
+from models.base import Base
+from models.tables import (
+    Account,
+    AlertEvent,
+    ApiToken,
+    AuditEntry,
+    CreditAlert,
+    EmailNotification,
+    ExportTask,
+    IdempotencyRecord,
+    Instance,
+    LedgerEntry,
+    Partner,
+    QuotaAdjustment,
+    QuotaPool,
+)
+
+__all__ = [
+    "Account",
+    "AlertEvent",
+    "ApiToken",
+    "AuditEntry",
+    "Base",
+    "CreditAlert",
+    "EmailNotification",
+    "ExportTask",
+    "IdempotencyRecord",
+    "Instance",
+    "LedgerEntry",
+    "Partner",
+    "QuotaAdjustment",
+    "QuotaPool",
+]

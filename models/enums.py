@@ -1,0 +1,165 @@
+"""The domain's enumerations, shared by the tables, the rules and the GraphQL schema."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class PartnerKind(StrEnum):
+    DISTRIBUTOR = "DISTRIBUTOR"
+    RESELLER = "RESELLER"
+    AGENCY = "AGENCY"
+
+
+class Role(StrEnum):
+    ADMIN = "ADMIN"
+    OPERATOR = "OPERATOR"
+    VIEWER = "VIEWER"
+    BILLING = "BILLING"
+    END_USER = "END_USER"
+
+
+class OperationMethod(StrEnum):
+    PLATFORM = "PLATFORM"
+    API = "API"
+    SYSTEM = "SYSTEM"
+
+
+class AccountType(StrEnum):
+    END_USER = "END_USER"
+    ENTERPRISE = "ENTERPRISE"
+    RESELLER = "RESELLER"
+
+
+class AccountStatus(StrEnum):
+    NORMAL = "NORMAL"
+    TO_BE_CONFIRMED = "TO_BE_CONFIRMED"
+    IN_PROCESS = "IN_PROCESS"
+    TERMINATED = "TERMINATED"
+    DELETED = "DELETED"
+
+
+class PaygFreezeStatus(StrEnum):
+    NORMAL = "NORMAL"
+    FROZEN = "FROZEN"
+
+
+class PurchaseControl(StrEnum):
+    NORMAL = "NORMAL"
+    BANNED = "BANNED"
+
+
+class ShutdownPolicy(StrEnum):
+    DELAY_STOP = "DELAY_STOP"
+    NO_STOP = "NO_STOP"
+    IMMEDIATE_STOP = "IMMEDIATE_STOP"
+
+
+class CreditControlStatus(StrEnum):
+    NORMAL = "NORMAL"
+    ARREARS_NOT_SHUTDOWN = "ARREARS_NOT_SHUTDOWN"
+    SHUTDOWN = "SHUTDOWN"
+
+
+class BillingMethod(StrEnum):
+    PAYG = "PAYG"
+    SUBSCRIPTION = "SUBSCRIPTION"
+
+
+class InstanceStatus(StrEnum):
+    RUNNING = "RUNNING"
+    STOPPED = "STOPPED"
+
+
+class StopReason(StrEnum):
+    PAYG_FREEZE = "PAYG_FREEZE"
+    CREDIT_SHUTDOWN = "CREDIT_SHUTDOWN"
+
+
+class PurchaseDenialReason(StrEnum):
+    ACCOUNT_NOT_ACTIVE = "ACCOUNT_NOT_ACTIVE"
+    PURCHASE_BANNED = "PURCHASE_BANNED"
+    PAYG_FROZEN = "PAYG_FROZEN"
+    CREDIT_SHUTDOWN = "CREDIT_SHUTDOWN"
+    INSUFFICIENT_QUOTA = "INSUFFICIENT_QUOTA"
+
+
+class QuotaOperationType(StrEnum):
+    QUOTA_CREATE = "QUOTA_CREATE"
+    QUOTA_ADJUSTMENT = "QUOTA_ADJUSTMENT"
+
+
+class LedgerKind(StrEnum):
+    CONSUMPTION = "CONSUMPTION"
+    DEDUCTION = "DEDUCTION"
+    REPAYMENT = "REPAYMENT"
+    SUBSCRIPTION_ORDER = "SUBSCRIPTION_ORDER"
+
+
+class AlertKind(StrEnum):
+    QUOTA_WARNING = "QUOTA_WARNING"
+    CREDIT_ALERT = "CREDIT_ALERT"
+
+
+class AlertState(StrEnum):
+    BREACHED = "BREACHED"
+    RECOVERED = "RECOVERED"
+
+
+class NotificationStatus(StrEnum):
+    PENDING = "PENDING"
+    SENT = "SENT"
+    FAILED = "FAILED"
+
+
+class AuditAction(StrEnum):
+    ACCOUNT_LINKED = "ACCOUNT_LINKED"
+    BASIC_INFO_UPDATED = "BASIC_INFO_UPDATED"
+    ACCOUNT_STATUS_CHANGED = "ACCOUNT_STATUS_CHANGED"
+    PAYG_FROZEN = "PAYG_FROZEN"
+    PAYG_UNFROZEN = "PAYG_UNFROZEN"
+    PURCHASE_CONTROL_CHANGED = "PURCHASE_CONTROL_CHANGED"
+    SHUTDOWN_POLICY_CHANGED = "SHUTDOWN_POLICY_CHANGED"
+    CREDIT_CONTROL_CHANGED = "CREDIT_CONTROL_CHANGED"
+    QUOTA_CREATED = "QUOTA_CREATED"
+    QUOTA_ADJUSTED = "QUOTA_ADJUSTED"
+    WARNING_THRESHOLD_CHANGED = "WARNING_THRESHOLD_CHANGED"
+    CREDIT_ALERT_CHANGED = "CREDIT_ALERT_CHANGED"
+    OUTSTANDING_REPAID = "OUTSTANDING_REPAID"
+    ORDER_PLACED = "ORDER_PLACED"
+
+
+class ExportKind(StrEnum):
+    END_USERS = "END_USERS"
+    QUOTA_ADJUSTMENTS = "QUOTA_ADJUSTMENTS"
+
+
+class ExportFormat(StrEnum):
+    XLSX = "XLSX"
+    CSV = "CSV"
+
+
+class Language(StrEnum):
+    EN = "EN"
+    ZH = "ZH"
+    JA = "JA"
+
+
+class ExportStatus(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+class ErrorCode(StrEnum):
+    NOT_FOUND = "NOT_FOUND"
+    FORBIDDEN = "FORBIDDEN"
+    INVALID_INPUT = "INVALID_INPUT"
+    ACCOUNT_NOT_ACTIVE = "ACCOUNT_NOT_ACTIVE"
+    INVALID_STATUS_TRANSITION = "INVALID_STATUS_TRANSITION"
+    OUTSTANDING_BALANCE = "OUTSTANDING_BALANCE"
+    QUOTA_MANAGED_BY_MASTER = "QUOTA_MANAGED_BY_MASTER"
+    POLICY_INHERITED = "POLICY_INHERITED"
+    IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
+    ALREADY_LINKED = "ALREADY_LINKED"

@@ -1,0 +1,325 @@
+"""The tables. Money is integer cents in BIGINT columns, never NUMERIC or REAL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy import Enum as SAEnum
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from models.base import Base, BigId, UTCDateTime, utcnow
+from models.enums import (
+    AccountStatus,
+    AccountType,
+    AlertKind,
+    AlertState,
+    AuditAction,
+    BillingMethod,
+    CreditControlStatus,
+    ExportFormat,
+    ExportKind,
+    ExportStatus,
+    Language,
+    LedgerKind,
+    NotificationStatus,
+    OperationMethod,
+    PartnerKind,
+    PaygFreezeStatus,
+    PurchaseControl,
+    QuotaOperationType,
+    Role,
+    ShutdownPolicy,
+)
+
+
+def enum_col(enum: type[StrEnum]) -> SAEnum:
+    """Enums stored as their names in a VARCHAR: portable, and migrations need no ALTER TYPE."""
+    return SAEnum(enum, native_enum=False, create_constraint=False, length=32, validate_strings=True)
+
+
+Cents = BigInteger
+
+
+class Partner(Base):
+    __tablename__ = "partners"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[PartnerKind] = mapped_column(enum_col(PartnerKind))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("partners.id"))
+    alert_emails: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token: who acts (operator), for which partner, with which role and method."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[Role] = mapped_column(enum_col(Role))
+    method: Mapped[OperationMethod] = mapped_column(enum_col(OperationMethod))
+    operator_uid: Mapped[str] = mapped_column(String(64))
+    operator_name: Mapped[str] = mapped_column(String(200))
+    is_ram: Mapped[bool] = mapped_column(Boolean, default=False)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class QuotaPool(Base):
+    """The credit line of a master or standalone account, shared by its sub-accounts.
+
+    The shutdown policy and the credit control status live here too: both
+    belong to the pool owner and apply to every account spending from it.
+    """
+
+    __tablename__ = "quota_pools"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"), index=True)
+    amount_cents: Mapped[int] = mapped_column(Cents, default=0)
+    deducted_cents: Mapped[int] = mapped_column(Cents, default=0)
+    undeducted_cents: Mapped[int] = mapped_column(Cents, default=0)
+    quota_created: Mapped[bool] = mapped_column(Boolean, default=False)
+    warning_percent: Mapped[int | None] = mapped_column(Integer)
+    # Which side of the warning level the pool was on at the last evaluation.
+    warning_below: Mapped[bool] = mapped_column(Boolean, default=False)
+    shutdown_policy: Mapped[ShutdownPolicy] = mapped_column(
+        enum_col(ShutdownPolicy), default=ShutdownPolicy.IMMEDIATE_STOP
+    )
+    delay_credit_cents: Mapped[int] = mapped_column(Cents, default=0)
+    credit_control_status: Mapped[CreditControlStatus] = mapped_column(
+        enum_col(CreditControlStatus), default=CreditControlStatus.NORMAL
+    )
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    @property
+    def available_cents(self) -> int:
+        return self.amount_cents - self.deducted_cents - self.undeducted_cents
+
+
+class Account(Base):
+    """A linked end-user account (UID)."""
+
+    __tablename__ = "accounts"
+    __table_args__ = (
+        Index("ix_accounts_partner_linked", "partner_id", "linked_at", "uid"),
+        Index("ix_accounts_partner_uid", "partner_id", "uid"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"))
+    uid: Mapped[str] = mapped_column(String(64), unique=True)
+    account_type: Mapped[AccountType] = mapped_column(enum_col(AccountType))
+    nickname: Mapped[str | None] = mapped_column(String(150))
+    business_manager: Mapped[str | None] = mapped_column(String(50))
+    remarks: Mapped[str | None] = mapped_column(Text)
+    email: Mapped[str | None] = mapped_column(String(254))
+    status: Mapped[AccountStatus] = mapped_column(enum_col(AccountStatus), default=AccountStatus.NORMAL)
+    linked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    master_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("quota_pools.id"), index=True)
+    payg_freeze: Mapped[PaygFreezeStatus] = mapped_column(
+        enum_col(PaygFreezeStatus), default=PaygFreezeStatus.NORMAL
+    )
+    purchase_control: Mapped[PurchaseControl] = mapped_column(
+        enum_col(PurchaseControl), default=PurchaseControl.NORMAL
+    )
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    master: Mapped[Account | None] = relationship(remote_side=[id], lazy="raise")
+    pool: Mapped[QuotaPool] = relationship(lazy="raise")
+
+
+class QuotaAdjustment(Base):
+    __tablename__ = "quota_adjustments"
+    __table_args__ = (Index("ix_quota_adjustments_pool_time", "pool_id", "occurred_at", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("quota_pools.id"))
+    operation_type: Mapped[QuotaOperationType] = mapped_column(enum_col(QuotaOperationType))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    before_cents: Mapped[int] = mapped_column(Cents)
+    value_cents: Mapped[int] = mapped_column(Cents)
+    after_cents: Mapped[int] = mapped_column(Cents)
+    method: Mapped[OperationMethod] = mapped_column(enum_col(OperationMethod))
+    operator_uid: Mapped[str | None] = mapped_column(String(64))
+    operator_name: Mapped[str | None] = mapped_column(String(200))
+    operator_is_ram: Mapped[bool] = mapped_column(Boolean, default=False)
+    operator_role: Mapped[Role | None] = mapped_column(enum_col(Role))
+
+
+class LedgerEntry(Base):
+    """Consumption, deductions, repayments and subscription charges: high-volume, not audited."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (Index("ix_ledger_pool_time", "pool_id", "occurred_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("quota_pools.id"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    kind: Mapped[LedgerKind] = mapped_column(enum_col(LedgerKind))
+    amount_cents: Mapped[int] = mapped_column(Cents)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    method: Mapped[OperationMethod] = mapped_column(enum_col(OperationMethod))
+    operator_uid: Mapped[str | None] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+
+
+class IdempotencyRecord(Base):
+    """The first result of an operation under a key, per partner."""
+
+    __tablename__ = "idempotency_records"
+    __table_args__ = (UniqueConstraint("partner_id", "key", name="uq_idempotency_partner_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"))
+    key: Mapped[str] = mapped_column(String(200))
+    operation: Mapped[str] = mapped_column(String(64))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    response: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class AuditEntry(Base):
+    """Append-only. Ids increase in commit order (see notifications.log)."""
+
+    __tablename__ = "audit_entries"
+    __table_args__ = (
+        Index("ix_audit_account_id", "account_id", "id"),
+        Index("ix_audit_partner_id", "partner_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    action: Mapped[AuditAction] = mapped_column(enum_col(AuditAction))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    operator_uid: Mapped[str | None] = mapped_column(String(64))
+    operator_name: Mapped[str | None] = mapped_column(String(200))
+    operator_is_ram: Mapped[bool] = mapped_column(Boolean, default=False)
+    operator_role: Mapped[Role | None] = mapped_column(enum_col(Role))
+    method: Mapped[OperationMethod] = mapped_column(enum_col(OperationMethod))
+    before: Mapped[Any] = mapped_column(JSON)
+    after: Mapped[Any] = mapped_column(JSON)
+    reason: Mapped[str | None] = mapped_column(Text)
+    cascade_from_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))
+
+
+class CreditAlert(Base):
+    """An end user's own absolute available-credit alert."""
+
+    __tablename__ = "credit_alerts"
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("quota_pools.id"), index=True)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    threshold_cents: Mapped[int] = mapped_column(Cents)
+    email: Mapped[str] = mapped_column(String(254))
+    below: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class AlertEvent(Base):
+    """One crossing of a threshold. Ids increase in commit order."""
+
+    __tablename__ = "alert_events"
+    __table_args__ = (Index("ix_alert_events_partner_id", "partner_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("quota_pools.id"))
+    kind: Mapped[AlertKind] = mapped_column(enum_col(AlertKind))
+    state: Mapped[AlertState] = mapped_column(enum_col(AlertState))
+    available_cents: Mapped[int] = mapped_column(Cents)
+    threshold_cents: Mapped[int] = mapped_column(Cents)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class EmailNotification(Base):
+    """The outbox: one row per email, claimed by one sender at a time."""
+
+    __tablename__ = "email_notifications"
+    __table_args__ = (
+        Index("ix_email_status_next", "status", "next_attempt_at"),
+        Index("ix_email_partner_id", "partner_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"))
+    alert_event_id: Mapped[int | None] = mapped_column(ForeignKey("alert_events.id"))
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))
+    recipients: Mapped[list[str]] = mapped_column(JSON)
+    subject: Mapped[str] = mapped_column(String(300))
+    body_text: Mapped[str] = mapped_column(Text)
+    body_html: Mapped[str] = mapped_column(Text)
+    message_id: Mapped[str] = mapped_column(String(200), unique=True)
+    status: Mapped[NotificationStatus] = mapped_column(
+        enum_col(NotificationStatus), default=NotificationStatus.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A sender holds a lease while it talks to the SMTP server; another sender
+    # may take the row only after the lease has run out (a crashed worker).
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Instance(Base):
+    """A cloud resource bought by an order. Its status is derived, never stored."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    billing_method: Mapped[BillingMethod] = mapped_column(enum_col(BillingMethod))
+    amount_cents: Mapped[int] = mapped_column(Cents, default=0)
+    description: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ExportTask(Base):
+    __tablename__ = "export_tasks"
+    __table_args__ = (Index("ix_export_partner_id", "partner_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"))
+    # Set for END_USER tokens: only that account (and its subs) may download.
+    scope_account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))
+    kind: Mapped[ExportKind] = mapped_column(enum_col(ExportKind))
+    format: Mapped[ExportFormat] = mapped_column(enum_col(ExportFormat))
+    language: Mapped[Language] = mapped_column(enum_col(Language))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[ExportStatus] = mapped_column(enum_col(ExportStatus), default=ExportStatus.PENDING)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    row_count: Mapped[int | None] = mapped_column(Integer)
+    file_name: Mapped[str | None] = mapped_column(String(300))
+    file_path: Mapped[str | None] = mapped_column(String(1000))
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    operator_uid: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

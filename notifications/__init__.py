@@ -1,0 +1,1 @@
+"""The event log, its fan-out to subscribers, and the email outbox."""

@@ -1,0 +1,111 @@
+"""Wake-ups for subscribers, in process or across processes through Redis.
+
+The bus carries topic names, never data: subscribers read the stored log.
+A lost message (Redis restarting, a slow consumer) therefore delays a
+subscriber at most until its next resync poll and loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "uidhub:events"
+
+
+class Bus:
+    """In-process wake-ups: one asyncio.Event per topic, replaced on every publish."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def _fire(self, topic: str) -> None:
+        event = self._events.pop(topic, None)
+        if event is not None:
+            event.set()
+
+    async def publish(self, *topics: str) -> None:
+        for topic in topics:
+            self._fire(topic)
+
+    async def wait(self, topic: str, timeout: float) -> bool:
+        """Wait for the next publish of `topic`, at most `timeout` seconds; True when woken."""
+        event = self._events.get(topic)
+        if event is None:
+            event = self._events[topic] = asyncio.Event()
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            # Drop an event nobody waits on any more so topics do not pile up.
+            if not event.is_set() and self._events.get(topic) is event and not _has_waiters(event):
+                self._events.pop(topic, None)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    @property
+    def topic_count(self) -> int:
+        return len(self._events)
+
+
+def _has_waiters(event: asyncio.Event) -> bool:
+    return bool(getattr(event, "_waiters", None))
+
+
+class RedisBus(Bus):
+    """Publishes through Redis and fires local waiters for messages from any process."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        import redis.asyncio as redis
+
+        self._url = url
+        self._redis = redis.from_url(url)
+        self._listener: asyncio.Task[None] | None = None
+
+    async def publish(self, *topics: str) -> None:
+        await super().publish(*topics)
+        for topic in topics:
+            try:
+                await self._redis.publish(CHANNEL, topic)
+            except Exception as exc:  # subscribers resync by polling; nothing is lost
+                log.warning("redis publish failed: %s", exc)
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="uidhub-redis-listener")
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                pubsub = self._redis.pubsub()
+                await pubsub.subscribe(CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        data = message["data"]
+                        self._fire(data.decode() if isinstance(data, bytes) else str(data))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("redis listener lost its connection (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+        await self._redis.aclose()
+
+
+def make_bus(redis_url: str | None) -> Bus:
+    return RedisBus(redis_url) if redis_url else Bus()

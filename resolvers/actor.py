@@ -1,0 +1,110 @@
+"""Who acts: the operator behind a bearer token, and what its role may do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, auto
+
+from sqlalchemy import ColumnElement, or_
+
+from models import Account
+from models.enums import OperationMethod, PartnerKind, Role
+from resolvers.errors import Forbidden
+
+
+class Permission(Enum):
+    READ = auto()
+    LINK_ACCOUNT = auto()
+    EDIT_BASIC_INFO = auto()
+    CHANGE_STATUS = auto()
+    POLICY = auto()
+    QUOTA = auto()
+    CONSUMPTION = auto()
+    REPAY = auto()
+    ORDER = auto()
+    CREDIT_ALERT = auto()
+    ALERT_EMAILS = auto()
+    EXPORT = auto()
+
+
+_ALL = frozenset(Role)
+_EDITORS = frozenset({Role.ADMIN, Role.OPERATOR})
+
+#: The role table of RULES.md. END_USER's own-account limits are applied by `scope`.
+ROLE_PERMISSIONS: dict[Permission, frozenset[Role]] = {
+    Permission.READ: _ALL,
+    Permission.EXPORT: _ALL,
+    Permission.LINK_ACCOUNT: _EDITORS,
+    Permission.EDIT_BASIC_INFO: _EDITORS,
+    Permission.CHANGE_STATUS: _EDITORS | {Role.END_USER},
+    Permission.POLICY: _EDITORS,
+    Permission.QUOTA: _EDITORS,
+    Permission.REPAY: _EDITORS,
+    Permission.CONSUMPTION: _EDITORS | {Role.BILLING},
+    Permission.ORDER: _EDITORS | {Role.BILLING},
+    Permission.CREDIT_ALERT: _EDITORS | {Role.END_USER},
+    Permission.ALERT_EMAILS: frozenset({Role.ADMIN}),
+}
+
+#: What an AGENCY partner may not do at all, whatever the role (RULES.md).
+AGENCY_FORBIDDEN = frozenset(
+    {
+        Permission.CHANGE_STATUS,
+        Permission.POLICY,
+        Permission.QUOTA,
+        Permission.REPAY,
+        Permission.CONSUMPTION,
+        Permission.ORDER,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Actor:
+    partner_id: int
+    partner_uid: str
+    partner_kind: PartnerKind
+    role: Role
+    method: OperationMethod
+    operator_uid: str
+    operator_name: str
+    is_ram: bool
+    #: The END_USER token's own account; None for every other role.
+    account_id: int | None = None
+    token_id: int | None = None
+
+    @property
+    def is_end_user(self) -> bool:
+        return self.role is Role.END_USER
+
+    def can(self, permission: Permission) -> bool:
+        if self.role not in ROLE_PERMISSIONS[permission]:
+            return False
+        # An agency's own end users still confirm terminations and set their alerts.
+        return not (
+            self.partner_kind is PartnerKind.AGENCY
+            and permission in AGENCY_FORBIDDEN
+            and self.role is not Role.END_USER
+        )
+
+    def require(self, permission: Permission) -> None:
+        if not self.can(permission):
+            if self.partner_kind is PartnerKind.AGENCY and permission in AGENCY_FORBIDDEN:
+                raise Forbidden("Agency partners may only link accounts and edit nickname and remarks.")
+            raise Forbidden(f"The {self.role.value} role may not perform this operation.")
+
+    def account_scope(self) -> ColumnElement[bool]:
+        """The accounts this actor may see: its partner's, and for END_USER its own and its subs."""
+        condition = Account.partner_id == self.partner_id
+        if self.account_id is not None:
+            condition = condition & or_(Account.id == self.account_id, Account.master_id == self.account_id)
+        return condition
+
+    def operator_fields(self) -> dict[str, object]:
+        """The operator columns shared by audit entries and quota records."""
+        return {
+            "operator_uid": self.operator_uid,
+            "operator_name": self.operator_name,
+            "operator_is_ram": self.is_ram,
+            "operator_role": self.role,
+        }

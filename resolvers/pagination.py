@@ -1,0 +1,81 @@
+"""Relay pagination: limits, opaque cursors and keyset pages.
+
+Cursors are keyset positions (the sort values of the last row seen), never
+offsets: a page stays correct while rows are inserted before it, and the
+database seeks with an index instead of skipping rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+MAX_FIRST = 100
+MAX_INPUT_LIST = 100
+
+
+class InvalidArgument(Exception):
+    """A request the API refuses as a GraphQL error (not a business-rule userError)."""
+
+    def __init__(self, message: str, code: str = "BAD_USER_INPUT") -> None:
+        super().__init__(message)
+        self.extensions = {"code": code}
+
+
+def check_first(first: int | None) -> int:
+    if first is None:
+        return 20
+    if first < 0:
+        raise InvalidArgument("`first` must not be negative.")
+    if first > MAX_FIRST:
+        raise InvalidArgument(f"`first` is at most {MAX_FIRST}.")
+    return first
+
+
+def check_list(values: Sequence[Any] | None, name: str) -> None:
+    if values is not None and len(values) > MAX_INPUT_LIST:
+        raise InvalidArgument(f"`{name}` takes at most {MAX_INPUT_LIST} items.")
+
+
+def encode_cursor(kind: str, values: Sequence[Any]) -> str:
+    raw = json.dumps([kind, *values], separators=(",", ":"), default=str).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, kind: str, arity: int) -> list[Any] | None:
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument("`after` is not a valid cursor.") from None
+    if not isinstance(data, list) or len(data) != arity + 1 or data[0] != kind:
+        raise InvalidArgument("`after` is not a valid cursor for this list.")
+    return data[1:]
+
+
+def decode_id_cursor(cursor: str | None, kind: str) -> int | None:
+    values = decode_cursor(cursor, kind, 1)
+    if values is None:
+        return None
+    if not isinstance(values[0], int):
+        raise InvalidArgument("`after` is not a valid cursor for this list.")
+    return values[0]
+
+
+@dataclass
+class Page(Generic[T]):
+    """One page of a connection. `count` runs the COUNT only if totalCount is asked for."""
+
+    items: list[T]
+    cursors: list[str]
+    has_next: bool
+    has_previous: bool
+    count: Callable[[], Awaitable[int]] = field(repr=False)

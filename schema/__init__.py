@@ -1,0 +1,48 @@
+"""GraphQL types, inputs, scalars and errors, and the Schema."""
+
+from __future__ import annotations
+
+import functools
+
+import strawberry
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+)
+from strawberry.schema.config import StrawberryConfig
+
+from schema import enums as _enums  # noqa: F401  (registers enum descriptions)
+from schema.extensions import MaskInternalErrors, RequestLifecycle
+from schema.root import Mutation, Query, Subscription
+from schema.scalars import SCALAR_MAP
+
+MAX_DEPTH = 12
+MAX_ALIASES = 50
+MAX_TOKENS = 5000
+
+
+def _has_fields(cls: type) -> bool:
+    definition = getattr(cls, "__strawberry_definition__", None)
+    return bool(definition and definition.fields)
+
+
+def build_schema(*, introspection: bool = True) -> strawberry.Schema:
+    """The served schema. Extensions are classes or factories: one instance per operation."""
+    extensions: list = [
+        MaskInternalErrors,
+        functools.partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
+        functools.partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
+        functools.partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
+        RequestLifecycle,
+    ]
+    if not introspection:
+        extensions.append(DisableIntrospection)
+    return strawberry.Schema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription if _has_fields(Subscription) else None,
+        extensions=extensions,
+        config=StrawberryConfig(auto_camel_case=True, disable_field_suggestions=True, scalar_map=SCALAR_MAP),
+    )

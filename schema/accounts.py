@@ -1,0 +1,394 @@
+"""End users (linked accounts): the type, the list, the summary, and their mutations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import strawberry
+
+from models import Account
+from models.enums import (
+    AccountStatus,
+    AccountType,
+    AuditAction,
+    BillingMethod,
+    CreditControlStatus,
+    PaygFreezeStatus,
+    PurchaseControl,
+)
+from resolvers import accounts as ops
+from resolvers.audit import CURSOR_KIND as AUDIT_CURSOR
+from resolvers.pagination import Page, check_first, check_list, decode_id_cursor, encode_cursor
+from schema.audit import AuditEntry, AuditEntryConnection, AuditEntryEdge
+from schema.common import Node, PageInfo, UserError, mutate, to_global_id
+from schema.context import Info
+from schema.partners import Partner
+from schema.policy import Instance, ShutdownPolicyState, load_policy_view
+from schema.quota import Quota
+from schema.scalars import Money
+
+ARG_FIRST = strawberry.argument(description="Page size, at most 100.")
+ARG_AFTER = strawberry.argument(description="Cursor of the last item seen (pageInfo.endCursor).")
+
+
+@strawberry.type(description="The end user's own available credit alert.")
+class CreditAlert:
+    enabled: bool = strawberry.field(description="Whether the alert is on.")
+    threshold: Money = strawberry.field(description="Alert when available falls below this amount.")
+    email: str = strawberry.field(description="Where the alert email goes.")
+
+
+@strawberry.type(description="A linked end-user account (UID).")
+class EndUser(Node):
+    _row: strawberry.Private[Account]
+
+    @classmethod
+    def of(cls, row: Account) -> EndUser:
+        return cls(id=to_global_id("EndUser", row.id), _row=row)
+
+    @strawberry.field(description="The account UID.")
+    def uid(self) -> str:
+        return self._row.uid
+
+    @strawberry.field(description="End user, enterprise or reseller.")
+    def account_type(self) -> AccountType:
+        return self._row.account_type
+
+    @strawberry.field(description="At most 150 bytes (UTF-8).")
+    def nickname(self) -> str | None:
+        return self._row.nickname
+
+    @strawberry.field(description="At most 50 characters. Not editable by AGENCY partners.")
+    def business_manager(self) -> str | None:
+        return self._row.business_manager
+
+    @strawberry.field(description="At most 3000 bytes (UTF-8).")
+    def remarks(self) -> str | None:
+        return self._row.remarks
+
+    @strawberry.field(description="Contact email given when linking.")
+    def email(self) -> str | None:
+        return self._row.email
+
+    @strawberry.field(description="Where the account is in the termination process.")
+    def account_status(self) -> AccountStatus:
+        return self._row.status
+
+    @strawberry.field(description="When the account was linked to the partner.")
+    def linked_at(self) -> datetime:
+        return self._row.linked_at
+
+    @strawberry.field(description="The partner the account is linked to.")
+    async def partner(self, info: Info) -> Partner:
+        return Partner.of(await info.context.loaders.partner.load(self._row.partner_id))
+
+    @strawberry.field(description="The master account when this is a financial trusteeship sub-account.")
+    async def master(self, info: Info) -> EndUser | None:
+        if self._row.master_id is None:
+            return None
+        row = await info.context.loaders.account.load(self._row.master_id)
+        actor = info.context.require_actor()
+        return EndUser.of(row) if row is not None and ops.visible(actor, row) else None
+
+    @strawberry.field(description="Financial trusteeship sub-accounts spending from this account's pool.")
+    async def sub_accounts(self, info: Info) -> list[EndUser]:
+        if self._row.master_id is not None:
+            return []
+        actor = info.context.require_actor()
+        rows = await info.context.loaders.sub_accounts.load(self._row.id)
+        return [EndUser.of(r) for r in rows if ops.visible(actor, r)]
+
+    @strawberry.field(description="Own settings and the shutdown policy in force.")
+    async def policy(self, info: Info) -> ShutdownPolicyState:
+        return ShutdownPolicyState.of(await load_policy_view(info, self._row))
+
+    @strawberry.field(description="The quota pool this account spends from: a sub-account shares its master's.")
+    async def quota(self, info: Info) -> Quota:
+        pool = await info.context.loaders.pool.load(self._row.pool_id)
+        return Quota(_pool=pool, _owner_id=self._row.master_id or self._row.id)
+
+    @strawberry.field(description="The account's instances, newest first.")
+    async def instances(
+        self,
+        info: Info,
+        billing_method: Annotated[BillingMethod | None, strawberry.argument(description="Only this kind.")] = None,
+    ) -> list[Instance]:
+        rows = await info.context.loaders.instances.load(self._row.id)
+        view = await load_policy_view(info, self._row)
+        return [Instance.of(r, view) for r in rows if billing_method is None or r.billing_method is billing_method]
+
+    @strawberry.field(description="The end user's own available credit alert.")
+    async def credit_alert(self, info: Info) -> CreditAlert | None:
+        row = await info.context.loaders.credit_alert.load(self._row.id)
+        if row is None:
+            return None
+        return CreditAlert(enabled=row.enabled, threshold=Money(row.threshold_cents), email=row.email)
+
+    @strawberry.field(description="This account's audit entries, newest first.")
+    async def audit_entries(
+        self,
+        info: Info,
+        first: Annotated[int | None, ARG_FIRST] = 20,
+        after: Annotated[str | None, ARG_AFTER] = None,
+        actions: Annotated[list[AuditAction] | None, strawberry.argument(description="Only these actions.")] = None,
+    ) -> AuditEntryConnection:
+        limit = check_first(first)
+        check_list(actions, "actions")
+        after_id = decode_id_cursor(after, AUDIT_CURSOR)
+        rows, total = await info.context.loaders.audit_page.load(
+            (self._row.id, limit, after_id, tuple(sorted(set(actions or []))))
+        )
+        items = rows[:limit]
+        return AuditEntryConnection(
+            edges=[AuditEntryEdge(cursor=encode_cursor(AUDIT_CURSOR, [r.id]), node=AuditEntry.of(r)) for r in items],
+            page_info=PageInfo(
+                has_next_page=len(rows) > limit,
+                has_previous_page=after_id is not None,
+                start_cursor=encode_cursor(AUDIT_CURSOR, [items[0].id]) if items else None,
+                end_cursor=encode_cursor(AUDIT_CURSOR, [items[-1].id]) if items else None,
+            ),
+            total_count=total,
+        )
+
+
+@strawberry.type(description="An edge of an EndUserConnection.")
+class EndUserEdge:
+    cursor: str = strawberry.field(description="Pass as `after` to continue after this account.")
+    node: EndUser = strawberry.field(description="The account.")
+
+
+@strawberry.type(description="A page of end users.")
+class EndUserConnection:
+    edges: list[EndUserEdge] = strawberry.field(description="This page's accounts.")
+    page_info: PageInfo = strawberry.field(description="Paging state.")
+    _page: strawberry.Private[Page[Account]]
+
+    @strawberry.field(description="Accounts matching the filter, over all pages.")
+    async def total_count(self) -> int:
+        return await self._page.count()
+
+
+@strawberry.input(description="Which accounts to list. Every condition given must hold.")
+class EndUserFilter:
+    search: str | None = strawberry.field(
+        default=None, description="Matches a UID prefix, or a substring of nickname or remarks (case-insensitive)."
+    )
+    uids: list[str] | None = strawberry.field(default=None, description="Exactly these UIDs (at most 100).")
+    account_types: list[AccountType] | None = strawberry.field(default=None, description="Any of these types.")
+    account_statuses: list[AccountStatus] | None = strawberry.field(
+        default=None, description="Any of these statuses; DELETED accounts are listed only when asked for."
+    )
+    payg_freeze_status: PaygFreezeStatus | None = strawberry.field(
+        default=None, description="Effective status, master included."
+    )
+    purchase_control: PurchaseControl | None = strawberry.field(
+        default=None, description="Effective status, master included."
+    )
+    credit_control_statuses: list[CreditControlStatus] | None = strawberry.field(
+        default=None, description="Any of these credit control statuses."
+    )
+    below_warning_level: bool | None = strawberry.field(
+        default=None, description="Accounts whose pool's available is below its warning level (or not)."
+    )
+    business_manager: str | None = strawberry.field(default=None, description="Exactly this business manager.")
+    linked_after: datetime | None = strawberry.field(default=None, description="Linked at or after this time.")
+    linked_before: datetime | None = strawberry.field(default=None, description="Linked before this time.")
+    include_sub_accounts: bool | None = strawberry.field(
+        default=True, description="False lists master and standalone accounts only."
+    )
+
+    def to_query(self) -> ops.EndUserQuery:
+        return ops.EndUserQuery(
+            search=self.search,
+            uids=self.uids,
+            account_types=self.account_types,
+            account_statuses=self.account_statuses,
+            payg_freeze_status=self.payg_freeze_status,
+            purchase_control=self.purchase_control,
+            credit_control_statuses=self.credit_control_statuses,
+            below_warning_level=self.below_warning_level,
+            business_manager=self.business_manager,
+            linked_after=self.linked_after,
+            linked_before=self.linked_before,
+            include_sub_accounts=self.include_sub_accounts is not False,
+        )
+
+
+from enum import Enum  # noqa: E402
+
+
+@strawberry.enum(description="What to sort end users by.")
+class EndUserOrderField(Enum):
+    LINKED_AT = strawberry.enum_value("LINKED_AT", description="Link time.")
+    UID = strawberry.enum_value("UID", description="Account UID.")
+    NICKNAME = strawberry.enum_value("NICKNAME", description="Nickname (accounts without one first).")
+    AVAILABLE_QUOTA = strawberry.enum_value("AVAILABLE_QUOTA", description="Available quota of the account's pool.")
+
+
+@strawberry.enum(description="Sort direction.")
+class OrderDirection(Enum):
+    ASC = strawberry.enum_value("ASC", description="Smallest first.")
+    DESC = strawberry.enum_value("DESC", description="Largest first.")
+
+
+@strawberry.input(description="Sort order of `endUsers`; ties are broken by UID in the same direction.")
+class EndUserOrder:
+    field: EndUserOrderField = strawberry.field(description="What to sort by.")
+    direction: OrderDirection = strawberry.field(default=OrderDirection.ASC, description="Which way.")
+
+
+@strawberry.type(description="Totals over the viewer's visible accounts (DELETED ones excluded).")
+class PortfolioSummary:
+    accounts: int = strawberry.field(description="Accounts.")
+    frozen: int = strawberry.field(description="Accounts effectively PAYG-frozen.")
+    purchase_banned: int = strawberry.field(description="Accounts effectively purchase-banned.")
+    shutdown: int = strawberry.field(description="Accounts under credit control SHUTDOWN.")
+    below_warning_level: int = strawberry.field(description="Accounts whose pool is below its warning level.")
+    total_quota: Money = strawberry.field(description="Sum of quota amounts over pools.")
+    total_available: Money = strawberry.field(description="Sum of available over pools.")
+    total_outstanding: Money = strawberry.field(description="Sum of outstanding amounts over pools.")
+
+
+# ---------------------------------------------------------------- inputs and payloads
+
+
+@strawberry.type(description="Result of a mutation on one account.")
+class EndUserPayload:
+    end_user: EndUser | None = strawberry.field(description="The account after the change; null on errors.")
+    user_errors: list[UserError] = strawberry.field(description="Why nothing changed; empty on success.")
+
+
+def end_user_errors(errors: list[UserError]) -> EndUserPayload:
+    return EndUserPayload(end_user=None, user_errors=errors)
+
+
+@strawberry.input(description="Link a UID to the viewer's partner.")
+class LinkAccountInput:
+    uid: str = strawberry.field(description="The UID to link.")
+    account_type: AccountType = strawberry.field(default=AccountType.END_USER, description="Kind of account.")
+    nickname: str | None = strawberry.field(default=None, description="At most 150 bytes (UTF-8).")
+    email: str | None = strawberry.field(default=None, description="Contact email.")
+    master_uid: str | None = strawberry.field(
+        default=None, description="Makes this a financial trusteeship sub-account of that master."
+    )
+    quota_amount: Money | None = strawberry.field(default=None, description="Initial quota amount: recorded as QUOTA_CREATE.")
+
+
+@strawberry.input(description="Edit basic info; fields left out are unchanged, null clears a field.")
+class UpdateBasicInfoInput:
+    uid: str = strawberry.field(description="The account.")
+    nickname: str | None = strawberry.field(default=strawberry.UNSET, description="At most 150 bytes (UTF-8).")
+    business_manager: str | None = strawberry.field(
+        default=strawberry.UNSET, description="At most 50 characters; not for AGENCY partners."
+    )
+    remarks: str | None = strawberry.field(default=strawberry.UNSET, description="At most 3000 bytes (UTF-8).")
+
+
+@strawberry.input(description="Move an account along the termination process.")
+class ChangeAccountStatusInput:
+    uid: str = strawberry.field(description="The account (a master's change cascades to its sub-accounts).")
+    status: AccountStatus = strawberry.field(description="The next status.")
+
+
+# ---------------------------------------------------------------- root fields
+
+
+@strawberry.type
+class AccountQueries:
+    @strawberry.field(description="One account by UID; null when it does not exist or is not visible to you.")
+    async def end_user(self, info: Info, uid: Annotated[str, strawberry.argument(description="The UID.")]) -> EndUser | None:
+        session = await info.context.session()
+        row = await ops.find(session, info.context.require_actor(), uid)
+        return EndUser.of(row) if row else None
+
+    @strawberry.field(description="Your accounts, filtered and sorted (default LINKED_AT descending, then UID).")
+    async def end_users(
+        self,
+        info: Info,
+        first: Annotated[int | None, ARG_FIRST] = 20,
+        after: Annotated[str | None, ARG_AFTER] = None,
+        filter: Annotated[EndUserFilter | None, strawberry.argument(description="Which accounts.")] = None,
+        order_by: Annotated[EndUserOrder | None, strawberry.argument(description="Sort order.")] = None,
+    ) -> EndUserConnection:
+        session = await info.context.session()
+        sort = (
+            ops.EndUserSort(field=order_by.field.value, descending=order_by.direction is OrderDirection.DESC)
+            if order_by
+            else ops.EndUserSort()
+        )
+        page = await ops.list_end_users(
+            session,
+            info.context.require_actor(),
+            first=first,
+            after=after,
+            f=filter.to_query() if filter else ops.EndUserQuery(),
+            sort=sort,
+        )
+        info.context.loaders.prime_accounts(page.items)
+        return EndUserConnection(
+            edges=[EndUserEdge(cursor=c, node=EndUser.of(r)) for r, c in zip(page.items, page.cursors, strict=True)],
+            page_info=PageInfo.of(page),
+            _page=page,
+        )
+
+    @strawberry.field(description="Totals over your accounts.")
+    async def summary(self, info: Info) -> PortfolioSummary:
+        session = await info.context.session()
+        s = await ops.summary(session, info.context.require_actor())
+        return PortfolioSummary(
+            accounts=s.accounts,
+            frozen=s.frozen,
+            purchase_banned=s.purchase_banned,
+            shutdown=s.shutdown,
+            below_warning_level=s.below_warning_level,
+            total_quota=Money(s.total_quota_cents),
+            total_available=Money(s.total_available_cents),
+            total_outstanding=Money(s.total_outstanding_cents),
+        )
+
+
+@strawberry.type
+class AccountMutations:
+    @strawberry.mutation(description="Link a UID (optionally as a sub-account of a master, with an initial quota).")
+    async def link_account(self, info: Info, input: LinkAccountInput) -> EndUserPayload:
+        async def op(session, actor) -> EndUserPayload:  # type: ignore[no-untyped-def]
+            row = await ops.link_account(
+                session,
+                actor,
+                uid=input.uid,
+                account_type=input.account_type,
+                nickname=input.nickname,
+                email=input.email,
+                master_uid=input.master_uid,
+                quota_amount_cents=input.quota_amount,
+            )
+            return EndUserPayload(end_user=EndUser.of(row), user_errors=[])
+
+        return await mutate(info, op, end_user_errors)
+
+    @strawberry.mutation(description="Edit nickname, business manager and remarks.")
+    async def update_basic_info(self, info: Info, input: UpdateBasicInfoInput) -> EndUserPayload:
+        changes = {
+            name: value
+            for name, value in (
+                ("nickname", input.nickname),
+                ("businessManager", input.business_manager),
+                ("remarks", input.remarks),
+            )
+            if value is not strawberry.UNSET
+        }
+
+        async def op(session, actor) -> EndUserPayload:  # type: ignore[no-untyped-def]
+            row = await ops.update_basic_info(session, actor, input.uid, changes)
+            return EndUserPayload(end_user=EndUser.of(row), user_errors=[])
+
+        return await mutate(info, op, end_user_errors)
+
+    @strawberry.mutation(description="Move an account along the termination process (cascades to sub-accounts).")
+    async def change_account_status(self, info: Info, input: ChangeAccountStatusInput) -> EndUserPayload:
+        async def op(session, actor) -> EndUserPayload:  # type: ignore[no-untyped-def]
+            row = await ops.change_status(session, actor, input.uid, input.status)
+            return EndUserPayload(end_user=EndUser.of(row), user_errors=[])
+
+        return await mutate(info, op, end_user_errors)

@@ -1,0 +1,110 @@
+"""Shared GraphQL pieces: Node ids, PageInfo, UserError and the mutation runner."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from models.enums import ErrorCode
+from notifications import log
+from resolvers.actor import Actor
+from resolvers.errors import UserError as DomainUserError
+from resolvers.errors import UserErrors
+from resolvers.pagination import Page
+from schema.context import Info
+
+P = TypeVar("P")
+
+
+@strawberry.interface(description="An object with a globally unique, opaque id (Relay).")
+class Node:
+    id: strawberry.ID = strawberry.field(description="Opaque global id; pass it to `node(id:)`.")
+
+
+def to_global_id(type_name: str, pk: int) -> strawberry.ID:
+    return strawberry.ID(base64.urlsafe_b64encode(f"{type_name}:{pk}".encode()).decode().rstrip("="))
+
+
+def from_global_id(global_id: str) -> tuple[str, int] | None:
+    """(type name, primary key), or None for anything that is not one of our ids."""
+    try:
+        raw = base64.urlsafe_b64decode((global_id + "=" * (-len(global_id) % 4)).encode()).decode()
+        type_name, _, pk = raw.partition(":")
+        return (type_name, int(pk)) if type_name and pk.isdigit() else None
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+
+
+@strawberry.type(description="Relay page information.")
+class PageInfo:
+    has_next_page: bool = strawberry.field(description="More items follow this page.")
+    has_previous_page: bool = strawberry.field(description="Items precede this page (an `after` cursor was given).")
+    start_cursor: str | None = strawberry.field(description="Cursor of the first item of this page.")
+    end_cursor: str | None = strawberry.field(description="Cursor of the last item; pass it as `after`.")
+
+    @classmethod
+    def empty(cls) -> PageInfo:
+        return cls(has_next_page=False, has_previous_page=False, start_cursor=None, end_cursor=None)
+
+    @classmethod
+    def of(cls, page: Page[Any]) -> PageInfo:
+        return cls(
+            has_next_page=page.has_next,
+            has_previous_page=page.has_previous,
+            start_cursor=page.cursors[0] if page.cursors else None,
+            end_cursor=page.cursors[-1] if page.cursors else None,
+        )
+
+
+@strawberry.type(description="A business-rule failure: nothing was changed.")
+class UserError:
+    code: ErrorCode = strawberry.field(description="What went wrong, for programs.")
+    message: str = strawberry.field(description="What went wrong, for people.")
+    field: list[str] | None = strawberry.field(
+        description='Path to the input field at fault, e.g. ["input", "nickname"].'
+    )
+
+    @classmethod
+    def of(cls, error: DomainUserError) -> UserError:
+        return cls(code=error.code, message=error.message, field=list(error.field) if error.field else None)
+
+
+def user_errors(errors: Sequence[DomainUserError]) -> list[UserError]:
+    return [UserError.of(e) for e in errors]
+
+
+async def mutate(
+    info: Info,
+    operation: Callable[[AsyncSession, Actor], Awaitable[P]],
+    on_errors: Callable[[list[UserError]], P],
+) -> P:
+    """Run one mutation field in its own transaction.
+
+    Success commits (with the buffered log, then wakes subscribers); a
+    `UserErrors` rolls back and becomes the payload's userErrors; anything
+    else rolls back and propagates (FORBIDDEN, or a masked internal error).
+    DataLoaders are cleared either way so that the payload reads fresh rows.
+    """
+    context = info.context
+    actor = context.require_actor()
+    session = await context.session()
+    try:
+        result = await operation(session, actor)
+        await log.commit(session)
+    except UserErrors as exc:
+        await session.rollback()
+        log.discard(session)
+        context.reset_loaders()
+        return on_errors(user_errors(exc.errors))
+    except BaseException:
+        await session.rollback()
+        log.discard(session)
+        context.reset_loaders()
+        raise
+    context.reset_loaders()
+    return result

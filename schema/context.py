@@ -1,0 +1,124 @@
+"""The per-request context: actor, one session, DataLoaders.
+
+HTTP: one session per request, opened on first use and closed when the
+operation ends; a mutation's session writes (BEGIN IMMEDIATE on SQLite) and
+each mutation field commits or rolls back on its own. Websockets: the context
+lives as long as the connection, so it holds no session; every subscription
+event opens its own short one (`Context.event_scope`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from strawberry.types import Info as StrawberryInfo
+
+from resolvers.actor import Actor
+from schema.dataloaders import Loaders
+from uidhub.db import Database
+from uidhub.settings import Settings
+
+
+@dataclass
+class Services:
+    """Process-wide things the app builds once at startup."""
+
+    settings: Settings
+    db: Database
+
+
+#: The child context of the subscription event being resolved in this task.
+_EVENT_SCOPE: ContextVar[Context | None] = ContextVar("uidhub_event_scope", default=None)
+
+
+class Context:
+    def __init__(
+        self,
+        services: Services,
+        *,
+        request: Any = None,
+        response: Any = None,
+        actor: Actor | None = None,
+        websocket: bool = False,
+        request_id: str | None = None,
+    ) -> None:
+        self.services = services
+        self.request = request
+        self.response = response
+        self.actor = actor
+        self.websocket = websocket
+        self.request_id = request_id or uuid.uuid4().hex[:16]
+        self.write = False
+        self.connection_params: dict[str, Any] | None = None
+        self._session: AsyncSession | None = None
+        self._loaders: Loaders | None = None
+
+    @property
+    def db(self) -> Database:
+        return self.services.db
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    def require_actor(self) -> Actor:
+        if self.actor is None:  # the ASGI layer refuses these before execution; a guard
+            raise PermissionError("unauthenticated")
+        return self.actor
+
+    def _event_child(self) -> Context:
+        child = _EVENT_SCOPE.get()
+        if child is None:
+            raise RuntimeError("a websocket context resolves fields only inside an event scope")
+        return child
+
+    async def session(self) -> AsyncSession:
+        if self.websocket:
+            return await self._event_child().session()
+        if self._session is None:
+            self._session = self.db.session(write=self.write)
+        return self._session
+
+    @property
+    def loaders(self) -> Loaders:
+        if self.websocket:
+            return self._event_child().loaders
+        if self._loaders is None:
+            self._loaders = Loaders(self.session)
+        return self._loaders
+
+    def reset_loaders(self) -> None:
+        self._loaders = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._loaders = None
+
+    @asynccontextmanager
+    async def event_scope(self) -> AsyncIterator[Context]:
+        """A short-lived child context (own session and loaders) for one batch of subscription events.
+
+        While it is open, fields resolved in this task through the connection's
+        context use the child's session: strawberry runs each subscription in a
+        task of its own, so concurrent subscriptions never share a session.
+        """
+        child = Context(self.services, actor=self.actor, request_id=self.request_id)
+        token = _EVENT_SCOPE.set(child)
+        try:
+            yield child
+        finally:
+            with contextlib.suppress(ValueError):  # closed from another task's context
+                _EVENT_SCOPE.reset(token)
+            await child.close()
+
+
+Info = StrawberryInfo[Context, None]

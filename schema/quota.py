@@ -1,0 +1,142 @@
+"""Quota pool and its adjustment records."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated
+
+import strawberry
+
+from models import QuotaAdjustment as AdjustmentRow
+from models import QuotaPool
+from models.enums import OperationMethod, QuotaOperationType
+from models.money import percent_of
+from resolvers import quota as quota_ops
+from resolvers.pagination import Page
+from schema.common import Node, PageInfo, to_global_id
+from schema.context import Info
+from schema.partners import Operator
+from schema.scalars import Money
+
+if TYPE_CHECKING:
+    from schema.accounts import EndUser
+
+
+@strawberry.type(description="One change of a pool's quota amount.")
+class QuotaAdjustment(Node):
+    operation_type: QuotaOperationType = strawberry.field(description="QUOTA_CREATE for the first amount.")
+    operation_time: datetime = strawberry.field(description="When the amount changed.")
+    before: Money = strawberry.field(description="The amount before.")
+    value: Money = strawberry.field(description="after - before: positive for an increase, negative for a decrease.")
+    after: Money = strawberry.field(description="The amount after.")
+    method: OperationMethod = strawberry.field(description="PLATFORM or API.")
+    operator: Operator | None = strawberry.field(description="Who changed it.")
+
+    @classmethod
+    def of(cls, row: AdjustmentRow) -> QuotaAdjustment:
+        return cls(
+            id=to_global_id("QuotaAdjustment", row.id),
+            operation_type=row.operation_type,
+            operation_time=row.occurred_at,
+            before=Money(row.before_cents),
+            value=Money(row.value_cents),
+            after=Money(row.after_cents),
+            method=row.method,
+            operator=Operator.from_columns(row.operator_uid, row.operator_name, row.operator_is_ram, row.operator_role),
+        )
+
+
+@strawberry.type(description="An edge of a QuotaAdjustmentConnection.")
+class QuotaAdjustmentEdge:
+    cursor: str = strawberry.field(description="Pass as `after` to continue after this record.")
+    node: QuotaAdjustment = strawberry.field(description="The record.")
+
+
+@strawberry.type(description="Quota records, newest first.")
+class QuotaAdjustmentConnection:
+    edges: list[QuotaAdjustmentEdge] = strawberry.field(description="This page's records.")
+    page_info: PageInfo = strawberry.field(description="Paging state.")
+    _page: strawberry.Private[Page[AdjustmentRow]]
+
+    @strawberry.field(description="Records matching the arguments, over all pages.")
+    async def total_count(self) -> int:
+        return await self._page.count()
+
+    @classmethod
+    def of(cls, page: Page[AdjustmentRow]) -> QuotaAdjustmentConnection:
+        return cls(
+            edges=[QuotaAdjustmentEdge(cursor=c, node=QuotaAdjustment.of(r)) for r, c in zip(page.items, page.cursors, strict=True)],
+            page_info=PageInfo.of(page),
+            _page=page,
+        )
+
+
+@strawberry.type(description="A quota pool (credit line); sub-accounts share their master's.")
+class Quota:
+    _pool: strawberry.Private[QuotaPool]
+    _owner_id: strawberry.Private[int]
+
+    @strawberry.field(description="The account that owns this pool (the master for sub-accounts).")
+    async def account(self, info: Info) -> Annotated[EndUser, strawberry.lazy("schema.accounts")]:
+        from schema.accounts import EndUser
+
+        return EndUser.of(await info.context.loaders.account.load(self._owner_id))
+
+    @strawberry.field(description="The credit line: the most the pool may spend.")
+    def amount(self) -> Money:
+        return Money(self._pool.amount_cents)
+
+    @strawberry.field(description="Consumed and already deducted.")
+    def consumed_deducted(self) -> Money:
+        return Money(self._pool.deducted_cents)
+
+    @strawberry.field(description="Consumed but not yet deducted.")
+    def consumed_undeducted(self) -> Money:
+        return Money(self._pool.undeducted_cents)
+
+    @strawberry.field(
+        description="amount - consumedDeducted - consumedUndeducted; negative means an outstanding payment."
+    )
+    def available(self) -> Money:
+        return Money(self._pool.available_cents)
+
+    @strawberry.field(description="max(0, -available)")
+    def outstanding_amount(self) -> Money:
+        return Money(max(0, -self._pool.available_cents))
+
+    @strawberry.field(description="1..100, or null when no warning is set.")
+    def warning_threshold_percent(self) -> int | None:
+        return self._pool.warning_percent
+
+    @strawberry.field(description="amount * warningThresholdPercent / 100, rounded half up to cents.")
+    def warning_level(self) -> Money | None:
+        if self._pool.warning_percent is None:
+            return None
+        return Money(percent_of(self._pool.amount_cents, self._pool.warning_percent))
+
+    @strawberry.field(description="True while available is below the warning level.")
+    def below_warning_level(self) -> bool:
+        percent = self._pool.warning_percent
+        return percent is not None and self._pool.available_cents < percent_of(self._pool.amount_cents, percent)
+
+    @strawberry.field(description="Newest first; `since` defaults to six months before now.")
+    async def adjustments(
+        self,
+        info: Info,
+        first: Annotated[int | None, strawberry.argument(description="At most 100.")] = 20,
+        after: Annotated[str | None, strawberry.argument(description="Cursor of the last record seen.")] = None,
+        since: Annotated[datetime | None, strawberry.argument(description="From (inclusive).")] = None,
+        until: Annotated[datetime | None, strawberry.argument(description="Until (exclusive).")] = None,
+        operation_type: Annotated[
+            QuotaOperationType | None, strawberry.argument(description="Only this kind of record.")
+        ] = None,
+    ) -> QuotaAdjustmentConnection:
+        session = await info.context.session()
+        page = await quota_ops.list_adjustments(
+            session, self._pool.id, first=first, after=after, since=since, until=until, operation_type=operation_type
+        )
+        return QuotaAdjustmentConnection.of(page)
+
+
+class QuotaMutations:
+    """Root mutation fields of the quota domain."""

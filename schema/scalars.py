@@ -1,0 +1,82 @@
+"""The Money and DateTime scalars.
+
+Money travels as a decimal string with exactly two fraction digits and is
+integer cents everywhere inside; a GraphQL float literal is refused before
+any resolver runs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, NewType
+
+import strawberry
+from graphql import IntValueNode, StringValueNode, ValueNode
+
+from models.money import MoneyError, format_money, parse_money
+
+
+def _parse_money_literal(node: ValueNode, _variables: Any = None) -> int:
+    if isinstance(node, StringValueNode):
+        return parse_money(node.value)
+    if isinstance(node, IntValueNode):
+        return parse_money(int(node.value))
+    raise MoneyError('money must be a decimal string such as "12.50" (or an integer), not a float')
+
+
+def _serialize_money(value: int) -> str:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("Money is integer cents inside uidhub")
+    return format_money(value)
+
+
+#: Integer cents inside; the Money scalar on the wire.
+Money = NewType("Money", int)
+
+MONEY_DEFINITION = strawberry.scalar(
+    name="Money",
+    description=(
+        "USD as a decimal string with exactly two fraction digits (\"1250.00\", \"-3.10\"). "
+        "Input: a string (or an integer) with at most two fraction digits and below 10^12; "
+        "floats, exponents, NaN and Infinity are refused."
+    ),
+    serialize=_serialize_money,
+    parse_value=parse_money,
+    parse_literal=_parse_money_literal,
+)
+
+
+def _parse_datetime(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError("DateTime must be an ISO-8601 string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO-8601 date-time") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"{value!r} has no UTC offset: add one, e.g. 2026-01-31T08:00:00+08:00")
+    return parsed.astimezone(UTC)
+
+
+def _parse_datetime_literal(node: ValueNode, _variables: Any = None) -> datetime:
+    if not isinstance(node, StringValueNode):
+        raise ValueError("DateTime must be an ISO-8601 string")
+    return _parse_datetime(node.value)
+
+
+def _serialize_datetime(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat()
+
+
+DATETIME_DEFINITION = strawberry.scalar(
+    name="DateTime",
+    description="ISO-8601 date-time with an explicit UTC offset; output is UTC.",
+    serialize=_serialize_datetime,
+    parse_value=_parse_datetime,
+    parse_literal=_parse_datetime_literal,
+)
+
+#: For StrawberryConfig.scalar_map (the non-deprecated way to declare scalars).
+SCALAR_MAP: dict[object, Any] = {Money: MONEY_DEFINITION, datetime: DATETIME_DEFINITION}

@@ -1,0 +1,1 @@
+"""uidhub's composition root: settings, database, ASGI app, CLI and migrations."""

@@ -1,0 +1,158 @@
+"""The async engine and sessions.
+
+SQLite: WAL so that readers never block the writer, a busy timeout so that a
+second writer waits instead of failing, and `BEGIN IMMEDIATE` for write
+transactions so that the write lock is taken up front. (A deferred
+transaction that reads first and writes later cannot wait for the lock: SQLite
+answers "database is locked" at once to avoid a deadlock.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+
+WRITE_OPTION = "uidhub_write"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _sqlite_setup(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the driver so BEGIN is ours.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        write = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:"):
+            raise ValueError("uidhub needs a file-backed SQLite database (WAL is per file)")
+        engine = create_async_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        _sqlite_setup(engine)
+        return engine
+    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def _serialized(name: str) -> Any:
+    method = getattr(AsyncSession, name)
+
+    async def call(self: SerialSession, *args: Any, **kwargs: Any) -> Any:
+        async with self._lock:
+            return await method(self, *args, **kwargs)
+
+    call.__name__ = name
+    call.__doc__ = method.__doc__
+    return call
+
+
+class SerialSession(AsyncSession):
+    """An AsyncSession whose database calls take turns.
+
+    GraphQL resolves sibling fields concurrently, and each DataLoader batch
+    runs in its own task; without this lock two of them could use the
+    request's one session at once, which SQLAlchemy forbids. (`scalars` is
+    not wrapped: it calls `execute`.)
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = asyncio.Lock()
+
+    execute = _serialized("execute")
+    scalar = _serialized("scalar")
+    get = _serialized("get")
+    get_one = _serialized("get_one")
+    stream = _serialized("stream")
+    flush = _serialized("flush")
+    commit = _serialized("commit")
+    rollback = _serialized("rollback")
+    close = _serialized("close")
+    refresh = _serialized("refresh")
+    merge = _serialized("merge")
+    delete = _serialized("delete")
+    connection = _serialized("connection")
+    run_sync = _serialized("run_sync")
+
+
+class Database:
+    """One engine, with a read sessionmaker and a write sessionmaker over the same pool."""
+
+    def __init__(self, url: str, *, echo: bool = False, engine: AsyncEngine | None = None) -> None:
+        self.url = url
+        self.engine = engine or create_engine(url, echo=echo)
+        self.dialect = self.engine.dialect.name
+        #: Set by the app: wakes subscribers after commits (notifications.bus).
+        self.bus: Any = None
+        self._read = async_sessionmaker(self.engine, class_=SerialSession, expire_on_commit=False, autoflush=True)
+        self._write = async_sessionmaker(
+            self.engine.execution_options(**{WRITE_OPTION: True}),
+            class_=SerialSession,
+            expire_on_commit=False,
+            autoflush=True,
+        )
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    def session(self, *, write: bool = False) -> AsyncSession:
+        """A new session; `write=True` makes its transactions take the write lock up front on SQLite."""
+        session = (self._write if write else self._read)()
+        session.info["db"] = self
+        return session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction that commits on success and rolls back on any error."""
+        from notifications.log import commit  # local: notifications depends on models only
+
+        async with self.session(write=True) as session:
+            try:
+                yield session
+                await commit(session)
+            except BaseException:
+                await session.rollback()
+                raise
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        async with self.session() as session:
+            yield session
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def null_pool_engine(url: str) -> AsyncEngine:
+    """An engine without pooling, for one-shot CLI commands and migrations."""
+    return create_async_engine(url, poolclass=NullPool)

@@ -1,0 +1,67 @@
+"""Every setting of OPERATIONS.md, read from the environment and a `.env` file."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta, timezone
+from functools import cached_property
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
+
+
+class Settings(BaseSettings):
+    """Process-wide configuration. Unknown `UIDHUB_*` variables are ignored."""
+
+    model_config = SettingsConfigDict(env_prefix="UIDHUB_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./uidhub.db"
+    redis_url: str | None = None
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_sender: str = "alerts@uidhub.localhost"
+    export_dir: str = "./exports"
+    display_timezone: str = "+08:00"
+
+    # Beyond OPERATIONS.md: switches an operations team expects.
+    graphiql: bool = True
+    introspection: bool = True
+    export_ttl_hours: float = Field(default=24.0, gt=0)
+    smtp_max_attempts: int = Field(default=6, ge=1)
+    smtp_backoff_seconds: float = Field(default=2.0, gt=0)
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    sender_poll_seconds: float = Field(default=1.0, gt=0)
+    resync_seconds: float = Field(default=1.0, gt=0)
+    idempotency_ttl_hours: float = Field(default=48.0, ge=24)
+    console_url: str = "http://127.0.0.1:8000"
+
+    @field_validator("display_timezone")
+    @classmethod
+    def _valid_offset(cls, value: str) -> str:
+        match = _OFFSET.match(value.strip())
+        if not match or int(match.group(2)) > 14 or int(match.group(3)) > 59:
+            raise ValueError("must be an UTC offset such as +08:00")
+        return value.strip()
+
+    @field_validator("redis_url", "smtp_host", "smtp_username", "smtp_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @cached_property
+    def tz(self) -> timezone:
+        """The display timezone as a fixed offset."""
+        match = _OFFSET.match(self.display_timezone)
+        assert match is not None
+        sign = -1 if match.group(1) == "-" else 1
+        delta = timedelta(hours=int(match.group(2)), minutes=int(match.group(3)))
+        return timezone(sign * delta)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
