@@ -1,0 +1,92 @@
+"""Idempotency keys: a repeat returns the first result; the same key with other input is a conflict.
+
+The key row is inserted *before* the operation's change, in the same
+transaction, with INSERT … ON CONFLICT DO NOTHING. On PostgreSQL a second
+transaction inserting the same key waits on the first one's uncommitted row
+and then finds it; on SQLite write transactions are serialised already. So
+fifty concurrent repeats of one key apply the change exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from models import IdempotencyRecord
+from models.base import utcnow
+from models.enums import ErrorCode
+from resolvers.actor import Actor
+from resolvers.errors import UserErrors
+
+KEY_MAX = 200
+
+
+def request_hash(operation: str, request: dict[str, Any]) -> str:
+    canonical = json.dumps([operation, request], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class Claim:
+    """`replay` holds the first result when this is a repeat; otherwise call `complete` with the result."""
+
+    record_id: int | None
+    replay: dict[str, Any] | None
+
+    @property
+    def is_repeat(self) -> bool:
+        return self.replay is not None
+
+
+async def claim(session: AsyncSession, actor: Actor, key: str, operation: str, request: dict[str, Any],
+                *field: str) -> Claim:
+    """Reserve `key` for this operation and input, or return the stored first result."""
+    if not key or len(key) > KEY_MAX:
+        raise UserErrors.one(ErrorCode.INVALID_INPUT, f"idempotencyKey must be 1 to {KEY_MAX} characters.", *field)
+    digest = request_hash(operation, request)
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    inserted = await session.scalar(
+        insert(IdempotencyRecord)
+        .values(partner_id=actor.partner_id, key=key, operation=operation, request_hash=digest, response={},
+                created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["partner_id", "key"])
+        .returning(IdempotencyRecord.id)
+    )
+    if inserted is not None:
+        return Claim(record_id=inserted, replay=None)
+    existing = await session.scalar(
+        select(IdempotencyRecord).where(IdempotencyRecord.partner_id == actor.partner_id, IdempotencyRecord.key == key)
+    )
+    assert existing is not None
+    if existing.request_hash != digest:
+        raise UserErrors.one(
+            ErrorCode.IDEMPOTENCY_CONFLICT,
+            "This idempotency key was used before with a different input.",
+            *field,
+        )
+    return Claim(record_id=None, replay=dict(existing.response))
+
+
+async def complete(session: AsyncSession, claim_: Claim, response: dict[str, Any]) -> None:
+    """Store the first result under the claimed key (same transaction as the change)."""
+    if claim_.record_id is not None:
+        await session.execute(
+            update(IdempotencyRecord).where(IdempotencyRecord.id == claim_.record_id).values(response=response)
+        )
+
+
+async def purge(session: AsyncSession, older_than: timedelta) -> int:
+    """Delete keys older than `older_than` (kept at least 24 hours)."""
+    if older_than < timedelta(hours=24):
+        raise ValueError("idempotency keys are kept at least 24 hours")
+    result = await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < utcnow() - older_than))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
