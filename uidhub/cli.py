@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--ram", action="store_true")
     token.add_argument("--account")
 
+    export = sub.add_parser("export-schema", help="print the served GraphQL schema (SDL)")
+    export.add_argument("--output", help="write to this file instead of stdout")
+
     demo = sub.add_parser("demo", help="load the demo data set")
     demo.add_argument("--accounts", type=int, default=300)
     return parser
@@ -165,6 +168,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings()
         if args.command == "serve":
             _serve(settings, args)
+            return 0
+        if args.command == "export-schema":
+            from schema import build_schema
+
+            sdl = build_schema().as_str() + "\n"
+            if args.output:
+                with open(args.output, "w", encoding="utf-8") as handle:
+                    handle.write(sdl)
+            else:
+                sys.stdout.write(sdl)
             return 0
         print(asyncio.run(_run_db_command(settings, args)))
         return 0
