@@ -1,0 +1,409 @@
+"""The outbox sender: delivers stored EmailNotification rows over SMTP.
+
+Why an outbox: an alert email is inserted in the same transaction as the
+event that caused it (notifications.log), so it exists exactly when the event
+does, and the SMTP conversation happens later, outside any business
+transaction, with retries.
+
+Claiming. One short write transaction selects due rows (PENDING,
+`next_attempt_at <= now`, no live lease) in id order and stamps them with a
+lease (`claimed_until`). On PostgreSQL the select is `FOR UPDATE SKIP LOCKED`,
+so concurrent senders on any number of workers take disjoint rows without
+waiting on each other; on SQLite write transactions are serialised by
+`BEGIN IMMEDIATE` (Database.session(write=True)), which makes the same
+select-then-update safe. Every later write about a row is guarded by
+`claimed_until = <our lease>`: a sender whose lease ran out (and whose row was
+taken over) can no longer change it.
+
+Never twice, and the one window that remains. A row is sent only by the
+sender holding its lease, and a send starts only while the lease has at least
+one whole send budget plus a safety margin left; the send itself is bounded
+by that budget. So a live sender always records its outcome before anyone
+else may take the row over, and a row recorded SENT is never sent again.
+What no outbox can close: if the process dies (or loses the database) after
+the SMTP server accepted the message but before the SENT update commits, the
+lease expires and another sender delivers it again. That is at-least-once in
+that crash window and exactly-once otherwise; we prefer it to at-most-once,
+which would silently lose alerts. The window is kept to one UPDATE, and every
+copy carries the same stored Message-ID, so receiving systems can drop the
+duplicate. Leases compare clocks of different hosts: keep them NTP-synced
+(the margin absorbs small skew).
+
+Retries. A failed send (connection refused, timeout, 4xx/5xx answer) counts
+an attempt, stores the error and is retried after
+`smtp_backoff_seconds * 2**(attempts-1)` (at most an hour); after
+`smtp_max_attempts` attempts the row is FAILED with its last error.
+
+Without `smtp_host` nothing is sent: rows stay PENDING (and are logged once)
+until the process is restarted with SMTP configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+from typing import TYPE_CHECKING
+
+import aiosmtplib
+from sqlalchemy import or_, select, update
+
+from models.enums import NotificationStatus
+from models.tables import EmailNotification
+
+if TYPE_CHECKING:
+    from notifications.bus import Bus
+    from uidhub.db import Database
+    from uidhub.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TOPIC = "outbox"
+MAX_BACKOFF_SECONDS = 3600.0
+ERROR_MAX = 1000
+# Lease slack beyond the send budgets: covers the database writes around the
+# sends and small clock skew between workers.
+LEASE_MARGIN = timedelta(seconds=30)
+# A send starts only while the lease has a whole send budget plus this left,
+# so its outcome is recorded before the lease can run out.
+START_MARGIN = timedelta(seconds=15)
+_UNCONFIGURED_LOG_BATCH = 100
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedEmail:
+    """A snapshot of a claimed row: all a send needs, detached from any session."""
+
+    id: int
+    recipients: list[str]
+    subject: str
+    body_text: str
+    body_html: str
+    message_id: str
+    attempts: int
+    created_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """What one SMTP attempt came to; `error` is kept as last_error (a note when sent)."""
+
+    sent: bool
+    error: str | None = None
+    permanent: bool = False
+
+
+def build_message(email: ClaimedEmail, sender: str) -> EmailMessage:
+    """The MIME message: text/plain with a text/html alternative and the row's stable Message-ID.
+
+    Date is the row's creation time, not the time of this attempt, so every
+    retry (and a re-send after a crash) is byte-for-byte the same message.
+    """
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = ", ".join(email.recipients)
+    msg["Subject"] = email.subject
+    msg["Message-ID"] = email.message_id
+    msg["Date"] = format_datetime(email.created_at or _utcnow())
+    # RFC 3834: tells auto-responders (vacation replies) not to answer.
+    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_content(email.body_text)
+    msg.add_alternative(email.body_html, subtype="html")
+    return msg
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text[:ERROR_MAX]
+
+
+class OutboxSender:
+    """Claims due outbox rows and sends them; several instances may run at once."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        bus: Bus | None = None,
+        *,
+        batch_size: int = 20,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.db = db
+        self.settings = settings
+        self.bus = bus
+        self.batch_size = batch_size
+        self.clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._told_unconfigured = False
+        self._last_logged_id = 0
+
+    # -- configuration -------------------------------------------------------
+
+    @property
+    def configured(self) -> bool:
+        """True when an SMTP host is set; without one nothing is ever sent."""
+        return bool(self.settings.smtp_host)
+
+    @property
+    def send_budget(self) -> timedelta:
+        """Hard upper bound of one SMTP send (connect, EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA).
+
+        aiosmtplib's timeout applies per step, so the whole conversation is
+        capped separately; the lease is sized from this bound.
+        """
+        return timedelta(seconds=self.settings.smtp_timeout_seconds * 3)
+
+    def backoff(self, attempts: int) -> timedelta:
+        """Delay before the next try after `attempts` failed ones: exponential, capped at an hour."""
+        seconds = self.settings.smtp_backoff_seconds * 2 ** max(attempts - 1, 0)
+        return timedelta(seconds=min(seconds, MAX_BACKOFF_SECONDS))
+
+    # -- one pass ------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """Claim up to `batch_size` due rows, send them, record the outcomes; return how many were processed.
+
+        "Processed" counts rows whose attempt was recorded (sent or failed).
+        Rows that were claimed but not attempted (the lease grew too short, or
+        the task was cancelled) are released at once for the next pass.
+        """
+        if not self.configured:
+            await self._report_unconfigured()
+            return 0
+        claimed, lease = await self._claim()
+        if not claimed or lease is None:
+            return 0
+        pending = list(claimed)
+        processed = 0
+        try:
+            while pending:
+                email = pending[0]
+                if self.clock() + self.send_budget + START_MARGIN > lease:
+                    log.info("outbox lease too short for another send; releasing %d rows", len(pending))
+                    break
+                outcome = await self._send(email)
+                # From here the row is ours to record, never to release: a
+                # release after an accepted send would let it go out twice.
+                pending.pop(0)
+                await self._record_shielded(email, lease, outcome)
+                processed += 1
+        finally:
+            if pending:
+                await self._release([email.id for email in pending], lease)
+        return processed
+
+    async def _claim(self) -> tuple[list[ClaimedEmail], datetime | None]:
+        """Take due rows under a fresh lease in one short write transaction."""
+        now = self.clock()
+        stmt = (
+            select(EmailNotification)
+            .where(
+                EmailNotification.status == NotificationStatus.PENDING,
+                EmailNotification.next_attempt_at <= now,
+                or_(EmailNotification.claimed_until.is_(None), EmailNotification.claimed_until < now),
+            )
+            .order_by(EmailNotification.id)
+            .limit(self.batch_size)
+        )
+        if self.db.is_postgres:
+            stmt = stmt.with_for_update(skip_locked=True)
+        async with self.db.write() as session:
+            rows = list((await session.scalars(stmt)).all())
+            if not rows:
+                return [], None
+            lease = now + self.send_budget * len(rows) + LEASE_MARGIN
+            for row in rows:
+                row.claimed_until = lease
+            claimed = [
+                ClaimedEmail(
+                    id=row.id,
+                    recipients=list(row.recipients or []),
+                    subject=row.subject,
+                    body_text=row.body_text,
+                    body_html=row.body_html,
+                    message_id=row.message_id,
+                    attempts=row.attempts or 0,
+                    created_at=row.created_at,
+                )
+                for row in rows
+            ]
+        return claimed, lease
+
+    async def _send(self, email: ClaimedEmail) -> SendOutcome:
+        """One SMTP conversation for one row, bounded by `send_budget`; never raises (but CancelledError)."""
+        settings = self.settings
+        if not email.recipients:
+            return SendOutcome(sent=False, error="no recipients", permanent=True)
+        try:
+            message = build_message(email, settings.smtp_sender)
+            async with asyncio.timeout(self.send_budget.total_seconds()):
+                refused, _response = await aiosmtplib.send(
+                    message,
+                    sender=parseaddr(settings.smtp_sender)[1] or settings.smtp_sender,
+                    recipients=email.recipients,
+                    hostname=settings.smtp_host,
+                    port=settings.smtp_port,
+                    username=settings.smtp_username,
+                    password=settings.smtp_password,
+                    start_tls=settings.smtp_starttls,
+                    timeout=settings.smtp_timeout_seconds,
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return SendOutcome(sent=False, error=_error_text(exc))
+        note = None
+        if refused:
+            # Some recipients were refused, the others took it: resending would
+            # duplicate it for them, so it counts as sent, with a note.
+            note = _error_text(
+                Exception("some recipients refused: " + "; ".join(f"{rcpt}: {resp}" for rcpt, resp in refused.items()))
+            )
+            log.warning("notification %d sent, but %s", email.id, note)
+        return SendOutcome(sent=True, error=note)
+
+    async def _record_shielded(self, email: ClaimedEmail, lease: datetime, outcome: SendOutcome) -> None:
+        """Record an outcome even when the sender is cancelled meanwhile (an accepted send must become SENT)."""
+        task = asyncio.ensure_future(self._record(email, lease, outcome))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await task
+            raise
+
+    async def _record(self, email: ClaimedEmail, lease: datetime, outcome: SendOutcome) -> None:
+        """Store the outcome, guarded by our lease so an expired sender cannot overwrite a newer state."""
+        now = self.clock()
+        attempts = email.attempts + 1
+        guard = (EmailNotification.id == email.id, EmailNotification.claimed_until == lease)
+        if outcome.sent:
+            values: dict[str, object] = {
+                "status": NotificationStatus.SENT,
+                "sent_at": now,
+                "attempts": attempts,
+                "claimed_until": None,
+                "last_error": outcome.error,
+            }
+        elif outcome.permanent or attempts >= self.settings.smtp_max_attempts:
+            values = {
+                "status": NotificationStatus.FAILED,
+                "attempts": attempts,
+                "claimed_until": None,
+                "last_error": outcome.error,
+            }
+        else:
+            values = {
+                "attempts": attempts,
+                "claimed_until": None,
+                "last_error": outcome.error,
+                "next_attempt_at": now + self.backoff(attempts),
+            }
+        stmt = update(EmailNotification).where(*guard).values(**values).execution_options(synchronize_session=False)
+        async with self.db.write() as session:
+            result = await session.execute(stmt)
+            updated = result.rowcount  # type: ignore[attr-defined]
+        if not updated:
+            log.warning("notification %d: lease lost before its outcome was recorded", email.id)
+        elif outcome.sent:
+            log.info("notification %d sent (%s)", email.id, email.message_id)
+        elif values.get("status") == NotificationStatus.FAILED:
+            log.error("notification %d FAILED after %d attempts: %s", email.id, attempts, outcome.error)
+        else:
+            log.warning(
+                "notification %d attempt %d failed (%s); retrying in %s",
+                email.id,
+                attempts,
+                outcome.error,
+                self.backoff(attempts),
+            )
+
+    async def _release(self, ids: list[int], lease: datetime) -> None:
+        """Give unattempted rows back at once instead of letting them wait for the lease to expire."""
+        stmt = (
+            update(EmailNotification)
+            .where(EmailNotification.id.in_(ids), EmailNotification.claimed_until == lease)
+            .values(claimed_until=None)
+            .execution_options(synchronize_session=False)
+        )
+        try:
+            async with self.db.write() as session:
+                await session.execute(stmt)
+        except Exception as exc:  # the lease expires on its own; nothing is lost
+            log.warning("could not release %d outbox rows (%s); they wait for their lease", len(ids), exc)
+
+    async def _report_unconfigured(self) -> None:
+        """Say once that SMTP is off, and log each notification that stays PENDING because of it."""
+        if not self._told_unconfigured:
+            self._told_unconfigured = True
+            log.info("SMTP is not configured (UIDHUB_SMTP_HOST unset): alert emails stay PENDING in the outbox")
+        stmt = (
+            select(EmailNotification.id, EmailNotification.recipients, EmailNotification.subject)
+            .where(
+                EmailNotification.status == NotificationStatus.PENDING,
+                EmailNotification.id > self._last_logged_id,
+            )
+            .order_by(EmailNotification.id)
+            .limit(_UNCONFIGURED_LOG_BATCH)
+        )
+        try:
+            async with self.db.read() as session:
+                rows = (await session.execute(stmt)).all()
+        except Exception as exc:
+            log.warning("could not list pending notifications: %s", exc)
+            return
+        for row_id, recipients, subject in rows:
+            log.info("notification %d kept PENDING (no SMTP): to %s: %s", row_id, ", ".join(recipients or []), subject)
+            self._last_logged_id = row_id
+
+    # -- the loop ------------------------------------------------------------
+
+    async def run_forever(self) -> None:
+        """Run passes until cancelled; between passes wait for an "outbox" wake-up or the poll interval.
+
+        An error in a pass (the database restarting) is logged and retried on
+        the next pass rather than ending the sender.
+        """
+        poll = self.settings.sender_poll_seconds
+        while True:
+            try:
+                processed = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox pass failed; retrying in %.1fs", poll)
+                processed = 0
+            if processed >= self.batch_size:
+                await asyncio.sleep(0)  # probably more due: go again, but let others run
+                continue
+            if self.bus is not None:
+                await self.bus.wait(TOPIC, poll)
+            else:
+                await asyncio.sleep(poll)
+
+    def start(self) -> asyncio.Task[None]:
+        """Start `run_forever` as a task (idempotent while it runs) and return it."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self.run_forever(), name="uidhub-outbox-sender")
+        return self._task
+
+    async def stop(self) -> None:
+        """Cancel the loop and wait for it; an in-flight outcome is still recorded, unattempted rows released."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,55 @@
+"""Background services of a server process: the email sender and housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from notifications.outbox import OutboxSender
+from resolvers import idempotency
+
+if TYPE_CHECKING:
+    from uidhub.app import AppState
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_SECONDS = 3600.0
+
+Stop = Callable[[], Awaitable[None]]
+
+
+async def start_outbox(state: AppState) -> Stop:
+    """Every worker runs a sender; claims (SKIP LOCKED / leases) keep each email to one sender."""
+    sender = OutboxSender(state.db, state.settings, state.bus)
+    sender.start()
+    return sender.stop
+
+
+async def start_housekeeping(state: AppState) -> Stop:
+    """Purges idempotency keys past their retention (never less than 24 hours)."""
+
+    async def loop() -> None:
+        while True:
+            try:
+                async with state.db.write() as session:
+                    purged = await idempotency.purge(
+                        session, timedelta(hours=state.settings.idempotency_ttl_hours)
+                    )
+                if purged:
+                    log.info("purged %d expired idempotency keys", purged)
+            except Exception:
+                log.exception("housekeeping failed; retrying later")
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+
+    task = asyncio.create_task(loop(), name="uidhub-housekeeping")
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return stop
