@@ -370,7 +370,8 @@ def available_expr() -> ColumnElement[int]:
 
 def warning_level_expr() -> ColumnElement[int]:
     # Half-up rounding in integer arithmetic; amounts are never negative.
-    return (QuotaPool.amount_cents * QuotaPool.warning_percent + 50) / 100
+    # `//` is integer division on every backend (`/` is true division in SQLAlchemy 2: 500.5, not 500).
+    return (QuotaPool.amount_cents * QuotaPool.warning_percent + 50) // 100
 
 
 def below_warning_expr() -> ColumnElement[bool]:
@@ -378,11 +379,19 @@ def below_warning_expr() -> ColumnElement[bool]:
 
 
 def frozen_expr() -> ColumnElement[bool]:
-    return or_(Account.payg_freeze == PaygFreezeStatus.FROZEN, Master.payg_freeze == PaygFreezeStatus.FROZEN)
+    # `Master.id IS NOT NULL AND …` keeps the condition two-valued without a master (outer join NULLs),
+    # so that its negation (effective NORMAL) holds for standalone accounts too.
+    return or_(
+        Account.payg_freeze == PaygFreezeStatus.FROZEN,
+        and_(Master.id.is_not(None), Master.payg_freeze == PaygFreezeStatus.FROZEN),
+    )
 
 
 def banned_expr() -> ColumnElement[bool]:
-    return or_(Account.purchase_control == PurchaseControl.BANNED, Master.purchase_control == PurchaseControl.BANNED)
+    return or_(
+        Account.purchase_control == PurchaseControl.BANNED,
+        and_(Master.id.is_not(None), Master.purchase_control == PurchaseControl.BANNED),
+    )
 
 
 def joined(query: Select[Any]) -> Select[Any]:

@@ -46,8 +46,9 @@ class Claim:
         return self.replay is not None
 
 
-async def claim(session: AsyncSession, actor: Actor, key: str, operation: str, request: dict[str, Any],
-                *field: str) -> Claim:
+async def claim(
+    session: AsyncSession, actor: Actor, key: str, operation: str, request: dict[str, Any], *field: str
+) -> Claim:
     """Reserve `key` for this operation and input, or return the stored first result."""
     if not key or len(key) > KEY_MAX:
         raise UserErrors.one(ErrorCode.INVALID_INPUT, f"idempotencyKey must be 1 to {KEY_MAX} characters.", *field)
@@ -56,8 +57,14 @@ async def claim(session: AsyncSession, actor: Actor, key: str, operation: str, r
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     inserted = await session.scalar(
         insert(IdempotencyRecord)
-        .values(partner_id=actor.partner_id, key=key, operation=operation, request_hash=digest, response={},
-                created_at=utcnow())
+        .values(
+            partner_id=actor.partner_id,
+            key=key,
+            operation=operation,
+            request_hash=digest,
+            response={},
+            created_at=utcnow(),
+        )
         .on_conflict_do_nothing(index_elements=["partner_id", "key"])
         .returning(IdempotencyRecord.id)
     )
@@ -88,5 +95,7 @@ async def purge(session: AsyncSession, older_than: timedelta) -> int:
     """Delete keys older than `older_than` (kept at least 24 hours)."""
     if older_than < timedelta(hours=24):
         raise ValueError("idempotency keys are kept at least 24 hours")
-    result = await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < utcnow() - older_than))
+    result = await session.execute(
+        delete(IdempotencyRecord).where(IdempotencyRecord.created_at < utcnow() - older_than)
+    )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import Enum
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from models import Account, QuotaAdjustment, QuotaPool
+from models import Account, LedgerEntry, QuotaAdjustment, QuotaPool
 from models.base import utcnow
-from models.enums import AuditAction, QuotaOperationType
+from models.enums import AuditAction, ErrorCode, LedgerKind, QuotaOperationType
 from models.money import format_money
-from resolvers import audit
-from resolvers.actor import Actor
+from resolvers import accounts, audit, idempotency
+from resolvers.actor import Actor, Permission
+from resolvers.errors import UserErrors, invalid
 from resolvers.pagination import Page, check_first, decode_id_cursor, encode_cursor
 from resolvers.pools import after_pool_change, lock_pool
+
+if TYPE_CHECKING:
+    from uidhub.db import Database
+    from uidhub.settings import Settings
 
 
 async def apply_quota_amount(
@@ -98,3 +106,219 @@ async def list_adjustments(
         has_previous=after_id is not None,
         count=count,
     )
+
+
+# ---------------------------------------------------------------- mutations
+
+
+@dataclass
+class PoolResult:
+    """What a quota mutation returns: the pool as it is after the change, and the account owning it.
+
+    On an idempotent repeat `pool` is a detached snapshot rebuilt from the
+    stored first result, so the repeat answers exactly what the first call did.
+    """
+
+    pool: QuotaPool
+    owner_id: int
+
+
+def snapshot(result: PoolResult) -> dict[str, Any]:
+    """The stored first result of a keyed operation: enough to rebuild its payload."""
+    pool = result.pool
+    return {
+        "poolId": pool.id,
+        "ownerId": result.owner_id,
+        "amount": pool.amount_cents,
+        "deducted": pool.deducted_cents,
+        "undeducted": pool.undeducted_cents,
+        "warningPercent": pool.warning_percent,
+    }
+
+
+def from_snapshot(data: dict[str, Any]) -> PoolResult:
+    pool = QuotaPool(
+        id=data["poolId"],
+        amount_cents=data["amount"],
+        deducted_cents=data["deducted"],
+        undeducted_cents=data["undeducted"],
+        warning_percent=data["warningPercent"],
+    )
+    return PoolResult(pool=pool, owner_id=data["ownerId"])
+
+
+def _owner_id(account: Account) -> int:
+    return account.master_id or account.id
+
+
+def _check_positive(amount_cents: int) -> None:
+    if amount_cents <= 0:
+        raise invalid("amount must be greater than zero.", "input", "amount")
+
+
+async def set_quota_amount(
+    session: AsyncSession, actor: Actor, uid: str, amount_cents: int, idempotency_key: str | None
+) -> PoolResult:
+    """`setQuotaAmount`: QUOTA_CREATE / QUOTA_ADJUSTMENT / nothing for the same amount."""
+    actor.require(Permission.QUOTA)
+    if amount_cents < 0:
+        raise invalid("amount must not be negative.", "input", "amount")
+    claim_ = None
+    if idempotency_key is not None:
+        claim_ = await idempotency.claim(
+            session, actor, idempotency_key, "setQuotaAmount", {"uid": uid, "amount": amount_cents},
+            "input", "idempotencyKey",
+        )
+        if claim_.replay is not None:
+            return from_snapshot(claim_.replay)
+    account = await accounts.get(session, actor, uid, "input", "uid")
+    if account.master_id is not None:
+        raise UserErrors.one(
+            ErrorCode.QUOTA_MANAGED_BY_MASTER,
+            f"{uid} is a sub-account: it spends from its master's quota; set the quota on the master.",
+            "input",
+            "uid",
+        )
+    accounts.require_active(account, "input", "uid")
+    pool, _record = await apply_quota_amount(session, actor, account, amount_cents)
+    result = PoolResult(pool=pool, owner_id=account.id)
+    if claim_ is not None:
+        await idempotency.complete(session, claim_, snapshot(result))
+    return result
+
+
+async def set_warning_threshold(session: AsyncSession, actor: Actor, uid: str, percent: int | None) -> PoolResult:
+    """`setWarningThreshold`: 1..100, or None to remove the warning; re-evaluates the alert at once."""
+    actor.require(Permission.QUOTA)
+    if percent is not None and not 1 <= percent <= 100:
+        raise invalid("percent must be between 1 and 100, or null to remove the warning.", "input", "percent")
+    account = await accounts.get(session, actor, uid, "input", "uid")
+    if account.master_id is not None:
+        raise UserErrors.one(
+            ErrorCode.QUOTA_MANAGED_BY_MASTER,
+            f"{uid} is a sub-account: its warning threshold is its master's; set it on the master.",
+            "input",
+            "uid",
+        )
+    accounts.require_active(account, "input", "uid")
+    pool = await lock_pool(session, account.pool_id)
+    before = pool.warning_percent
+    if before != percent:
+        pool.warning_percent = percent
+        audit.record(
+            session,
+            actor,
+            account,
+            AuditAction.WARNING_THRESHOLD_CHANGED,
+            before={"warningThresholdPercent": before},
+            after={"warningThresholdPercent": percent},
+        )
+        await session.flush()
+        await after_pool_change(session, pool, actor)
+    return PoolResult(pool=pool, owner_id=account.id)
+
+
+class BalanceOp(Enum):
+    """The three balance operations: how each moves the pool's money and what it may not do."""
+
+    RECORD = ("recordConsumption", LedgerKind.CONSUMPTION, Permission.CONSUMPTION)
+    DEDUCT = ("deductConsumption", LedgerKind.DEDUCTION, Permission.CONSUMPTION)
+    REPAY = ("repayOutstanding", LedgerKind.REPAYMENT, Permission.REPAY)
+
+    def __init__(self, operation: str, kind: LedgerKind, permission: Permission) -> None:
+        self.operation = operation
+        self.kind = kind
+        self.permission = permission
+
+
+def _balance_update(op: BalanceOp, pool_id: int, d: int) -> Any:
+    """One atomic UPDATE … RETURNING; the guard sits in the WHERE clause so no race can go below zero."""
+    stmt = update(QuotaPool).where(QuotaPool.id == pool_id)
+    if op is BalanceOp.RECORD:
+        stmt = stmt.values(undeducted_cents=QuotaPool.undeducted_cents + d)
+    elif op is BalanceOp.DEDUCT:
+        stmt = stmt.where(QuotaPool.undeducted_cents >= d).values(
+            undeducted_cents=QuotaPool.undeducted_cents - d, deducted_cents=QuotaPool.deducted_cents + d
+        )
+    else:
+        stmt = stmt.where(QuotaPool.deducted_cents >= d).values(deducted_cents=QuotaPool.deducted_cents - d)
+    return stmt.returning(QuotaPool).execution_options(populate_existing=True, synchronize_session=False)
+
+
+async def change_balance(
+    session: AsyncSession, actor: Actor, op: BalanceOp, uid: str, amount_cents: int, idempotency_key: str
+) -> PoolResult:
+    """recordConsumption / deductConsumption / repayOutstanding with idempotency.
+
+    Order: permission, input, key claim (a repeat returns the stored first
+    result before anything else is read), account, status, the ledger row,
+    one atomic UPDATE of the pool (its guard in the WHERE clause), credit
+    control and alerts, the stored result.
+    """
+    actor.require(op.permission)
+    _check_positive(amount_cents)
+    claim_ = await idempotency.claim(
+        session, actor, idempotency_key, op.operation, {"uid": uid, "amount": amount_cents},
+        "input", "idempotencyKey",
+    )
+    if claim_.replay is not None:
+        return from_snapshot(claim_.replay)
+    account = await accounts.get(session, actor, uid, "input", "uid")
+    accounts.require_active(account, "input", "uid")
+    # The ledger row goes in first: the pool row stays locked from its UPDATE to the commit, so the
+    # less that runs after it, the less concurrent writers of the pool wait.
+    session.add(
+        LedgerEntry(
+            pool_id=account.pool_id,
+            account_id=account.id,
+            kind=op.kind,
+            amount_cents=amount_cents,
+            method=actor.method,
+            operator_uid=actor.operator_uid,
+            idempotency_key=idempotency_key,
+        )
+    )
+    await session.flush()
+    pool = (await session.scalars(_balance_update(op, account.pool_id, amount_cents))).one_or_none()
+    if pool is None:
+        current = await session.get(QuotaPool, account.pool_id, populate_existing=True)
+        assert current is not None, "every account has a pool"
+        if op is BalanceOp.DEDUCT:
+            message = (
+                f"Cannot deduct {format_money(amount_cents)}: only {format_money(current.undeducted_cents)} "
+                "is consumed and not yet deducted."
+            )
+        else:
+            message = (
+                f"Cannot repay {format_money(amount_cents)}: only {format_money(current.deducted_cents)} "
+                "is consumed and deducted."
+            )
+        raise invalid(message, "input", "amount")
+    if op is BalanceOp.REPAY:
+        before_deducted = pool.deducted_cents + amount_cents
+        before_available = pool.available_cents - amount_cents
+        audit.record(
+            session,
+            actor,
+            account,
+            AuditAction.OUTSTANDING_REPAID,
+            before={
+                "consumedDeducted": format_money(before_deducted),
+                "outstandingAmount": format_money(max(0, -before_available)),
+            },
+            after={
+                "consumedDeducted": format_money(pool.deducted_cents),
+                "outstandingAmount": format_money(max(0, -pool.available_cents)),
+                "repaid": format_money(amount_cents),
+            },
+        )
+    await after_pool_change(session, pool, actor)
+    result = PoolResult(pool=pool, owner_id=_owner_id(account))
+    await idempotency.complete(session, claim_, snapshot(result))
+    return result
+
+
+async def purge_expired(db: Database, settings: Settings) -> int:
+    """Delete idempotency keys older than `settings.idempotency_ttl_hours` (at least 24 h); the count deleted."""
+    async with db.write() as session:
+        return await idempotency.purge(session, timedelta(hours=settings.idempotency_ttl_hours))

@@ -272,7 +272,9 @@ class LinkAccountInput:
     master_uid: str | None = strawberry.field(
         default=None, description="Makes this a financial trusteeship sub-account of that master."
     )
-    quota_amount: Money | None = strawberry.field(default=None, description="Initial quota amount: recorded as QUOTA_CREATE.")
+    quota_amount: Money | None = strawberry.field(
+        default=None, description="Initial quota amount: recorded as QUOTA_CREATE."
+    )
 
 
 @strawberry.input(description="Edit basic info; fields left out are unchanged, null clears a field.")
@@ -297,7 +299,9 @@ class ChangeAccountStatusInput:
 @strawberry.type
 class AccountQueries:
     @strawberry.field(description="One account by UID; null when it does not exist or is not visible to you.")
-    async def end_user(self, info: Info, uid: Annotated[str, strawberry.argument(description="The UID.")]) -> EndUser | None:
+    async def end_user(
+        self, info: Info, uid: Annotated[str, strawberry.argument(description="The UID.")]
+    ) -> EndUser | None:
         session = await info.context.session()
         row = await ops.find(session, info.context.require_actor(), uid)
         return EndUser.of(row) if row else None

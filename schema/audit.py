@@ -75,7 +75,9 @@ class AuditEntryConnection:
     @classmethod
     async def of(cls, page: Page[AuditRow]) -> AuditEntryConnection:
         return cls(
-            edges=[AuditEntryEdge(cursor=c, node=AuditEntry.of(r)) for r, c in zip(page.items, page.cursors, strict=True)],
+            edges=[
+                AuditEntryEdge(cursor=c, node=AuditEntry.of(r)) for r, c in zip(page.items, page.cursors, strict=True)
+            ],
             page_info=PageInfo.of(page),
             total_count=await page.count(),
         )

@@ -89,7 +89,10 @@ def _audit_pages(session_getter: SessionGetter) -> DataLoader[AuditKey, tuple[li
             for row in rows:
                 grouped[row.account_id].append(row)
             for account_id in account_ids:
-                results[(account_id, first, after_id, actions)] = (grouped.get(account_id, []), counts.get(account_id, 0))
+                results[(account_id, first, after_id, actions)] = (
+                    grouped.get(account_id, []),
+                    counts.get(account_id, 0),
+                )
         return [results[k] for k in keys]
 
     return DataLoader(load_fn=load)

@@ -8,8 +8,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
-from graphql import GraphQLError, OperationType
+from graphql import (
+    BREAK,
+    ArgumentNode,
+    DocumentNode,
+    GraphQLError,
+    Node,
+    ObjectFieldNode,
+    OperationType,
+    Visitor,
+    visit,
+)
 from strawberry.extensions import SchemaExtension
 
 from schema.context import Context
@@ -18,6 +29,7 @@ log = logging.getLogger("uidhub.graphql")
 
 #: Exceptions whose message is meant for the client.
 _CLIENT_CODES = {"FORBIDDEN", "BAD_USER_INPUT", "UNAUTHENTICATED", "BAD_REQUEST"}
+_SUGGESTION = "Did you mean"
 
 
 class RequestLifecycle(SchemaExtension):
@@ -30,7 +42,8 @@ class RequestLifecycle(SchemaExtension):
     async def on_execute(self) -> AsyncIterator[None]:
         context = self.execution_context.context
         if isinstance(context, Context):
-            operation = self.execution_context.operation_type
+            # strawberry's own OperationType enum, not graphql-core's: compare the values.
+            operation = OperationType(self.execution_context.operation_type.value)
             if context.websocket and operation is not OperationType.SUBSCRIPTION:
                 raise GraphQLError(
                     "Queries and mutations go over HTTP POST /graphql; websockets carry subscriptions only.",
@@ -61,10 +74,19 @@ class MaskInternalErrors(SchemaExtension):
         request_id = getattr(context, "request_id", "-")
         masked: list[GraphQLError] = []
         for error in errors:
+            # No schema hints for strangers: strawberry strips "Did you mean" from unknown fields only,
+            # graphql-core still suggests argument names, enum values and input fields.
+            if _SUGGESTION in error.message:
+                error.message = error.message.split(_SUGGESTION)[0].rstrip()
             original = error.original_error
             code = (error.extensions or {}).get("code")
             if original is None or code in _CLIENT_CODES or isinstance(original, GraphQLError):
                 masked.append(error)
+                continue
+            if error.path is None and isinstance(original, ValueError):
+                # A scalar refused a literal while the document was validated (Money "1e3", a float):
+                # the client's mistake, named by the argument it was given for.
+                masked.append(_name_argument(error, self.execution_context.graphql_document))
                 continue
             log.error("internal error in request %s at %s", request_id, error.path, exc_info=original)
             masked.append(
@@ -79,3 +101,30 @@ class MaskInternalErrors(SchemaExtension):
                 )
             )
         result.errors = masked  # type: ignore[union-attr]
+
+
+def _name_argument(error: GraphQLError, document: DocumentNode | None) -> GraphQLError:
+    """The validation error with the argument path of its value literal ("input.amount") in front."""
+    target = error.nodes[0] if error.nodes else None
+    names: list[str] = []
+    if target is not None and document is not None:
+
+        class Finder(Visitor):
+            def enter(self, node: Node, _key: Any, parent: Any, _path: Any, ancestors: list[Any]) -> Any:
+                if node is target:
+                    for ancestor in [*ancestors, parent]:
+                        if isinstance(ancestor, ArgumentNode | ObjectFieldNode):
+                            names.append(ancestor.name.value)
+                    return BREAK
+                return None
+
+        visit(document, Finder())
+    if not names:
+        return error
+    return GraphQLError(
+        f"Invalid value for argument '{'.'.join(names)}': {error.message}",
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        extensions={"code": "GRAPHQL_VALIDATION_FAILED", "argument": ".".join(names)},
+    )

@@ -20,12 +20,18 @@ from models.enums import (
     StopReason,
 )
 from models.rules import PolicyView, instance_status
-from schema.common import Node, to_global_id
+from resolvers import accounts as account_ops
+from resolvers import orders as order_ops
+from resolvers import policy as policy_ops
+from schema.common import Node, UserError, mutate, to_global_id, user_errors
 from schema.context import Info
+from schema.registry import register_node
 from schema.scalars import Money
 
 if TYPE_CHECKING:
-    from schema.accounts import EndUser
+    from schema.accounts import EndUser, EndUserPayload
+
+LazyEndUser = strawberry.lazy("schema.accounts")
 
 
 def policy_view(account: Account, master: Account | None, pool: QuotaPool) -> PolicyView:
@@ -129,12 +135,231 @@ class PurchaseDecision:
         if self._blocking_account_id is None:
             return None
         row = await info.context.loaders.account.load(self._blocking_account_id)
-        return EndUser.of(row) if row else None
+        if row is None or not account_ops.visible(info.context.require_actor(), row):
+            return None
+        return EndUser.of(row)
+
+    @classmethod
+    def of(cls, decision: order_ops.Decision) -> PurchaseDecision:
+        return cls(
+            allowed=decision.allowed,
+            reasons=list(decision.reasons),
+            available_quota=Money(decision.available_cents),
+            _blocking_account_id=decision.blocking_account_id,
+        )
 
 
+async def resolve_instance_node(info: Info, pk: int) -> Instance | None:
+    """node(id:) for an Instance: null unless its account is visible to the viewer."""
+    session = await info.context.session()
+    found = await order_ops.load_instance(session, info.context.require_actor(), pk)
+    if found is None:
+        return None
+    row, account = found
+    return Instance.of(row, await load_policy_view(info, account))
+
+
+register_node("Instance", resolve_instance_node)
+
+
+# ---------------------------------------------------------------- payloads and inputs
+
+
+@strawberry.type(description="What a freeze or unfreeze did (or would do) to one of the UIDs asked for.")
+class PolicyChangeResult:
+    uid: str = strawberry.field(description="The UID as given.")
+    end_user: Annotated[EndUser, LazyEndUser] | None = strawberry.field(
+        description="The account (after the change when applied); null when not found."
+    )
+    user_errors: list[UserError] = strawberry.field(
+        description="Why this UID was not changed (NOT_FOUND, ACCOUNT_NOT_ACTIVE); empty otherwise."
+    )
+
+
+@strawberry.type(description="Result of freezePayg / unfreezePayg over several UIDs.")
+class PolicyChangePayload:
+    applied: bool = strawberry.field(description="False for a preview (confirm: false): nothing was changed.")
+    results: list[PolicyChangeResult] = strawberry.field(description="One result per distinct UID, in input order.")
+    affected_accounts: list[Annotated[EndUser, LazyEndUser]] = strawberry.field(
+        description="Every account whose effective freeze status changes, sub-accounts included."
+    )
+    affected_payg_instances: int = strawberry.field(
+        description="PAYG instances that stop (freeze) or may start again (unfreeze)."
+    )
+    user_errors: list[UserError] = strawberry.field(
+        description="Why nothing at all was done (bad input); per-UID problems are in `results`."
+    )
+
+
+def _policy_change_errors(errors: list[UserError]) -> PolicyChangePayload:
+    return PolicyChangePayload(
+        applied=False, results=[], affected_accounts=[], affected_payg_instances=0, user_errors=errors
+    )
+
+
+@strawberry.type(description="Result of placeOrder.")
+class PlaceOrderPayload:
+    decision: PurchaseDecision | None = strawberry.field(
+        description="Whether the order was allowed and why not; null on input errors."
+    )
+    instance: Instance | None = strawberry.field(description="Created only when the decision allows it.")
+    user_errors: list[UserError] = strawberry.field(description="Why nothing was done; empty otherwise.")
+
+
+def _order_errors(errors: list[UserError]) -> PlaceOrderPayload:
+    return PlaceOrderPayload(decision=None, instance=None, user_errors=errors)
+
+
+@strawberry.input(description="Freeze or unfreeze PAYG on several accounts (the list page's bulk action).")
+class FreezeInput:
+    uids: list[str] = strawberry.field(description="The accounts, at most 100.")
+    confirm: bool = strawberry.field(
+        default=False, description="False (the default) previews the effect and changes nothing."
+    )
+    reason: str | None = strawberry.field(default=None, description="Why: kept on the audit entries.")
+
+
+@strawberry.input(description="Ban or allow new orders on an account (its sub-accounts follow).")
+class SetPurchaseControlInput:
+    uid: str = strawberry.field(description="The account.")
+    status: PurchaseControl = strawberry.field(description="The account's own new setting.")
+    reason: str | None = strawberry.field(default=None, description="Why: kept on the audit entry.")
+
+
+@strawberry.input(description="Set the shutdown policy of a master or standalone account.")
+class SetShutdownPolicyInput:
+    uid: str = strawberry.field(description="A master or standalone account (a sub-account is POLICY_INHERITED).")
+    policy: ShutdownPolicy = strawberry.field(description="The new policy.")
+    shutdown_delay_credit: Money | None = strawberry.field(
+        default=None,
+        description="Only for DELAY_STOP; defaults to 0. A non-zero credit with another policy is INVALID_INPUT.",
+    )
+
+
+@strawberry.input(description="Place an order for a new instance.")
+class PlaceOrderInput:
+    uid: str = strawberry.field(description="The ordering account.")
+    billing_method: BillingMethod = strawberry.field(description="PAYG or SUBSCRIPTION.")
+    amount: Money = strawberry.field(
+        description="For SUBSCRIPTION, charged to the quota pool as consumed-undeducted; for PAYG an estimate "
+        "(>= 0) that is not charged."
+    )
+    description: str | None = strawberry.field(default=None, description="Free text, at most 500 characters.")
+    idempotency_key: str = strawberry.field(
+        description="Repeating a key with the same input returns the first result and changes nothing; "
+        "with a different input it is IDEMPOTENCY_CONFLICT."
+    )
+
+
+# ---------------------------------------------------------------- root fields
+
+
+@strawberry.type
 class PolicyQueries:
-    """Root query fields of the policy domain."""
+    @strawberry.field(description="Would this order be allowed? Decides like placeOrder and writes nothing.")
+    async def purchase_check(
+        self,
+        info: Info,
+        uid: Annotated[str, strawberry.argument(description="The ordering account.")],
+        billing_method: Annotated[BillingMethod, strawberry.argument(description="PAYG or SUBSCRIPTION.")],
+        amount: Annotated[Money, strawberry.argument(description="The order's amount (>= 0).")],
+    ) -> PurchaseDecision:
+        session = await info.context.session()
+        decision = await order_ops.purchase_check(
+            session, info.context.require_actor(), uid, billing_method, int(amount)
+        )
+        return PurchaseDecision.of(decision)
 
 
+async def _freeze(info: Info, input: FreezeInput, target: PaygFreezeStatus) -> PolicyChangePayload:
+    from schema.accounts import EndUser
+
+    async def op(session, actor) -> PolicyChangePayload:  # type: ignore[no-untyped-def]
+        outcome = await policy_ops.change_freeze(
+            session, actor, input.uids, target=target, confirm=input.confirm, reason=input.reason
+        )
+        return PolicyChangePayload(
+            applied=outcome.applied,
+            results=[
+                PolicyChangeResult(
+                    uid=r.uid,
+                    end_user=EndUser.of(r.account) if r.account is not None else None,
+                    user_errors=user_errors(r.errors),
+                )
+                for r in outcome.results
+            ],
+            affected_accounts=[EndUser.of(a) for a in outcome.affected],
+            affected_payg_instances=outcome.affected_payg_instances,
+            user_errors=[],
+        )
+
+    return await mutate(info, op, _policy_change_errors)
+
+
+@strawberry.type
 class PolicyMutations:
-    """Root mutation fields of the policy domain."""
+    @strawberry.mutation(
+        description="Freeze PAYG on several accounts: their PAYG instances (and their sub-accounts') stop. "
+        "confirm: false previews."
+    )
+    async def freeze_payg(self, info: Info, input: FreezeInput) -> PolicyChangePayload:
+        return await _freeze(info, input, PaygFreezeStatus.FROZEN)
+
+    @strawberry.mutation(
+        description="Unfreeze PAYG on several accounts; a sub-account frozen in its own right stays frozen. "
+        "confirm: false previews."
+    )
+    async def unfreeze_payg(self, info: Info, input: FreezeInput) -> PolicyChangePayload:
+        return await _freeze(info, input, PaygFreezeStatus.NORMAL)
+
+    @strawberry.mutation(description="Ban or allow new orders on an account; its sub-accounts follow a master's ban.")
+    async def set_purchase_control(
+        self, info: Info, input: SetPurchaseControlInput
+    ) -> Annotated[EndUserPayload, LazyEndUser]:
+        from schema.accounts import EndUser, EndUserPayload, end_user_errors
+
+        async def op(session, actor) -> EndUserPayload:  # type: ignore[no-untyped-def]
+            row = await policy_ops.set_purchase_control(session, actor, input.uid, input.status, input.reason)
+            return EndUserPayload(end_user=EndUser.of(row), user_errors=[])
+
+        return await mutate(info, op, end_user_errors)
+
+    @strawberry.mutation(
+        description="Set the shutdown policy (and DELAY_STOP's delay credit) of a master or standalone account."
+    )
+    async def set_shutdown_policy(
+        self, info: Info, input: SetShutdownPolicyInput
+    ) -> Annotated[EndUserPayload, LazyEndUser]:
+        from schema.accounts import EndUser, EndUserPayload, end_user_errors
+
+        credit = int(input.shutdown_delay_credit) if input.shutdown_delay_credit is not None else None
+
+        async def op(session, actor) -> EndUserPayload:  # type: ignore[no-untyped-def]
+            row = await policy_ops.set_shutdown_policy(session, actor, input.uid, input.policy, credit)
+            return EndUserPayload(end_user=EndUser.of(row), user_errors=[])
+
+        return await mutate(info, op, end_user_errors)
+
+    @strawberry.mutation(
+        description="Place an order: decided like purchaseCheck; when allowed the instance is created and a "
+        "SUBSCRIPTION amount is charged to the pool. Idempotent by key."
+    )
+    async def place_order(self, info: Info, input: PlaceOrderInput) -> PlaceOrderPayload:
+        async def op(session, actor) -> PlaceOrderPayload:  # type: ignore[no-untyped-def]
+            outcome = await order_ops.place_order(
+                session,
+                actor,
+                uid=input.uid,
+                billing_method=input.billing_method,
+                amount_cents=int(input.amount),
+                description=input.description,
+                idempotency_key=input.idempotency_key,
+            )
+            instance = None
+            if outcome.instance is not None:
+                owner = await session.get(Account, outcome.instance.account_id)
+                assert owner is not None
+                instance = Instance.of(outcome.instance, await order_ops.policy_of(session, owner))
+            return PlaceOrderPayload(decision=PurchaseDecision.of(outcome.decision), instance=instance, user_errors=[])
+
+        return await mutate(info, op, _order_errors)

@@ -6,16 +6,18 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import strawberry
+from sqlalchemy import select
 
+from models import Account, QuotaPool
 from models import QuotaAdjustment as AdjustmentRow
-from models import QuotaPool
 from models.enums import OperationMethod, QuotaOperationType
 from models.money import percent_of
 from resolvers import quota as quota_ops
 from resolvers.pagination import Page
-from schema.common import Node, PageInfo, to_global_id
+from schema.common import Node, PageInfo, UserError, mutate, to_global_id
 from schema.context import Info
 from schema.partners import Operator
+from schema.registry import register_node
 from schema.scalars import Money
 
 if TYPE_CHECKING:
@@ -65,7 +67,10 @@ class QuotaAdjustmentConnection:
     @classmethod
     def of(cls, page: Page[AdjustmentRow]) -> QuotaAdjustmentConnection:
         return cls(
-            edges=[QuotaAdjustmentEdge(cursor=c, node=QuotaAdjustment.of(r)) for r, c in zip(page.items, page.cursors, strict=True)],
+            edges=[
+                QuotaAdjustmentEdge(cursor=c, node=QuotaAdjustment.of(r))
+                for r, c in zip(page.items, page.cursors, strict=True)
+            ],
             page_info=PageInfo.of(page),
             _page=page,
         )
@@ -138,5 +143,108 @@ class Quota:
         return QuotaAdjustmentConnection.of(page)
 
 
+# ---------------------------------------------------------------- node(id:)
+
+
+async def _resolve_adjustment(info: Info, pk: int) -> QuotaAdjustment | None:
+    """A record is visible when the viewer may see an account spending from its pool."""
+    session = await info.context.session()
+    actor = info.context.require_actor()
+    row = await session.get(AdjustmentRow, pk)
+    if row is None:
+        return None
+    visible = await session.scalar(
+        select(Account.id).where(Account.pool_id == row.pool_id, actor.account_scope()).limit(1)
+    )
+    return QuotaAdjustment.of(row) if visible is not None else None
+
+
+register_node("QuotaAdjustment", _resolve_adjustment)
+
+
+# ---------------------------------------------------------------- mutations
+
+
+@strawberry.type(description="Result of a quota mutation.")
+class QuotaPayload:
+    quota: Quota | None = strawberry.field(description="The pool after the change; null on errors.")
+    user_errors: list[UserError] = strawberry.field(description="Why nothing changed; empty on success.")
+
+
+def quota_errors(errors: list[UserError]) -> QuotaPayload:
+    return QuotaPayload(quota=None, user_errors=errors)
+
+
+def quota_payload(result: quota_ops.PoolResult) -> QuotaPayload:
+    return QuotaPayload(quota=Quota(_pool=result.pool, _owner_id=result.owner_id), user_errors=[])
+
+
+@strawberry.input(description="Set a master's or standalone account's quota amount.")
+class SetQuotaAmountInput:
+    uid: str = strawberry.field(description="The pool owner (a sub-account is QUOTA_MANAGED_BY_MASTER).")
+    amount: Money = strawberry.field(description="The new credit line: at least 0.00 and below 10^12.")
+    idempotency_key: str | None = strawberry.field(
+        default=None,
+        description="Optional: a repeat with the same input returns the first result and changes nothing.",
+    )
+
+
+@strawberry.input(description="Set or remove the partner's warning threshold on a pool.")
+class SetWarningThresholdInput:
+    uid: str = strawberry.field(description="The pool owner (a sub-account is QUOTA_MANAGED_BY_MASTER).")
+    percent: int | None = strawberry.field(default=None, description="1..100; null removes the warning.")
+
+
+@strawberry.input(description="An amount of consumption, deduction or repayment on an account's pool.")
+class AmountInput:
+    uid: str = strawberry.field(description="The account (a sub-account acts on its master's pool).")
+    amount: Money = strawberry.field(description="Greater than zero.")
+    idempotency_key: str = strawberry.field(
+        description=(
+            "Repeating a key with the same input returns the first result and changes nothing; "
+            "with a different input it is IDEMPOTENCY_CONFLICT."
+        )
+    )
+
+
+@strawberry.type
 class QuotaMutations:
-    """Root mutation fields of the quota domain."""
+    @strawberry.mutation(
+        description="Set the quota amount: QUOTA_CREATE the first time, QUOTA_ADJUSTMENT afterwards, "
+        "nothing for the same amount."
+    )
+    async def set_quota_amount(self, info: Info, input: SetQuotaAmountInput) -> QuotaPayload:
+        async def op(session, actor) -> QuotaPayload:  # type: ignore[no-untyped-def]
+            return quota_payload(
+                await quota_ops.set_quota_amount(session, actor, input.uid, input.amount, input.idempotency_key)
+            )
+
+        return await mutate(info, op, quota_errors)
+
+    @strawberry.mutation(description="Set (1..100) or remove (null) the warning threshold; re-evaluates at once.")
+    async def set_warning_threshold(self, info: Info, input: SetWarningThresholdInput) -> QuotaPayload:
+        async def op(session, actor) -> QuotaPayload:  # type: ignore[no-untyped-def]
+            return quota_payload(await quota_ops.set_warning_threshold(session, actor, input.uid, input.percent))
+
+        return await mutate(info, op, quota_errors)
+
+    @strawberry.mutation(description="Add consumption to the pool's consumed-undeducted.")
+    async def record_consumption(self, info: Info, input: AmountInput) -> QuotaPayload:
+        return await _balance(info, quota_ops.BalanceOp.RECORD, input)
+
+    @strawberry.mutation(description="Move an amount from consumed-undeducted to consumed-deducted.")
+    async def deduct_consumption(self, info: Info, input: AmountInput) -> QuotaPayload:
+        return await _balance(info, quota_ops.BalanceOp.DEDUCT, input)
+
+    @strawberry.mutation(description="Repay an outstanding payment: lowers consumed-deducted.")
+    async def repay_outstanding(self, info: Info, input: AmountInput) -> QuotaPayload:
+        return await _balance(info, quota_ops.BalanceOp.REPAY, input)
+
+
+async def _balance(info: Info, balance_op: quota_ops.BalanceOp, input: AmountInput) -> QuotaPayload:
+    async def op(session, actor) -> QuotaPayload:  # type: ignore[no-untyped-def]
+        return quota_payload(
+            await quota_ops.change_balance(session, actor, balance_op, input.uid, input.amount, input.idempotency_key)
+        )
+
+    return await mutate(info, op, quota_errors)

@@ -19,6 +19,7 @@ from schema.audit import AuditEntry, AuditEntryConnection
 from schema.common import Node, PageInfo, from_global_id
 from schema.context import Info
 from schema.exports import ExportMutations, ExportQueries, ExportSubscriptions
+from schema.live import LiveSubscriptions
 from schema.partners import Operator, Partner, Viewer
 from schema.policy import PolicyMutations, PolicyQueries
 from schema.quota import QuotaMutations
@@ -51,7 +52,9 @@ async def resolve_node(info: Info, global_id: str) -> Node | None:
 @strawberry.type(description="Read operations.")
 class Query(AccountQueries, PolicyQueries, AlertQueries, ExportQueries):
     @strawberry.field(description="Any object by its global id; null when it does not exist or is not yours.")
-    async def node(self, info: Info, id: Annotated[strawberry.ID, strawberry.argument(description="A global id.")]) -> Node | None:
+    async def node(
+        self, info: Info, id: Annotated[strawberry.ID, strawberry.argument(description="A global id.")]
+    ) -> Node | None:
         return await resolve_node(info, id)
 
     @strawberry.field(description="Who is calling: operator, partner and method.")
@@ -91,7 +94,7 @@ class Mutation(AccountMutations, QuotaMutations, PolicyMutations, AlertMutations
 
 
 @strawberry.type(description="Live updates over graphql-transport-ws.")
-class Subscription(AlertSubscriptions, ExportSubscriptions):
+class Subscription(AlertSubscriptions, ExportSubscriptions, LiveSubscriptions):
     pass
 
 

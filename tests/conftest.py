@@ -62,8 +62,11 @@ def _pg_admin_exec(sql: str) -> None:
 
     async def run() -> None:
         conn = await asyncpg.connect(
-            user=url.username or "postgres", password=url.password, host=url.host or "127.0.0.1",
-            port=url.port or 5432, database="postgres",
+            user=url.username or "postgres",
+            password=url.password,
+            host=url.host or "127.0.0.1",
+            port=url.port or 5432,
+            database="postgres",
         )
         try:
             await conn.execute(sql)
@@ -168,12 +171,21 @@ class Api:
     settings: Settings
     tokens: dict[str, str] = field(default_factory=dict)
 
-    async def post(self, query: str, variables: dict[str, Any] | None = None, token: str | None = None) -> httpx.Response:
+    async def post(
+        self, query: str, variables: dict[str, Any] | None = None, token: str | None = None
+    ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return await self.client.post("/graphql", json={"query": query, "variables": variables or {}}, headers=headers)
 
-    async def gql(self, query: str, variables: dict[str, Any] | None = None, *, token: str | None = None,
-                  as_: str = "admin", errors: bool = False) -> dict[str, Any]:
+    async def gql(
+        self,
+        query: str,
+        variables: dict[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        as_: str = "admin",
+        errors: bool = False,
+    ) -> dict[str, Any]:
         response = await self.post(query, variables, token or self.tokens[as_])
         body = response.json()
         if not errors:
@@ -182,17 +194,25 @@ class Api:
         return body
 
 
-async def make_partner(db: Database, uid: str, kind: PartnerKind = PartnerKind.DISTRIBUTOR,
-                       alert_emails: list[str] | None = None) -> Partner:
+async def make_partner(
+    db: Database, uid: str, kind: PartnerKind = PartnerKind.DISTRIBUTOR, alert_emails: list[str] | None = None
+) -> Partner:
     async with db.write() as session:
         partner = Partner(uid=uid, name=f"Partner {uid}", kind=kind, alert_emails=alert_emails or ["ops@example.com"])
         session.add(partner)
     return partner
 
 
-async def make_token(db: Database, partner: Partner, role: Role = Role.ADMIN, *,
-                     method: OperationMethod = OperationMethod.PLATFORM, account_uid: str | None = None,
-                     is_ram: bool = False, operator_uid: str | None = None) -> str:
+async def make_token(
+    db: Database,
+    partner: Partner,
+    role: Role = Role.ADMIN,
+    *,
+    method: OperationMethod = OperationMethod.PLATFORM,
+    account_uid: str | None = None,
+    is_ram: bool = False,
+    operator_uid: str | None = None,
+) -> str:
     from sqlalchemy import select
 
     from models import Account
@@ -201,8 +221,15 @@ async def make_token(db: Database, partner: Partner, role: Role = Role.ADMIN, *,
         account = None
         if account_uid is not None:
             account = await session.scalar(select(Account).where(Account.uid == account_uid))
-        return await create_token(session, partner=partner, role=role, method=method, account=account,
-                                  is_ram=is_ram, operator_uid=operator_uid)
+        return await create_token(
+            session,
+            partner=partner,
+            role=role,
+            method=method,
+            account=account,
+            is_ram=is_ram,
+            operator_uid=operator_uid,
+        )
 
 
 async def make_api(db: Database, tmp_path: Path, **settings: Any) -> AsyncIterator[Api]:

@@ -10,7 +10,8 @@ async def test_viewer(api: Api) -> None:
 async def test_link_and_list(api: Api) -> None:
     data = await api.gql(
         'mutation { linkAccount(input: {uid: "U1", nickname: "n", quotaAmount: "10.50"}) '
-        "{ endUser { uid quota { amount available } auditEntries { totalCount edges { node { action } } } } userErrors { code } } }"
+        "{ endUser { uid quota { amount available } auditEntries { totalCount edges { node { action } } } } "
+        "userErrors { code } } }"
     )
     assert data["linkAccount"]["userErrors"] == []
     eu = data["linkAccount"]["endUser"]

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -22,6 +23,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from notifications.bus import Bus, make_bus
 from resolvers.auth import authenticate, bearer
+from resolvers.exports import start_export_worker
 from schema import build_schema
 from schema.context import Context, Services
 from uidhub.db import Database
@@ -36,7 +38,7 @@ MAX_SUBSCRIPTIONS_PER_CONNECTION = 20
 BackgroundStarter = Callable[["AppState"], Awaitable[Callable[[], Awaitable[None]]]]
 #: Background services (email sender, export worker) register a starter here;
 #: each returns its stop function.
-BACKGROUND: list[BackgroundStarter] = []
+BACKGROUND: list[BackgroundStarter] = [start_export_worker]
 
 
 class AppState:
@@ -149,8 +151,12 @@ class GraphQLEndpoint:
             if not isinstance(parsed, dict) or not isinstance(parsed.get("query"), str):
                 return _error(400, 'The body must be a JSON object with a "query" string.', "BAD_REQUEST")
         token = bearer(headers.get("authorization"))
-        async with self.state.db.read() as session:
-            actor = await authenticate(session, token)
+        try:
+            async with self.state.db.read() as session:
+                actor = await authenticate(session, token)
+        except (SQLAlchemyError, OSError):
+            log.exception("request %s: database unavailable", request_id)
+            return _error(503, f"The database is unavailable (request id {request_id}).", "SERVICE_UNAVAILABLE")
         if actor is None:
             return _error(401, "A valid bearer token is required.", "UNAUTHENTICATED", **{"WWW-Authenticate": "Bearer"})
         scope.setdefault("state", {})
@@ -168,6 +174,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     database = db or Database(settings.database_url)
     bus = make_bus(settings.redis_url)
     database.bus = bus  # type: ignore[attr-defined]
+    database.settings = settings  # type: ignore[attr-defined]  # alert emails render with these
     state = AppState(settings, database, bus)
     endpoint = GraphQLEndpoint(state)
 

@@ -6,11 +6,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from notifications.outbox import OutboxSender
-from resolvers import idempotency
+from resolvers.quota import purge_expired
 
 if TYPE_CHECKING:
     from uidhub.app import AppState
@@ -35,10 +34,7 @@ async def start_housekeeping(state: AppState) -> Stop:
     async def loop() -> None:
         while True:
             try:
-                async with state.db.write() as session:
-                    purged = await idempotency.purge(
-                        session, timedelta(hours=state.settings.idempotency_ttl_hours)
-                    )
+                purged = await purge_expired(state.db, state.settings)
                 if purged:
                     log.info("purged %d expired idempotency keys", purged)
             except Exception:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -27,8 +28,15 @@ class CliError(Exception):
     """A failure to report in one line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line on stderr (argparse would print the usage first); subcommands inherit this."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="uidhub", description="GraphQL backend for cloud channel partners.")
+    parser = _Parser(prog="uidhub", description="GraphQL backend for cloud channel partners.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="migrate, then serve HTTP and websockets")
@@ -161,11 +169,28 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
+def _check_sqlite_path(settings: Settings) -> None:
+    """A SQLite file in a missing directory fails inside aiosqlite's worker thread, which prints a traceback."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        directory = Path(url.database).expanduser().resolve().parent
+        if not directory.is_dir():
+            raise CliError(f"cannot open the SQLite database {url.database}: directory {directory} does not exist")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
+    # One-shot commands keep stderr for their one-line failure; the server logs its requests.
+    logging.basicConfig(level=logging.INFO if args.command == "serve" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings()
+        if args.command != "export-schema":
+            _check_sqlite_path(settings)
         if args.command == "serve":
             _serve(settings, args)
             return 0

@@ -1,14 +1,63 @@
-"""HTTP routes beyond GraphQL (export downloads are added by the exports work)."""
+"""HTTP routes beyond GraphQL: export downloads."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
-from starlette.routing import BaseRoute
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from resolvers import exports
+from resolvers.actor import Permission
+from resolvers.auth import authenticate, bearer
 
 if TYPE_CHECKING:
     from uidhub.app import AppState
 
 
+def content_disposition(file_name: str) -> str:
+    """`attachment` with an ASCII `filename` fallback and, for non-ASCII names, RFC 5987 `filename*`."""
+    ascii_name = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in file_name)
+    value = f'attachment; filename="{ascii_name}"'
+    if ascii_name != file_name:
+        value += f"; filename*=UTF-8''{quote(file_name, safe='')}"
+    return value
+
+
+def _not_found() -> Response:
+    return JSONResponse({"error": "not found"}, status_code=404)
+
+
 def extra_routes(state: AppState) -> list[BaseRoute]:
-    return []
+    async def download(request: Request) -> Response:
+        """GET /exports/{id}/download: the finished file, for the partner (and END_USER account) that started it.
+
+        Another partner's task, another END_USER account's task, an unfinished, missing or expired file: 404,
+        indistinguishable from a task that does not exist.
+        """
+        token = bearer(request.headers.get("authorization"))
+        async with state.db.read() as session:
+            actor = await authenticate(session, token)
+            if actor is None:
+                return JSONResponse(
+                    {"error": "A valid bearer token is required."}, status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            if not actor.can(Permission.EXPORT):
+                return _not_found()
+            from schema.exports import parse_task_id  # schema imports resolvers, never the reverse
+
+            pk = parse_task_id(request.path_params["task_id"])
+            task = await exports.find_task(session, actor, pk) if pk is not None else None
+        if task is None or not exports.is_downloadable(task) or task.file_path is None:
+            return _not_found()
+        file_name = task.file_name or f"export-{task.id}.{exports.EXTENSIONS[task.format]}"
+        return FileResponse(
+            task.file_path,
+            media_type=exports.CONTENT_TYPES[task.format],
+            headers={"Content-Disposition": content_disposition(file_name), "Cache-Control": "no-store"},
+        )
+
+    return [Route("/exports/{task_id}/download", download, methods=["GET"])]

@@ -1,0 +1,621 @@
+"""Export tasks: starting them, the background worker that writes the files, and who may see them.
+
+Life of a task. `start_export` validates the input and inserts a PENDING row in the caller's transaction (the
+filter is stored as JSON in `params`), then wakes the worker through the bus topic "exports". The worker
+(`ExportWorker`, started from the app lifespan through `uidhub.app.BACKGROUND`) claims the oldest PENDING task in
+a short write transaction (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so several workers take disjoint tasks; SQLite:
+`BEGIN IMMEDIATE` serialises claims), marks it RUNNING and streams its rows into `resolvers.export_writer`.
+
+One snapshot. Every row of a file comes from ONE read transaction: REPEATABLE READ on PostgreSQL (the snapshot is
+taken at its first statement), a plain read transaction on SQLite (in WAL mode a reader sees the database as of
+its first read until it ends). The row count used for progress and the rows themselves therefore agree, and
+accounts changing meanwhile never produce a file that is half before and half after a change. Rows are fetched
+with `yield_per` from a server-side cursor, so memory stays flat whatever the export size.
+
+Progress and wake-ups. Progress is written in its own short write transactions (about fifty per export) and every
+change of a task publishes "export:{id}" after commit, which wakes `exportTaskUpdated` subscribers.
+
+Crashes. A task found RUNNING at start-up belonged to a worker that died: it is put back to PENDING once
+(`MAX_ATTEMPTS`), and marked FAILED after that. On PostgreSQL a running export holds a transaction-level advisory
+lock on its task id, and recovery skips tasks whose lock is held, so another live worker's task is never stolen.
+(SQLite deployments run one process, so every RUNNING task at start-up is orphaned.)
+
+Expiry. Finished files live `export_ttl_hours`; a periodic sweep deletes expired files and clears `file_path`, after
+which the task has no download URL and the download answers 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import ColumnElement, Select, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from models import Account, ExportTask, QuotaAdjustment, QuotaPool
+from models.base import utcnow
+from models.enums import (
+    ErrorCode,
+    ExportFormat,
+    ExportKind,
+    ExportStatus,
+    Language,
+    OperationMethod,
+    PartnerKind,
+    Role,
+)
+from models.rules import PolicyView
+from notifications import log as event_log
+from resolvers import accounts, i18n
+from resolvers.actor import Actor, Permission
+from resolvers.errors import UserError, UserErrors, invalid, not_found
+from resolvers.export_writer import COLUMNS_BY_KIND, write_export
+from resolvers.pagination import Page, check_first, decode_id_cursor, encode_cursor
+from resolvers.quota import SIX_MONTHS
+
+if TYPE_CHECKING:
+    from notifications.bus import Bus
+    from uidhub.db import Database
+    from uidhub.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WAKE_TOPIC = "exports"
+CURSOR_KIND = "ex"
+#: A task is run at most this many times; a second crash marks it FAILED.
+MAX_ATTEMPTS = 2
+#: Advisory lock namespace (first key) of running exports on PostgreSQL; the second key is the task id.
+RUN_LOCK_KEY = 0x0E_4B
+FETCH_BATCH = 1000
+#: Roughly how many progress updates an export writes.
+PROGRESS_STEPS = 50
+SWEEP_SECONDS = 60.0
+FINISHED = frozenset({ExportStatus.SUCCEEDED, ExportStatus.FAILED})
+
+CONTENT_TYPES = {
+    ExportFormat.XLSX: "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ExportFormat.CSV: "text/csv; charset=utf-8",
+}
+EXTENSIONS = {ExportFormat.XLSX: "xlsx", ExportFormat.CSV: "csv"}
+
+
+def topic(task_id: int) -> str:
+    return f"export:{task_id}"
+
+
+# ---------------------------------------------------------------- visibility
+
+
+def task_scope(actor: Actor) -> ColumnElement[bool]:
+    """The tasks an actor may see: its partner's; an END_USER token only those it started for its own account."""
+    condition = ExportTask.partner_id == actor.partner_id
+    if actor.account_id is not None:
+        condition = condition & (ExportTask.scope_account_id == actor.account_id)
+    return condition
+
+
+async def find_task(session: AsyncSession, actor: Actor, task_id: int) -> ExportTask | None:
+    """The task if the actor may see it; another partner's (or account's) task is as if it did not exist."""
+    return await session.scalar(
+        select(ExportTask).where(ExportTask.id == task_id, task_scope(actor)).execution_options(populate_existing=True)
+    )
+
+
+def is_downloadable(task: ExportTask, now: datetime | None = None) -> bool:
+    """SUCCEEDED, not expired, and its file still on disk."""
+    now = now or utcnow()
+    return (
+        task.status is ExportStatus.SUCCEEDED
+        and task.file_path is not None
+        and task.expires_at is not None
+        and task.expires_at > now
+        and os.path.isfile(task.file_path)
+    )
+
+
+async def list_tasks(
+    session: AsyncSession, actor: Actor, *, first: int | None, after: str | None, status: ExportStatus | None
+) -> Page[ExportTask]:
+    """The actor's tasks, newest first (keyset on id)."""
+    actor.require(Permission.READ)
+    limit = check_first(first)
+    after_id = decode_id_cursor(after, CURSOR_KIND)
+    conditions: list[ColumnElement[bool]] = [task_scope(actor)]
+    if status is not None:
+        conditions.append(ExportTask.status == status)
+    page_conditions = [*conditions, ExportTask.id < after_id] if after_id is not None else conditions
+    rows = list(
+        (
+            await session.scalars(
+                select(ExportTask).where(*page_conditions).order_by(ExportTask.id.desc()).limit(limit + 1)
+            )
+        ).all()
+    )
+
+    async def count() -> int:
+        return int(await session.scalar(select(func.count()).select_from(ExportTask).where(*conditions)) or 0)
+
+    return Page(
+        items=rows[:limit],
+        cursors=[encode_cursor(CURSOR_KIND, [r.id]) for r in rows[:limit]],
+        has_next=len(rows) > limit,
+        has_previous=after_id is not None,
+        count=count,
+    )
+
+
+# ---------------------------------------------------------------- starting
+
+
+async def start_export(
+    session: AsyncSession,
+    actor: Actor,
+    *,
+    kind: ExportKind,
+    fmt: ExportFormat,
+    language: Language,
+    query: accounts.EndUserQuery | None = None,
+    sort: accounts.EndUserSort | None = None,
+    uid: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> ExportTask:
+    """Validate and queue an export; the worker writes the file. Inputs that do not belong to `kind` are refused."""
+    actor.require(Permission.EXPORT)
+    errors: list[UserError] = []
+    params: dict[str, Any]
+    if kind is ExportKind.END_USERS:
+        for name, value in (("uid", uid), ("since", since), ("until", until)):
+            if value is not None:
+                errors.append(
+                    UserError(ErrorCode.INVALID_INPUT, f"{name} applies to QUOTA_ADJUSTMENTS exports only.",
+                              ("input", name))
+                )
+        if errors:
+            raise UserErrors(errors)
+        query = query or accounts.EndUserQuery()
+        sort = sort or accounts.EndUserSort()
+        accounts.filter_conditions(actor, query)  # the same checks as endUsers (e.g. at most 100 uids)
+        accounts.sort_expr(sort.field)
+        params = {"filter": query.to_json(), "sort": {"field": sort.field, "descending": sort.descending}}
+    else:
+        if query is not None:
+            errors.append(
+                UserError(ErrorCode.INVALID_INPUT, "filter applies to END_USERS exports only.", ("input", "filter"))
+            )
+        if uid is None:
+            errors.append(
+                UserError(ErrorCode.INVALID_INPUT, "A QUOTA_ADJUSTMENTS export needs the uid of the account.",
+                          ("input", "uid"))
+            )
+        if since is not None and until is not None and since >= until:
+            errors.append(UserError(ErrorCode.INVALID_INPUT, "since must be before until.", ("input", "since")))
+        if errors:
+            raise UserErrors(errors)
+        assert uid is not None
+        account = await accounts.find(session, actor, uid)
+        if account is None:
+            raise not_found("account", uid, "input", "uid")
+        window_start = since if since is not None else utcnow() - SIX_MONTHS
+        if until is not None and window_start >= until:
+            raise invalid("until must be after the start of the window (six months back by default).",
+                          "input", "until")
+        params = {
+            "uid": account.uid,
+            "pool_id": account.pool_id,
+            "since": window_start.isoformat(),
+            "until": until.isoformat() if until is not None else None,
+        }
+    task = ExportTask(
+        partner_id=actor.partner_id,
+        scope_account_id=actor.account_id,
+        kind=kind,
+        format=fmt,
+        language=language,
+        params=params,
+        status=ExportStatus.PENDING,
+        progress=0.0,
+        attempts=0,
+        operator_uid=actor.operator_uid,
+        created_at=utcnow(),
+    )
+    session.add(task)
+    await session.flush()
+    event_log.add_topic(session, WAKE_TOPIC)
+    event_log.add_topic(session, topic(task.id))
+    return task
+
+
+# ---------------------------------------------------------------- rows
+
+
+def scope_actor(task: ExportTask) -> Actor:
+    """The visibility the task was started with: its partner, and the END_USER's own account if any.
+
+    Only `partner_id` and `account_id` matter to `Actor.account_scope`, which is all the worker uses.
+    """
+    return Actor(
+        partner_id=task.partner_id,
+        partner_uid="",
+        partner_kind=PartnerKind.DISTRIBUTOR,
+        role=Role.END_USER if task.scope_account_id is not None else Role.VIEWER,
+        method=OperationMethod.SYSTEM,
+        operator_uid=task.operator_uid or "",
+        operator_name="",
+        is_ram=False,
+        account_id=task.scope_account_id,
+    )
+
+
+M = accounts.Master
+END_USER_SELECT = (
+    Account.uid,
+    Account.nickname,
+    Account.account_type,
+    Account.status,
+    Account.business_manager,
+    Account.remarks,
+    Account.linked_at,
+    Account.payg_freeze,
+    Account.purchase_control,
+    M.uid.label("master_uid"),
+    M.payg_freeze.label("master_freeze"),
+    M.purchase_control.label("master_purchase"),
+    QuotaPool.shutdown_policy,
+    QuotaPool.delay_credit_cents,
+    QuotaPool.credit_control_status,
+    QuotaPool.amount_cents,
+    QuotaPool.deducted_cents,
+    QuotaPool.undeducted_cents,
+    QuotaPool.warning_percent,
+)
+
+
+def end_user_queries(task: ExportTask) -> tuple[Select[Any], Select[Any]]:
+    """(count, rows) for an END_USERS task: the query `endUsers` pages through, with master and pool joined in."""
+    actor = scope_actor(task)
+    query = accounts.EndUserQuery.from_json(task.params.get("filter") or {})
+    sort_params = task.params.get("sort") or {}
+    sort = accounts.EndUserSort(
+        field=sort_params.get("field", "LINKED_AT"), descending=bool(sort_params.get("descending", True))
+    )
+    rows = accounts.filtered_query(actor, query, sort).with_only_columns(*END_USER_SELECT)
+    count = accounts.joined(select(func.count(Account.id))).where(*accounts.filter_conditions(actor, query))
+    return count, rows
+
+
+def end_user_row(r: Any) -> dict[str, Any]:
+    view = PolicyView(
+        own_freeze=r.payg_freeze,
+        own_purchase=r.purchase_control,
+        master_freeze=r.master_freeze,
+        master_purchase=r.master_purchase,
+        policy=r.shutdown_policy,
+        delay_credit_cents=r.delay_credit_cents,
+        credit=r.credit_control_status,
+    )
+    return {
+        "uid": r.uid,
+        "nickname": r.nickname,
+        "account_type": r.account_type,
+        "status": r.status,
+        "business_manager": r.business_manager,
+        "remarks": r.remarks,
+        "linked_time": r.linked_at,
+        "master_uid": r.master_uid,
+        "effective_payg_freeze": view.freeze,
+        "effective_purchase_control": view.purchase,
+        "shutdown_policy": view.policy,
+        "credit_control_status": view.credit,
+        "quota_amount": r.amount_cents,
+        "available_quota": r.amount_cents - r.deducted_cents - r.undeducted_cents,
+        "warning_percent": r.warning_percent,
+    }
+
+
+def adjustment_queries(task: ExportTask) -> tuple[Select[Any], Select[Any]]:
+    """(count, rows) for a QUOTA_ADJUSTMENTS task: the pool's records in the window, newest first."""
+    params = task.params
+    conditions = [
+        QuotaAdjustment.pool_id == int(params["pool_id"]),
+        QuotaAdjustment.occurred_at >= datetime.fromisoformat(params["since"]),
+    ]
+    if params.get("until"):
+        conditions.append(QuotaAdjustment.occurred_at < datetime.fromisoformat(params["until"]))
+    rows = (
+        select(
+            QuotaAdjustment.operation_type,
+            QuotaAdjustment.occurred_at,
+            QuotaAdjustment.before_cents,
+            QuotaAdjustment.value_cents,
+            QuotaAdjustment.after_cents,
+            QuotaAdjustment.method,
+            QuotaAdjustment.operator_uid,
+            QuotaAdjustment.operator_name,
+            QuotaAdjustment.operator_is_ram,
+        )
+        .where(*conditions)
+        .order_by(QuotaAdjustment.id.desc())
+    )
+    count = select(func.count()).select_from(QuotaAdjustment).where(*conditions)
+    return count, rows
+
+
+def operator_label(uid: str | None, name: str | None, is_ram: bool) -> str | None:
+    """ "UID (name)" for a main account, "UID (RAM)" for a RAM user, as the console shows the operator."""
+    if uid is None:
+        return None
+    return f"{uid} (RAM)" if is_ram else f"{uid} ({name or uid})"
+
+
+def adjustment_row(r: Any) -> dict[str, Any]:
+    return {
+        "operation_type": r.operation_type,
+        "operation_time": r.occurred_at,
+        "before": r.before_cents,
+        "value": r.value_cents,
+        "after": r.after_cents,
+        "method": r.method,
+        "operator": operator_label(r.operator_uid, r.operator_name, r.operator_is_ram),
+    }
+
+
+def display_file_name(task: ExportTask, tz: Any, now: datetime) -> str:
+    """What the user sees (Content-Disposition): the sheet name in the task's language, the uid, the local time."""
+    base = i18n.sheet_name(task.language, task.kind).replace(" ", "_")
+    if task.kind is ExportKind.QUOTA_ADJUSTMENTS and task.params.get("uid"):
+        base += "_" + str(task.params["uid"])
+    base = re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", base)
+    return f"{base}_{now.astimezone(tz):%Y%m%d_%H%M%S}.{EXTENSIONS[task.format]}"
+
+
+# ---------------------------------------------------------------- the worker
+
+
+class ExportFailed(Exception):
+    """A failure whose message may be shown to the user as the task's error."""
+
+
+class ExportWorker:
+    """Claims PENDING tasks one at a time and writes their files.
+
+    `run_once()` does one task (tests drive it directly); `start()` runs the loop in a task until `stop()`.
+    `before_rows` is a test seam: awaited inside the read transaction after the snapshot is taken (the count has
+    run) and before the rows are fetched.
+    """
+
+    def __init__(self, db: Database, settings: Settings, bus: Bus | None = None) -> None:
+        self.db = db
+        self.settings = settings
+        self.bus = bus
+        self.export_dir = Path(settings.export_dir)
+        self.before_rows: Callable[[ExportTask], Awaitable[None]] | None = None
+        self.fetch_batch = FETCH_BATCH
+        self._task: asyncio.Task[None] | None = None
+
+    # -- claiming and bookkeeping ----------------------------------------------
+
+    async def recover(self) -> int:
+        """Re-queue (once) or fail the tasks a crashed worker left RUNNING; returns how many were touched."""
+        touched = 0
+        async with self.db.write() as session:
+            rows = (
+                await session.scalars(
+                    select(ExportTask).where(ExportTask.status == ExportStatus.RUNNING).order_by(ExportTask.id)
+                )
+            ).all()
+            for task in rows:
+                if self.db.is_postgres:
+                    free = await session.scalar(
+                        text("SELECT pg_try_advisory_xact_lock(:k, :id)"), {"k": RUN_LOCK_KEY, "id": task.id}
+                    )
+                    if not free:  # a live worker is exporting it right now
+                        continue
+                touched += 1
+                if task.attempts < MAX_ATTEMPTS:
+                    task.status = ExportStatus.PENDING
+                    task.progress = 0.0
+                    task.started_at = None
+                else:
+                    task.status = ExportStatus.FAILED
+                    task.error = f"The export was interrupted {task.attempts} times (server restart) and was given up."
+                    task.finished_at = utcnow()
+                self._discard_file(task)
+                event_log.add_topic(session, topic(task.id))
+            if touched:
+                event_log.add_topic(session, WAKE_TOPIC)
+        if touched:
+            log.warning("export recovery: %d task(s) left RUNNING by a previous process handled", touched)
+        return touched
+
+    async def claim(self) -> int | None:
+        """Take the oldest PENDING task and mark it RUNNING; None when there is none."""
+        async with self.db.write() as session:
+            query = (
+                select(ExportTask).where(ExportTask.status == ExportStatus.PENDING).order_by(ExportTask.id).limit(1)
+            )
+            if self.db.is_postgres:
+                query = query.with_for_update(skip_locked=True)
+            task = await session.scalar(query)
+            if task is None:
+                return None
+            task.status = ExportStatus.RUNNING
+            task.started_at = utcnow()
+            task.attempts = task.attempts + 1
+            task.progress = 0.0
+            task.error = None
+            event_log.add_topic(session, topic(task.id))
+            return task.id
+
+    async def _update(self, task_id: int, **values: Any) -> None:
+        async with self.db.write() as session:
+            await session.execute(update(ExportTask).where(ExportTask.id == task_id).values(**values))
+            event_log.add_topic(session, topic(task_id))
+
+    @staticmethod
+    def _discard_file(task: ExportTask) -> None:
+        if task.file_path:
+            with contextlib.suppress(OSError):
+                os.unlink(task.file_path)
+            task.file_path = None
+
+    # -- running ---------------------------------------------------------------
+
+    async def run_once(self) -> bool:
+        """Claim and run one task; False when none was pending."""
+        task_id = await self.claim()
+        if task_id is None:
+            return False
+        await self.run_task(task_id)
+        return True
+
+    async def run_task(self, task_id: int) -> None:
+        async with self.db.read() as session:
+            task = await session.get(ExportTask, task_id)
+        assert task is not None
+        self.export_dir.mkdir(parents=True, exist_ok=True)
+        final = self.export_dir / f"{task.id}-{task.kind.value.lower().replace('_', '-')}.{EXTENSIONS[task.format]}"
+        partial = final.with_name(final.name + ".part")
+        try:
+            count = await self._write(task, partial)
+            os.replace(partial, final)
+        except asyncio.CancelledError:
+            # Shutting down: give the attempt back and leave the task for the next start.
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self._update(task_id, status=ExportStatus.PENDING, progress=0.0, started_at=None,
+                                 attempts=max(0, task.attempts - 1))
+                )
+            raise
+        except Exception as exc:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            if isinstance(exc, ExportFailed):
+                message = str(exc)
+            else:
+                log.exception("export task %d failed", task_id)
+                message = f"The export failed because of an internal error ({type(exc).__name__}); please retry."
+            await self._update(task_id, status=ExportStatus.FAILED, error=message, finished_at=utcnow(),
+                               file_path=None)
+            return
+        now = utcnow()
+        await self._update(
+            task_id,
+            status=ExportStatus.SUCCEEDED,
+            progress=1.0,
+            row_count=count,
+            file_name=display_file_name(task, self.settings.tz, now),
+            file_path=str(final.resolve()),
+            finished_at=now,
+            expires_at=now + timedelta(hours=self.settings.export_ttl_hours),
+            error=None,
+        )
+
+    async def _write(self, task: ExportTask, path: Path) -> int:
+        if task.kind is ExportKind.END_USERS:
+            count_query, rows_query = end_user_queries(task)
+            convert: Callable[[Any], dict[str, Any]] = end_user_row
+        else:
+            count_query, rows_query = adjustment_queries(task)
+            convert = adjustment_row
+        async with self.db.session() as session:
+            if self.db.is_postgres:
+                # One snapshot for the count and every row, taken at the transaction's first statement.
+                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+                await session.execute(
+                    text("SELECT pg_advisory_xact_lock(:k, :id)"), {"k": RUN_LOCK_KEY, "id": task.id}
+                )
+            total = int(await session.scalar(count_query) or 0)
+            if self.before_rows is not None:
+                await self.before_rows(task)
+            every = max(1, math.ceil(total / PROGRESS_STEPS))
+
+            async def progress(done: int) -> None:
+                await self._update(task.id, progress=min(0.99, done / total) if total else 0.0)
+
+            async def rows() -> AsyncIterator[dict[str, Any]]:
+                result = await session.stream(rows_query.execution_options(yield_per=self.fetch_batch))
+                # One await (greenlet switch, driver round trip) per batch, not per row.
+                async for batch in result.partitions():
+                    for row in batch:
+                        yield convert(row)
+
+            count = await write_export(
+                path, task.format, COLUMNS_BY_KIND[task.kind], task.language, self.settings.tz, task.kind, rows(),
+                progress=progress, progress_every=every,
+            )
+            await session.rollback()
+        return count
+
+    # -- expiry ----------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Delete expired files; their tasks keep their history but lose the download. Returns files removed."""
+        removed = 0
+        async with self.db.write() as session:
+            expired = (
+                await session.scalars(
+                    select(ExportTask).where(ExportTask.file_path.is_not(None), ExportTask.expires_at <= utcnow())
+                )
+            ).all()
+            for task in expired:
+                self._discard_file(task)
+                event_log.add_topic(session, topic(task.id))
+                removed += 1
+        return removed
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def run_forever(self) -> None:
+        poll = self.settings.sender_poll_seconds
+        last_sweep = -math.inf
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if loop.time() - last_sweep >= SWEEP_SECONDS:
+                    last_sweep = loop.time()
+                    await self.sweep()
+                if await self.run_once():
+                    await asyncio.sleep(0)
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("export worker pass failed; retrying in %.1fs", poll)
+            if self.bus is not None:
+                await self.bus.wait(WAKE_TOPIC, poll)
+            else:
+                await asyncio.sleep(poll)
+
+    async def start(self) -> None:
+        try:
+            await self.recover()
+        except Exception:
+            log.exception("export recovery failed; the worker starts anyway")
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self.run_forever(), name="uidhub-export-worker")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def start_export_worker(state: Any) -> Callable[[], Awaitable[None]]:
+    """`uidhub.app.BACKGROUND` starter: recover crashed tasks, run the worker, return its stop function."""
+    worker = ExportWorker(state.db, state.settings, state.bus)
+    await worker.start()
+    return worker.stop

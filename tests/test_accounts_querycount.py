@@ -1,0 +1,86 @@
+"""No N+1: a page of 10 and a page of 100 cost the same number of SQL statements."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from models import Account, AuditEntry, Partner, QuotaPool
+from models.enums import AccountStatus, AccountType, AuditAction, OperationMethod, Role
+from tests.conftest import Api, StatementCounter
+
+QUERY = """query($first: Int!) { endUsers(first: $first) { totalCount
+  edges { cursor node {
+    uid nickname accountStatus
+    partner { uid kind }
+    master { uid nickname master { uid } }
+    subAccounts { uid accountStatus }
+    policy { paygFreezeStatus effectivePaygFreezeStatus effectivePurchaseControl shutdownPolicy creditControlStatus }
+    quota { amount available account { uid } }
+    auditEntries(first: 3) { totalCount edges { node { action operator { uid } cascadeFrom { uid } account { uid } } }
+      pageInfo { hasNextPage } }
+  } }
+  pageInfo { hasNextPage endCursor } } }"""
+
+
+async def seed(api: Api, masters: int = 110, subs_per_master: int = 2) -> int:
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    async with api.db.write() as session:
+        partner = await session.scalar(select(Partner).where(Partner.uid == "P-MAIN"))
+        assert partner is not None
+        pools = [QuotaPool(partner_id=partner.id, amount_cents=10_000 * i) for i in range(masters)]
+        session.add_all(pools)
+        await session.flush()
+        owners = [
+            Account(partner_id=partner.id, uid=f"M{i:04d}", account_type=AccountType.ENTERPRISE, nickname=f"Master {i}",
+                    status=AccountStatus.NORMAL, pool_id=pools[i].id, linked_at=t0 + timedelta(minutes=3 * i))
+            for i in range(masters)
+        ]
+        session.add_all(owners)
+        await session.flush()
+        subs = [
+            Account(partner_id=partner.id, uid=f"M{i:04d}-S{j}", account_type=AccountType.END_USER,
+                    status=AccountStatus.NORMAL, pool_id=pools[i].id, master_id=owners[i].id,
+                    linked_at=t0 + timedelta(minutes=3 * i + j + 1))
+            for i in range(masters) for j in range(subs_per_master)
+        ]
+        session.add_all(subs)
+        await session.flush()
+        entries = []
+        for account in owners + subs:
+            for k in range(5):
+                entries.append(AuditEntry(
+                    partner_id=partner.id, account_id=account.id, action=AuditAction.BASIC_INFO_UPDATED,
+                    method=OperationMethod.PLATFORM, operator_uid="P-MAIN", operator_name="main",
+                    operator_role=Role.ADMIN, before={"remarks": str(k)}, after={"remarks": str(k + 1)},
+                    cascade_from_id=account.master_id,
+                ))
+        session.add_all(entries)
+    return masters * (1 + subs_per_master)
+
+
+async def test_statement_count_does_not_grow_with_page_size(api: Api) -> None:
+    total = await seed(api)
+    counts = {}
+    for first in (10, 100):
+        await api.gql(QUERY, {"first": first})  # warm-up (first-use reflection, prepared statements)
+        with StatementCounter(api.db) as counter:
+            data = await api.gql(QUERY, {"first": first})
+        edges = data["endUsers"]["edges"]
+        assert len(edges) == first and data["endUsers"]["totalCount"] == total
+        # The nested data is really there.
+        for edge in edges:
+            node = edge["node"]
+            assert node["partner"]["uid"] == "P-MAIN"
+            assert node["auditEntries"]["totalCount"] == 5 and len(node["auditEntries"]["edges"]) == 3
+            assert node["auditEntries"]["pageInfo"]["hasNextPage"] is True
+            if "-S" in node["uid"]:
+                assert node["master"]["uid"] == node["uid"].split("-")[0] and node["subAccounts"] == []
+                assert node["quota"]["account"]["uid"] == node["master"]["uid"]
+            else:
+                assert node["master"] is None and len(node["subAccounts"]) == 2
+        counts[first] = counter.count
+    assert counts[10] > 3, "the counter sees the statements"
+    assert counts[10] == counts[100], counts
+    assert counts[100] <= 15, counter.statements

@@ -1,0 +1,40 @@
+"""Alembic head applied to an empty database matches the models exactly, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from models import Base
+from uidhub.db import Database
+from uidhub.migrate import upgrade
+
+
+def _diff(connection: Any) -> list[Any]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": False})
+    return compare_metadata(context, Base.metadata)
+
+
+def _tables(connection: Any) -> dict[str, set[str]]:
+    inspector = inspect(connection)
+    return {t: {c["name"] for c in inspector.get_columns(t)} for t in inspector.get_table_names()}
+
+
+async def test_head_matches_models(db: Database) -> None:
+    """`db` is already migrated to head (fixture): SQLite from the template, PostgreSQL per session."""
+    async with db.engine.connect() as conn:
+        diff = await conn.run_sync(_diff)
+        tables = await conn.run_sync(_tables)
+    assert diff == [], diff
+    expected = {t.name: {c.name for c in t.columns} for t in Base.metadata.sorted_tables}
+    assert {k: v for k, v in tables.items() if k != "alembic_version"} == expected
+
+
+async def test_upgrade_is_idempotent(db: Database) -> None:
+    await upgrade(db.url)
+    await upgrade(db.url)
+    async with db.engine.connect() as conn:
+        assert await conn.run_sync(_diff) == []
