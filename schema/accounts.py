@@ -21,7 +21,7 @@ from resolvers import accounts as ops
 from resolvers.audit import CURSOR_KIND as AUDIT_CURSOR
 from resolvers.pagination import Page, check_first, check_list, decode_id_cursor, encode_cursor
 from schema.audit import AuditEntry, AuditEntryConnection, AuditEntryEdge
-from schema.common import Node, PageInfo, UserError, mutate, to_global_id
+from schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
 from schema.context import Info
 from schema.partners import Partner
 from schema.policy import Instance, ShutdownPolicyState, load_policy_view
@@ -355,7 +355,7 @@ class AccountQueries:
 @strawberry.type
 class AccountMutations:
     @strawberry.mutation(description="Link a UID (optionally as a sub-account of a master, with an initial quota).")
-    async def link_account(self, info: Info, input: LinkAccountInput) -> EndUserPayload:
+    async def link_account(self, info: Info, input: Annotated[LinkAccountInput, INPUT_ARG]) -> EndUserPayload:
         async def op(session, actor) -> EndUserPayload:  # type: ignore[no-untyped-def]
             row = await ops.link_account(
                 session,
@@ -372,7 +372,7 @@ class AccountMutations:
         return await mutate(info, op, end_user_errors)
 
     @strawberry.mutation(description="Edit nickname, business manager and remarks.")
-    async def update_basic_info(self, info: Info, input: UpdateBasicInfoInput) -> EndUserPayload:
+    async def update_basic_info(self, info: Info, input: Annotated[UpdateBasicInfoInput, INPUT_ARG]) -> EndUserPayload:
         changes = {
             name: value
             for name, value in (
@@ -390,7 +390,9 @@ class AccountMutations:
         return await mutate(info, op, end_user_errors)
 
     @strawberry.mutation(description="Move an account along the termination process (cascades to sub-accounts).")
-    async def change_account_status(self, info: Info, input: ChangeAccountStatusInput) -> EndUserPayload:
+    async def change_account_status(
+        self, info: Info, input: Annotated[ChangeAccountStatusInput, INPUT_ARG]
+    ) -> EndUserPayload:
         async def op(session, actor) -> EndUserPayload:  # type: ignore[no-untyped-def]
             row = await ops.change_status(session, actor, input.uid, input.status)
             return EndUserPayload(end_user=EndUser.of(row), user_errors=[])

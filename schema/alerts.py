@@ -19,7 +19,7 @@ from resolvers import accounts as account_ops
 from resolvers import alerts as ops
 from resolvers.pagination import Page
 from schema.accounts import ARG_AFTER, ARG_FIRST, EndUser, EndUserPayload, end_user_errors
-from schema.common import Node, PageInfo, UserError, mutate, to_global_id
+from schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
 from schema.context import Info
 from schema.partners import Partner
 from schema.registry import register_node
@@ -255,7 +255,7 @@ class AlertMutations:
         description="Set an end user's own available credit alert (END_USER tokens on their own account, "
         "OPERATOR and ADMIN on any of theirs). Evaluated at once against the pool's available."
     )
-    async def set_credit_alert(self, info: Info, input: SetCreditAlertInput) -> EndUserPayload:
+    async def set_credit_alert(self, info: Info, input: Annotated[SetCreditAlertInput, INPUT_ARG]) -> EndUserPayload:
         async def op(session, actor) -> EndUserPayload:  # type: ignore[no-untyped-def]
             row = await ops.set_credit_alert(
                 session, actor, uid=input.uid, enabled=input.enabled, threshold_cents=input.threshold,
@@ -266,7 +266,7 @@ class AlertMutations:
         return await mutate(info, op, end_user_errors)
 
     @strawberry.mutation(description="Replace where quota warning emails go (ADMIN only).")
-    async def set_alert_emails(self, info: Info, input: SetAlertEmailsInput) -> PartnerPayload:
+    async def set_alert_emails(self, info: Info, input: Annotated[SetAlertEmailsInput, INPUT_ARG]) -> PartnerPayload:
         async def op(session, actor) -> PartnerPayload:  # type: ignore[no-untyped-def]
             row = await ops.set_alert_emails(session, actor, input.emails)
             return PartnerPayload(partner=Partner.of(row), user_errors=[])

@@ -20,6 +20,9 @@ from schema.context import Info
 
 P = TypeVar("P")
 
+#: The one `input` argument every mutation takes.
+INPUT_ARG = strawberry.argument(description="The mutation's input; see the input type for each field.")
+
 
 @strawberry.interface(description="An object with a globally unique, opaque id (Relay).")
 class Node:

@@ -21,7 +21,7 @@ from resolvers import exports as ops
 from resolvers.actor import Permission
 from resolvers.pagination import Page
 from schema.accounts import ARG_AFTER, ARG_FIRST, EndUserFilter, EndUserOrder, OrderDirection
-from schema.common import Node, PageInfo, UserError, from_global_id, mutate, to_global_id
+from schema.common import INPUT_ARG, Node, PageInfo, UserError, from_global_id, mutate, to_global_id
 from schema.context import Info
 from schema.registry import register_node
 
@@ -164,7 +164,7 @@ class ExportQueries:
 @strawberry.type
 class ExportMutations:
     @strawberry.mutation(description="Queue an export; it returns at once with a PENDING task.")
-    async def start_export(self, info: Info, input: StartExportInput) -> ExportPayload:
+    async def start_export(self, info: Info, input: Annotated[StartExportInput, INPUT_ARG]) -> ExportPayload:
         sort = (
             account_ops.EndUserSort(field=input.order_by.field.value,
                                     descending=input.order_by.direction is OrderDirection.DESC)

@@ -23,7 +23,7 @@ from models.rules import PolicyView, instance_status
 from resolvers import accounts as account_ops
 from resolvers import orders as order_ops
 from resolvers import policy as policy_ops
-from schema.common import Node, UserError, mutate, to_global_id, user_errors
+from schema.common import INPUT_ARG, Node, UserError, mutate, to_global_id, user_errors
 from schema.context import Info
 from schema.registry import register_node
 from schema.scalars import Money
@@ -302,19 +302,19 @@ class PolicyMutations:
         description="Freeze PAYG on several accounts: their PAYG instances (and their sub-accounts') stop. "
         "confirm: false previews."
     )
-    async def freeze_payg(self, info: Info, input: FreezeInput) -> PolicyChangePayload:
+    async def freeze_payg(self, info: Info, input: Annotated[FreezeInput, INPUT_ARG]) -> PolicyChangePayload:
         return await _freeze(info, input, PaygFreezeStatus.FROZEN)
 
     @strawberry.mutation(
         description="Unfreeze PAYG on several accounts; a sub-account frozen in its own right stays frozen. "
         "confirm: false previews."
     )
-    async def unfreeze_payg(self, info: Info, input: FreezeInput) -> PolicyChangePayload:
+    async def unfreeze_payg(self, info: Info, input: Annotated[FreezeInput, INPUT_ARG]) -> PolicyChangePayload:
         return await _freeze(info, input, PaygFreezeStatus.NORMAL)
 
     @strawberry.mutation(description="Ban or allow new orders on an account; its sub-accounts follow a master's ban.")
     async def set_purchase_control(
-        self, info: Info, input: SetPurchaseControlInput
+        self, info: Info, input: Annotated[SetPurchaseControlInput, INPUT_ARG]
     ) -> Annotated[EndUserPayload, LazyEndUser]:
         from schema.accounts import EndUser, EndUserPayload, end_user_errors
 
@@ -328,7 +328,7 @@ class PolicyMutations:
         description="Set the shutdown policy (and DELAY_STOP's delay credit) of a master or standalone account."
     )
     async def set_shutdown_policy(
-        self, info: Info, input: SetShutdownPolicyInput
+        self, info: Info, input: Annotated[SetShutdownPolicyInput, INPUT_ARG]
     ) -> Annotated[EndUserPayload, LazyEndUser]:
         from schema.accounts import EndUser, EndUserPayload, end_user_errors
 
@@ -344,7 +344,7 @@ class PolicyMutations:
         description="Place an order: decided like purchaseCheck; when allowed the instance is created and a "
         "SUBSCRIPTION amount is charged to the pool. Idempotent by key."
     )
-    async def place_order(self, info: Info, input: PlaceOrderInput) -> PlaceOrderPayload:
+    async def place_order(self, info: Info, input: Annotated[PlaceOrderInput, INPUT_ARG]) -> PlaceOrderPayload:
         async def op(session, actor) -> PlaceOrderPayload:  # type: ignore[no-untyped-def]
             outcome = await order_ops.place_order(
                 session,

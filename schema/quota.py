@@ -14,7 +14,7 @@ from models.enums import OperationMethod, QuotaOperationType
 from models.money import percent_of
 from resolvers import quota as quota_ops
 from resolvers.pagination import Page
-from schema.common import Node, PageInfo, UserError, mutate, to_global_id
+from schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
 from schema.context import Info
 from schema.partners import Operator
 from schema.registry import register_node
@@ -213,7 +213,7 @@ class QuotaMutations:
         description="Set the quota amount: QUOTA_CREATE the first time, QUOTA_ADJUSTMENT afterwards, "
         "nothing for the same amount."
     )
-    async def set_quota_amount(self, info: Info, input: SetQuotaAmountInput) -> QuotaPayload:
+    async def set_quota_amount(self, info: Info, input: Annotated[SetQuotaAmountInput, INPUT_ARG]) -> QuotaPayload:
         async def op(session, actor) -> QuotaPayload:  # type: ignore[no-untyped-def]
             return quota_payload(
                 await quota_ops.set_quota_amount(session, actor, input.uid, input.amount, input.idempotency_key)
@@ -222,22 +222,24 @@ class QuotaMutations:
         return await mutate(info, op, quota_errors)
 
     @strawberry.mutation(description="Set (1..100) or remove (null) the warning threshold; re-evaluates at once.")
-    async def set_warning_threshold(self, info: Info, input: SetWarningThresholdInput) -> QuotaPayload:
+    async def set_warning_threshold(
+        self, info: Info, input: Annotated[SetWarningThresholdInput, INPUT_ARG]
+    ) -> QuotaPayload:
         async def op(session, actor) -> QuotaPayload:  # type: ignore[no-untyped-def]
             return quota_payload(await quota_ops.set_warning_threshold(session, actor, input.uid, input.percent))
 
         return await mutate(info, op, quota_errors)
 
     @strawberry.mutation(description="Add consumption to the pool's consumed-undeducted.")
-    async def record_consumption(self, info: Info, input: AmountInput) -> QuotaPayload:
+    async def record_consumption(self, info: Info, input: Annotated[AmountInput, INPUT_ARG]) -> QuotaPayload:
         return await _balance(info, quota_ops.BalanceOp.RECORD, input)
 
     @strawberry.mutation(description="Move an amount from consumed-undeducted to consumed-deducted.")
-    async def deduct_consumption(self, info: Info, input: AmountInput) -> QuotaPayload:
+    async def deduct_consumption(self, info: Info, input: Annotated[AmountInput, INPUT_ARG]) -> QuotaPayload:
         return await _balance(info, quota_ops.BalanceOp.DEDUCT, input)
 
     @strawberry.mutation(description="Repay an outstanding payment: lowers consumed-deducted.")
-    async def repay_outstanding(self, info: Info, input: AmountInput) -> QuotaPayload:
+    async def repay_outstanding(self, info: Info, input: Annotated[AmountInput, INPUT_ARG]) -> QuotaPayload:
         return await _balance(info, quota_ops.BalanceOp.REPAY, input)
 
 
