@@ -151,6 +151,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     if args.workers > 1 and not settings.redis_url:
         raise CliError("--workers above 1 needs UIDHUB_REDIS_URL so that every worker delivers every event")
     asyncio.run(upgrade(settings.database_url))
+    if "console_url" not in settings.model_fields_set:
+        # Links printed and mailed point at where this server actually listens.
+        settings = settings.model_copy(update={"console_url": f"http://{args.host}:{args.port}"})
     if args.demo:
         from uidhub.demo import load_demo
 
