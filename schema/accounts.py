@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import Enum
 from typing import Annotated
 
 import strawberry
@@ -214,8 +215,6 @@ class EndUserFilter:
             include_sub_accounts=self.include_sub_accounts is not False,
         )
 
-
-from enum import Enum  # noqa: E402
 
 
 @strawberry.enum(description="What to sort end users by.")
