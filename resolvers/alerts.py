@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import Account, AlertEvent, CreditAlert, EmailNotification, Partner, QuotaPool
@@ -52,7 +52,7 @@ from resolvers import accounts as account_ops
 from resolvers import audit
 from resolvers.actor import Actor, Permission
 from resolvers.errors import UserError, UserErrors
-from resolvers.pagination import Page, check_first, check_list, decode_id_cursor, encode_cursor
+from resolvers.pagination import Page, check_list, newest_first
 from resolvers.pools import lock_pool
 from uidhub.settings import Settings
 
@@ -231,9 +231,7 @@ async def set_alert_emails(session: AsyncSession, actor: Actor, emails: Sequence
     """Replace the partner's quota warning recipients (ADMIN): at most 100 valid addresses, deduplicated."""
     actor.require(Permission.ALERT_EMAILS)
     if len(emails) > MAX_ALERT_EMAILS:
-        raise UserErrors.one(
-            ErrorCode.INVALID_INPUT, f"At most {MAX_ALERT_EMAILS} alert emails.", "input", "emails"
-        )
+        raise UserErrors.one(ErrorCode.INVALID_INPUT, f"At most {MAX_ALERT_EMAILS} alert emails.", "input", "emails")
     errors: list[UserError] = []
     cleaned: list[str] = []
     seen: set[str] = set()
@@ -298,30 +296,10 @@ async def list_events(
     states: Sequence[AlertState] | None = None,
 ) -> Page[AlertEvent]:
     """The actor's visible events, newest first (ids increase in commit order), keyset by id."""
-    limit = check_first(first)
     check_list(kinds, "kinds")
     check_list(states, "states")
-    after_id = decode_id_cursor(after, EVENT_CURSOR)
     conditions = event_conditions(actor, account_id=account_id, kinds=kinds, states=states)
-    page_conditions = [*conditions, AlertEvent.id < after_id] if after_id is not None else conditions
-    rows = list(
-        (
-            await session.scalars(
-                select(AlertEvent).where(*page_conditions).order_by(AlertEvent.id.desc()).limit(limit + 1)
-            )
-        ).all()
-    )
-
-    async def count() -> int:
-        return int(await session.scalar(select(func.count()).select_from(AlertEvent).where(*conditions)) or 0)
-
-    return Page(
-        items=rows[:limit],
-        cursors=[encode_cursor(EVENT_CURSOR, [r.id]) for r in rows[:limit]],
-        has_next=len(rows) > limit,
-        has_previous=after_id is not None,
-        count=count,
-    )
+    return await newest_first(session, AlertEvent, conditions, first=first, after=after, cursor_kind=EVENT_CURSOR)
 
 
 def notification_conditions(actor: Actor, status: NotificationStatus | None = None) -> list[Any]:
@@ -367,30 +345,7 @@ async def list_notifications(
     status: NotificationStatus | None = None,
 ) -> Page[EmailNotification]:
     """The actor's visible outbox rows, newest first, keyset by id."""
-    limit = check_first(first)
-    after_id = decode_id_cursor(after, NOTIFICATION_CURSOR)
     conditions = notification_conditions(actor, status)
-    page_conditions = [*conditions, EmailNotification.id < after_id] if after_id is not None else conditions
-    rows = list(
-        (
-            await session.scalars(
-                select(EmailNotification)
-                .where(*page_conditions)
-                .order_by(EmailNotification.id.desc())
-                .limit(limit + 1)
-            )
-        ).all()
-    )
-
-    async def count() -> int:
-        return int(
-            await session.scalar(select(func.count()).select_from(EmailNotification).where(*conditions)) or 0
-        )
-
-    return Page(
-        items=rows[:limit],
-        cursors=[encode_cursor(NOTIFICATION_CURSOR, [r.id]) for r in rows[:limit]],
-        has_next=len(rows) > limit,
-        has_previous=after_id is not None,
-        count=count,
+    return await newest_first(
+        session, EmailNotification, conditions, first=first, after=after, cursor_kind=NOTIFICATION_CURSOR
     )

@@ -6,14 +6,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import Account, AuditEntry
 from models.enums import AuditAction, OperationMethod
 from notifications import log
 from resolvers.actor import Actor
-from resolvers.pagination import Page, check_first, check_list, decode_id_cursor, encode_cursor
+from resolvers.pagination import Page, check_list, newest_first
 
 CURSOR_KIND = "audit"
 
@@ -63,9 +63,7 @@ async def list_entries(
     until: datetime | None = None,
 ) -> Page[AuditEntry]:
     """The actor's visible entries, newest first (ids increase in commit order)."""
-    limit = check_first(first)
     check_list(actions, "actions")
-    after_id = decode_id_cursor(after, CURSOR_KIND)
     conditions = [AuditEntry.partner_id == actor.partner_id]
     if actor.account_id is not None:
         visible = select(Account.id).where(actor.account_scope())
@@ -78,24 +76,4 @@ async def list_entries(
         conditions.append(AuditEntry.occurred_at >= since)
     if until is not None:
         conditions.append(AuditEntry.occurred_at < until)
-    page_conditions = list(conditions)
-    if after_id is not None:
-        page_conditions.append(AuditEntry.id < after_id)
-    rows = list(
-        (
-            await session.scalars(
-                select(AuditEntry).where(*page_conditions).order_by(AuditEntry.id.desc()).limit(limit + 1)
-            )
-        ).all()
-    )
-
-    async def count() -> int:
-        return int(await session.scalar(select(func.count()).select_from(AuditEntry).where(*conditions)) or 0)
-
-    return Page(
-        items=rows[:limit],
-        cursors=[encode_cursor(CURSOR_KIND, [r.id]) for r in rows[:limit]],
-        has_next=len(rows) > limit,
-        has_previous=after_id is not None,
-        count=count,
-    )
+    return await newest_first(session, AuditEntry, conditions, first=first, after=after, cursor_kind=CURSOR_KIND)

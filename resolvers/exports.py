@@ -58,7 +58,7 @@ from resolvers import accounts, i18n
 from resolvers.actor import Actor, Permission
 from resolvers.errors import UserError, UserErrors, invalid, not_found
 from resolvers.export_writer import COLUMNS_BY_KIND, write_export
-from resolvers.pagination import Page, check_first, decode_id_cursor, encode_cursor
+from resolvers.pagination import Page, newest_first
 from resolvers.quota import SIX_MONTHS
 
 if TYPE_CHECKING:
@@ -126,30 +126,10 @@ async def list_tasks(
 ) -> Page[ExportTask]:
     """The actor's tasks, newest first (keyset on id)."""
     actor.require(Permission.READ)
-    limit = check_first(first)
-    after_id = decode_id_cursor(after, CURSOR_KIND)
     conditions: list[ColumnElement[bool]] = [task_scope(actor)]
     if status is not None:
         conditions.append(ExportTask.status == status)
-    page_conditions = [*conditions, ExportTask.id < after_id] if after_id is not None else conditions
-    rows = list(
-        (
-            await session.scalars(
-                select(ExportTask).where(*page_conditions).order_by(ExportTask.id.desc()).limit(limit + 1)
-            )
-        ).all()
-    )
-
-    async def count() -> int:
-        return int(await session.scalar(select(func.count()).select_from(ExportTask).where(*conditions)) or 0)
-
-    return Page(
-        items=rows[:limit],
-        cursors=[encode_cursor(CURSOR_KIND, [r.id]) for r in rows[:limit]],
-        has_next=len(rows) > limit,
-        has_previous=after_id is not None,
-        count=count,
-    )
+    return await newest_first(session, ExportTask, conditions, first=first, after=after, cursor_kind=CURSOR_KIND)
 
 
 # ---------------------------------------------------------------- starting
@@ -176,8 +156,9 @@ async def start_export(
         for name, value in (("uid", uid), ("since", since), ("until", until)):
             if value is not None:
                 errors.append(
-                    UserError(ErrorCode.INVALID_INPUT, f"{name} applies to QUOTA_ADJUSTMENTS exports only.",
-                              ("input", name))
+                    UserError(
+                        ErrorCode.INVALID_INPUT, f"{name} applies to QUOTA_ADJUSTMENTS exports only.", ("input", name)
+                    )
                 )
         if errors:
             raise UserErrors(errors)
@@ -193,8 +174,11 @@ async def start_export(
             )
         if uid is None:
             errors.append(
-                UserError(ErrorCode.INVALID_INPUT, "A QUOTA_ADJUSTMENTS export needs the uid of the account.",
-                          ("input", "uid"))
+                UserError(
+                    ErrorCode.INVALID_INPUT,
+                    "A QUOTA_ADJUSTMENTS export needs the uid of the account.",
+                    ("input", "uid"),
+                )
             )
         if since is not None and until is not None and since >= until:
             errors.append(UserError(ErrorCode.INVALID_INPUT, "since must be before until.", ("input", "since")))
@@ -206,8 +190,7 @@ async def start_export(
             raise not_found("account", uid, "input", "uid")
         window_start = since if since is not None else utcnow() - SIX_MONTHS
         if until is not None and window_start >= until:
-            raise invalid("until must be after the start of the window (six months back by default).",
-                          "input", "until")
+            raise invalid("until must be after the start of the window (six months back by default).", "input", "until")
         params = {
             "uid": account.uid,
             "pool_id": account.pool_id,
@@ -439,9 +422,7 @@ class ExportWorker:
     async def claim(self) -> int | None:
         """Take the oldest PENDING task and mark it RUNNING; None when there is none."""
         async with self.db.write() as session:
-            query = (
-                select(ExportTask).where(ExportTask.status == ExportStatus.PENDING).order_by(ExportTask.id).limit(1)
-            )
+            query = select(ExportTask).where(ExportTask.status == ExportStatus.PENDING).order_by(ExportTask.id).limit(1)
             if self.db.is_postgres:
                 query = query.with_for_update(skip_locked=True)
             task = await session.scalar(query)
@@ -493,8 +474,13 @@ class ExportWorker:
                 partial.unlink()
             with contextlib.suppress(Exception):
                 await asyncio.shield(
-                    self._update(task_id, status=ExportStatus.PENDING, progress=0.0, started_at=None,
-                                 attempts=max(0, task.attempts - 1))
+                    self._update(
+                        task_id,
+                        status=ExportStatus.PENDING,
+                        progress=0.0,
+                        started_at=None,
+                        attempts=max(0, task.attempts - 1),
+                    )
                 )
             raise
         except Exception as exc:
@@ -505,8 +491,7 @@ class ExportWorker:
             else:
                 log.exception("export task %d failed", task_id)
                 message = f"The export failed because of an internal error ({type(exc).__name__}); please retry."
-            await self._update(task_id, status=ExportStatus.FAILED, error=message, finished_at=utcnow(),
-                               file_path=None)
+            await self._update(task_id, status=ExportStatus.FAILED, error=message, finished_at=utcnow(), file_path=None)
             return
         now = utcnow()
         await self._update(
@@ -532,9 +517,7 @@ class ExportWorker:
             if self.db.is_postgres:
                 # One snapshot for the count and every row, taken at the transaction's first statement.
                 await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-                await session.execute(
-                    text("SELECT pg_advisory_xact_lock(:k, :id)"), {"k": RUN_LOCK_KEY, "id": task.id}
-                )
+                await session.execute(text("SELECT pg_advisory_xact_lock(:k, :id)"), {"k": RUN_LOCK_KEY, "id": task.id})
             total = int(await session.scalar(count_query) or 0)
             if self.before_rows is not None:
                 await self.before_rows(task)
@@ -551,8 +534,15 @@ class ExportWorker:
                         yield convert(row)
 
             count = await write_export(
-                path, task.format, COLUMNS_BY_KIND[task.kind], task.language, self.settings.tz, task.kind, rows(),
-                progress=progress, progress_every=every,
+                path,
+                task.format,
+                COLUMNS_BY_KIND[task.kind],
+                task.language,
+                self.settings.tz,
+                task.kind,
+                rows(),
+                progress=progress,
+                progress_every=every,
             )
             await session.rollback()
         return count

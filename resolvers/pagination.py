@@ -14,6 +14,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
 T = TypeVar("T")
 
 MAX_FIRST = 100
@@ -79,3 +82,37 @@ class Page(Generic[T]):
     has_next: bool
     has_previous: bool
     count: Callable[[], Awaitable[int]] = field(repr=False)
+
+
+async def newest_first(
+    session: AsyncSession,
+    model: Any,
+    conditions: Sequence[ColumnElement[bool]],
+    *,
+    first: int | None,
+    after: str | None,
+    cursor_kind: str,
+) -> Page[Any]:
+    """A page of `model` rows matching `conditions`, newest first, keyset on the id.
+
+    Every log-like list (audit entries, alert events, notifications, quota
+    records, export tasks) pages this way: ids increase in commit order, so
+    "newest first" is "highest id first", and the cursor is the last id seen.
+    """
+    limit = check_first(first)
+    after_id = decode_id_cursor(after, cursor_kind)
+    page_conditions = [*conditions, model.id < after_id] if after_id is not None else list(conditions)
+    rows = list(
+        (await session.scalars(select(model).where(*page_conditions).order_by(model.id.desc()).limit(limit + 1))).all()
+    )
+
+    async def count() -> int:
+        return int(await session.scalar(select(func.count()).select_from(model).where(*conditions)) or 0)
+
+    return Page(
+        items=rows[:limit],
+        cursors=[encode_cursor(cursor_kind, [r.id]) for r in rows[:limit]],
+        has_next=len(rows) > limit,
+        has_previous=after_id is not None,
+        count=count,
+    )

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import Account, LedgerEntry, QuotaAdjustment, QuotaPool
@@ -17,7 +17,7 @@ from models.money import format_money
 from resolvers import accounts, audit, idempotency
 from resolvers.actor import Actor, Permission
 from resolvers.errors import UserErrors, invalid
-from resolvers.pagination import Page, check_first, decode_id_cursor, encode_cursor
+from resolvers.pagination import Page, newest_first
 from resolvers.pools import after_pool_change, lock_pool
 
 if TYPE_CHECKING:
@@ -74,8 +74,6 @@ async def list_adjustments(
     operation_type: QuotaOperationType | None,
 ) -> Page[QuotaAdjustment]:
     """One pool's records, newest first; `since` defaults to six months before now."""
-    limit = check_first(first)
-    after_id = decode_id_cursor(after, ADJUSTMENT_CURSOR)
     conditions = [
         QuotaAdjustment.pool_id == pool_id,
         QuotaAdjustment.occurred_at >= (since if since is not None else utcnow() - SIX_MONTHS),
@@ -84,27 +82,8 @@ async def list_adjustments(
         conditions.append(QuotaAdjustment.occurred_at < until)
     if operation_type is not None:
         conditions.append(QuotaAdjustment.operation_type == operation_type)
-    page_conditions = [*conditions, QuotaAdjustment.id < after_id] if after_id is not None else conditions
-    rows = list(
-        (
-            await session.scalars(
-                select(QuotaAdjustment)
-                .where(*page_conditions)
-                .order_by(QuotaAdjustment.id.desc())
-                .limit(limit + 1)
-            )
-        ).all()
-    )
-
-    async def count() -> int:
-        return int(await session.scalar(select(func.count()).select_from(QuotaAdjustment).where(*conditions)) or 0)
-
-    return Page(
-        items=rows[:limit],
-        cursors=[encode_cursor(ADJUSTMENT_CURSOR, [r.id]) for r in rows[:limit]],
-        has_next=len(rows) > limit,
-        has_previous=after_id is not None,
-        count=count,
+    return await newest_first(
+        session, QuotaAdjustment, conditions, first=first, after=after, cursor_kind=ADJUSTMENT_CURSOR
     )
 
 
@@ -166,8 +145,13 @@ async def set_quota_amount(
     claim_ = None
     if idempotency_key is not None:
         claim_ = await idempotency.claim(
-            session, actor, idempotency_key, "setQuotaAmount", {"uid": uid, "amount": amount_cents},
-            "input", "idempotencyKey",
+            session,
+            actor,
+            idempotency_key,
+            "setQuotaAmount",
+            {"uid": uid, "amount": amount_cents},
+            "input",
+            "idempotencyKey",
         )
         if claim_.replay is not None:
             return from_snapshot(claim_.replay)
@@ -258,8 +242,13 @@ async def change_balance(
     actor.require(op.permission)
     _check_positive(amount_cents)
     claim_ = await idempotency.claim(
-        session, actor, idempotency_key, op.operation, {"uid": uid, "amount": amount_cents},
-        "input", "idempotencyKey",
+        session,
+        actor,
+        idempotency_key,
+        op.operation,
+        {"uid": uid, "amount": amount_cents},
+        "input",
+        "idempotencyKey",
     )
     if claim_.replay is not None:
         return from_snapshot(claim_.replay)
