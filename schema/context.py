@@ -14,12 +14,13 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info as StrawberryInfo
 
+from notifications.feed import Feeds, SharedScope
 from resolvers.actor import Actor
 from schema.dataloaders import Loaders
 from uidhub.db import Database
@@ -32,6 +33,8 @@ class Services:
 
     settings: Settings
     db: Database
+    #: Shared readers of the log for live subscriptions (notifications.feed).
+    feeds: Feeds = field(default_factory=Feeds)
 
 
 #: The child context of the subscription event being resolved in this task.
@@ -59,6 +62,7 @@ class Context:
         self.connection_params: dict[str, Any] | None = None
         self._session: AsyncSession | None = None
         self._loaders: Loaders | None = None
+        self._shared: SharedScope | None = None
 
     @property
     def db(self) -> Database:
@@ -80,6 +84,8 @@ class Context:
         return child
 
     async def session(self) -> AsyncSession:
+        if self._shared is not None:
+            return self._shared.session
         if self.websocket:
             return await self._event_child().session()
         if self._session is None:
@@ -88,6 +94,10 @@ class Context:
 
     @property
     def loaders(self) -> Loaders:
+        if self._shared is not None:
+            if self._shared.loaders is None:
+                self._shared.loaders = Loaders(self.session)
+            return self._shared.loaders
         if self.websocket:
             return self._event_child().loaders
         if self._loaders is None:
@@ -119,6 +129,23 @@ class Context:
             with contextlib.suppress(ValueError):  # closed from another task's context
                 _EVENT_SCOPE.reset(token)
             await child.close()
+
+    @asynccontextmanager
+    async def shared_scope(self, scope: SharedScope) -> AsyncIterator[Context]:
+        """Like `event_scope`, over a feed batch's session and loaders shared with other subscribers.
+
+        The child carries this connection's actor, so visibility is still
+        decided per subscriber; only rows and their loaded relations are shared.
+        The session is closed by the feed when the last subscriber releases it.
+        """
+        child = Context(self.services, actor=self.actor, request_id=self.request_id)
+        child._shared = scope
+        token = _EVENT_SCOPE.set(child)
+        try:
+            yield child
+        finally:
+            with contextlib.suppress(ValueError):
+                _EVENT_SCOPE.reset(token)
 
 
 Info = StrawberryInfo[Context, None]

@@ -21,13 +21,14 @@ from models import Account, AlertEvent
 from models import AuditEntry as AuditRow
 from models.enums import AlertState
 from notifications import stream
+from resolvers import accounts as account_ops
 from resolvers import alerts as alert_ops
 from resolvers.actor import Actor, Permission
 from resolvers.pagination import MAX_INPUT_LIST, InvalidArgument
 from schema.alerts import QuotaAlertEvent
 from schema.audit import AuditEntry
 from schema.common import from_global_id
-from schema.context import Info
+from schema.context import Context, Info
 
 ALERTS_TOPIC = "alerts:{partner_id}"
 AUDIT_TOPIC = "audit:{partner_id}"
@@ -79,11 +80,29 @@ class LiveSubscriptions:
             query = select(AlertEvent).where(*conditions, AlertEvent.id > last_seen)
             return (await session.scalars(query.order_by(AlertEvent.id).limit(limit))).all()
 
+        partner_id = actor.partner_id
+
+        async def feed_fetch(session: AsyncSession, position: int, limit: int) -> Sequence[AlertEvent]:
+            query = select(AlertEvent).where(
+                AlertEvent.partner_id == partner_id, AlertEvent.state == AlertState.BREACHED, AlertEvent.id > position
+            )
+            return (await session.scalars(query.order_by(AlertEvent.id).limit(limit))).all()
+
+        async def accept(child: Context, row: AlertEvent) -> bool:
+            if actor.account_id is None:
+                return True
+            account = await child.loaders.account.load(row.account_id)
+            return alert_ops.event_visible(actor, row, account)
+
         return stream.follow(
             info.context,
-            topic=ALERTS_TOPIC.format(partner_id=actor.partner_id),
+            key=f"breached:{partner_id}",
+            topic=ALERTS_TOPIC.format(partner_id=partner_id),
+            model=AlertEvent,
             after_id=start,
             fetch=fetch,
+            feed_fetch=feed_fetch,
+            accept=accept,
             convert=QuotaAlertEvent.of,
         )
 
@@ -122,10 +141,29 @@ class LiveSubscriptions:
                 query = query.where(AuditRow.account_id.in_(wanted))
             return (await session.scalars(query.order_by(AuditRow.id).limit(limit))).all()
 
+        partner_id = actor.partner_id
+        uid_set = set(uids) if uids is not None else None
+
+        async def feed_fetch(session: AsyncSession, position: int, limit: int) -> Sequence[AuditRow]:
+            query = select(AuditRow).where(AuditRow.partner_id == partner_id, AuditRow.id > position)
+            return (await session.scalars(query.order_by(AuditRow.id).limit(limit))).all()
+
+        async def accept(child: Context, row: AuditRow) -> bool:
+            if actor.account_id is None and uid_set is None:
+                return True
+            account = await child.loaders.account.load(row.account_id)
+            if account is None or not account_ops.visible(actor, account):
+                return False
+            return uid_set is None or account.uid in uid_set
+
         return stream.follow(
             info.context,
-            topic=AUDIT_TOPIC.format(partner_id=actor.partner_id),
+            key=f"audit:{partner_id}",
+            topic=AUDIT_TOPIC.format(partner_id=partner_id),
+            model=AuditRow,
             after_id=start,
             fetch=fetch,
+            feed_fetch=feed_fetch,
+            accept=accept,
             convert=AuditEntry.of,
         )

@@ -177,3 +177,42 @@ async def test_bad_after_id_and_too_many_uids_are_errors(api: Api, subscribe: An
     too_many = await subscribe(ACCOUNT_EVENTS, {"uids": [f"U{i}" for i in range(101)]})
     errors = await too_many.first_error()
     assert errors[0].extensions["code"] == "BAD_USER_INPUT"
+
+
+async def test_one_read_per_event_whatever_the_number_of_subscribers(api: Api) -> None:
+    """The shared feed reads each batch once: SQL per breach is the same for 2 and for 20 subscribers."""
+    from tests.conftest import StatementCounter
+
+    schema = build_schema()
+    # A long resync so that no idle poll lands inside the measured window.
+    services = Services(settings=api.settings.model_copy(update={"resync_seconds": 30.0}), db=api.db)
+    async with api.db.read() as session:
+        actor = await authenticate(session, api.tokens["admin"])
+
+    async def statements_for_breach(subscribers: int, uid: str) -> int:
+        await link(api, uid)
+        subs = []
+        for _ in range(subscribers):
+            context = Context(services, actor=actor, websocket=True)
+            subs.append(Sub(await schema.subscribe(BREACHES, context_value=context)))
+        feed = services.feeds._feeds.get(f"breached:{actor.partner_id}")
+        for _ in range(200):  # every subscriber has caught up and waits on the feed
+            waiting = [s for s in feed._subscribers if s.queue._getters] if feed else []
+            if len(waiting) == subscribers:
+                break
+            await asyncio.sleep(0.01)
+            feed = services.feeds._feeds.get(f"breached:{actor.partner_id}")
+        try:
+            with StatementCounter(api.db) as counter:
+                await breach(api, uid, key=f"k-{uid}")
+                for sub in subs:
+                    data = await sub.next()
+                    assert data["quotaThresholdBreached"]["account"]["uid"] == uid
+            return counter.count
+        finally:
+            for sub in subs:
+                await sub.close()
+
+    few = await statements_for_breach(2, "F1")
+    many = await statements_for_breach(20, "F2")
+    assert few == many, (few, many)
