@@ -163,4 +163,17 @@ async def test_demo(tmp_path: Path) -> None:
     assert any("\u3040" <= c <= "\u30ff" for c in nicknames), "Japanese nicknames"
     assert all(m["businessManager"] for m in masters)
     assert any(m["remarks"] for m in masters)
+    # A history to look at: quota records, consumption, orders, crossed warnings and their queued emails.
+    response = await graphql(tmp_path, token, """{
+      endUsers(first: 100, filter: {includeSubAccounts: false}) { edges { node {
+        quota { consumedDeducted consumedUndeducted adjustments { totalCount } } instances { billingMethod } } } }
+      alertEvents(first: 1) { totalCount } notifications(first: 1) { totalCount edges { node { status } } } }""")
+    data = response.json()["data"]
+    quotas = [e["node"]["quota"] for e in data["endUsers"]["edges"]]
+    assert any(q["adjustments"]["totalCount"] for q in quotas)
+    assert any(q["consumedDeducted"] != "0.00" and q["consumedUndeducted"] != "0.00" for q in quotas)
+    assert any(e["node"]["instances"] for e in data["endUsers"]["edges"])
+    assert data["alertEvents"]["totalCount"] > 0
+    assert data["notifications"]["totalCount"] > 0
+    assert data["notifications"]["edges"][0]["node"]["status"] == "PENDING"  # no SMTP configured
     await asyncio.sleep(0)

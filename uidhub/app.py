@@ -173,8 +173,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     settings = settings or Settings()
     database = db or Database(settings.database_url)
     bus = make_bus(settings.redis_url)
-    database.bus = bus  # type: ignore[attr-defined]
-    database.settings = settings  # type: ignore[attr-defined]  # alert emails render with these
+    database.bus = bus
+    database.settings = settings
     state = AppState(settings, database, bus)
     endpoint = GraphQLEndpoint(state)
 

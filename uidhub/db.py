@@ -105,6 +105,8 @@ class Database:
         self.dialect = self.engine.dialect.name
         #: Set by the app: wakes subscribers after commits (notifications.bus).
         self.bus: Any = None
+        #: Set by the app and the CLI: what alert emails render with (timezone, console URL, sender).
+        self.settings: Any = None
         self._read = async_sessionmaker(self.engine, class_=SerialSession, expire_on_commit=False, autoflush=True)
         self._write = async_sessionmaker(
             self.engine.execution_options(**{WRITE_OPTION: True}),

@@ -6,10 +6,23 @@ import random
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import Account, Partner
-from models.enums import AccountType, OperationMethod, PartnerKind, Role
+from models.enums import (
+    AccountType,
+    BillingMethod,
+    OperationMethod,
+    PartnerKind,
+    PaygFreezeStatus,
+    Role,
+    ShutdownPolicy,
+)
 from resolvers import accounts as account_ops
+from resolvers import alerts as alert_ops
+from resolvers import orders as order_ops
+from resolvers import policy as policy_ops
+from resolvers import quota as quota_ops
 from resolvers.actor import Actor
 from resolvers.auth import create_token
 from uidhub.db import Database
@@ -60,6 +73,7 @@ async def load_demo(db: Database, settings: Settings, *, accounts: int = 300, on
                     seed: int = 7) -> DemoResult:
     """Load the data set. With `only_if_empty`, do nothing when partners already exist."""
     rng = random.Random(seed)
+    db.settings = db.settings or settings
     async with db.write() as session:
         if only_if_empty and (await session.scalar(select(func.count(Partner.id)))):
             return DemoResult(loaded=False, accounts=0, token=None)
@@ -95,7 +109,9 @@ async def load_demo(db: Database, settings: Settings, *, accounts: int = 300, on
                 "businessManager": rng.choice(MANAGERS), "remarks": rng.choice(REMARKS),
             })
             made += 1
-            for _ in range(rng.choice([0, 0, 0, 1, 2, 3]) if made < accounts else 0):
+            if quota:
+                await _history(session, actor, rng, master, quota, number)
+            for _ in range(min(rng.choice([0, 0, 0, 1, 2, 3]), accounts - made)):
                 number += 1
                 made += 1
                 await account_ops.link_account(
@@ -104,3 +120,38 @@ async def load_demo(db: Database, settings: Settings, *, accounts: int = 300, on
                     quota_amount_cents=None,
                 )
     return DemoResult(loaded=True, accounts=made, token=token)
+
+
+async def _history(
+    session: AsyncSession, actor: Actor, rng: random.Random, master: Account, quota: int, number: int
+) -> None:
+    """Orders, consumption, deductions and settings of one master, through the real operations.
+
+    So the demo shows what a console shows: quota records, ledger, audit
+    entries, warnings that were crossed (with their queued emails), frozen and
+    shut-down accounts and a credit alert.
+    """
+    uid = master.uid
+    if rng.random() < 0.6:
+        await quota_ops.set_warning_threshold(session, actor, uid, rng.choice([10, 20, 30]))
+    await order_ops.place_order(session, actor, uid=uid, billing_method=BillingMethod.PAYG, amount_cents=0,
+                                description="ECS pay-as-you-go", idempotency_key=f"demo-payg-{number}")
+    await order_ops.place_order(session, actor, uid=uid, billing_method=BillingMethod.SUBSCRIPTION,
+                                amount_cents=quota // 20, description="RDS 1 month",
+                                idempotency_key=f"demo-sub-{number}")
+    # Usage between 10 % and 105 % of the line: some accounts end below their warning level, a few in arrears.
+    used = quota * rng.randint(10, 105) // 100
+    for day in range(3):
+        await quota_ops.change_balance(session, actor, quota_ops.BalanceOp.RECORD, uid, max(1, used // 3),
+                                       f"demo-use-{number}-{day}")
+    await quota_ops.change_balance(session, actor, quota_ops.BalanceOp.DEDUCT, uid, max(1, used // 3),
+                                   f"demo-deduct-{number}")
+    roll = rng.random()
+    if roll < 0.05:
+        await policy_ops.change_freeze(session, actor, [uid], target=PaygFreezeStatus.FROZEN, confirm=True,
+                                       reason="Overdue invoice (demo)")
+    elif roll < 0.08:
+        await policy_ops.set_shutdown_policy(session, actor, uid, ShutdownPolicy.DELAY_STOP, quota // 10)
+    elif roll < 0.10:
+        await alert_ops.set_credit_alert(session, actor, uid=uid, enabled=True, threshold_cents=quota // 2,
+                                         email=master.email or "billing@customer.example")
