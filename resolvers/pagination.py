@@ -84,6 +84,22 @@ class Page(Generic[T]):
     count: Callable[[], Awaitable[int]] = field(repr=False)
 
 
+def page_of_rows(rows: Sequence[Any], limit: int, after_id: int | None, cursor_kind: str, total: int) -> Page[Any]:
+    """A page from `limit + 1` newest-first rows fetched elsewhere (e.g. by a DataLoader) and a known total."""
+
+    async def count() -> int:
+        return total
+
+    items = list(rows[:limit])
+    return Page(
+        items=items,
+        cursors=[encode_cursor(cursor_kind, [r.id]) for r in items],
+        has_next=len(rows) > limit,
+        has_previous=after_id is not None,
+        count=count,
+    )
+
+
 async def newest_first(
     session: AsyncSession,
     model: Any,

@@ -17,7 +17,6 @@ from models.money import format_money
 from resolvers import accounts, audit, idempotency
 from resolvers.actor import Actor, Permission
 from resolvers.errors import UserErrors, invalid
-from resolvers.pagination import Page, newest_first
 from resolvers.pools import after_pool_change, lock_pool
 
 if TYPE_CHECKING:
@@ -63,28 +62,16 @@ SIX_MONTHS = timedelta(days=183)
 ADJUSTMENT_CURSOR = "qa"
 
 
-async def list_adjustments(
-    session: AsyncSession,
-    pool_id: int,
-    *,
-    first: int | None,
-    after: str | None,
-    since: datetime | None,
-    until: datetime | None,
-    operation_type: QuotaOperationType | None,
-) -> Page[QuotaAdjustment]:
-    """One pool's records, newest first; `since` defaults to six months before now."""
-    conditions = [
-        QuotaAdjustment.pool_id == pool_id,
-        QuotaAdjustment.occurred_at >= (since if since is not None else utcnow() - SIX_MONTHS),
-    ]
+def adjustment_conditions(
+    since: datetime | None, until: datetime | None, operation_type: QuotaOperationType | None
+) -> list[Any]:
+    """The window and kind filters of a pool's records; `since` defaults to six months before now."""
+    conditions: list[Any] = [QuotaAdjustment.occurred_at >= (since if since is not None else utcnow() - SIX_MONTHS)]
     if until is not None:
         conditions.append(QuotaAdjustment.occurred_at < until)
     if operation_type is not None:
         conditions.append(QuotaAdjustment.operation_type == operation_type)
-    return await newest_first(
-        session, QuotaAdjustment, conditions, first=first, after=after, cursor_kind=ADJUSTMENT_CURSOR
-    )
+    return conditions
 
 
 # ---------------------------------------------------------------- mutations

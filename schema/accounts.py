@@ -20,8 +20,8 @@ from models.enums import (
 )
 from resolvers import accounts as ops
 from resolvers.audit import CURSOR_KIND as AUDIT_CURSOR
-from resolvers.pagination import Page, check_first, check_list, decode_id_cursor, encode_cursor
-from schema.audit import AuditEntry, AuditEntryConnection, AuditEntryEdge
+from resolvers.pagination import Page, check_first, check_list, decode_id_cursor, page_of_rows
+from schema.audit import AuditEntryConnection
 from schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
 from schema.context import Info
 from schema.partners import Partner
@@ -140,17 +140,7 @@ class EndUser(Node):
         rows, total = await info.context.loaders.audit_page.load(
             (self._row.id, limit, after_id, tuple(sorted(set(actions or []))))
         )
-        items = rows[:limit]
-        return AuditEntryConnection(
-            edges=[AuditEntryEdge(cursor=encode_cursor(AUDIT_CURSOR, [r.id]), node=AuditEntry.of(r)) for r in items],
-            page_info=PageInfo(
-                has_next_page=len(rows) > limit,
-                has_previous_page=after_id is not None,
-                start_cursor=encode_cursor(AUDIT_CURSOR, [items[0].id]) if items else None,
-                end_cursor=encode_cursor(AUDIT_CURSOR, [items[-1].id]) if items else None,
-            ),
-            total_count=total,
-        )
+        return await AuditEntryConnection.of(page_of_rows(rows, limit, after_id, AUDIT_CURSOR, total))
 
 
 @strawberry.type(description="An edge of an EndUserConnection.")

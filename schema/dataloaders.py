@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.dataloader import DataLoader
 
-from models import Account, AuditEntry, CreditAlert, Instance, Partner, QuotaPool
-from models.enums import AuditAction
+from models import Account, AuditEntry, CreditAlert, Instance, Partner, QuotaAdjustment, QuotaPool
+from models.enums import AuditAction, QuotaOperationType
+from resolvers.quota import adjustment_conditions
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -41,61 +43,61 @@ def _grouped(model: Any, column: Any, session_getter: SessionGetter, order: Any)
     return DataLoader(load_fn=load)
 
 
-AuditKey = tuple[int, int, int | None, tuple[AuditAction, ...]]
+#: (group id, first, after id, filter shape): a nested connection's page request.
+PageKey = tuple[int, int, int | None, Hashable]
+PageResult = tuple[list[Any], int]
 
 
-def _audit_pages(session_getter: SessionGetter) -> DataLoader[AuditKey, tuple[list[AuditEntry], int]]:
-    """Top-N newest audit entries per account in one windowed query, plus one grouped COUNT."""
+def _newest_pages(
+    model: Any, group: Any, where: Callable[[Any], list[Any]], session_getter: SessionGetter
+) -> DataLoader[PageKey, PageResult]:
+    """Top-N newest rows per group in one windowed query, plus one grouped COUNT, per request shape.
 
-    async def load(keys: Sequence[AuditKey]) -> list[tuple[list[AuditEntry], int]]:
+    Serves nested connections under lists (an account's audit entries, a
+    pool's quota records): a page of 100 accounts costs two statements, not
+    two hundred. `where(shape)` turns the filter part of the key into conditions.
+    """
+
+    async def load(keys: Sequence[PageKey]) -> list[PageResult]:
         session: AsyncSession = await session_getter()
-        results: dict[AuditKey, tuple[list[AuditEntry], int]] = {}
-        # Keys that share (first, after, actions) are fetched together.
-        shapes: dict[tuple[int, int | None, tuple[AuditAction, ...]], list[int]] = defaultdict(list)
-        for account_id, first, after_id, actions in keys:
-            shapes[(first, after_id, actions)].append(account_id)
-        for (first, after_id, actions), account_ids in shapes.items():
-            conditions = [AuditEntry.account_id.in_(account_ids)]
-            if actions:
-                conditions.append(AuditEntry.action.in_(list(actions)))
-            counts = dict(
-                (
-                    await session.execute(
-                        select(AuditEntry.account_id, func.count()).where(*conditions).group_by(AuditEntry.account_id)
-                    )
-                ).all()
-            )
+        results: dict[PageKey, PageResult] = {}
+        shapes: dict[tuple[int, int | None, Hashable], list[int]] = defaultdict(list)
+        for group_id, first, after_id, shape in keys:
+            shapes[(first, after_id, shape)].append(group_id)
+        for (first, after_id, shape), group_ids in shapes.items():
+            conditions = [group.in_(group_ids), *where(shape)]
+            counts = dict((await session.execute(select(group, func.count()).where(*conditions).group_by(group))).all())
             if after_id is not None:
-                conditions.append(AuditEntry.id < after_id)
+                conditions.append(model.id < after_id)
             ranked = (
-                select(
-                    AuditEntry.id,
-                    func.row_number()
-                    .over(partition_by=AuditEntry.account_id, order_by=AuditEntry.id.desc())
-                    .label("rank"),
-                )
+                select(model.id, func.row_number().over(partition_by=group, order_by=model.id.desc()).label("rank"))
                 .where(*conditions)
                 .subquery()
             )
             rows = (
                 await session.scalars(
-                    select(AuditEntry)
-                    .join(ranked, ranked.c.id == AuditEntry.id)
+                    select(model)
+                    .join(ranked, ranked.c.id == model.id)
                     .where(ranked.c.rank <= first + 1)
-                    .order_by(AuditEntry.id.desc())
+                    .order_by(model.id.desc())
                 )
             ).all()
-            grouped: dict[int, list[AuditEntry]] = defaultdict(list)
+            grouped: dict[int, list[Any]] = defaultdict(list)
             for row in rows:
-                grouped[row.account_id].append(row)
-            for account_id in account_ids:
-                results[(account_id, first, after_id, actions)] = (
-                    grouped.get(account_id, []),
-                    counts.get(account_id, 0),
-                )
+                grouped[getattr(row, group.key)].append(row)
+            for group_id in group_ids:
+                results[(group_id, first, after_id, shape)] = (grouped.get(group_id, []), counts.get(group_id, 0))
         return [results[k] for k in keys]
 
     return DataLoader(load_fn=load)
+
+
+def _audit_where(actions: tuple[AuditAction, ...]) -> list[Any]:
+    return [AuditEntry.action.in_(list(actions))] if actions else []
+
+
+def _adjustment_where(shape: tuple[datetime | None, datetime | None, QuotaOperationType | None]) -> list[Any]:
+    return adjustment_conditions(*shape)
 
 
 class Loaders:
@@ -108,7 +110,10 @@ class Loaders:
         self.credit_alert = _by_key(CreditAlert, CreditAlert.account_id, session_getter)
         self.sub_accounts = _grouped(Account, Account.master_id, session_getter, Account.uid)
         self.instances = _grouped(Instance, Instance.account_id, session_getter, Instance.id.desc())
-        self.audit_page = _audit_pages(session_getter)
+        self.audit_page = _newest_pages(AuditEntry, AuditEntry.account_id, _audit_where, session_getter)
+        self.adjustment_page = _newest_pages(
+            QuotaAdjustment, QuotaAdjustment.pool_id, _adjustment_where, session_getter
+        )
 
     def prime_accounts(self, accounts: Sequence[Account]) -> None:
         for account in accounts:

@@ -13,7 +13,7 @@ from models import QuotaAdjustment as AdjustmentRow
 from models.enums import OperationMethod, QuotaOperationType
 from models.money import percent_of
 from resolvers import quota as quota_ops
-from resolvers.pagination import Page
+from resolvers.pagination import Page, check_first, decode_id_cursor, page_of_rows
 from schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
 from schema.context import Info
 from schema.partners import Operator
@@ -136,11 +136,13 @@ class Quota:
             QuotaOperationType | None, strawberry.argument(description="Only this kind of record.")
         ] = None,
     ) -> QuotaAdjustmentConnection:
-        session = await info.context.session()
-        page = await quota_ops.list_adjustments(
-            session, self._pool.id, first=first, after=after, since=since, until=until, operation_type=operation_type
+        limit = check_first(first)
+        after_id = decode_id_cursor(after, quota_ops.ADJUSTMENT_CURSOR)
+        # Through a loader: under a list of accounts all pools' records come in one windowed query.
+        rows, total = await info.context.loaders.adjustment_page.load(
+            (self._pool.id, limit, after_id, (since, until, operation_type))
         )
-        return QuotaAdjustmentConnection.of(page)
+        return QuotaAdjustmentConnection.of(page_of_rows(rows, limit, after_id, quota_ops.ADJUSTMENT_CURSOR, total))
 
 
 # ---------------------------------------------------------------- node(id:)

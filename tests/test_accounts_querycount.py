@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from models import Account, AuditEntry, Partner, QuotaPool
-from models.enums import AccountStatus, AccountType, AuditAction, OperationMethod, Role
+from models import Account, AuditEntry, Partner, QuotaAdjustment, QuotaPool
+from models.enums import AccountStatus, AccountType, AuditAction, OperationMethod, QuotaOperationType, Role
 from tests.conftest import Api, StatementCounter
 
 QUERY = """query($first: Int!) { endUsers(first: $first) { totalCount
@@ -17,7 +17,8 @@ QUERY = """query($first: Int!) { endUsers(first: $first) { totalCount
     master { uid nickname master { uid } }
     subAccounts { uid accountStatus }
     policy { paygFreezeStatus effectivePaygFreezeStatus effectivePurchaseControl shutdownPolicy creditControlStatus }
-    quota { amount available account { uid } }
+    quota { amount available account { uid }
+      adjustments(first: 2) { totalCount edges { node { value operator { uid } } } } }
     auditEntries(first: 3) { totalCount edges { node { action operator { uid } cascadeFrom { uid } account { uid } } }
       pageInfo { hasNextPage } }
   } }
@@ -57,6 +58,13 @@ async def seed(api: Api, masters: int = 110, subs_per_master: int = 2) -> int:
                     cascade_from_id=account.master_id,
                 ))
         session.add_all(entries)
+        for i, pool in enumerate(pools):
+            for k in range(3):  # three quota records per pool, newest last
+                session.add(QuotaAdjustment(
+                    pool_id=pool.id, operation_type=QuotaOperationType.QUOTA_ADJUSTMENT,
+                    occurred_at=datetime.now(UTC) - timedelta(days=3 - k), before_cents=k * 100, value_cents=100,
+                    after_cents=(k + 1) * 100 + i, method=OperationMethod.PLATFORM, operator_uid="P-MAIN",
+                ))
     return masters * (1 + subs_per_master)
 
 
@@ -75,6 +83,9 @@ async def test_statement_count_does_not_grow_with_page_size(api: Api) -> None:
             assert node["partner"]["uid"] == "P-MAIN"
             assert node["auditEntries"]["totalCount"] == 5 and len(node["auditEntries"]["edges"]) == 3
             assert node["auditEntries"]["pageInfo"]["hasNextPage"] is True
+            adjustments = node["quota"]["adjustments"]
+            assert adjustments["totalCount"] == 3 and len(adjustments["edges"]) == 2
+            assert adjustments["edges"][0]["node"]["value"] == "1.00"
             if "-S" in node["uid"]:
                 assert node["master"]["uid"] == node["uid"].split("-")[0] and node["subAccounts"] == []
                 assert node["quota"]["account"]["uid"] == node["master"]["uid"]
