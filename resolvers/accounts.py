@@ -398,6 +398,20 @@ def joined(query: Select[Any]) -> Select[Any]:
     return query.join(QuotaPool, QuotaPool.id == Account.pool_id).outerjoin(Master, Master.id == Account.master_id)
 
 
+def counted(actor: Actor, f: EndUserQuery) -> Select[Any]:
+    """COUNT of the accounts matching `f`, joining the pool and the master only when a condition reads them.
+
+    The count runs on every list request with totalCount: without a policy or
+    quota condition it is a plain indexed count over the partner's accounts.
+    """
+    query = select(func.count(Account.id))
+    if f.credit_control_statuses or f.below_warning_level is not None:
+        query = query.join(QuotaPool, QuotaPool.id == Account.pool_id)
+    if f.payg_freeze_status is not None or f.purchase_control is not None:
+        query = query.outerjoin(Master, Master.id == Account.master_id)
+    return query.where(*filter_conditions(actor, f))
+
+
 def _escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -513,8 +527,7 @@ async def list_end_users(
     ]
 
     async def count() -> int:
-        counted = joined(select(func.count(Account.id))).where(*filter_conditions(actor, f))
-        return int(await session.scalar(counted) or 0)
+        return int(await session.scalar(counted(actor, f)) or 0)
 
     return Page(items=items, cursors=cursors, has_next=len(rows) > limit, has_previous=position is not None,
                 count=count)

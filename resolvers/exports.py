@@ -271,7 +271,7 @@ def end_user_queries(task: ExportTask) -> tuple[Select[Any], Select[Any]]:
         field=sort_params.get("field", "LINKED_AT"), descending=bool(sort_params.get("descending", True))
     )
     rows = accounts.filtered_query(actor, query, sort).with_only_columns(*END_USER_SELECT)
-    count = accounts.joined(select(func.count(Account.id))).where(*accounts.filter_conditions(actor, query))
+    count = accounts.counted(actor, query)
     return count, rows
 
 
