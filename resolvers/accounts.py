@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from models import Account, QuotaPool
+from models import Account, Partner, QuotaPool
 from models import rules as R
 from models.enums import (
     AccountStatus,
@@ -511,7 +511,13 @@ async def list_end_users(
     cursor_kind = f"eu:{sort.field}:{'d' if sort.descending else 'a'}"
     position = decode_cursor(after, cursor_kind, 2)
     key = sort_expr(sort.field)
-    query = filtered_query(actor, f, sort)
+    # The pool and master are joined for filters and sorting anyway; selecting them
+    # lets nested fields answer without loading them again.
+    query = (
+        filtered_query(actor, f, sort)
+        .add_columns(QuotaPool, Master, Partner)
+        .join(Partner, Partner.id == Account.partner_id)
+    )
     if position is not None:
         value, uid = _parse_cursor_value(sort.field, position[0]), position[1]
         if not isinstance(uid, str):
@@ -530,7 +536,7 @@ async def list_end_users(
         return int(await session.scalar(counted(actor, f)) or 0)
 
     return Page(items=items, cursors=cursors, has_next=len(rows) > limit, has_previous=position is not None,
-                count=count)
+                count=count, related=[(row[2], row[3], row[4]) for row in rows[:limit]])
 
 
 # ---------------------------------------------------------------- summary

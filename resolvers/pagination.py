@@ -82,6 +82,8 @@ class Page(Generic[T]):
     has_next: bool
     has_previous: bool
     count: Callable[[], Awaitable[int]] = field(repr=False)
+    #: Rows the page's query joined anyway (e.g. each account's pool and master), for callers to reuse.
+    related: list[tuple[Any, ...]] = field(default_factory=list, repr=False)
 
 
 def page_of_rows(rows: Sequence[Any], limit: int, after_id: int | None, cursor_kind: str, total: int) -> Page[Any]:

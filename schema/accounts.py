@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import strawberry
 
@@ -24,8 +25,9 @@ from resolvers.pagination import Page, check_first, check_list, decode_id_cursor
 from schema.audit import AuditEntryConnection
 from schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
 from schema.context import Info
+from schema.dataloaders import MISSING, peek
 from schema.partners import Partner
-from schema.policy import Instance, ShutdownPolicyState, load_policy_view
+from schema.policy import Instance, ShutdownPolicyState, load_policy_view, policy_view
 from schema.quota import Quota
 from schema.scalars import Money
 
@@ -38,6 +40,10 @@ class CreditAlert:
     enabled: bool = strawberry.field(description="Whether the alert is on.")
     threshold: Money = strawberry.field(description="Alert when available falls below this amount.")
     email: str = strawberry.field(description="Where the alert email goes.")
+
+
+async def _then(awaitable: Awaitable[Any], then: Callable[[Any], Any]) -> Any:
+    return then(await awaitable)
 
 
 @strawberry.type(description="A linked end-user account (UID).")
@@ -71,17 +77,33 @@ class EndUser(Node):
             _row=row,
         )
 
+    # The next fields are plain functions that answer at once from rows the loaders
+    # already hold (a list query primes pools and masters) and return an awaitable
+    # only when something must still be loaded: an async resolver would cost an
+    # asyncio task per field per row.
+
     @strawberry.field(description="The partner the account is linked to.")
-    async def partner(self, info: Info) -> Partner:
-        return Partner.of(await info.context.loaders.partner.load(self._row.partner_id))
+    def partner(self, info: Info) -> Partner:
+        loader = info.context.loaders.partner
+        row = peek(loader, self._row.partner_id)
+        if row is not MISSING:
+            return Partner.of(row)
+        return _then(loader.load(self._row.partner_id), Partner.of)  # type: ignore[return-value]
 
     @strawberry.field(description="The master account when this is a financial trusteeship sub-account.")
-    async def master(self, info: Info) -> EndUser | None:
+    def master(self, info: Info) -> EndUser | None:
         if self._row.master_id is None:
             return None
-        row = await info.context.loaders.account.load(self._row.master_id)
         actor = info.context.require_actor()
-        return EndUser.of(row) if row is not None and ops.visible(actor, row) else None
+
+        def shown(row: Account | None) -> EndUser | None:
+            return EndUser.of(row) if row is not None and ops.visible(actor, row) else None
+
+        loader = info.context.loaders.account
+        row = peek(loader, self._row.master_id)
+        if row is not MISSING:
+            return shown(row)
+        return _then(loader.load(self._row.master_id), shown)  # type: ignore[return-value]
 
     @strawberry.field(description="Financial trusteeship sub-accounts spending from this account's pool.")
     async def sub_accounts(self, info: Info) -> list[EndUser]:
@@ -92,13 +114,22 @@ class EndUser(Node):
         return [EndUser.of(r) for r in rows if ops.visible(actor, r)]
 
     @strawberry.field(description="Own settings and the shutdown policy in force.")
-    async def policy(self, info: Info) -> ShutdownPolicyState:
-        return ShutdownPolicyState.of(await load_policy_view(info, self._row))
+    def policy(self, info: Info) -> ShutdownPolicyState:
+        loaders = info.context.loaders
+        pool = peek(loaders.pool, self._row.pool_id)
+        master = peek(loaders.account, self._row.master_id) if self._row.master_id is not None else None
+        if pool is not MISSING and master is not MISSING:
+            return ShutdownPolicyState.of(policy_view(self._row, master, pool))
+        return _then(load_policy_view(info, self._row), ShutdownPolicyState.of)  # type: ignore[return-value]
 
     @strawberry.field(description="The quota pool this account spends from: a sub-account shares its master's.")
-    async def quota(self, info: Info) -> Quota:
-        pool = await info.context.loaders.pool.load(self._row.pool_id)
-        return Quota(_pool=pool, _owner_id=self._row.master_id or self._row.id)
+    def quota(self, info: Info) -> Quota:
+        owner_id = self._row.master_id or self._row.id
+        loader = info.context.loaders.pool
+        pool = peek(loader, self._row.pool_id)
+        if pool is not MISSING:
+            return Quota(_pool=pool, _owner_id=owner_id)
+        return _then(loader.load(self._row.pool_id), lambda p: Quota(_pool=p, _owner_id=owner_id))  # type: ignore[return-value]
 
     @strawberry.field(description="The account's instances, newest first.")
     async def instances(
@@ -195,7 +226,6 @@ class EndUserFilter:
             linked_before=self.linked_before,
             include_sub_accounts=self.include_sub_accounts is not False,
         )
-
 
 
 @strawberry.enum(description="What to sort end users by.")
@@ -309,7 +339,13 @@ class AccountQueries:
             f=filter.to_query() if filter else ops.EndUserQuery(),
             sort=sort,
         )
-        info.context.loaders.prime_accounts(page.items)
+        loaders = info.context.loaders
+        loaders.prime_accounts(page.items)
+        loaders.prime_related(
+            [pool for pool, _, _ in page.related],
+            [master for _, master, _ in page.related],
+            [partner for _, _, partner in page.related[:1]],
+        )
         return EndUserConnection(
             edges=[EndUserEdge(cursor=c, node=EndUser.of(r)) for r, c in zip(page.items, page.cursors, strict=True)],
             page_info=PageInfo.of(page),
