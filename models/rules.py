@@ -8,6 +8,7 @@ that the rule lives in one place whichever operation or export asks.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from models.enums import (
     AccountStatus,
@@ -84,9 +85,7 @@ def effective_purchase_control(own: PurchaseControl, master: PurchaseControl | N
     return PurchaseControl.NORMAL
 
 
-def credit_control_status(
-    policy: ShutdownPolicy, available_cents: int, delay_credit_cents: int
-) -> CreditControlStatus:
+def credit_control_status(policy: ShutdownPolicy, available_cents: int, delay_credit_cents: int) -> CreditControlStatus:
     """The credit control table of RULES.md."""
     if available_cents >= 0:
         return CreditControlStatus.NORMAL
@@ -153,8 +152,15 @@ class PolicyView:
     order decisions, exports) derives effective values through this one class.
     """
 
-    __slots__ = ("credit", "delay_credit_cents", "master_freeze", "master_purchase", "own_freeze",
-                 "own_purchase", "policy")
+    __slots__ = (
+        "credit",
+        "delay_credit_cents",
+        "master_freeze",
+        "master_purchase",
+        "own_freeze",
+        "own_purchase",
+        "policy",
+    )
 
     def __init__(
         self,
@@ -174,6 +180,19 @@ class PolicyView:
         self.policy = policy
         self.delay_credit_cents = delay_credit_cents
         self.credit = credit
+
+    @classmethod
+    def of(cls, account: Any, master: Any | None, pool: Any) -> PolicyView:
+        """From an account row, its master row (None for masters and standalone accounts) and its pool row."""
+        return cls(
+            own_freeze=account.payg_freeze,
+            own_purchase=account.purchase_control,
+            master_freeze=master.payg_freeze if master else None,
+            master_purchase=master.purchase_control if master else None,
+            policy=pool.shutdown_policy,
+            delay_credit_cents=pool.delay_credit_cents,
+            credit=pool.credit_control_status,
+        )
 
     @property
     def freeze(self) -> PaygFreezeStatus:

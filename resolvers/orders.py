@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from graphql import GraphQLError
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
 
 from models import Account, Instance, LedgerEntry, QuotaPool
 from models import rules as R
@@ -52,6 +51,7 @@ from resolvers.errors import Forbidden, invalid
 from resolvers.pagination import InvalidArgument
 from resolvers.policy import lock_accounts
 from resolvers.pools import after_pool_change, lock_pool
+from resolvers.quota import BalanceOp, balance_update
 
 DESCRIPTION_MAX_CHARS = 500
 
@@ -81,9 +81,7 @@ class Decision:
         )
 
 
-def blocking_account(
-    reasons: list[PurchaseDenialReason], account: Account, master: Account | None
-) -> int | None:
+def blocking_account(reasons: list[PurchaseDenialReason], account: Account, master: Account | None) -> int | None:
     """The account whose own setting (or status, or pool) blocks: see the module docstring."""
     if not reasons:
         return None
@@ -104,13 +102,12 @@ def decide(
     account: Account, master: Account | None, pool: QuotaPool, billing_method: BillingMethod, amount_cents: int
 ) -> Decision:
     """The purchase decision of RULES.md ("Orders") for rows already loaded."""
+    view = R.PolicyView.of(account, master, pool)
     reasons = R.purchase_denials(
         status=account.status,
-        purchase_control=R.effective_purchase_control(
-            account.purchase_control, master.purchase_control if master else None
-        ),
-        freeze=R.effective_freeze(account.payg_freeze, master.payg_freeze if master else None),
-        credit=pool.credit_control_status,
+        purchase_control=view.purchase,
+        freeze=view.freeze,
+        credit=view.credit,
         billing_method=billing_method,
         amount_cents=amount_cents,
         available_cents=pool.available_cents,
@@ -201,14 +198,8 @@ async def place_order(
         )
         session.add(instance)
         if billing_method is BillingMethod.SUBSCRIPTION and amount_cents > 0:
-            undeducted = await session.scalar(
-                update(QuotaPool)
-                .where(QuotaPool.id == pool.id)
-                .values(undeducted_cents=QuotaPool.undeducted_cents + amount_cents)
-                .returning(QuotaPool.undeducted_cents)
-                .execution_options(synchronize_session=False)
-            )
-            set_committed_value(pool, "undeducted_cents", int(undeducted or 0))
+            # The same atomic UPDATE … RETURNING as recordConsumption; it refreshes `pool`.
+            await session.scalar(balance_update(BalanceOp.RECORD, pool.id, amount_cents))
             session.add(
                 LedgerEntry(
                     pool_id=pool.id,
@@ -222,7 +213,10 @@ async def place_order(
             )
         await session.flush()
         audit.record(
-            session, actor, account, AuditAction.ORDER_PLACED,
+            session,
+            actor,
+            account,
+            AuditAction.ORDER_PLACED,
             after={
                 "instanceId": instance.id,
                 "billingMethod": billing_method.value,
@@ -244,23 +238,15 @@ async def policy_of(session: AsyncSession, account: Account) -> R.PolicyView:
     master = await session.get(Account, account.master_id) if account.master_id is not None else None
     pool = await session.get(QuotaPool, account.pool_id)
     assert pool is not None
-    return R.PolicyView(
-        own_freeze=account.payg_freeze,
-        own_purchase=account.purchase_control,
-        master_freeze=master.payg_freeze if master else None,
-        master_purchase=master.purchase_control if master else None,
-        policy=pool.shutdown_policy,
-        delay_credit_cents=pool.delay_credit_cents,
-        credit=pool.credit_control_status,
-    )
+    return R.PolicyView.of(account, master, pool)
 
 
 async def load_instance(session: AsyncSession, actor: Actor, pk: int) -> tuple[Instance, Account] | None:
     """An instance and its account, when the actor may see the account."""
     row = (
-        await session.execute(select(Instance, Account).join(Account, Account.id == Instance.account_id).where(
-            Instance.id == pk
-        ))
+        await session.execute(
+            select(Instance, Account).join(Account, Account.id == Instance.account_id).where(Instance.id == pk)
+        )
     ).first()
     if row is None or not account_ops.visible(actor, row[1]):
         return None

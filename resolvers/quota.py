@@ -202,7 +202,7 @@ class BalanceOp(Enum):
         self.permission = permission
 
 
-def _balance_update(op: BalanceOp, pool_id: int, d: int) -> Any:
+def balance_update(op: BalanceOp, pool_id: int, d: int) -> Any:
     """One atomic UPDATE … RETURNING; the guard sits in the WHERE clause so no race can go below zero."""
     stmt = update(QuotaPool).where(QuotaPool.id == pool_id)
     if op is BalanceOp.RECORD:
@@ -255,7 +255,7 @@ async def change_balance(
         )
     )
     await session.flush()
-    pool = (await session.scalars(_balance_update(op, account.pool_id, amount_cents))).one_or_none()
+    pool = (await session.scalars(balance_update(op, account.pool_id, amount_cents))).one_or_none()
     if pool is None:
         current = await session.get(QuotaPool, account.pool_id, populate_existing=True)
         assert current is not None, "every account has a pool"

@@ -19,6 +19,7 @@ from models.enums import (
     PaygFreezeStatus,
     PurchaseControl,
 )
+from models.rules import PolicyView
 from resolvers import accounts as ops
 from resolvers.audit import CURSOR_KIND as AUDIT_CURSOR
 from resolvers.pagination import Page, check_first, check_list, decode_id_cursor, page_of_rows
@@ -27,7 +28,7 @@ from schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_globa
 from schema.context import Info
 from schema.dataloaders import MISSING, peek
 from schema.partners import Partner
-from schema.policy import Instance, ShutdownPolicyState, load_policy_view, policy_view
+from schema.policy import Instance, ShutdownPolicyState, load_policy_view
 from schema.quota import Quota
 from schema.scalars import Money
 
@@ -119,7 +120,7 @@ class EndUser(Node):
         pool = peek(loaders.pool, self._row.pool_id)
         master = peek(loaders.account, self._row.master_id) if self._row.master_id is not None else None
         if pool is not MISSING and master is not MISSING:
-            return ShutdownPolicyState.of(policy_view(self._row, master, pool))
+            return ShutdownPolicyState.of(PolicyView.of(self._row, master, pool))
         return _then(load_policy_view(info, self._row), ShutdownPolicyState.of)  # type: ignore[return-value]
 
     @strawberry.field(description="The quota pool this account spends from: a sub-account shares its master's.")

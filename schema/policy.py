@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 
-from models import Account, QuotaPool
+from models import Account
 from models import Instance as InstanceRow
 from models.enums import (
     BillingMethod,
@@ -34,23 +34,11 @@ if TYPE_CHECKING:
 LazyEndUser = strawberry.lazy("schema.accounts")
 
 
-def policy_view(account: Account, master: Account | None, pool: QuotaPool) -> PolicyView:
-    return PolicyView(
-        own_freeze=account.payg_freeze,
-        own_purchase=account.purchase_control,
-        master_freeze=master.payg_freeze if master else None,
-        master_purchase=master.purchase_control if master else None,
-        policy=pool.shutdown_policy,
-        delay_credit_cents=pool.delay_credit_cents,
-        credit=pool.credit_control_status,
-    )
-
-
 async def load_policy_view(info: Info, account: Account) -> PolicyView:
     loaders = info.context.loaders
     master = await loaders.account.load(account.master_id) if account.master_id else None
     pool = await loaders.pool.load(account.pool_id)
-    return policy_view(account, master, pool)
+    return PolicyView.of(account, master, pool)
 
 
 @strawberry.type(description="The shutdown policy an account is under: own settings and what is in force.")
