@@ -46,6 +46,8 @@ class SharedScope:
     def __init__(self, session: AsyncSession, holders: int) -> None:
         self.session = session
         self.loaders: Any = None
+        #: Subscription results computed once per (row, selection, viewer scope): schema.execution.
+        self.results: dict[Any, Any] = {}
         self._holders = holders
 
     async def release(self) -> None:

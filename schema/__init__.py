@@ -14,6 +14,7 @@ from strawberry.extensions import (
 from strawberry.schema.config import StrawberryConfig
 
 from schema import enums as _enums  # noqa: F401  (registers enum descriptions)
+from schema.execution import SharedResultExecutionContext
 from schema.extensions import MaskInternalErrors, RequestLifecycle
 from schema.root import Mutation, Query, Subscription
 from schema.scalars import SCALAR_MAP
@@ -44,5 +45,6 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
         mutation=Mutation,
         subscription=Subscription if _has_fields(Subscription) else None,
         extensions=extensions,
+        execution_context_class=SharedResultExecutionContext,
         config=StrawberryConfig(auto_camel_case=True, disable_field_suggestions=True, scalar_map=SCALAR_MAP),
     )

@@ -41,6 +41,12 @@ class Services:
 _EVENT_SCOPE: ContextVar[Context | None] = ContextVar("uidhub_event_scope", default=None)
 
 
+def current_shared_scope() -> SharedScope | None:
+    """The feed batch whose rows this task is resolving, if any (see Context.shared_scope)."""
+    child = _EVENT_SCOPE.get()
+    return child._shared if child is not None else None
+
+
 class Context:
     def __init__(
         self,

@@ -179,29 +179,39 @@ async def test_bad_after_id_and_too_many_uids_are_errors(api: Api, subscribe: An
     assert errors[0].extensions["code"] == "BAD_USER_INPUT"
 
 
+async def waiting_subscribers(api: Api, queries: list[str], resync: float = 30.0) -> tuple[list[Sub], Services]:
+    """Subscriptions (admin token) that have caught up and wait on the shared feed, so a test can measure one event.
+
+    A long resync keeps idle polls out of the measured window.
+    """
+    schema = build_schema()
+    services = Services(settings=api.settings.model_copy(update={"resync_seconds": resync}), db=api.db)
+    async with api.db.read() as session:
+        actor = await authenticate(session, api.tokens["admin"])
+    assert actor is not None
+    subs = [
+        Sub(await schema.subscribe(query, context_value=Context(services, actor=actor, websocket=True)))
+        for query in queries
+    ]
+    key = f"breached:{actor.partner_id}"
+    for _ in range(300):
+        feed = services.feeds._feeds.get(key)
+        waiting = [s for s in feed._subscribers if s.queue._getters] if feed else []
+        if len(waiting) == len(subs):
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("subscribers did not catch up")
+    return subs, services
+
+
 async def test_one_read_per_event_whatever_the_number_of_subscribers(api: Api) -> None:
     """The shared feed reads each batch once: SQL per breach is the same for 2 and for 20 subscribers."""
     from tests.conftest import StatementCounter
 
-    schema = build_schema()
-    # A long resync so that no idle poll lands inside the measured window.
-    services = Services(settings=api.settings.model_copy(update={"resync_seconds": 30.0}), db=api.db)
-    async with api.db.read() as session:
-        actor = await authenticate(session, api.tokens["admin"])
-
     async def statements_for_breach(subscribers: int, uid: str) -> int:
         await link(api, uid)
-        subs = []
-        for _ in range(subscribers):
-            context = Context(services, actor=actor, websocket=True)
-            subs.append(Sub(await schema.subscribe(BREACHES, context_value=context)))
-        feed = services.feeds._feeds.get(f"breached:{actor.partner_id}")
-        for _ in range(200):  # every subscriber has caught up and waits on the feed
-            waiting = [s for s in feed._subscribers if s.queue._getters] if feed else []
-            if len(waiting) == subscribers:
-                break
-            await asyncio.sleep(0.01)
-            feed = services.feeds._feeds.get(f"breached:{actor.partner_id}")
+        subs, _ = await waiting_subscribers(api, [BREACHES] * subscribers)
         try:
             with StatementCounter(api.db) as counter:
                 await breach(api, uid, key=f"k-{uid}")
@@ -216,3 +226,32 @@ async def test_one_read_per_event_whatever_the_number_of_subscribers(api: Api) -
     few = await statements_for_breach(2, "F1")
     many = await statements_for_breach(20, "F2")
     assert few == many, (few, many)
+
+
+async def test_one_execution_per_distinct_selection(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """20 subscribers of one selection cost one execution of it per event; another selection costs its own."""
+    from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+    executed: list[str] = []
+    original = StrawberryGraphQLCoreExecutionContext.execute_operation
+
+    def counting(self: Any, serially: bool | None = None) -> Any:
+        if self.operation.operation.value == "subscription":
+            executed.append(self.operation.selection_set.selections[0].selection_set.selections[0].name.value)
+        return original(self, serially)
+
+    monkeypatch.setattr(StrawberryGraphQLCoreExecutionContext, "execute_operation", counting)
+    other = "subscription { quotaThresholdBreached { state account { uid nickname } } }"
+    await link(api, "X1")
+    subs, _ = await waiting_subscribers(api, [BREACHES] * 20 + [other] * 5)
+    try:
+        await breach(api, "X1", key="k-X1")
+        results = [await sub.next() for sub in subs]
+    finally:
+        for sub in subs:
+            await sub.close()
+    assert all(r["quotaThresholdBreached"]["account"]["uid"] == "X1" for r in results)
+    assert results[0] == results[19] and "id" in results[0]["quotaThresholdBreached"]
+    assert "id" not in results[20]["quotaThresholdBreached"]
+    # One execution per distinct selection (BREACHES starts with `id`, the other with `state`).
+    assert sorted(executed) == ["id", "state"], executed
