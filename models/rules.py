@@ -21,6 +21,7 @@ from models.enums import (
     ShutdownPolicy,
     StopReason,
 )
+from models.money import percent_of
 
 # ---------------------------------------------------------------- accounts
 
@@ -66,6 +67,23 @@ def text_problem(value: str, *, max_bytes: int | None = None, max_chars: int | N
     if max_chars is not None and len(value) > max_chars:
         return f"is longer than {max_chars} characters"
     return None
+
+
+# ---------------------------------------------------------------- quota warning
+
+
+def warning_level(amount_cents: int, percent: int | None) -> int | None:
+    """amount × percent / 100, rounded half up to cents; None when no warning is set.
+
+    resolvers.accounts.warning_level_expr is the SQL twin used by filters.
+    """
+    return None if percent is None else percent_of(amount_cents, percent)
+
+
+def below_warning(available_cents: int, amount_cents: int, percent: int | None) -> bool:
+    """Whether available is below the warning level (never, without a warning)."""
+    level = warning_level(amount_cents, percent)
+    return level is not None and available_cents < level
 
 
 # ---------------------------------------------------------------- policy

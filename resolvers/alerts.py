@@ -43,6 +43,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import Account, AlertEvent, CreditAlert, EmailNotification, Partner, QuotaPool
+from models import rules as R
 from models.base import utcnow
 from models.enums import AlertKind, AlertState, AuditAction, ErrorCode, NotificationStatus
 from models.money import format_money, percent_of
@@ -105,7 +106,9 @@ async def evaluate_pool(session: AsyncSession, pool: QuotaPool) -> list[AlertEve
             pool.warning_below = False  # no level, nothing to be below: forget the side silently
     else:
         level = percent_of(pool.amount_cents, pool.warning_percent)
-        state = _crossing(bool(pool.warning_below), available < level)
+        state = _crossing(
+            bool(pool.warning_below), R.below_warning(available, pool.amount_cents, pool.warning_percent)
+        )
         if state is not None:
             pool.warning_below = state is AlertState.BREACHED
             owner = await session.scalar(

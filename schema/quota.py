@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, Annotated
 import strawberry
 from sqlalchemy import select
 
-from models import Account, QuotaPool
+from models import Account, QuotaPool, rules
 from models import QuotaAdjustment as AdjustmentRow
 from models.enums import OperationMethod, QuotaOperationType
-from models.money import percent_of
 from resolvers import quota as quota_ops
 from resolvers.pagination import Page, check_first, decode_id_cursor, page_of_rows
 from schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
@@ -115,14 +114,13 @@ class Quota:
 
     @strawberry.field(description="amount * warningThresholdPercent / 100, rounded half up to cents.")
     def warning_level(self) -> Money | None:
-        if self._pool.warning_percent is None:
-            return None
-        return Money(percent_of(self._pool.amount_cents, self._pool.warning_percent))
+        level = rules.warning_level(self._pool.amount_cents, self._pool.warning_percent)
+        return None if level is None else Money(level)
 
     @strawberry.field(description="True while available is below the warning level.")
     def below_warning_level(self) -> bool:
-        percent = self._pool.warning_percent
-        return percent is not None and self._pool.available_cents < percent_of(self._pool.amount_cents, percent)
+        pool = self._pool
+        return rules.below_warning(pool.available_cents, pool.amount_cents, pool.warning_percent)
 
     @strawberry.field(description="Newest first; `since` defaults to six months before now.")
     async def adjustments(
