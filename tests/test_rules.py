@@ -179,3 +179,14 @@ def test_money_round_trip(cents: int) -> None:
 )
 def test_percent_of_rounds_half_up(amount: int, percent: int, level: int) -> None:
     assert percent_of(amount, percent) == level
+
+
+def test_warning_level_rounds_half_up_and_equal_is_not_below() -> None:
+    from models.rules import below_warning, warning_level
+
+    assert warning_level(100_005, None) is None
+    assert warning_level(1_005, 50) == 503  # 10.05 × 50 % = 5.025 → 5.03
+    assert warning_level(1_004, 50) == 502  # 5.02
+    assert below_warning(502, 1_004, 50) is False  # exactly at the level is not below
+    assert below_warning(501, 1_004, 50) is True
+    assert below_warning(-10_000, 0, None) is False  # no warning set: never below
