@@ -83,6 +83,8 @@ class Feed:
         self.model = model
         self.resync = resync
         self.position = 0
+        #: True while the feed waits for a wake-up: no read is in flight.
+        self.idle = False
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
@@ -127,21 +129,29 @@ class Feed:
                     log.exception("feed %s could not read the log; retrying", self.topic)
                 if read >= FEED_BATCH:
                     continue
-                if waiter is None:
-                    await asyncio.sleep(self.resync)
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    await waiter
-                waiter = None
+                self.idle = True
+                try:
+                    if waiter is None:
+                        await asyncio.sleep(self.resync)
+                        continue
+                    with contextlib.suppress(TimeoutError):
+                        await waiter
+                    waiter = None
+                finally:
+                    self.idle = False
         finally:
             if waiter is not None and not waiter.done():
                 waiter.cancel()
 
     async def _read_once(self) -> int:
-        session = self.db.session()
-        rows = await self.fetch(session, self.position, FEED_BATCH)
-        if session.in_transaction():
-            await session.commit()  # no connection is held while the batch waits in queues
+        session = self.db.shared_session()
+        try:
+            rows = await self.fetch(session, self.position, FEED_BATCH)
+            if session.in_transaction():
+                await session.commit()  # no connection is held while the batch waits in queues
+        except BaseException:  # also the feed stopping (its last subscriber left) in the middle of a read
+            await session.close()
+            raise
         subscribers = list(self._subscribers)
         if not rows or not subscribers:
             await session.close()

@@ -197,7 +197,7 @@ async def waiting_subscribers(api: Api, queries: list[str], resync: float = 30.0
     for _ in range(300):
         feed = services.feeds._feeds.get(key)
         waiting = [s for s in feed._subscribers if s.queue._getters] if feed else []
-        if len(waiting) == len(subs):
+        if feed is not None and feed.idle and len(waiting) == len(subs):  # the feed's first read is done too
             break
         await asyncio.sleep(0.01)
     else:

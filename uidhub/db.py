@@ -58,13 +58,27 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
 def _serialized(name: str) -> Any:
     method = getattr(AsyncSession, name)
 
-    async def call(self: SerialSession, *args: Any, **kwargs: Any) -> Any:
+    async def locked(self: SerialSession, *args: Any, **kwargs: Any) -> Any:
         async with self._lock:
             return await method(self, *args, **kwargs)
+
+    async def call(self: SerialSession, *args: Any, **kwargs: Any) -> Any:
+        if not self.shielded:
+            return await locked(self, *args, **kwargs)
+        # The call runs in a task of its own that the caller's cancellation does not reach.
+        task = asyncio.ensure_future(locked(self, *args, **kwargs))
+        task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
 
     call.__name__ = name
     call.__doc__ = method.__doc__
     return call
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a shielded call's outcome as seen: the caller that would have read it may be gone."""
+    if not task.cancelled():
+        task.exception()
 
 
 class SerialSession(AsyncSession):
@@ -74,11 +88,18 @@ class SerialSession(AsyncSession):
     runs in its own task; without this lock two of them could use the
     request's one session at once, which SQLAlchemy forbids. (`scalars` is
     not wrapped: it calls `execute`.)
+
+    A `shielded` session (a feed batch's, shared by many subscribers) also
+    protects each call from its caller's cancellation: SQLAlchemy invalidates
+    a connection whose call is interrupted by a BaseException, so one
+    dashboard closing in the middle of a query would otherwise break the
+    session under every other subscriber of the batch.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lock = asyncio.Lock()
+        self.shielded = False
 
     execute = _serialized("execute")
     scalar = _serialized("scalar")
@@ -123,6 +144,13 @@ class Database:
         """A new session; `write=True` makes its transactions take the write lock up front on SQLite."""
         session = (self._write if write else self._read)()
         session.info["db"] = self
+        return session
+
+    def shared_session(self) -> AsyncSession:
+        """A read session for many tasks at once: no caller's cancellation interrupts its calls."""
+        session = self.session()
+        assert isinstance(session, SerialSession)
+        session.shielded = True
         return session
 
     @asynccontextmanager
