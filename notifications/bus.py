@@ -62,6 +62,41 @@ def _has_waiters(event: asyncio.Event) -> bool:
     return bool(getattr(event, "_waiters", None))
 
 
+class Wakeup:
+    """The wait between two passes of a worker loop: a publish of `topic`, or `timeout` seconds.
+
+    `listen()` is called before a pass and `wait()` after it, so that a
+    publish made while the pass runs (a row committed after the pass read)
+    ends the wait at once instead of leaving the row for the next poll.
+    Without a bus it is a plain sleep.
+    """
+
+    def __init__(self, bus: Bus | None, topic: str, timeout: float) -> None:
+        self.bus = bus
+        self.topic = topic
+        self.timeout = timeout
+        self._task: asyncio.Task[bool] | None = None
+
+    def listen(self) -> None:
+        if self.bus is not None and self._task is None:
+            self._task = asyncio.create_task(self.bus.wait(self.topic, self.timeout), name=f"uidhub-wait:{self.topic}")
+
+    async def wait(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            await asyncio.sleep(self.timeout)
+            return
+        try:
+            await task
+        finally:
+            task.cancel()  # when the wait itself was cancelled
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+
 class RedisBus(Bus):
     """Publishes through Redis and fires local waiters for messages from any process."""
 

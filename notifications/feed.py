@@ -29,6 +29,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from notifications.bus import Wakeup
+
 log = logging.getLogger(__name__)
 
 FeedFetch = Callable[[AsyncSession, int, int], Awaitable[Sequence[Any]]]
@@ -114,12 +116,10 @@ class Feed:
             self._task = None
 
     async def _run(self) -> None:
-        bus = self.db.bus
-        waiter: asyncio.Task[bool] | None = None
+        wakeup = Wakeup(self.db.bus, self.topic, self.resync)
         try:
             while True:
-                if bus is not None and waiter is None:
-                    waiter = asyncio.create_task(bus.wait(self.topic, self.resync), name=f"uidhub-wait:{self.topic}")
+                wakeup.listen()
                 read = 0
                 try:
                     read = await self._read_once()
@@ -131,17 +131,11 @@ class Feed:
                     continue
                 self.idle = True
                 try:
-                    if waiter is None:
-                        await asyncio.sleep(self.resync)
-                        continue
-                    with contextlib.suppress(TimeoutError):
-                        await waiter
-                    waiter = None
+                    await wakeup.wait()
                 finally:
                     self.idle = False
         finally:
-            if waiter is not None and not waiter.done():
-                waiter.cancel()
+            wakeup.close()
 
     async def _read_once(self) -> int:
         session = self.db.shared_session()

@@ -55,6 +55,7 @@ from sqlalchemy import or_, select, update
 
 from models.enums import NotificationStatus
 from models.tables import EmailNotification
+from notifications.bus import Wakeup
 
 if TYPE_CHECKING:
     from notifications.bus import Bus
@@ -377,21 +378,23 @@ class OutboxSender:
         the next pass rather than ending the sender.
         """
         poll = self.settings.sender_poll_seconds
-        while True:
-            try:
-                processed = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("outbox pass failed; retrying in %.1fs", poll)
-                processed = 0
-            if processed >= self.batch_size:
-                await asyncio.sleep(0)  # probably more due: go again, but let others run
-                continue
-            if self.bus is not None:
-                await self.bus.wait(TOPIC, poll)
-            else:
-                await asyncio.sleep(poll)
+        wakeup = Wakeup(self.bus, TOPIC, poll)
+        try:
+            while True:
+                wakeup.listen()
+                try:
+                    processed = await self.run_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("outbox pass failed; retrying in %.1fs", poll)
+                    processed = 0
+                if processed >= self.batch_size:
+                    await asyncio.sleep(0)  # probably more due: go again, but let others run
+                    continue
+                await wakeup.wait()
+        finally:
+            wakeup.close()
 
     def start(self) -> asyncio.Task[None]:
         """Start `run_forever` as a task (idempotent while it runs) and return it."""

@@ -54,6 +54,7 @@ from models.enums import (
 )
 from models.rules import PolicyView
 from notifications import log as event_log
+from notifications.bus import Wakeup
 from resolvers import accounts, i18n
 from resolvers.actor import Actor, Permission
 from resolvers.errors import UserError, UserErrors, invalid, not_found
@@ -570,22 +571,24 @@ class ExportWorker:
         poll = self.settings.sender_poll_seconds
         last_sweep = -math.inf
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                if loop.time() - last_sweep >= SWEEP_SECONDS:
-                    last_sweep = loop.time()
-                    await self.sweep()
-                if await self.run_once():
-                    await asyncio.sleep(0)
-                    continue
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("export worker pass failed; retrying in %.1fs", poll)
-            if self.bus is not None:
-                await self.bus.wait(WAKE_TOPIC, poll)
-            else:
-                await asyncio.sleep(poll)
+        wakeup = Wakeup(self.bus, WAKE_TOPIC, poll)
+        try:
+            while True:
+                wakeup.listen()  # before the pass: a task started while it runs is picked up at once
+                try:
+                    if loop.time() - last_sweep >= SWEEP_SECONDS:
+                        last_sweep = loop.time()
+                        await self.sweep()
+                    if await self.run_once():
+                        await asyncio.sleep(0)
+                        continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("export worker pass failed; retrying in %.1fs", poll)
+                await wakeup.wait()
+        finally:
+            wakeup.close()
 
     async def start(self) -> None:
         try:

@@ -445,6 +445,34 @@ async def test_run_forever_wakes_on_bus_and_stops_cleanly(db: Database, smtp: Sm
     assert len(smtp.handler.envelopes) == 1
 
 
+async def test_a_wake_up_during_a_pass_is_not_lost(db: Database, smtp: SmtpServer) -> None:
+    """An email committed while a pass is running (after its claim) is sent at once, not a poll interval later."""
+    bus = Bus()
+    sender = OutboxSender(db, make_settings(smtp.port, sender_poll_seconds=30), bus)
+    in_pass, resume = asyncio.Event(), asyncio.Event()
+    original = sender.run_once
+
+    async def first_pass_waits() -> int:
+        processed = await original()
+        if not in_pass.is_set():
+            in_pass.set()
+            await resume.wait()
+        return processed
+
+    sender.run_once = first_pass_waits  # type: ignore[method-assign]
+    task = sender.start()
+    await asyncio.wait_for(in_pass.wait(), 5)
+    [row_id] = await add_notifications(db)
+    await bus.publish("outbox")  # the sender is still in its pass, not yet waiting
+    resume.set()
+    deadline = asyncio.get_running_loop().time() + 5
+    while (await load(db, row_id)).status != NotificationStatus.SENT:
+        assert asyncio.get_running_loop().time() < deadline, "the wake-up sent during the pass was lost"
+        await asyncio.sleep(0.02)
+    await sender.stop()
+    assert task.done()
+
+
 # -- several senders ---------------------------------------------------------
 
 

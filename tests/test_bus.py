@@ -1,0 +1,43 @@
+"""Wake-ups between worker passes (notifications.bus.Wakeup)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from notifications.bus import Bus, Wakeup
+
+
+async def test_a_publish_during_the_pass_ends_the_next_wait_at_once() -> None:
+    bus = Bus()
+    wakeup = Wakeup(bus, "topic", timeout=30)
+    wakeup.listen()
+    await asyncio.sleep(0)  # the listener is registered; the pass runs now
+    await bus.publish("topic")
+    await asyncio.wait_for(wakeup.wait(), 1)  # not the 30 s timeout
+
+
+async def test_without_a_publish_the_wait_lasts_the_timeout() -> None:
+    wakeup = Wakeup(Bus(), "topic", timeout=0.05)
+    wakeup.listen()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await wakeup.wait()
+    assert loop.time() - started >= 0.04  # (the loop may fire a timer a clock tick early)
+
+
+async def test_a_cancelled_wait_leaves_no_listener_behind() -> None:
+    bus = Bus()
+    wakeup = Wakeup(bus, "topic", timeout=30)
+    wakeup.listen()
+    waiting = asyncio.create_task(wakeup.wait())
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert bus.topic_count == 0
+
+
+async def test_without_a_bus_it_is_a_sleep() -> None:
+    wakeup = Wakeup(None, "topic", timeout=0.05)
+    wakeup.listen()
+    await asyncio.wait_for(wakeup.wait(), 1)
