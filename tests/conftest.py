@@ -256,3 +256,10 @@ async def api(db: Database, tmp_path: Path) -> AsyncIterator[Api]:
 async def sqlite_api(sqlite_db: Database, tmp_path: Path) -> AsyncIterator[Api]:
     async for value in make_api(sqlite_db, tmp_path):
         yield value
+
+
+@pytest.fixture
+async def pg_api(pg_db: Database, tmp_path: Path) -> AsyncIterator[Api]:
+    """The app over PostgreSQL only, for behaviour that exists only there (advisory locks, several processes)."""
+    async for value in make_api(pg_db, tmp_path):
+        yield value

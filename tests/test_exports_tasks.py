@@ -373,10 +373,12 @@ async def test_other_partner_cannot_download_even_with_the_int_id(api: Api) -> N
     assert (await download(api, f"/exports/{pk(done['id'])}/download", token)).status_code == 404
 
 
-async def test_recovery_leaves_a_live_workers_task_alone(api: Api) -> None:
-    """PostgreSQL: a running export holds an advisory lock on its task; a restarting process does not steal it."""
-    if not api.db.is_postgres:
-        pytest.skip("SQLite deployments run one process: every RUNNING task at start-up is orphaned")
+async def test_recovery_leaves_a_live_workers_task_alone(pg_api: Api) -> None:
+    """PostgreSQL: a running export holds an advisory lock on its task; a restarting process does not steal it.
+
+    (SQLite deployments run one process: there every RUNNING task at start-up is orphaned.)
+    """
+    api = pg_api
     await link(api, "A1")
     started = await start_ok(api, {"kind": "END_USERS", "format": "CSV"})
     w = worker(api)
