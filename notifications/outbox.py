@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
 from sqlalchemy import or_, select, update
@@ -127,6 +127,77 @@ def _error_text(exc: BaseException) -> str:
     return text[:ERROR_MAX]
 
 
+class SmtpLink:
+    """One SMTP connection kept for the sends of one pass.
+
+    A connection per email (connect, EHLO, STARTTLS, AUTH, ..., QUIT) costs
+    several round trips and a TLS handshake each time, which against a remote
+    relay outweighs the message itself. The connection lives for one pass
+    only, so no idle connection waits for a server to time it out. Before it
+    is reused it is checked with NOOP: a server that closed it or answers 421
+    gets a fresh connection, which is safe because nothing of the message
+    went out on the old one yet. After any failure (and a timeout or
+    cancellation) the connection's state is unknown, so it is dropped and the
+    next send connects anew.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: aiosmtplib.SMTP | None = None
+
+    async def send(self, message: EmailMessage, recipients: list[str]) -> dict[str, Any]:
+        """Send over the pass's connection (opening one if needed); return the refused recipients."""
+        settings = self.settings
+        try:
+            client = await self._ready()
+            refused, _response = await client.send_message(
+                message,
+                sender=parseaddr(settings.smtp_sender)[1] or settings.smtp_sender,
+                recipients=recipients,
+            )
+        except BaseException:
+            self.drop()
+            raise
+        return refused
+
+    async def _ready(self) -> aiosmtplib.SMTP:
+        if self._client is not None and self._client.is_connected:
+            try:
+                await self._client.noop()
+                return self._client
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                log.info("SMTP connection not reusable (%s); reconnecting", _error_text(exc))
+        self.drop()
+        settings = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            start_tls=settings.smtp_starttls,
+            timeout=settings.smtp_timeout_seconds,
+        )
+        await client.connect()
+        self._client = client
+        return client
+
+    def drop(self) -> None:
+        """Close the connection without a goodbye (its state is unknown)."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    async def close(self) -> None:
+        """End the pass's connection politely (QUIT); never raises."""
+        client, self._client = self._client, None
+        if client is None or not client.is_connected:
+            return
+        try:
+            await client.quit(timeout=self.settings.smtp_timeout_seconds)
+        except Exception:  # the messages are out; a failed goodbye changes nothing
+            client.close()
+
+
 class OutboxSender:
     """Claims due outbox rows and sends them; several instances may run at once."""
 
@@ -188,21 +259,25 @@ class OutboxSender:
             return 0
         pending = list(claimed)
         processed = 0
+        link = SmtpLink(self.settings)
         try:
             while pending:
                 email = pending[0]
                 if self.clock() + self.send_budget + START_MARGIN > lease:
                     log.info("outbox lease too short for another send; releasing %d rows", len(pending))
                     break
-                outcome = await self._send(email)
+                outcome = await self._send(link, email)
                 # From here the row is ours to record, never to release: a
                 # release after an accepted send would let it go out twice.
                 pending.pop(0)
                 await self._record_shielded(email, lease, outcome)
                 processed += 1
         finally:
-            if pending:
-                await self._release([email.id for email in pending], lease)
+            try:
+                if pending:
+                    await self._release([email.id for email in pending], lease)
+            finally:
+                await link.close()
         return processed
 
     async def _claim(self) -> tuple[list[ClaimedEmail], datetime | None]:
@@ -242,25 +317,14 @@ class OutboxSender:
             ]
         return claimed, lease
 
-    async def _send(self, email: ClaimedEmail) -> SendOutcome:
-        """One SMTP conversation for one row, bounded by `send_budget`; never raises (but CancelledError)."""
-        settings = self.settings
+    async def _send(self, link: SmtpLink, email: ClaimedEmail) -> SendOutcome:
+        """One message over the pass's connection, bounded by `send_budget`; never raises (but CancelledError)."""
         if not email.recipients:
             return SendOutcome(sent=False, error="no recipients", permanent=True)
         try:
-            message = build_message(email, settings.smtp_sender)
+            message = build_message(email, self.settings.smtp_sender)
             async with asyncio.timeout(self.send_budget.total_seconds()):
-                refused, _response = await aiosmtplib.send(
-                    message,
-                    sender=parseaddr(settings.smtp_sender)[1] or settings.smtp_sender,
-                    recipients=email.recipients,
-                    hostname=settings.smtp_host,
-                    port=settings.smtp_port,
-                    username=settings.smtp_username,
-                    password=settings.smtp_password,
-                    start_tls=settings.smtp_starttls,
-                    timeout=settings.smtp_timeout_seconds,
-                )
+                refused = await link.send(message, email.recipients)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

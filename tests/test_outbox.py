@@ -65,15 +65,22 @@ class RecordingHandler:
         self.fail_first = fail_first
         self.data_calls = 0
         self.envelopes: list[Any] = []
+        #: The aiosmtpd session of each DATA (one per connection; kept, so ids stay unique).
+        self.sessions: list[Any] = []
         self._lock = threading.Lock()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self._lock:
             self.data_calls += 1
+            self.sessions.append(session)
             if self.data_calls <= self.fail_first:
                 return "451 4.3.0 try again"
             self.envelopes.append(envelope)
         return "250 Message accepted for delivery"
+
+    def connections(self) -> int:
+        with self._lock:
+            return len({id(session) for session in self.sessions})
 
     def messages(self) -> list[EmailMessage]:
         with self._lock:
@@ -82,6 +89,23 @@ class RecordingHandler:
 
     def message_ids(self) -> list[str]:
         return [str(msg["Message-ID"]) for msg in self.messages()]
+
+
+class UnfriendlyHandler(RecordingHandler):
+    """A relay that will not carry a second message on a connection: 421 to NOOP, or it hangs up after DATA."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    async def handle_NOOP(self, server: Any, session: Any, envelope: Any, arg: str) -> str:
+        return "421 4.7.0 too many messages on this connection" if self.mode == "421" else "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        answer = await super().handle_DATA(server, session, envelope)
+        if self.mode == "hangup":
+            asyncio.get_running_loop().call_soon(server.transport.close)
+        return answer
 
 
 class SmtpServer:
@@ -352,6 +376,48 @@ async def test_temporary_failures_are_retried_and_delivered_exactly_once(db: Dat
     assert row.last_error is None
     assert smtp.handler.data_calls == 3
     assert smtp.handler.message_ids() == [row.message_id]
+
+
+async def test_a_pass_sends_its_emails_over_one_connection(db: Database, smtp: SmtpServer) -> None:
+    ids = await add_notifications(db, count=5)
+    sender = OutboxSender(db, make_settings(smtp.port))
+    assert await sender.run_once() == 5
+    assert [(await load(db, row_id)).status for row_id in ids] == [NotificationStatus.SENT] * 5
+    assert len(smtp.handler.envelopes) == 5
+    assert smtp.handler.connections() == 1
+
+
+@pytest.mark.parametrize("mode", ["421", "hangup"])
+async def test_a_connection_the_server_will_not_reuse_is_replaced_without_costing_an_attempt(
+    db: Database, mode: str
+) -> None:
+    server = SmtpServer(UnfriendlyHandler(mode))
+    server.start()
+    try:
+        ids = await add_notifications(db, count=3)
+        sender = OutboxSender(db, make_settings(server.port))
+        assert await sender.run_once() == 3
+        rows = [await load(db, row_id) for row_id in ids]
+        assert [(row.status, row.attempts, row.last_error) for row in rows] == [(NotificationStatus.SENT, 1, None)] * 3
+        assert sorted(server.handler.message_ids()) == sorted(row.message_id for row in rows)
+        assert server.handler.connections() == 3
+    finally:
+        server.stop()
+
+
+async def test_after_a_failed_send_the_next_email_of_the_pass_gets_a_fresh_connection(db: Database) -> None:
+    server = SmtpServer(RecordingHandler(fail_first=1))
+    server.start()
+    try:
+        first, second = await add_notifications(db, count=2)
+        sender = OutboxSender(db, make_settings(server.port, smtp_backoff_seconds=60))
+        assert await sender.run_once() == 2
+        failed, sent = await load(db, first), await load(db, second)
+        assert failed.status == NotificationStatus.PENDING and failed.attempts == 1 and "451" in failed.last_error
+        assert sent.status == NotificationStatus.SENT and sent.attempts == 1
+        assert server.handler.connections() == 2  # the failed conversation's connection was not reused
+    finally:
+        server.stop()
 
 
 async def test_server_down_keeps_pending_then_delivers(db: Database, smtp_down: SmtpServer) -> None:
