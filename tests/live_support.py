@@ -130,7 +130,7 @@ class WsClient:
     async def send(self, message: dict[str, Any]) -> None:
         await self.ws.send(json.dumps(message))
 
-    async def receive(self, timeout: float = 5.0) -> dict[str, Any]:
+    async def receive(self, timeout: float = 10.0) -> dict[str, Any]:
         """The next protocol message, answering pings on the way."""
         while True:
             raw = await asyncio.wait_for(self.ws.recv(), timeout)
@@ -143,7 +143,7 @@ class WsClient:
     async def subscribe(self, op_id: str, query: str, variables: dict[str, Any] | None = None) -> None:
         await self.send({"id": op_id, "type": "subscribe", "payload": {"query": query, "variables": variables or {}}})
 
-    async def next_data(self, timeout: float = 5.0) -> dict[str, Any]:
+    async def next_data(self, timeout: float = 10.0) -> dict[str, Any]:
         message = await self.receive(timeout)
         assert message["type"] == "next", message
         assert "errors" not in message["payload"], message

@@ -34,12 +34,12 @@ class Sub:
         async for result in self.stream:
             await self.queue.put(result)
 
-    async def next(self, timeout: float = 3.0) -> dict[str, Any]:
+    async def next(self, timeout: float = 10.0) -> dict[str, Any]:
         result = await asyncio.wait_for(self.queue.get(), timeout)
         assert not result.errors, result.errors
         return result.data
 
-    async def first_error(self, timeout: float = 3.0) -> list[Any]:
+    async def first_error(self, timeout: float = 10.0) -> list[Any]:
         result = await asyncio.wait_for(self.queue.get(), timeout)
         assert result.errors
         return result.errors
@@ -194,7 +194,7 @@ async def waiting_subscribers(api: Api, queries: list[str], resync: float = 30.0
         for query in queries
     ]
     key = f"breached:{actor.partner_id}"
-    for _ in range(300):
+    for _ in range(1000):  # up to 10 s on a loaded machine
         feed = services.feeds._feeds.get(key)
         waiting = [s for s in feed._subscribers if s.queue._getters] if feed else []
         if feed is not None and feed.idle and len(waiting) == len(subs):  # the feed's first read is done too
