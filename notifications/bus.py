@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +66,46 @@ def _has_waiters(event: asyncio.Event) -> bool:
 class Wakeup:
     """The wait between two passes of a worker loop: a publish of `topic`, or `timeout` seconds.
 
-    `listen()` is called before a pass and `wait()` after it, so that a
+    `run_passes` listens before each pass and waits after it, so that a
     publish made while the pass runs (a row committed after the pass read)
     ends the wait at once instead of leaving the row for the next poll.
-    Without a bus it is a plain sleep.
+    Without a bus the wait is a plain sleep.
     """
 
     def __init__(self, bus: Bus | None, topic: str, timeout: float) -> None:
         self.bus = bus
         self.topic = topic
         self.timeout = timeout
+        #: True while the loop waits between passes (no pass in flight).
+        self.waiting = False
         self._task: asyncio.Task[bool] | None = None
+
+    async def run_passes(self, one_pass: Callable[[], Awaitable[bool]], what: str) -> None:
+        """Run `one_pass` until cancelled: again at once while it returns True (more is due), else after the wait.
+
+        An error in a pass (the database restarting) is logged and retried
+        after the wait rather than ending the loop.
+        """
+        try:
+            while True:
+                self.listen()
+                try:
+                    more = await one_pass()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("%s pass failed; retrying in %.1fs", what, self.timeout)
+                    more = False
+                if more:
+                    await asyncio.sleep(0)  # go again, but let others run
+                    continue
+                self.waiting = True
+                try:
+                    await self.wait()
+                finally:
+                    self.waiting = False
+        finally:
+            self.close()
 
     def listen(self) -> None:
         if self.bus is not None and self._task is None:

@@ -85,11 +85,15 @@ class Feed:
         self.model = model
         self.resync = resync
         self.position = 0
-        #: True while the feed waits for a wake-up: no read is in flight.
-        self.idle = False
+        self._wakeup = Wakeup(db.bus, topic, resync)
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
+
+    @property
+    def idle(self) -> bool:
+        """True while the feed waits for a wake-up: no read is in flight."""
+        return self._wakeup.waiting
 
     @property
     def subscriber_count(self) -> int:
@@ -116,26 +120,10 @@ class Feed:
             self._task = None
 
     async def _run(self) -> None:
-        wakeup = Wakeup(self.db.bus, self.topic, self.resync)
-        try:
-            while True:
-                wakeup.listen()
-                read = 0
-                try:
-                    read = await self._read_once()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("feed %s could not read the log; retrying", self.topic)
-                if read >= FEED_BATCH:
-                    continue
-                self.idle = True
-                try:
-                    await wakeup.wait()
-                finally:
-                    self.idle = False
-        finally:
-            wakeup.close()
+        async def one_pass() -> bool:
+            return await self._read_once() >= FEED_BATCH  # a full batch: read on at once
+
+        await self._wakeup.run_passes(one_pass, f"feed {self.topic}")
 
     async def _read_once(self) -> int:
         session = self.db.shared_session()

@@ -441,24 +441,11 @@ class OutboxSender:
         An error in a pass (the database restarting) is logged and retried on
         the next pass rather than ending the sender.
         """
-        poll = self.settings.sender_poll_seconds
-        wakeup = Wakeup(self.bus, TOPIC, poll)
-        try:
-            while True:
-                wakeup.listen()
-                try:
-                    processed = await self.run_once()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("outbox pass failed; retrying in %.1fs", poll)
-                    processed = 0
-                if processed >= self.batch_size:
-                    await asyncio.sleep(0)  # probably more due: go again, but let others run
-                    continue
-                await wakeup.wait()
-        finally:
-            wakeup.close()
+
+        async def one_pass() -> bool:
+            return await self.run_once() >= self.batch_size  # a full batch: probably more due
+
+        await Wakeup(self.bus, TOPIC, self.settings.sender_poll_seconds).run_passes(one_pass, "outbox")
 
     def start(self) -> asyncio.Task[None]:
         """Start `run_forever` as a task (idempotent while it runs) and return it."""

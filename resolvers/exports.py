@@ -568,27 +568,18 @@ class ExportWorker:
     # -- the loop ----------------------------------------------------------------
 
     async def run_forever(self) -> None:
-        poll = self.settings.sender_poll_seconds
         last_sweep = -math.inf
         loop = asyncio.get_running_loop()
-        wakeup = Wakeup(self.bus, WAKE_TOPIC, poll)
-        try:
-            while True:
-                wakeup.listen()  # before the pass: a task started while it runs is picked up at once
-                try:
-                    if loop.time() - last_sweep >= SWEEP_SECONDS:
-                        last_sweep = loop.time()
-                        await self.sweep()
-                    if await self.run_once():
-                        await asyncio.sleep(0)
-                        continue
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("export worker pass failed; retrying in %.1fs", poll)
-                await wakeup.wait()
-        finally:
-            wakeup.close()
+
+        async def one_pass() -> bool:
+            nonlocal last_sweep
+            if loop.time() - last_sweep >= SWEEP_SECONDS:
+                last_sweep = loop.time()
+                await self.sweep()
+            return await self.run_once()
+
+        # A task started while a pass runs is picked up at once (see Wakeup).
+        await Wakeup(self.bus, WAKE_TOPIC, self.settings.sender_poll_seconds).run_passes(one_pass, "export worker")
 
     async def start(self) -> None:
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from notifications.bus import Bus, Wakeup
 
 
@@ -35,6 +37,38 @@ async def test_a_cancelled_wait_leaves_no_listener_behind() -> None:
     await asyncio.gather(waiting, return_exceptions=True)
     await asyncio.sleep(0)
     assert bus.topic_count == 0
+
+
+async def test_run_passes_goes_again_while_more_is_due_and_survives_a_failing_pass(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A pass reporting more work runs again without waiting; a pass that raises is logged and retried."""
+    bus = Bus()
+    wakeup = Wakeup(bus, "topic", timeout=30)
+    outcomes: list[bool | Exception] = [True, True, RuntimeError("database restarting"), False]
+    passes = 0
+    done = asyncio.Event()
+
+    async def one_pass() -> bool:
+        nonlocal passes
+        passes += 1
+        outcome = outcomes.pop(0) if outcomes else False
+        if not outcomes:
+            done.set()
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    loop = asyncio.create_task(wakeup.run_passes(one_pass, "test"))
+    await asyncio.sleep(0.05)
+    assert passes == 3 and wakeup.waiting  # two "more" passes at once, then the failure waits
+    await bus.publish("topic")
+    await asyncio.wait_for(done.wait(), 1)
+    loop.cancel()
+    await asyncio.gather(loop, return_exceptions=True)
+    assert passes == 4
+    assert "test pass failed" in caplog.text
+    assert bus.topic_count == 0 and not wakeup.waiting
 
 
 async def test_without_a_bus_it_is_a_sleep() -> None:
