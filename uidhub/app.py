@@ -26,6 +26,7 @@ from resolvers.auth import authenticate, bearer
 from resolvers.exports import start_export_worker
 from schema import build_schema
 from schema.context import Context, Services
+from uidhub.dashboard import routes as dashboard_routes
 from uidhub.db import Database
 from uidhub.settings import Settings
 
@@ -206,6 +207,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             *routes.extra_routes(state),
+            *dashboard_routes(),  # GET /dashboard: the live operations page
         ],
         lifespan=lifespan,
     )
