@@ -40,6 +40,29 @@ CONSUME = """mutation($uid: String!, $amount: Money!, $key: String!) {
   recordConsumption(input: {uid: $uid, amount: $amount, idempotencyKey: $key}) {
     quota { available belowWarningLevel } userErrors { code message } } }"""
 
+# Runs in the page: its modules are imported as the page imports them (same origin, under its CSP).
+MODULE_PROBE = """
+const token = arguments[0];
+const done = arguments[arguments.length - 1];
+Promise.all([import("/dashboard/i18n.js"), import("/dashboard/gqlws.js")]).then(([i18n, ws]) => {
+  const langs = [i18n.initialLanguage(null, ["ja-JP", "en"]), i18n.initialLanguage(null, ["zh-TW"]),
+                 i18n.initialLanguage("en", ["ja"]), i18n.initialLanguage(null, ["fr-FR"])];
+  const url = `ws://${location.host}/graphql`;
+  const good = [], bad = [];
+  const client = new ws.GraphQLWsClient(url, () => ({authorization: `Bearer ${token}`}), (s) => good.push(s.state),
+                                        {pingEveryMs: 50});
+  const refused = new ws.GraphQLWsClient(url, () => ({authorization: "Bearer nope"}), (s) => bad.push(s.state));
+  client.start();
+  refused.start();
+  const timer = setInterval(() => {
+    if (client.pongs >= 3 && bad.includes("rejected")) {
+      clearInterval(timer);
+      client.stop();
+      done({langs, good, bad, pongs: client.pongs});
+    }
+  }, 20);
+}).catch((error) => done({error: String(error)}));
+"""
 
 # ---------------------------------------------------------------- headers (no browser)
 
@@ -228,6 +251,13 @@ async def test_dashboard_live_in_chromium(browser: Any, sqlite_template: Path, t
         driver.find_element(By.ID, "token").send_keys(token)
         driver.find_element(By.ID, "open").click()
         wait_for(driver, lambda d: connection_state(d) == "connected", "the page did not connect")
+
+        # The page's own modules against the real server: ping/pong, a refused token, the language choice.
+        driver.set_script_timeout(WAIT_SECONDS)
+        probe = driver.execute_async_script(MODULE_PROBE, token)
+        assert probe["pongs"] >= 3 and probe["good"][-1] == "connected", probe
+        assert probe["bad"][-1] == "rejected", probe  # closed 4403 and not retried
+        assert probe["langs"] == ["ja", "zh", "en", "en"], probe
 
         summary = (await gql(address, token, SUMMARY))["summary"]
         assert summary["belowWarningLevel"] == 1 and summary["frozen"] == 1 and summary["purchaseBanned"] == 1

@@ -6,8 +6,6 @@ const PROTOCOL = "graphql-transport-ws";
 // Close codes of the protocol that mean "this token will never be accepted": reconnecting would only repeat it.
 const REJECTED = new Set([4401, 4403]);
 const ACK_TIMEOUT_MS = 10000;
-const PING_EVERY_MS = 15000;
-const PONG_TIMEOUT_MS = 10000;
 
 /**
  * States reported to onState: {state: "connecting"|"connected"|"reconnecting"|"rejected", attempt, delayMs}.
@@ -17,7 +15,8 @@ export class GraphQLWsClient {
    * @param {string} url ws:// or wss:// URL of /graphql
    * @param {() => object} connectionParams payload of connection_init (read at every connect)
    * @param {(s: object) => void} onState connection state changes
-   * @param {{baseDelayMs?: number, maxDelayMs?: number}} options backoff bounds
+   * @param {{baseDelayMs?: number, maxDelayMs?: number, pingEveryMs?: number, pongTimeoutMs?: number}} options
+   *   backoff bounds, and how often to ping and how long to wait for the pong
    */
   constructor(url, connectionParams, onState, options = {}) {
     this.url = url;
@@ -25,6 +24,9 @@ export class GraphQLWsClient {
     this.onState = onState;
     this.baseDelayMs = options.baseDelayMs ?? 500;
     this.maxDelayMs = options.maxDelayMs ?? 15000;
+    this.pingEveryMs = options.pingEveryMs ?? 15000;
+    this.pongTimeoutMs = options.pongTimeoutMs ?? 10000;
+    this.pongs = 0; // pongs received: shows the connection answers, not only that it is open
     this.subscriptions = new Map(); // id -> {query, variables(), sink, active}
     this.nextId = 1;
     this.attempt = 0;
@@ -118,6 +120,7 @@ export class GraphQLWsClient {
         this.send({ type: "pong", payload: message.payload });
         break;
       case "pong":
+        this.pongs += 1;
         clearTimeout(this.timers.pong);
         this.schedulePing();
         break;
@@ -160,8 +163,8 @@ export class GraphQLWsClient {
     this.timers.ping = setTimeout(() => {
       const socket = this.socket;
       this.send({ type: "ping" });
-      this.timers.pong = setTimeout(() => socket && socket.close(4499, "no pong"), PONG_TIMEOUT_MS);
-    }, PING_EVERY_MS);
+      this.timers.pong = setTimeout(() => socket && socket.close(4499, "no pong"), this.pongTimeoutMs);
+    }, this.pingEveryMs);
   }
 
   scheduleReconnect() {
