@@ -176,8 +176,9 @@ function renderBelow() {
     row.dataset.uid = node.uid;
     const q = node.quota;
     for (const [value, cls] of [
-      [node.uid, "uid"], [node.nickname ?? "", ""], [node.accountStatus, "status"], [q?.amount ?? "", "num"],
-      [q?.available ?? "", "num avail"], [q?.warningLevel ?? "", "num"], [q?.outstandingAmount ?? "", "num"],
+      [node.uid, "uid"], [node.nickname ?? "", ""], [t(state.lang, node.accountStatus), "status"],
+      [q?.amount ?? "", "num"], [q?.available ?? "", "num avail"], [q?.warningLevel ?? "", "num"],
+      [q?.outstandingAmount ?? "", "num"],
     ]) row.append(el("td", cls, value));
     return row;
   });
