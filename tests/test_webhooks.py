@@ -151,6 +151,15 @@ async def drain(s: WebhookSender, rounds: int = 50) -> int:
     return total
 
 
+async def deliver_all(api: Api) -> int:
+    """One sender, run until nothing more is due, then stopped."""
+    s = sender(api)
+    try:
+        return await drain(s)
+    finally:
+        await s.stop()
+
+
 async def deliveries(api: Api, endpoint_id: str, first: int = 50) -> list[dict[str, Any]]:
     data = await api.gql(DELIVERIES, {"id": endpoint_id, "first": first})
     return [e["node"] for e in data["webhookDeliveries"]["edges"]]
@@ -195,11 +204,7 @@ async def test_rotation_signs_with_both_secrets_for_a_day(wapi: Api, receiver: R
     expires = datetime.fromisoformat(rotated["endpoint"]["previousSecretExpiresAt"])
     assert timedelta(hours=23) < expires - datetime.now(UTC) <= timedelta(hours=24)
     await link(wapi, "2000000000000001")
-    s = sender(wapi)
-    try:
-        await drain(s)
-    finally:
-        await s.stop()
+    await deliver_all(wapi)
     [call] = receiver.calls
     verify = readme_verify()
     assert call.headers["uidhub-signature"].count("v1=") == 2
@@ -218,11 +223,7 @@ async def test_events_of_an_endpoint_arrive_in_log_order(wapi: Api, receiver: Re
     for i in range(5):
         await link(wapi, f"200000000000001{i}")
     await change_status(wapi, "2000000000000010", "TO_BE_CONFIRMED")
-    s = sender(wapi)
-    try:
-        await drain(s)
-    finally:
-        await s.stop()
+    await deliver_all(wapi)
     ids = receiver.ids()
     numbers = [int(i.split("-")[1]) for i in ids]
     assert len(ids) == 6 and numbers == sorted(numbers)
@@ -315,11 +316,7 @@ async def test_other_partners_endpoints_never_see_an_event(wapi: Api, receiver: 
     await create(wapi, receiver.url("/other"), as_="other")
     await link(wapi, "2000000000000001")
     await link(wapi, "2000000000000002", as_="other")
-    s = sender(wapi)
-    try:
-        await drain(s)
-    finally:
-        await s.stop()
+    await deliver_all(wapi)
     main = [c.event for c in receiver.calls if c.path == "/main"]
     other = [c.event for c in receiver.calls if c.path == "/other"]
     assert [e["account"]["uid"] for e in main] == ["2000000000000001"]
@@ -332,11 +329,7 @@ async def test_an_endpoint_gets_only_what_happened_after_it_was_created(wapi: Ap
     await create(wapi, receiver.url(), kinds=["ACCOUNT_LINKED"])
     await link(wapi, "2000000000000002")
     await change_status(wapi, "2000000000000002", "TO_BE_CONFIRMED")  # not subscribed
-    s = sender(wapi)
-    try:
-        await drain(s)
-    finally:
-        await s.stop()
+    await deliver_all(wapi)
     assert [c.event["account"]["uid"] for c in receiver.calls] == ["2000000000000002"]
 
 
@@ -351,11 +344,7 @@ async def test_alert_events_are_sent_with_money_as_strings(wapi: Api, receiver: 
         " { userErrors { code } } }"
     )
     assert consumed["recordConsumption"]["userErrors"] == []
-    s = sender(wapi)
-    try:
-        await drain(s)
-    finally:
-        await s.stop()
+    await deliver_all(wapi)
     [call] = receiver.calls
     assert call.event["kind"] == "ALERT_BREACHED"
     assert call.event["change"] == {
@@ -592,11 +581,7 @@ async def test_the_delivery_log_costs_the_same_statements_whatever_the_page_size
     created = await create(wapi, receiver.url())
     for i in range(8):
         await link(wapi, f"20000000000003{i:02d}")
-    s = sender(wapi)
-    try:
-        await drain(s)
-    finally:
-        await s.stop()
+    await deliver_all(wapi)
     counts = []
     for first in (2, 8):
         with StatementCounter(wapi.db) as counter:
@@ -614,11 +599,7 @@ async def test_an_export_finishing_is_sent(wapi: Api, receiver: Receiver) -> Non
     await link(wapi, "2000000000000001")
     task = await start_ok(wapi, {"kind": "END_USERS", "format": "CSV", "language": "EN"})
     await run_exports(wapi)
-    s = sender(wapi)
-    try:
-        await drain(s)
-    finally:
-        await s.stop()
+    await deliver_all(wapi)
     [call] = receiver.calls
     assert call.event["kind"] == "EXPORT_FINISHED"
     assert call.event["change"]["status"] == "SUCCEEDED" and call.event["change"]["rowCount"] == 1
