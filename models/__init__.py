@@ -15,6 +15,10 @@ from models.tables import (
     Partner,
     QuotaAdjustment,
     QuotaPool,
+    WebhookAttempt,
+    WebhookCursor,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 
 __all__ = [
@@ -32,4 +36,8 @@ __all__ = [
     "Partner",
     "QuotaAdjustment",
     "QuotaPool",
+    "WebhookAttempt",
+    "WebhookCursor",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 LOG_LOCK_KEY = 0x0D1D_4B
 _PENDING = "uidhub_pending_log"
 _TOPICS = "uidhub_topics"
+#: Wakes the webhook dispatcher (notifications.webhooks.TOPIC) after any log rows commit.
+WEBHOOK_TOPIC = "webhooks"
 
 
 @dataclass
@@ -88,6 +90,7 @@ async def flush_log(session: AsyncSession) -> None:
     if bind.dialect.name == "postgresql":
         await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOG_LOCK_KEY})
     topics: set[str] = session.info.setdefault(_TOPICS, set())
+    topics.add(WEBHOOK_TOPIC)  # the webhook dispatcher reads the log too
     session.add_all(pending.audit)
     for entry in pending.audit:
         topics.add(f"audit:{entry.partner_id}")

@@ -25,6 +25,7 @@ class Permission(Enum):
     CREDIT_ALERT = auto()
     ALERT_EMAILS = auto()
     EXPORT = auto()
+    WEBHOOKS = auto()
 
 
 _ALL = frozenset(Role)
@@ -44,6 +45,7 @@ ROLE_PERMISSIONS: dict[Permission, frozenset[Role]] = {
     Permission.ORDER: _EDITORS | {Role.BILLING},
     Permission.CREDIT_ALERT: _EDITORS | {Role.END_USER},
     Permission.ALERT_EMAILS: frozenset({Role.ADMIN}),
+    Permission.WEBHOOKS: frozenset({Role.ADMIN}),
 }
 
 #: What an AGENCY partner may not do at all, whatever the role (RULES.md).

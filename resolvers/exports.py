@@ -54,6 +54,7 @@ from models.enums import (
 )
 from models.rules import PolicyView
 from notifications import log as event_log
+from notifications import webhooks
 from notifications.bus import Wakeup
 from resolvers import accounts, i18n
 from resolvers.actor import Actor, Permission
@@ -441,6 +442,11 @@ class ExportWorker:
         async with self.db.write() as session:
             await session.execute(update(ExportTask).where(ExportTask.id == task_id).values(**values))
             event_log.add_topic(session, topic(task_id))
+            if values.get("status") in FINISHED:
+                # The EXPORT_FINISHED webhook commits with the task's final state.
+                task = await session.get(ExportTask, task_id, populate_existing=True)
+                if task is not None:
+                    await webhooks.queue_export_finished(session, task)
 
     @staticmethod
     def _discard_file(task: ExportTask) -> None:

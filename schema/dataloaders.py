@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.dataloader import DataLoader
 
-from models import Account, AuditEntry, CreditAlert, Instance, Partner, QuotaAdjustment, QuotaPool
-from models.enums import AuditAction, QuotaOperationType
+from models import Account, AuditEntry, CreditAlert, Instance, LedgerEntry, Partner, QuotaAdjustment, QuotaPool
+from models.enums import AuditAction, LedgerKind, QuotaOperationType
 from resolvers.quota import adjustment_conditions
 
 T = TypeVar("T")
@@ -100,6 +100,38 @@ def _adjustment_where(shape: tuple[datetime | None, datetime | None, QuotaOperat
     return adjustment_conditions(*shape)
 
 
+#: Ledger entries that lower a pool's available amount: what a forecast extrapolates.
+SPEND_KINDS = (LedgerKind.CONSUMPTION, LedgerKind.SUBSCRIPTION_ORDER)
+
+
+def _recent_spend(session_getter: SessionGetter) -> DataLoader[tuple[int, int], tuple[int, datetime]]:
+    """(pool id, basis days) → (cents spent in the window, the window's end): one grouped SUM per request shape."""
+
+    async def load(keys: Sequence[tuple[int, int]]) -> list[tuple[int, datetime]]:
+        session: AsyncSession = await session_getter()
+        now = datetime.now(UTC)
+        by_days: dict[int, list[int]] = defaultdict(list)
+        for pool_id, days in keys:
+            by_days[days].append(pool_id)
+        sums: dict[tuple[int, int], int] = {}
+        for days, pool_ids in by_days.items():
+            rows = await session.execute(
+                select(LedgerEntry.pool_id, func.sum(LedgerEntry.amount_cents))
+                .where(
+                    LedgerEntry.pool_id.in_(pool_ids),
+                    LedgerEntry.kind.in_(SPEND_KINDS),
+                    LedgerEntry.occurred_at >= now - timedelta(days=days),
+                    LedgerEntry.occurred_at <= now,
+                )
+                .group_by(LedgerEntry.pool_id)
+            )
+            for pool_id, total in rows.all():
+                sums[(pool_id, days)] = int(total or 0)
+        return [(sums.get(key, 0), now) for key in keys]
+
+    return DataLoader(load_fn=load)
+
+
 _MISSING: Any = object()
 
 
@@ -132,6 +164,7 @@ class Loaders:
         self.adjustment_page = _newest_pages(
             QuotaAdjustment, QuotaAdjustment.pool_id, _adjustment_where, session_getter
         )
+        self.recent_spend = _recent_spend(session_getter)
 
     def prime_accounts(self, accounts: Sequence[Account]) -> None:
         for account in accounts:

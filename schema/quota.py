@@ -10,9 +10,10 @@ from sqlalchemy import select
 
 from models import Account, QuotaPool, rules
 from models import QuotaAdjustment as AdjustmentRow
+from models import forecast as forecasts
 from models.enums import OperationMethod, QuotaOperationType
 from resolvers import quota as quota_ops
-from resolvers.pagination import Page, check_first, decode_id_cursor, page_of_rows
+from resolvers.pagination import InvalidArgument, Page, check_first, decode_id_cursor, page_of_rows
 from schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
 from schema.context import Info
 from schema.partners import Operator
@@ -75,6 +76,21 @@ class QuotaAdjustmentConnection:
         )
 
 
+@strawberry.type(
+    description="When the pool runs out at its recent pace: spend (consumption and subscription orders) over "
+    "the last `basisDays` days, spread evenly, extrapolated from the current available amount."
+)
+class QuotaForecast:
+    daily_burn: Money = strawberry.field(description="Average spend per day over the basis, rounded half up to cents.")
+    days_left: int = strawberry.field(
+        description="Whole days until available reaches zero at that pace; 0 when it is zero or below already."
+    )
+    runs_out_at: datetime = strawberry.field(
+        description="When available reaches zero at that pace; now when it already has."
+    )
+    basis_days: int = strawberry.field(description="How many days of spend the forecast averages.")
+
+
 @strawberry.type(description="A quota pool (credit line); sub-accounts share their master's.")
 class Quota:
     _pool: strawberry.Private[QuotaPool]
@@ -121,6 +137,27 @@ class Quota:
     def below_warning_level(self) -> bool:
         pool = self._pool
         return rules.below_warning(pool.available_cents, pool.amount_cents, pool.warning_percent)
+
+    @strawberry.field(description="The run-out forecast from recent spend; null when the pool spent nothing then.")
+    async def forecast(
+        self,
+        info: Info,
+        basis_days: Annotated[
+            int, strawberry.argument(description="Days of spend to average, 1 to 90; by default 7.")
+        ] = forecasts.DEFAULT_BASIS_DAYS,
+    ) -> QuotaForecast | None:
+        if not 1 <= basis_days <= forecasts.MAX_BASIS_DAYS:
+            raise InvalidArgument(f"`basisDays` must be 1 to {forecasts.MAX_BASIS_DAYS}.")
+        spent, now = await info.context.loaders.recent_spend.load((self._pool.id, basis_days))
+        result = forecasts.forecast(self._pool.available_cents, spent, basis_days, now)
+        if result is None:
+            return None
+        return QuotaForecast(
+            daily_burn=Money(result.daily_burn_cents),
+            days_left=result.days_left,
+            runs_out_at=result.runs_out_at,
+            basis_days=result.basis_days,
+        )
 
     @strawberry.field(description="Newest first; `since` defaults to six months before now.")
     async def adjustments(

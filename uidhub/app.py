@@ -185,10 +185,10 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        from uidhub.background import start_housekeeping, start_outbox
+        from uidhub.background import start_housekeeping, start_outbox, start_webhooks
 
         await bus.start()
-        stops = [await start(state) for start in (start_outbox, start_housekeeping, *BACKGROUND)]
+        stops = [await start(state) for start in (start_outbox, start_webhooks, start_housekeeping, *BACKGROUND)]
         try:
             yield
         finally:

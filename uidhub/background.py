@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from notifications.outbox import OutboxSender
+from notifications.webhooks import WebhookSender
 from resolvers.quota import purge_expired
 
 if TYPE_CHECKING:
@@ -24,6 +25,13 @@ Stop = Callable[[], Awaitable[None]]
 async def start_outbox(state: AppState) -> Stop:
     """Every worker runs a sender; claims (SKIP LOCKED / leases) keep each email to one sender."""
     sender = OutboxSender(state.db, state.settings, state.bus)
+    sender.start()
+    return sender.stop
+
+
+async def start_webhooks(state: AppState) -> Stop:
+    """Every worker runs a webhook sender; endpoint leases (SKIP LOCKED) keep each delivery to one sender."""
+    sender = WebhookSender(state.db, state.settings, state.bus)
     sender.start()
     return sender.stop
 

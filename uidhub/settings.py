@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: float = Field(default=48.0, ge=24)
     console_url: str = "http://127.0.0.1:8000"
 
+    # Webhooks (notifications.webhooks): timeouts, the retry window and what URLs may be called.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_retry_hours: float = Field(default=24.0, gt=0)
+    webhook_backoff_seconds: float = Field(default=5.0, gt=0)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    webhook_allow_http_loopback: bool = False
+    webhook_allow_private: bool = False
+
     @field_validator("display_timezone")
     @classmethod
     def _valid_offset(cls, value: str) -> str:
