@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     resync_seconds: float = Field(default=1.0, gt=0)
     idempotency_ttl_hours: float = Field(default=48.0, ge=24)
     console_url: str = "http://127.0.0.1:8000"
+    # A hung database must not hang the server: every statement and every new connection is bounded.
+    db_statement_timeout_seconds: float = Field(default=30.0, gt=0)
+    db_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    readyz_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
 
     @field_validator("display_timezone")
     @classmethod
