@@ -150,4 +150,5 @@ describe(E.ErrorCode, "Why a mutation did not change anything.", {
     "POLICY_INHERITED": "A sub-account follows its master's shutdown policy.",
     "IDEMPOTENCY_CONFLICT": "The idempotency key was used before with a different input.",
     "ALREADY_LINKED": "The UID is already linked.",
+    "TOO_MANY_EXPORTS": "Your partner has as many exports queued or running as it may; wait for one to finish.",
 })

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     db_statement_timeout_seconds: float = Field(default=30.0, gt=0)
     db_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     readyz_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
+    # One partner's exports must not starve the others' (resolvers.exports).
+    export_max_queued_per_partner: int = Field(default=20, ge=1)
+    export_max_running_per_partner: int = Field(default=2, ge=1)
 
     @field_validator("display_timezone")
     @classmethod
