@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     smtp_max_attempts: int = Field(default=6, ge=1)
     smtp_backoff_seconds: float = Field(default=2.0, gt=0)
     smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    # RFC 5321 4.5.3.2.6: wait 10 minutes for the reply to the end of the message (the server may be storing it).
+    smtp_data_timeout_seconds: float = Field(default=600.0, gt=0)
     sender_poll_seconds: float = Field(default=1.0, gt=0)
     resync_seconds: float = Field(default=1.0, gt=0)
     idempotency_ttl_hours: float = Field(default=48.0, ge=24)
