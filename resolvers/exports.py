@@ -19,8 +19,9 @@ Fairness. A partner may have at most `export_max_queued_per_partner` tasks PENDI
 `startExport` answers TOO_MANY_EXPORTS and queues nothing. The worker does not take the oldest task of all: it takes
 partners in turn (round-robin over the partners with pending tasks, starting after the partner it served last, and
 preferring partners with fewer tasks running), the oldest task first within a partner, and never starts a task of a
-partner that already has `export_max_running_per_partner` running (across all workers). So one partner's 300 queued
-exports delay another partner's single export by at most one export per busy partner, not by 300.
+partner that already has `export_max_running_per_partner` running (across all workers: on PostgreSQL claims take
+turns under an advisory lock, so the counts they read are exact). So one partner's 300 queued exports delay
+another partner's single export by one export of each partner ahead of it in the turn, not by 300.
 
 Crashes. A task found RUNNING at start-up belonged to a worker that died: it is put back to PENDING once
 (`MAX_ATTEMPTS`), and marked FAILED after that. On PostgreSQL a running export holds a transaction-level advisory
@@ -82,15 +83,17 @@ CURSOR_KIND = "ex"
 MAX_ATTEMPTS = 2
 #: Advisory lock namespace (first key) of running exports on PostgreSQL; the second key is the task id.
 RUN_LOCK_KEY = 0x0E_4B
+#: Advisory lock (both keys) that serialises claims across workers on PostgreSQL, so that the running counts a
+#: claim reads are exact (two workers could otherwise both take a partner's last running place).
+CLAIM_LOCK_KEYS = (0x0E_4C, 0)
 FETCH_BATCH = 1000
 #: Roughly how many progress updates an export writes.
 PROGRESS_STEPS = 50
 SWEEP_SECONDS = 60.0
 FINISHED = frozenset({ExportStatus.SUCCEEDED, ExportStatus.FAILED})
 UNFINISHED = (ExportStatus.PENDING, ExportStatus.RUNNING)
-#: Defaults of the per-partner limits (settings export_max_queued_per_partner / export_max_running_per_partner).
+#: Default of `start_export`'s limit (the app passes the setting export_max_queued_per_partner).
 MAX_QUEUED_PER_PARTNER = 20
-MAX_RUNNING_PER_PARTNER = 2
 
 CONTENT_TYPES = {
     ExportFormat.XLSX: "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
@@ -419,7 +422,7 @@ class ExportWorker:
         self.export_dir = Path(settings.export_dir)
         self.before_rows: Callable[[ExportTask], Awaitable[None]] | None = None
         self.fetch_batch = FETCH_BATCH
-        self.max_running_per_partner = getattr(settings, "export_max_running_per_partner", MAX_RUNNING_PER_PARTNER)
+        self.max_running_per_partner = settings.export_max_running_per_partner
         #: The partner whose task this worker claimed last: the round-robin continues after it.
         self._last_partner: int | None = None
         self._task: asyncio.Task[None] | None = None
@@ -462,6 +465,9 @@ class ExportWorker:
     async def claim(self) -> int | None:
         """Take the next task in fair order (see the module's Fairness) and mark it RUNNING; None when none may run."""
         async with self.db.write() as session:
+            if self.db.is_postgres:
+                await session.execute(text("SELECT pg_advisory_xact_lock(:k1, :k2)"),
+                                      {"k1": CLAIM_LOCK_KEYS[0], "k2": CLAIM_LOCK_KEYS[1]})
             task = None
             for candidate in await self._candidates(session):
                 query = select(ExportTask).where(ExportTask.id == candidate, ExportTask.status == ExportStatus.PENDING)
