@@ -285,6 +285,9 @@ class EmailNotification(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When an attempt wrote the whole message but got no final reply after DATA: the server may have it.
+    # Such a row is retried once more with the same Message-ID, never again (notifications.outbox).
+    maybe_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Instance(Base):
@@ -302,7 +305,11 @@ class Instance(Base):
 
 class ExportTask(Base):
     __tablename__ = "export_tasks"
-    __table_args__ = (Index("ix_export_partner_id", "partner_id", "id"),)
+    __table_args__ = (
+        Index("ix_export_partner_id", "partner_id", "id"),
+        # The worker's fair claim groups PENDING and RUNNING tasks by partner (resolvers.exports).
+        Index("ix_export_status_partner", "status", "partner_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"))

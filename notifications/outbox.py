@@ -34,6 +34,17 @@ an attempt, stores the error and is retried after
 `smtp_backoff_seconds * 2**(attempts-1)` (at most an hour); after
 `smtp_max_attempts` attempts the row is FAILED with its last error.
 
+Maybe sent. Once the whole message is written, the server's reply to its end
+may take long (it is storing or scanning the message): RFC 5321 advises the
+client to wait 10 minutes for it, and so do we (`smtp_data_timeout_seconds`;
+every other step waits `smtp_timeout_seconds`). If that reply still does not
+come (a timeout or a lost connection after the message went out), the server
+may have the message: the row is marked `maybe_sent_at` and retried ONCE more,
+later (backoff), with the same Message-ID, so a receiving system can drop a
+duplicate. Whatever that retry comes to short of success, the row ends FAILED
+with `maybe_sent_at` set and a last_error saying that delivery is uncertain;
+it is never tried again.
+
 Without `smtp_host` nothing is sent: rows stay PENDING (and are logged once)
 until the process is restarted with SMTP configured.
 """
@@ -51,6 +62,9 @@ from email.utils import format_datetime, parseaddr
 from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from aiosmtplib.response import SMTPResponse
+from aiosmtplib.typing import Default, SMTPStatus
 from sqlalchemy import or_, select, update
 
 from models.enums import NotificationStatus
@@ -92,6 +106,8 @@ class ClaimedEmail:
     message_id: str
     attempts: int
     created_at: datetime | None
+    #: An earlier attempt may have delivered it (no final reply after DATA): this is its one retry.
+    maybe_sent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +117,8 @@ class SendOutcome:
     sent: bool
     error: str | None = None
     permanent: bool = False
+    #: The whole message went out but its final reply never came: the server may have it.
+    maybe_sent: bool = False
 
 
 def build_message(email: ClaimedEmail, sender: str) -> EmailMessage:
@@ -127,6 +145,46 @@ def _error_text(exc: BaseException) -> str:
     return text[:ERROR_MAX]
 
 
+class DataTimeoutSMTP(aiosmtplib.SMTP):
+    """aiosmtplib's client, waiting for the reply to the end of the message as RFC 5321 advises.
+
+    aiosmtplib's DATA waits for both of its replies (354, then the final one)
+    with the command timeout; a relay that takes longer than that to store
+    the message would get it again on every retry. Here the 354 waits the
+    command timeout and the final reply `data_timeout`, and
+    `awaiting_final_reply` tells the caller whether a failure came after the
+    whole message was written (so the server may have it).
+    """
+
+    def __init__(self, *args: Any, data_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.data_timeout = data_timeout
+        self.awaiting_final_reply = False
+
+    async def data(self, message: str | bytes, /, *, timeout: Any = Default.token) -> SMTPResponse:
+        if isinstance(message, str):
+            message = message.encode("ascii")
+        # The same transformations as aiosmtplib's own DATA: CRLF line ends, dot-stuffing, the final dot.
+        payload = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)) + b".\r\n"
+        start = await self.execute_command(b"DATA", timeout=timeout)
+        if start.code != SMTPStatus.start_input:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol = self.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        self.awaiting_final_reply = True
+        protocol.write(payload)
+        try:
+            response = await protocol.read_response(timeout=self.data_timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+            self.close()  # the reply may still come: never pair it with a later command
+            raise
+        self.awaiting_final_reply = False  # answered: whatever it says, the outcome is known
+        if response.code != SMTPStatus.completed:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
+
+
 class SmtpLink:
     """One SMTP connection kept for the sends of one pass.
 
@@ -143,24 +201,31 @@ class SmtpLink:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._client: aiosmtplib.SMTP | None = None
+        self._client: DataTimeoutSMTP | None = None
+        #: Set when the last send failed after its whole message went out (see DataTimeoutSMTP).
+        self.maybe_sent = False
 
     async def send(self, message: EmailMessage, recipients: list[str]) -> dict[str, Any]:
         """Send over the pass's connection (opening one if needed); return the refused recipients."""
         settings = self.settings
+        self.maybe_sent = False
+        client: DataTimeoutSMTP | None = None
         try:
             client = await self._ready()
+            client.awaiting_final_reply = False
             refused, _response = await client.send_message(
                 message,
                 sender=parseaddr(settings.smtp_sender)[1] or settings.smtp_sender,
                 recipients=recipients,
             )
         except BaseException:
+            # Also the whole send's deadline cancelling the wait for the final reply.
+            self.maybe_sent = client is not None and client.awaiting_final_reply
             self.drop()
             raise
         return refused
 
-    async def _ready(self) -> aiosmtplib.SMTP:
+    async def _ready(self) -> DataTimeoutSMTP:
         if self._client is not None and self._client.is_connected:
             try:
                 await self._client.noop()
@@ -169,7 +234,8 @@ class SmtpLink:
                 log.info("SMTP connection not reusable (%s); reconnecting", _error_text(exc))
         self.drop()
         settings = self.settings
-        client = aiosmtplib.SMTP(
+        client = DataTimeoutSMTP(
+            data_timeout=settings.smtp_data_timeout_seconds,
             hostname=settings.smtp_host,
             port=settings.smtp_port,
             username=settings.smtp_username,
@@ -229,13 +295,26 @@ class OutboxSender:
         return bool(self.settings.smtp_host)
 
     @property
-    def send_budget(self) -> timedelta:
-        """Hard upper bound of one SMTP send (connect, EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA).
+    def command_budget(self) -> timedelta:
+        """Bound of one send's steps other than the wait for the final reply after DATA.
 
-        aiosmtplib's timeout applies per step, so the whole conversation is
-        capped separately; the lease is sized from this bound.
+        aiosmtplib's timeout applies per step, so the conversation is capped as a whole.
         """
         return timedelta(seconds=self.settings.smtp_timeout_seconds * 3)
+
+    @property
+    def send_budget(self) -> timedelta:
+        """Hard upper bound of one SMTP send: its steps, plus the wait for the reply to the end of the message."""
+        return self.command_budget + timedelta(seconds=self.settings.smtp_data_timeout_seconds)
+
+    def lease_for(self, rows: int) -> timedelta:
+        """How long a pass keeps `rows`: each send's steps, and one long final-reply wait.
+
+        Not `rows` long waits: a crashed sender's rows would wait hours for its
+        lease. A slow reply uses up the slack, and the rows whose send no
+        longer fits are released for the next pass (see `run_once`).
+        """
+        return self.command_budget * rows + timedelta(seconds=self.settings.smtp_data_timeout_seconds) + LEASE_MARGIN
 
     def backoff(self, attempts: int) -> timedelta:
         """Delay before the next try after `attempts` failed ones: exponential, capped at an hour."""
@@ -266,7 +345,14 @@ class OutboxSender:
                 if self.clock() + self.send_budget + START_MARGIN > lease:
                     log.info("outbox lease too short for another send; releasing %d rows", len(pending))
                     break
-                outcome = await self._send(link, email)
+                try:
+                    outcome = await self._send(link, email)
+                except asyncio.CancelledError:
+                    if link.maybe_sent:  # stopped while the server may be storing it: retry once, not freely
+                        pending.pop(0)
+                        stopped = "stopped while waiting for the reply after DATA, it may have been delivered"
+                        await self._record_shielded(email, lease, SendOutcome(False, stopped, maybe_sent=True))
+                    raise
                 # From here the row is ours to record, never to release: a
                 # release after an accepted send would let it go out twice.
                 pending.pop(0)
@@ -299,7 +385,7 @@ class OutboxSender:
             rows = list((await session.scalars(stmt)).all())
             if not rows:
                 return [], None
-            lease = now + self.send_budget * len(rows) + LEASE_MARGIN
+            lease = now + self.lease_for(len(rows))
             for row in rows:
                 row.claimed_until = lease
             claimed = [
@@ -312,6 +398,7 @@ class OutboxSender:
                     message_id=row.message_id,
                     attempts=row.attempts or 0,
                     created_at=row.created_at,
+                    maybe_sent=row.maybe_sent_at is not None,
                 )
                 for row in rows
             ]
@@ -328,6 +415,9 @@ class OutboxSender:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if link.maybe_sent:
+                error = f"no reply after the whole message was sent, it may have been delivered: {_error_text(exc)}"
+                return SendOutcome(sent=False, error=error[:ERROR_MAX], maybe_sent=True)
             return SendOutcome(sent=False, error=_error_text(exc))
         note = None
         if refused:
@@ -361,6 +451,26 @@ class OutboxSender:
                 "attempts": attempts,
                 "claimed_until": None,
                 "last_error": outcome.error,
+            }
+        elif email.maybe_sent:
+            # This was the one retry after an attempt that may have delivered it: never again.
+            values = {
+                "status": NotificationStatus.FAILED,
+                "attempts": attempts,
+                "claimed_until": None,
+                "last_error": _error_text(
+                    Exception(f"delivery uncertain: an earlier attempt may have delivered {email.message_id}; "
+                              f"its one retry failed too: {outcome.error}")
+                ),
+            }
+        elif outcome.maybe_sent:
+            # Retried once, later, with the same Message-ID (even after the last regular attempt).
+            values = {
+                "attempts": attempts,
+                "claimed_until": None,
+                "last_error": outcome.error,
+                "maybe_sent_at": now,
+                "next_attempt_at": now + self.backoff(attempts),
             }
         elif outcome.permanent or attempts >= self.settings.smtp_max_attempts:
             values = {

@@ -14,7 +14,7 @@ from strawberry.extensions import (
 from strawberry.schema.config import StrawberryConfig
 
 from schema import enums as _enums  # noqa: F401  (registers enum descriptions)
-from schema.execution import SharedResultExecutionContext
+from schema.execution import ReleaseBeforeSend, SharedResultExecutionContext
 from schema.extensions import MaskInternalErrors, RequestLifecycle
 from schema.root import Mutation, Query, Subscription
 from schema.scalars import SCALAR_MAP
@@ -37,6 +37,7 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
         functools.partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
         functools.partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
         RequestLifecycle,
+        ReleaseBeforeSend,
     ]
     if not introspection:
         extensions.append(DisableIntrospection)

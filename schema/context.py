@@ -47,6 +47,21 @@ def current_shared_scope() -> SharedScope | None:
     return child._shared if child is not None else None
 
 
+async def end_event_transaction() -> None:
+    """End the read transaction of the subscription event resolved in this task, before its result is sent.
+
+    A send waits on the client's socket for as long as the client does not
+    read; a session still in a transaction meanwhile would keep its pooled
+    connection "idle in transaction", and a few stalled dashboards would
+    starve every request. The session itself stays (expire_on_commit=False
+    keeps its rows and the DataLoader cache usable); its next query checks a
+    connection out again.
+    """
+    child = _EVENT_SCOPE.get()
+    if child is not None:
+        await child.end_transaction()
+
+
 class Context:
     def __init__(
         self,
@@ -112,6 +127,12 @@ class Context:
 
     def reset_loaders(self) -> None:
         self._loaders = None
+
+    async def end_transaction(self) -> None:
+        """Commit (a read: nothing to write) so that the session hands its connection back to the pool."""
+        session = self._shared.session if self._shared is not None else self._session
+        if session is not None and session.in_transaction():
+            await session.commit()
 
     async def close(self) -> None:
         if self._session is not None:

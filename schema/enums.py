@@ -150,6 +150,7 @@ describe(E.ErrorCode, "Why a mutation did not change anything.", {
     "POLICY_INHERITED": "A sub-account follows its master's shutdown policy.",
     "IDEMPOTENCY_CONFLICT": "The idempotency key was used before with a different input.",
     "ALREADY_LINKED": "The UID is already linked.",
+    "TOO_MANY_EXPORTS": "Your partner has as many exports queued or running as it may; wait for one to finish.",
 })
 describe(E.WebhookEventKind, "What a webhook endpoint receives; each event of the stored log has one kind.", {
     "ALERT_BREACHED": "A quota warning or credit alert threshold was crossed downwards.",

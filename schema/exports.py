@@ -184,6 +184,7 @@ class ExportMutations:
                 uid=input.uid,
                 since=input.since,
                 until=input.until,
+                max_queued=info.context.settings.export_max_queued_per_partner,
             )
             return ExportPayload(task=ExportTask.of(row), user_errors=[])
 

@@ -172,7 +172,11 @@ async def healthz(_request: Request) -> Response:
 
 def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Starlette:
     settings = settings or Settings()
-    database = db or Database(settings.database_url)
+    database = db or Database(
+        settings.database_url,
+        statement_timeout=settings.db_statement_timeout_seconds,
+        connect_timeout=settings.db_connect_timeout_seconds,
+    )
     bus = make_bus(settings.redis_url)
     database.bus = bus
     database.settings = settings
@@ -180,7 +184,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     endpoint = GraphQLEndpoint(state)
 
     async def readyz(_request: Request) -> Response:
-        ok = await database.ping()
+        # Answered within readyz_timeout_seconds even when the database hangs: a probe must not hang.
+        ok = await database.ready(settings.readyz_timeout_seconds)
         return PlainTextResponse("ready" if ok else "database unavailable", status_code=200 if ok else 503)
 
     @contextlib.asynccontextmanager

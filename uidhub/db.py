@@ -21,6 +21,27 @@ from sqlalchemy.pool import NullPool
 
 WRITE_OPTION = "uidhub_write"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Defaults of UIDHUB_DB_STATEMENT_TIMEOUT_SECONDS and UIDHUB_DB_CONNECT_TIMEOUT_SECONDS (PostgreSQL).
+STATEMENT_TIMEOUT_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = 5.0
+#: The client gives up this long after the server's statement_timeout should have answered: a database that
+#: does not answer at all (network partition, hung host) still frees the caller.
+CLIENT_TIMEOUT_SLACK_SECONDS = 1.0
+
+
+def postgres_connect_args(statement_timeout: float, connect_timeout: float) -> dict[str, Any]:
+    """asyncpg arguments that bound every statement and every new connection.
+
+    `statement_timeout` makes PostgreSQL cancel a slow statement itself (a
+    clean error, the connection stays usable); asyncpg's `command_timeout`
+    covers a server that does not answer at all; `timeout` bounds the connect
+    and authentication handshake.
+    """
+    return {
+        "timeout": connect_timeout,
+        "command_timeout": statement_timeout + CLIENT_TIMEOUT_SLACK_SECONDS,
+        "server_settings": {"statement_timeout": str(max(1, round(statement_timeout * 1000)))},
+    }
 
 
 def _sqlite_setup(engine: AsyncEngine) -> None:
@@ -43,7 +64,13 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+def create_engine(
+    url: str,
+    *,
+    echo: bool = False,
+    statement_timeout: float = STATEMENT_TIMEOUT_SECONDS,
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
@@ -52,7 +79,14 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         engine = create_async_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _sqlite_setup(engine)
         return engine
-    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_async_engine(
+        url,
+        echo=echo,
+        pool_size=10,
+        max_overflow=20,
+        pool_pre_ping=True,
+        connect_args=postgres_connect_args(statement_timeout, connect_timeout),
+    )
 
 
 def _serialized(name: str) -> Any:
@@ -120,9 +154,20 @@ class SerialSession(AsyncSession):
 class Database:
     """One engine, with a read sessionmaker and a write sessionmaker over the same pool."""
 
-    def __init__(self, url: str, *, echo: bool = False, engine: AsyncEngine | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        engine: AsyncEngine | None = None,
+        statement_timeout: float = STATEMENT_TIMEOUT_SECONDS,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    ) -> None:
         self.url = url
-        self.engine = engine or create_engine(url, echo=echo)
+        self.engine = engine or create_engine(
+            url, echo=echo, statement_timeout=statement_timeout, connect_timeout=connect_timeout
+        )
+        self._ping_task: asyncio.Task[bool] | None = None
         self.dialect = self.engine.dialect.name
         #: Set by the app: wakes subscribers after commits (notifications.bus).
         self.bus: Any = None
@@ -179,7 +224,25 @@ class Database:
         except Exception:
             return False
 
+    async def ready(self, timeout: float) -> bool:
+        """`ping`, answered within `timeout` whatever the database does.
+
+        The ping runs in a task of its own that is never cancelled (cancelling
+        a pooled connection mid-statement would leave its cleanup waiting on
+        the same hung database); it ends on its own through the statement and
+        connect timeouts. While one is still running, later checks wait on it
+        instead of stacking new ones.
+        """
+        task = self._ping_task
+        if task is None or task.done():
+            task = self._ping_task = asyncio.ensure_future(self.ping())
+        done, _pending = await asyncio.wait({task}, timeout=timeout)
+        return bool(done) and task.result()
+
     async def dispose(self) -> None:
+        task, self._ping_task = self._ping_task, None
+        if task is not None and not task.done():
+            task.cancel()
         await self.engine.dispose()
 
 

@@ -35,10 +35,19 @@ class Settings(BaseSettings):
     smtp_max_attempts: int = Field(default=6, ge=1)
     smtp_backoff_seconds: float = Field(default=2.0, gt=0)
     smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    # RFC 5321 4.5.3.2.6: wait 10 minutes for the reply to the end of the message (the server may be storing it).
+    smtp_data_timeout_seconds: float = Field(default=600.0, gt=0)
     sender_poll_seconds: float = Field(default=1.0, gt=0)
     resync_seconds: float = Field(default=1.0, gt=0)
     idempotency_ttl_hours: float = Field(default=48.0, ge=24)
     console_url: str = "http://127.0.0.1:8000"
+    # A hung database must not hang the server: every statement and every new connection is bounded.
+    db_statement_timeout_seconds: float = Field(default=30.0, gt=0)
+    db_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    readyz_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
+    # One partner's exports must not starve the others' (resolvers.exports).
+    export_max_queued_per_partner: int = Field(default=20, ge=1)
+    export_max_running_per_partner: int = Field(default=2, ge=1)
 
     # Webhooks (notifications.webhooks): timeouts, the retry window and what URLs may be called.
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
