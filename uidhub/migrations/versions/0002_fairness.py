@@ -1,7 +1,7 @@
 """fairness: the export claim's index, and the outbox's "maybe sent" mark
 
 Revision ID: 0002_fairness
-Revises: 0001
+Revises: 0002_webhooks
 Create Date: 2026-12-01
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0002_fairness"
-down_revision = "0001"
+down_revision = "0002_webhooks"
 branch_labels = None
 depends_on = None
 
