@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -26,7 +25,9 @@ from resolvers.auth import authenticate, bearer
 from resolvers.exports import start_export_worker
 from schema import build_schema
 from schema.context import Context, Services
+from uidhub import observe
 from uidhub.db import Database
+from uidhub.logs import current_request_id
 from uidhub.settings import Settings
 
 log = logging.getLogger("uidhub")
@@ -47,6 +48,7 @@ class AppState:
         self.db = db
         self.bus = bus
         self.services = Services(settings=settings, db=db)
+        self.observability = observe.setup(settings, db)
 
 
 def _error(status: int, message: str, code: str, **headers: str) -> JSONResponse:
@@ -59,7 +61,8 @@ class UidhubGraphQL(GraphQL):
 
     def __init__(self, state: AppState, **kwargs: Any) -> None:
         super().__init__(
-            build_schema(introspection=state.settings.introspection),
+            build_schema(introspection=state.settings.introspection,
+                         extra_extensions=state.observability.schema_extensions()),
             graphql_ide="graphiql" if state.settings.graphiql else None,
             allow_queries_via_get=False,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
@@ -106,7 +109,7 @@ class GraphQLEndpoint:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.view(scope, receive, send)
             return
-        request_id = uuid.uuid4().hex[:16]
+        request_id = current_request_id()
         response = await self._check(scope, receive, request_id)
         if isinstance(response, Response):
             await response(scope, receive, send)
@@ -189,7 +192,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         await bus.start()
         stops = [await start(state) for start in (start_outbox, start_housekeeping, *BACKGROUND)]
         try:
-            yield
+            async with state.observability.lifespan():
+                yield
         finally:
             for stop in reversed(stops):
                 with contextlib.suppress(Exception):
@@ -206,7 +210,9 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             *routes.extra_routes(state),
+            *state.observability.routes(),
         ],
+        middleware=state.observability.middleware(),
         lifespan=lifespan,
     )
     app.state.uidhub = state

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta, timezone
 from functools import cached_property
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,12 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: float = Field(default=48.0, ge=24)
     console_url: str = "http://127.0.0.1:8000"
 
+    # Operating (uidhub.metrics, uidhub.logs; tracing follows OTEL_EXPORTER_OTLP_ENDPOINT).
+    metrics: bool = False
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    log_format: Literal["text", "json"] = "text"
+
     @field_validator("display_timezone")
     @classmethod
     def _valid_offset(cls, value: str) -> str:
@@ -48,7 +55,7 @@ class Settings(BaseSettings):
             raise ValueError("must be an UTC offset such as +08:00")
         return value.strip()
 
-    @field_validator("redis_url", "smtp_host", "smtp_username", "smtp_password", mode="before")
+    @field_validator("redis_url", "smtp_host", "smtp_username", "smtp_password", "metrics_port", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
