@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from models import EmailNotification
 from models.enums import Role
@@ -169,3 +169,43 @@ async def _eventually(read: object, condition: object, timeout: float = 10.0) ->
             return current
         assert asyncio.get_running_loop().time() < deadline, "gauge did not settle"
         await asyncio.sleep(0.05)
+
+
+async def test_metrics_port_of_its_own_keeps_metrics_off_the_public_port(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    from tests.live_support import free_port
+
+    port = free_port()
+    settings = Settings(database_url=sqlite_db.url, export_dir=str(tmp_path / "exports"), metrics=True,
+                        metrics_port=port)
+    app = create_app(settings, db=sqlite_db)
+    async with serve_in_loop(app) as (address, _server), httpx.AsyncClient(timeout=30) as http:
+        assert (await http.get(f"http://{address}/metrics")).status_code == 404
+        response = await http.get(f"http://127.0.0.1:{port}/metrics")
+        assert response.status_code == 200
+        scraped = Scrape(response.text)
+        assert scraped.value("uidhub_database_up") == 1
+    # The port closes with the app.
+    with pytest.raises(httpx.HTTPError):
+        await httpx.AsyncClient(timeout=5).get(f"http://127.0.0.1:{port}/metrics")
+
+
+async def test_sqlite_writers_waiting_for_the_lock_are_counted(mapi: Api) -> None:
+    if not mapi.db.url.startswith("sqlite"):
+        pytest.skip("SQLite only")
+    before = await scrape(mapi)
+
+    async def hold_lock() -> None:
+        async with mapi.db.write() as session:
+            await session.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: the write lock is ours
+            await asyncio.sleep(0.3)  # another writer's BEGIN IMMEDIATE waits meanwhile
+
+    holder = asyncio.create_task(hold_lock())
+    await asyncio.sleep(0.05)
+    await mapi.gql('mutation { linkAccount(input: {uid: "1999000000000009"}) { userErrors { code } } }')
+    await holder
+    after = await scrape(mapi)
+    assert after.value("uidhub_sqlite_busy_waits_total") - before.value("uidhub_sqlite_busy_waits_total") >= 1
+    assert after.value("uidhub_sqlite_write_lock_wait_seconds_count") > before.value(
+        "uidhub_sqlite_write_lock_wait_seconds_count")
