@@ -9,7 +9,9 @@ the ASGI app in process (httpx.ASGITransport), so server and client noise is
 the same for all three. Rounds are interleaved, in a rotating order (off,
 metrics, tracing; metrics, tracing, off; ...), and each configuration's median
 per-request time over the rounds is compared with the baseline's: the ratios
-are the figures (targets: metrics <= 1.05, tracing <= 1.3). The time is the
+are the figures (targets: metrics <= 1.05, tracing <= 1.3); the headline
+ratio is the median of the per-round ratios, so that a machine getting
+slower or faster during the run cancels out. The time is the
 process's CPU time (all of it is this process: app, driver thread, client),
 which other jobs on a shared machine do not inflate; wall-clock ratios are
 printed too.
@@ -128,9 +130,14 @@ async def main(rounds: int, requests: int, accounts: int) -> None:
         median = statistics.median(target.per_request)
         wall = statistics.median(target.wall)
         print(f"  {target.name:8s} CPU {median * 1000:7.2f} ms/request  ratio {median / base:5.3f}"
-              f"   (wall {wall * 1000:7.2f} ms, ratio {wall / base_wall:5.3f})")
-    print(f"metrics on / off: {statistics.median(on.per_request) / base:.3f} (target <= 1.05)")
-    print(f"tracing on / off: {statistics.median(traced.per_request) / base:.3f} (target <= 1.3)")
+              f"   (wall {wall * 1000:7.2f} ms, ratio {wall / base_wall:5.3f})  paired {paired(target, off):5.3f}")
+    print(f"metrics on / off: {paired(on, off):.3f} (target <= 1.05)")
+    print(f"tracing on / off: {paired(traced, off):.3f} (target <= 1.3)")
+
+
+def paired(target: Target, base: Target) -> float:
+    """The median over rounds of target/base CPU time within the same round: drift of the machine cancels out."""
+    return statistics.median(t / b for t, b in zip(target.per_request, base.per_request, strict=True))
 
 
 if __name__ == "__main__":
