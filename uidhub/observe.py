@@ -35,8 +35,10 @@ class LogContext(SchemaExtension):
         try:
             yield
         finally:
-            logs.operation_var.reset(self._operation)
-            logs.partner_var.reset(self._partner)
+            # A subscription's stream may be closed from another task's context, where the tokens do not apply.
+            with contextlib.suppress(ValueError):
+                logs.operation_var.reset(self._operation)
+                logs.partner_var.reset(self._partner)
 
     def on_execute(self):  # type: ignore[no-untyped-def]
         # Parsed by now: a document's only operation is named even when the request did not name it.
