@@ -70,6 +70,7 @@ from sqlalchemy import or_, select, update
 from models.enums import NotificationStatus
 from models.tables import EmailNotification
 from notifications.bus import Wakeup
+from uidhub.metrics import email_attempted
 
 if TYPE_CHECKING:
     from notifications.bus import Bus
@@ -490,6 +491,7 @@ class OutboxSender:
         async with self.db.write() as session:
             result = await session.execute(stmt)
             updated = result.rowcount  # type: ignore[attr-defined]
+        email_attempted(outcome.sent, final=values.get("status") == NotificationStatus.FAILED)
         if not updated:
             log.warning("notification %d: lease lost before its outcome was recorded", email.id)
         elif outcome.sent:

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifications.feed import FeedFetch
+from uidhub.metrics import event_handed_over
 
 if TYPE_CHECKING:
     from schema.context import Context
@@ -83,6 +84,7 @@ async def follow(
                                 continue
                             last_seen = row.id
                             if await accept(child, row):
+                                event_handed_over(getattr(row, "occurred_at", None))
                                 yield convert(row)
                 finally:
                     await held.scope.release()

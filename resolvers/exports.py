@@ -70,6 +70,7 @@ from resolvers.errors import UserError, UserErrors, invalid, not_found
 from resolvers.export_writer import COLUMNS_BY_KIND, write_export
 from resolvers.pagination import Page, newest_first
 from resolvers.quota import SIX_MONTHS
+from uidhub import metrics
 
 if TYPE_CHECKING:
     from notifications.bus import Bus
@@ -578,6 +579,7 @@ class ExportWorker:
                 log.exception("export task %d failed", task_id)
                 message = f"The export failed because of an internal error ({type(exc).__name__}); please retry."
             await self._update(task_id, status=ExportStatus.FAILED, error=message, finished_at=utcnow(), file_path=None)
+            metrics.export_finished(ExportStatus.FAILED.value, task.started_at)
             return
         now = utcnow()
         await self._update(
@@ -591,6 +593,7 @@ class ExportWorker:
             expires_at=now + timedelta(hours=self.settings.export_ttl_hours),
             error=None,
         )
+        metrics.export_finished(ExportStatus.SUCCEEDED.value, task.started_at)
 
     async def _write(self, task: ExportTask, path: Path) -> int:
         if task.kind is ExportKind.END_USERS:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from typing import Any
 
 import strawberry
 from strawberry.extensions import (
@@ -29,9 +31,13 @@ def _has_fields(cls: type) -> bool:
     return bool(definition and definition.fields)
 
 
-def build_schema(*, introspection: bool = True) -> strawberry.Schema:
-    """The served schema. Extensions are classes or factories: one instance per operation."""
+def build_schema(*, introspection: bool = True, extra_extensions: Sequence[Any] = ()) -> strawberry.Schema:
+    """The served schema. Extensions are classes or factories: one instance per operation.
+
+    `extra_extensions` (metrics, tracing, log context) come first: they wrap the others.
+    """
     extensions: list = [
+        *extra_extensions,
         MaskInternalErrors,
         functools.partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
         functools.partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),

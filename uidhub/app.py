@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -26,8 +25,10 @@ from resolvers.auth import authenticate, bearer
 from resolvers.exports import start_export_worker
 from schema import build_schema
 from schema.context import Context, Services
+from uidhub import observe
 from uidhub.dashboard import routes as dashboard_routes
 from uidhub.db import Database
+from uidhub.logs import current_request_id
 from uidhub.settings import Settings
 
 log = logging.getLogger("uidhub")
@@ -48,6 +49,7 @@ class AppState:
         self.db = db
         self.bus = bus
         self.services = Services(settings=settings, db=db)
+        self.observability = observe.setup(settings, db)
 
 
 def _error(status: int, message: str, code: str, **headers: str) -> JSONResponse:
@@ -60,7 +62,8 @@ class UidhubGraphQL(GraphQL):
 
     def __init__(self, state: AppState, **kwargs: Any) -> None:
         super().__init__(
-            build_schema(introspection=state.settings.introspection),
+            build_schema(introspection=state.settings.introspection,
+                         extra_extensions=state.observability.schema_extensions()),
             graphql_ide="graphiql" if state.settings.graphiql else None,
             allow_queries_via_get=False,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
@@ -107,7 +110,7 @@ class GraphQLEndpoint:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.view(scope, receive, send)
             return
-        request_id = uuid.uuid4().hex[:16]
+        request_id = current_request_id()
         response = await self._check(scope, receive, request_id)
         if isinstance(response, Response):
             await response(scope, receive, send)
@@ -195,7 +198,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         await bus.start()
         stops = [await start(state) for start in (start_outbox, start_webhooks, start_housekeeping, *BACKGROUND)]
         try:
-            yield
+            async with state.observability.lifespan():
+                yield
         finally:
             for stop in reversed(stops):
                 with contextlib.suppress(Exception):
@@ -213,7 +217,9 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
             Route("/readyz", readyz),
             *routes.extra_routes(state),
             *dashboard_routes(),  # GET /dashboard: the live operations page
+            *state.observability.routes(),
         ],
+        middleware=state.observability.middleware(),
         lifespan=lifespan,
     )
     app.state.uidhub = state

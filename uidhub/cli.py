@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from models import Account, Partner
 from models.enums import OperationMethod, PartnerKind, Role
 from resolvers.auth import create_token
+from uidhub import logs, metrics
 from uidhub.db import Database
 from uidhub.settings import Settings
 
@@ -166,10 +168,17 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
         print(asyncio.run(demo()), flush=True)
     print(f"uidhub serving on http://{args.host}:{args.port}/graphql", flush=True)
-    uvicorn.run(
-        "uidhub.asgi:app", host=args.host, port=args.port, workers=args.workers,
-        timeout_graceful_shutdown=10, log_level="info", lifespan="on",
-    )
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(metrics.serving(settings, args.workers))
+    except OSError as exc:
+        raise CliError(f"cannot serve metrics on port {settings.metrics_port}: {exc.strerror or exc}") from None
+    with stack:
+        uvicorn.run(
+            "uidhub.asgi:app", host=args.host, port=args.port, workers=args.workers,
+            timeout_graceful_shutdown=10, log_level="info", lifespan="on",
+            log_config=logs.logging_config(settings.log_format),  # applied in every worker process
+        )
 
 
 def _check_sqlite_path(settings: Settings) -> None:
@@ -188,8 +197,10 @@ def _check_sqlite_path(settings: Settings) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # One-shot commands keep stderr for their one-line failure; the server logs its requests.
-    logging.basicConfig(level=logging.INFO if args.command == "serve" else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        logs.configure(logs.format_from_env(), "INFO")
+    else:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings()
         if args.command != "export-schema":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta, timezone
 from functools import cached_property
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +58,12 @@ class Settings(BaseSettings):
     webhook_allow_http_loopback: bool = False
     webhook_allow_private: bool = False
 
+    # Operating (uidhub.metrics, uidhub.logs; tracing follows OTEL_EXPORTER_OTLP_ENDPOINT).
+    metrics: bool = False
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    log_format: Literal["text", "json"] = "text"
+
     @field_validator("display_timezone")
     @classmethod
     def _valid_offset(cls, value: str) -> str:
@@ -65,7 +72,7 @@ class Settings(BaseSettings):
             raise ValueError("must be an UTC offset such as +08:00")
         return value.strip()
 
-    @field_validator("redis_url", "smtp_host", "smtp_username", "smtp_password", mode="before")
+    @field_validator("redis_url", "smtp_host", "smtp_username", "smtp_password", "metrics_port", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
