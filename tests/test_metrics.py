@@ -191,9 +191,15 @@ async def test_metrics_port_of_its_own_keeps_metrics_off_the_public_port(
         await httpx.AsyncClient(timeout=5).get(f"http://127.0.0.1:{port}/metrics")
 
 
-async def test_sqlite_writers_waiting_for_the_lock_are_counted(mapi: Api) -> None:
-    if not mapi.db.url.startswith("sqlite"):
-        pytest.skip("SQLite only")
+@pytest.fixture
+async def sqlite_mapi(sqlite_db: Database, tmp_path: Path) -> AsyncIterator[Api]:
+    """Metrics on, over SQLite only: lock waits exist only there."""
+    async for value in make_api(sqlite_db, tmp_path, metrics=True):
+        yield value
+
+
+async def test_sqlite_writers_waiting_for_the_lock_are_counted(sqlite_mapi: Api) -> None:
+    mapi = sqlite_mapi
     before = await scrape(mapi)
 
     async def hold_lock() -> None:
