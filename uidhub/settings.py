@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     resync_seconds: float = Field(default=1.0, gt=0)
     idempotency_ttl_hours: float = Field(default=48.0, ge=24)
     console_url: str = "http://127.0.0.1:8000"
+    #: Time budget of one HTTP GraphQL request (validation and execution); past it: REQUEST_TIMEOUT.
+    request_timeout_seconds: float = Field(default=10.0, gt=0)
 
     @field_validator("display_timezone")
     @classmethod
