@@ -28,7 +28,9 @@ class QuotaAdjustment(Node):
     operation_type: QuotaOperationType = strawberry.field(description="QUOTA_CREATE for the first amount.")
     operation_time: datetime = strawberry.field(description="When the amount changed.")
     before: Money = strawberry.field(description="The amount before.")
-    value: Money = strawberry.field(description="The change, after - before: positive for an increase, negative for a decrease.")
+    value: Money = strawberry.field(
+        description="The change, after - before: positive for an increase, negative for a decrease."
+    )
     after: Money = strawberry.field(description="The amount after.")
     method: OperationMethod = strawberry.field(description="PLATFORM or API.")
     operator: Operator | None = strawberry.field(description="Who changed it.")
@@ -113,7 +115,9 @@ class Quota:
     def warning_threshold_percent(self) -> int | None:
         return self._pool.warning_percent
 
-    @strawberry.field(description="The warning level: amount * warningThresholdPercent / 100, rounded half up to cents.")
+    @strawberry.field(
+        description="The warning level: amount * warningThresholdPercent / 100, rounded half up to cents."
+    )
     def warning_level(self) -> Money | None:
         level = rules.warning_level(self._pool.amount_cents, self._pool.warning_percent)
         return None if level is None else Money(level)

@@ -118,7 +118,8 @@ ROWS = _rows()
 async def fingerprint(db: Database) -> dict[str, Any]:
     """Row counts of every table and the seeded account's editable fields: what a bad request must not change."""
     async with db.read() as session:
-        counts = {t.name: await session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
+        counts = {t.name: await session.scalar(select(func.count()).select_from(t))
+                  for t in Base.metadata.sorted_tables}
         account = (await session.execute(select(Base.metadata.tables["accounts"]))).mappings().all()
     return {"counts": counts, "accounts": [dict(a) for a in account]}
 
