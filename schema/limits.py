@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,10 @@ MAX_ALIASES = 50
 MAX_TOKENS = 5000
 #: Query texts longer than this are parsed and validated every time (the caches hold short, repeated texts).
 MAX_CACHED_QUERY_CHARS = 20_000
+#: Texts longer than this parse in a worker thread (a short one parses faster than the thread hop).
+THREAD_PARSE_CHARS = 2_000
+#: Documents of more selections than this validate in a worker thread.
+THREAD_VALIDATION_SELECTIONS = 100
 CACHE_SIZE = 256
 #: A selection count is only compared with the limit: stop the arithmetic far above it.
 _CAP = 10**9
@@ -155,9 +159,8 @@ def measure(document: DocumentNode) -> Shape:
     return total
 
 
-def limit_error(document: DocumentNode) -> GraphQLError | None:
-    """QUERY_TOO_COMPLEX naming the first limit the document exceeds, or None."""
-    shape = measure(document)
+def limit_error(shape: Shape) -> GraphQLError | None:
+    """QUERY_TOO_COMPLEX naming the first limit the document's shape exceeds, or None."""
     checks = (
         ("selections", shape.selections, MAX_SELECTIONS,
          f"The query selects more than {MAX_SELECTIONS} fields once its fragments are expanded."),
@@ -209,6 +212,16 @@ class _Lru(OrderedDict[Any, Any]):
 class _Parsed:
     document: DocumentNode
     problem: GraphQLError | None
+    selections: int
+
+
+def _parse_and_measure(query: str) -> _Parsed | None:
+    try:
+        document = parse(query, max_tokens=MAX_TOKENS)
+    except (GraphQLError, RecursionError):
+        return None
+    shape = measure(document)
+    return _Parsed(document, limit_error(shape), shape.selections)
 
 
 class Limiter:
@@ -221,23 +234,25 @@ class Limiter:
         self.parse_runs = 0
         self.validation_runs = 0
 
-    def parse(self, query: str) -> _Parsed | None:
-        """The document and its limit problem; None when it does not parse (strawberry then reports why)."""
+    async def parse(self, query: str) -> _Parsed | None:
+        """The document and its limit problem; None when it does not parse (strawberry then reports why).
+
+        A long text parses in a worker thread: 5,000 tokens take graphql-core's parser 50-200 ms.
+        """
         cacheable = len(query) <= MAX_CACHED_QUERY_CHARS
         if cacheable and (hit := self.parsed.get_fresh(query)) is not None:
             return hit  # type: ignore[no-any-return]
         self.parse_runs += 1
-        try:
-            document = parse(query, max_tokens=MAX_TOKENS)
-        except (GraphQLError, RecursionError):
-            return None
-        parsed = _Parsed(document, limit_error(document))
-        if cacheable:
-            self.parsed.put(query, parsed)
+        if len(query) > THREAD_PARSE_CHARS:
+            parsed = await asyncio.to_thread(_parse_and_measure, query)
+        else:
+            parsed = _parse_and_measure(query)
+        if cacheable and parsed is not None:
+            self.parsed.put(query, parsed)  # on the loop: the LRU is not shared with threads
         return parsed
 
     async def validate(
-        self, schema: Any, query: str, document: DocumentNode, rules: tuple[Any, ...]
+        self, schema: Any, query: str, parsed: _Parsed, rules: tuple[Any, ...]
     ) -> list[GraphQLError]:
         from strawberry.schema.schema import validate_document
 
@@ -246,8 +261,11 @@ class Limiter:
         if cacheable and (hit := self.validated.get_fresh(key)) is not None:
             return list(hit)
         self.validation_runs += 1
-        # A worker thread: a bounded document still validates in up to a second, the loop stays free meanwhile.
-        errors = await asyncio.to_thread(validate_document, schema, document, rules)
+        if parsed.selections > THREAD_VALIDATION_SELECTIONS:
+            # A bounded document still validates in up to a second: a worker thread keeps the loop free.
+            errors = await asyncio.to_thread(validate_document, schema, parsed.document, rules)
+        else:  # a few milliseconds: less than waiting for a worker thread to get the GIL
+            errors = validate_document(schema, parsed.document, rules)
         errors = [coded(error, VALIDATION_FAILED) for error in errors]
         if cacheable:
             self.validated.put(key, errors)
@@ -264,12 +282,13 @@ class RequestLimits(SchemaExtension):
     def __init__(self, limiter: Limiter) -> None:
         super().__init__()
         self.limiter = limiter
+        self.parsed: _Parsed | None = None
 
-    def on_parse(self) -> Iterator[None]:
+    async def on_parse(self) -> AsyncIterator[None]:
         context = self.execution_context
         context.parse_options["max_tokens"] = MAX_TOKENS
         if context.graphql_document is None and context.query:
-            parsed = self.limiter.parse(context.query)
+            parsed = self.parsed = await self.limiter.parse(context.query)
             if parsed is not None:
                 # Strawberry parses only when the document is unset: on a parse error it parses and reports.
                 context.graphql_document = parsed.document
@@ -286,9 +305,11 @@ class RequestLimits(SchemaExtension):
 
     async def on_validate(self) -> AsyncIterator[None]:
         context = self.execution_context
-        if context.pre_execution_errors is None and context.graphql_document is not None and context.query:
+        parsed = self.parsed
+        if context.pre_execution_errors is None and parsed is not None and context.graphql_document is parsed.document:
+            assert context.query is not None
             context.pre_execution_errors = await self.limiter.validate(
-                context.schema._schema, context.query, context.graphql_document, tuple(context.validation_rules)
+                context.schema._schema, context.query, parsed, tuple(context.validation_rules)
             )
         yield
 
