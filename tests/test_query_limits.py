@@ -7,8 +7,13 @@ loop would show as /healthz not answering, and the test fails on its hang guard 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,7 +29,7 @@ from models.enums import Role
 from schema import build_schema
 from schema.limits import MAX_SELECTIONS, measure
 from tests.conftest import Api, make_api, make_partner, make_token
-from tests.live_support import ServerProcess, serve_in_loop
+from tests.live_support import ROOT, ServerProcess, free_port, serve_in_loop
 from tests.test_accounts_support import one
 from uidhub.app import create_app
 from uidhub.db import Database
@@ -86,6 +91,48 @@ async def test_costly_document_is_refused_at_once_while_healthz_answers(live: tu
     assert error["extensions"]["code"] == "QUERY_TOO_COMPLEX" and error["extensions"]["limit"] == "selections"
     assert elapsed < REFUSED_WITHIN, f"refused after {elapsed:.2f} s"
     assert slowest_health < REFUSED_WITHIN, f"/healthz waited {slowest_health:.2f} s"
+
+
+async def test_sigterm_under_a_flood_of_costly_documents_stops_the_server(sqlite_db: Database, tmp_path: Path) -> None:
+    """`uidhub serve` honours SIGTERM promptly while costly documents keep arriving (it ignored it for minutes)."""
+    partner = await make_partner(sqlite_db, "P-MAIN")
+    token = await make_token(sqlite_db, partner, Role.ADMIN)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UIDHUB_")}
+    env.update({"UIDHUB_DATABASE_URL": sqlite_db.url, "UIDHUB_EXPORT_DIR": str(tmp_path / "exports")})
+    process = subprocess.Popen(  # noqa: ASYNC220  (started once; waited on in a thread below)
+        [sys.executable, "-m", "uidhub.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            for _ in range(400):  # at most 20 s to start
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get("/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+
+            async def flood() -> None:
+                while True:
+                    with contextlib.suppress(httpx.HTTPError):
+                        await client.post("/graphql", json={"query": fan_out(13)},
+                                          headers={"Authorization": f"Bearer {token}"})
+
+            floods = [asyncio.create_task(flood()) for _ in range(4)]
+            await asyncio.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            start = time.monotonic()
+            try:
+                await asyncio.to_thread(process.wait, 30)  # a hang guard
+            finally:
+                for task in floods:
+                    task.cancel()
+                await asyncio.gather(*floods, return_exceptions=True)
+            assert time.monotonic() - start < 15
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
 
 
 def test_selection_count_is_linear_and_memoized() -> None:
