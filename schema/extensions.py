@@ -43,10 +43,14 @@ def is_client_error(error: GraphQLError) -> bool:
     """The client's mistake (bad document, input, role): its message is for the client, no traceback is logged."""
     original = error.original_error
     code = (error.extensions or {}).get("code")
-    if original is None or code in _CLIENT_CODES or isinstance(original, GraphQLError):
+    if code in _CLIENT_CODES or isinstance(original, GraphQLError):
         return True
     if isinstance(original, InvalidOperationTypeError | CannotGetOperationTypeError):
         return True  # a query sent over the websocket, an unknown operationName
+    if original is None:
+        # Document, variable and request errors have no path; with a path it is graphql-core's own
+        # execution error (a null for a non-null field): a fault of ours.
+        return error.path is None
     # A scalar refused a value while the document or the variables were checked (Money "1e3", a bad DateTime).
     return error.path is None and isinstance(original, ValueError)
 
@@ -58,8 +62,6 @@ def _client_code(error: GraphQLError) -> str:
         return PARSE_FAILED
     if isinstance(original, InvalidOperationTypeError | CannotGetOperationTypeError):
         return "OPERATION_NOT_ALLOWED"
-    if original is None and error.path is not None:
-        return "INTERNAL_SERVER_ERROR"  # graphql-core's own execution errors (a null for a non-null field)
     return "BAD_USER_INPUT"  # variable values and scalar input refused
 
 
