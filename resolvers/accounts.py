@@ -96,7 +96,8 @@ def check_uid(value: str, name: str) -> UserError | None:
 
 def check_email(value: str, *field_path: str) -> UserError | None:
     local, at, domain = value.partition("@")
-    if not at or not local or "." not in domain or len(value) > 254 or any(c.isspace() for c in value):
+    # isprintable() is False for every control character (NUL, BEL, ...) and every space but " ".
+    if not at or not local or "." not in domain or len(value) > 254 or not value.isprintable() or " " in value:
         return UserError(ErrorCode.INVALID_INPUT, f"{value!r} is not an email address.", field_path or None)
     return None
 
@@ -416,8 +417,24 @@ def _escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+#: A search term is a prefix of a UID or part of a nickname or remarks: 200 characters is plenty,
+#: and a 100,000-character LIKE pattern is refused by SQLite as "too complex".
+MAX_SEARCH_CHARS = 200
+
+
+def check_search(term: str | None) -> None:
+    """BAD_USER_INPUT for a search term no stored text can match: too long, or with control characters."""
+    if term is None:
+        return
+    if len(term) > MAX_SEARCH_CHARS:
+        raise InvalidArgument(f"`search` takes at most {MAX_SEARCH_CHARS} characters.")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in term):  # NUL (PostgreSQL refuses it in text) and others
+        raise InvalidArgument("`search` must not contain control characters.")
+
+
 def filter_conditions(actor: Actor, f: EndUserQuery) -> list[ColumnElement[bool]]:
     check_list(f.uids, "uids")
+    check_search(f.search)
     conditions: list[ColumnElement[bool]] = [actor.account_scope()]
     if f.search:
         term = _escape_like(f.search.lower())

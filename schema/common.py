@@ -15,7 +15,7 @@ from notifications import log
 from resolvers.actor import Actor
 from resolvers.errors import UserError as DomainUserError
 from resolvers.errors import UserErrors
-from resolvers.pagination import Page
+from resolvers.pagination import MAX_ID, InvalidArgument, Page
 from schema.context import Info
 
 P = TypeVar("P")
@@ -33,14 +33,28 @@ def to_global_id(type_name: str, pk: int) -> strawberry.ID:
     return strawberry.ID(base64.urlsafe_b64encode(f"{type_name}:{pk}".encode()).decode().rstrip("="))
 
 
+def parse_pk(text: str) -> int | None:
+    """A primary key written in ASCII digits; None for anything else.
+
+    str.isdigit() also takes "١٢" (which int() reads as 12) and "²" (which int() refuses).
+    A number past BIGINT is the client's mistake (BAD_USER_INPUT), never a database error.
+    """
+    if not text.isascii() or not text.isdigit():
+        return None
+    if len(text) > 19 or int(text) > MAX_ID:
+        raise InvalidArgument(f"`id` is out of range: ids are at most {MAX_ID}.")
+    return int(text)
+
+
 def from_global_id(global_id: str) -> tuple[str, int] | None:
     """(type name, primary key), or None for anything that is not one of our ids."""
     try:
         raw = base64.urlsafe_b64decode((global_id + "=" * (-len(global_id) % 4)).encode()).decode()
-        type_name, _, pk = raw.partition(":")
-        return (type_name, int(pk)) if type_name and pk.isdigit() else None
     except (ValueError, binascii.Error, UnicodeDecodeError):
         return None
+    type_name, _, text = raw.partition(":")
+    pk = parse_pk(text)
+    return (type_name, pk) if type_name and pk is not None else None
 
 
 @strawberry.type(description="Relay page information.")

@@ -29,7 +29,9 @@ class QuotaAdjustment(Node):
     operation_type: QuotaOperationType = strawberry.field(description="QUOTA_CREATE for the first amount.")
     operation_time: datetime = strawberry.field(description="When the amount changed.")
     before: Money = strawberry.field(description="The amount before.")
-    value: Money = strawberry.field(description="after - before: positive for an increase, negative for a decrease.")
+    value: Money = strawberry.field(
+        description="The change, after - before: positive for an increase, negative for a decrease."
+    )
     after: Money = strawberry.field(description="The amount after.")
     method: OperationMethod = strawberry.field(description="PLATFORM or API.")
     operator: Operator | None = strawberry.field(description="Who changed it.")
@@ -115,12 +117,13 @@ class Quota:
         return Money(self._pool.undeducted_cents)
 
     @strawberry.field(
-        description="amount - consumedDeducted - consumedUndeducted; negative means an outstanding payment."
+        description="What the pool may still spend: amount - consumedDeducted - consumedUndeducted; "
+        "negative means an outstanding payment."
     )
     def available(self) -> Money:
         return Money(self._pool.available_cents)
 
-    @strawberry.field(description="max(0, -available)")
+    @strawberry.field(description="The outstanding payment: max(0, -available).")
     def outstanding_amount(self) -> Money:
         return Money(max(0, -self._pool.available_cents))
 
@@ -128,7 +131,9 @@ class Quota:
     def warning_threshold_percent(self) -> int | None:
         return self._pool.warning_percent
 
-    @strawberry.field(description="amount * warningThresholdPercent / 100, rounded half up to cents.")
+    @strawberry.field(
+        description="The warning level: amount * warningThresholdPercent / 100, rounded half up to cents."
+    )
     def warning_level(self) -> Money | None:
         level = rules.warning_level(self._pool.amount_cents, self._pool.warning_percent)
         return None if level is None else Money(level)

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
+from cross_web import HTTPException
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Message, Receive, Scope, Send
-from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
-from strawberry.exceptions import ConnectionRejectionError
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
+from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
+from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from notifications.bus import Bus, make_bus
 from resolvers.auth import authenticate, bearer
@@ -34,6 +40,8 @@ from uidhub.settings import Settings
 log = logging.getLogger("uidhub")
 
 MAX_BODY_BYTES = 1_000_000
+#: A websocket message is refused past the size of an HTTP body (close 4400), before it is parsed.
+MAX_WS_MESSAGE_CHARS = MAX_BODY_BYTES
 WS_INIT_TIMEOUT = timedelta(seconds=10)
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 20
 
@@ -53,12 +61,75 @@ class AppState:
 
 
 def _error(status: int, message: str, code: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"data": None, "errors": [{"message": message, "extensions": {"code": code}}]},
+    """A request error in the GraphQL-over-HTTP shape: `{"errors": [{"message", "extensions": {"code"}}]}`."""
+    return JSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]},
                         status_code=status, headers=headers or None)
 
 
+#: extensions.code of strawberry's own HTTP errors, by status.
+_HTTP_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 415: "UNSUPPORTED_MEDIA_TYPE"}
+
+
+class CodedHTTPException(HTTPException):
+    """An HTTP request error with its extensions.code."""
+
+    def __init__(self, status_code: int, reason: str, code: str) -> None:
+        super().__init__(status_code, reason)
+        self.code = code
+
+
+class JSONTooDeep(json.JSONDecodeError):
+    """JSON nested past the recursion limit: strawberry treats it as any undecodable message (4400, 400)."""
+
+
+def decode_json(data: str | bytes) -> object:
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise JSONTooDeep("JSON nested too deeply", "", 0) from None
+
+
+class LimitedWebSocketAdapter(ASGIWebSocketAdapter):
+    """Messages above MAX_WS_MESSAGE_CHARS close the socket with 4400 before they are parsed."""
+
+    async def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object, None]:
+        try:
+            while self.ws.application_state != WebSocketState.DISCONNECTED:
+                text = await self.ws.receive_text()
+                if len(text) > MAX_WS_MESSAGE_CHARS:
+                    await self.close(4400, f"Message above {MAX_WS_MESSAGE_CHARS} characters")
+                    return
+                try:
+                    message = self.view.decode_json(text)
+                except json.JSONDecodeError as error:  # too deep included: the handler closes with 4400
+                    if ignore_parsing_errors:
+                        continue
+                    raise NonJsonMessageReceived from error
+                if not _valid_strings(message):
+                    await self.close(4400, "Message with a lone UTF-16 surrogate")
+                    return
+                yield message
+        except KeyError as error:
+            raise NonTextMessageReceived from error
+        except WebSocketDisconnect:
+            pass
+
+
+def _valid_strings(value: object) -> bool:
+    """No string in a parsed JSON value holds a lone surrogate (JSON's "\\ud800" escape decodes to one)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    except (RecursionError, ValueError):
+        return False
+    return True
+
+
 class UidhubGraphQL(GraphQL):
-    """Strawberry's ASGI view with our context and websocket authentication."""
+    """Strawberry's ASGI view with our context, websocket authentication and coded request errors."""
+
+    websocket_adapter_class = LimitedWebSocketAdapter  # type: ignore[assignment]
 
     def __init__(self, state: AppState, **kwargs: Any) -> None:
         super().__init__(
@@ -74,6 +145,59 @@ class UidhubGraphQL(GraphQL):
             **kwargs,
         )
         self.state = state
+
+    def decode_json(self, data: str | bytes) -> object:
+        return decode_json(data)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """strawberry answers its HTTP errors in plain text: ours are JSON with extensions.code."""
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            response = await self.run(Request(scope=scope, receive=receive))
+        except HTTPException as error:
+            code = getattr(error, "code", None) or _HTTP_CODES.get(error.status_code, "BAD_REQUEST")
+            response = _error(error.status_code, error.reason, code)
+        await response(scope, receive, send)
+
+    async def execute_single(  # type: ignore[override]
+        self, request: Any, request_adapter: Any, sub_response: Any, context: Any, root_value: Any, request_data: Any
+    ) -> ExecutionResult:
+        """strawberry's, with subscriptions refused over HTTP (it would execute them as queries) and coded errors."""
+        allowed = OperationType.from_http(request_adapter.method) - {OperationType.SUBSCRIPTION}
+        if request_adapter.method == "GET" and not self.allow_queries_via_get:
+            allowed -= {OperationType.QUERY}
+        try:
+            return await self.schema.execute(
+                request_data.query,
+                root_value=root_value,
+                variable_values=request_data.variables,
+                context_value=context,
+                operation_name=request_data.operation_name,
+                allowed_operation_types=allowed,
+                operation_extensions=request_data.extensions,
+            )
+        except InvalidOperationTypeError as error:
+            if error.operation_type is OperationType.SUBSCRIPTION:
+                message = "Subscriptions go over the websocket (graphql-transport-ws), not HTTP."
+            else:
+                message = f"{error.operation_type.value} operations are not allowed over HTTP {request_adapter.method}."
+            raise CodedHTTPException(400, message, "OPERATION_NOT_ALLOWED") from None
+        except CannotGetOperationTypeError as error:
+            raise CodedHTTPException(400, error.as_http_error_reason(), "OPERATION_NOT_FOUND") from None
+        except MissingQueryError:
+            raise CodedHTTPException(400, "No GraphQL query found in the request.", "BAD_REQUEST") from None
+
+    async def create_websocket_response(self, request: WebSocket, subprotocol: str | None) -> WebSocket:
+        """Accept even an unsupported subprotocol, so that strawberry can close with 4406 and the client sees why.
+
+        A client offered only legacy `graphql-ws` and answered without it aborts the handshake
+        (graphql-ws, Node's `ws`): it never learns the reason.
+        """
+        offered = request.scope.get("subprotocols") or []
+        await request.accept(subprotocol=subprotocol or (offered[0] if offered else None))
+        return request
 
     async def get_context(self, request: Any, response: Any) -> Context:  # type: ignore[override]
         if isinstance(request, WebSocket):
@@ -118,6 +242,7 @@ class GraphQLEndpoint:
         body = response
 
         replayed = False
+        started = False
 
         async def replay() -> Message:
             nonlocal replayed
@@ -126,7 +251,26 @@ class GraphQLEndpoint:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.view(scope, replay, send)
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        budget = self.state.settings.request_timeout_seconds
+        timeout = asyncio.timeout(budget)
+        try:
+            async with timeout:
+                await self.view(scope, replay, tracked_send)
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            # Validation and execution yield to the loop, so the budget can cancel them; the
+            # request's session is closed (a mutation rolled back) as the cancellation unwinds.
+            log.warning("request %s cancelled after its time budget of %ss", request_id, budget)
+            if not started:
+                response = _error(503, f"The request took longer than {budget:g} s and was cancelled "
+                                  f"(request id {request_id}).", "REQUEST_TIMEOUT")
+                await response(scope, receive, send)
 
     async def _check(self, scope: Scope, receive: Receive, request_id: str) -> Response | bytes:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -147,13 +291,22 @@ class GraphQLEndpoint:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
-        if "json" in headers.get("content-type", "application/json"):
-            try:
-                parsed = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
-                return _error(400, "The request body is not valid JSON.", "BAD_REQUEST")
-            if not isinstance(parsed, dict) or not isinstance(parsed.get("query"), str):
-                return _error(400, 'The body must be a JSON object with a "query" string.', "BAD_REQUEST")
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            return _error(415, "POST /graphql takes a JSON body (Content-Type: application/json).",
+                          "UNSUPPORTED_MEDIA_TYPE")
+        try:
+            parsed = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "The request body is not valid JSON.", "BAD_REQUEST")
+        except RecursionError:
+            return _error(400, "The request body is JSON nested too deeply.", "BAD_REQUEST")
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("query"), str):
+            return _error(400, 'The body must be a JSON object with a "query" string.', "BAD_REQUEST")
+        if not _valid_strings(parsed):
+            # JSON's "\\ud800" escape decodes to a lone surrogate that no database or encoder accepts.
+            return _error(400, "The request body holds a lone UTF-16 surrogate: strings must be valid Unicode.",
+                          "BAD_REQUEST")
         token = bearer(headers.get("authorization"))
         try:
             async with self.state.db.read() as session:

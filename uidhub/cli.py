@@ -168,6 +168,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
         print(asyncio.run(demo()), flush=True)
     print(f"uidhub serving on http://{args.host}:{args.port}/graphql", flush=True)
+    from uidhub.app import MAX_WS_MESSAGE_CHARS
+
     stack = contextlib.ExitStack()
     try:
         stack.enter_context(metrics.serving(settings, args.workers))
@@ -176,7 +178,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     with stack:
         uvicorn.run(
             "uidhub.asgi:app", host=args.host, port=args.port, workers=args.workers,
-            timeout_graceful_shutdown=10, log_level="info", lifespan="on",
+            # Requests are cancelled at their time budget and never block the loop, so on SIGTERM
+            # in-flight requests finish within the budget; past it (plus a margin) uvicorn cancels them.
+            timeout_graceful_shutdown=settings.request_timeout_seconds + 2,
+            # A websocket message above the HTTP body limit is refused (1009) before it is buffered whole.
+            ws_max_size=MAX_WS_MESSAGE_CHARS,
+            log_level="info", lifespan="on",
             log_config=logs.logging_config(settings.log_format),  # applied in every worker process
         )
 

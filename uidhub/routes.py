@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route
 from resolvers import exports
 from resolvers.actor import Permission
 from resolvers.auth import authenticate, bearer
+from resolvers.pagination import InvalidArgument
 
 if TYPE_CHECKING:
     from uidhub.app import AppState
@@ -26,8 +27,14 @@ def content_disposition(file_name: str) -> str:
     return value
 
 
+def _coded(status: int, message: str, code: str, **headers: str) -> Response:
+    """The GraphQL-over-HTTP error shape, as /graphql answers its request errors."""
+    return JSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]},
+                        status_code=status, headers=headers or None)
+
+
 def _not_found() -> Response:
-    return JSONResponse({"error": "not found"}, status_code=404)
+    return _coded(404, "No such export file.", "NOT_FOUND")
 
 
 def extra_routes(state: AppState) -> list[BaseRoute]:
@@ -41,15 +48,16 @@ def extra_routes(state: AppState) -> list[BaseRoute]:
         async with state.db.read() as session:
             actor = await authenticate(session, token)
             if actor is None:
-                return JSONResponse(
-                    {"error": "A valid bearer token is required."}, status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
+                return _coded(401, "A valid bearer token is required.", "UNAUTHENTICATED",
+                              **{"WWW-Authenticate": "Bearer"})
             if not actor.can(Permission.EXPORT):
                 return _not_found()
             from schema.exports import parse_task_id  # schema imports resolvers, never the reverse
 
-            pk = parse_task_id(request.path_params["task_id"])
+            try:
+                pk = parse_task_id(request.path_params["task_id"])
+            except InvalidArgument:  # an id past BIGINT names no task
+                pk = None
             task = await exports.find_task(session, actor, pk) if pk is not None else None
         if task is None or not exports.is_downloadable(task) or task.file_path is None:
             return _not_found()

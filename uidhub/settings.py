@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"
     log_format: Literal["text", "json"] = "text"
+    #: Time budget of one HTTP GraphQL request (validation and execution); past it: REQUEST_TIMEOUT.
+    request_timeout_seconds: float = Field(default=10.0, gt=0)
 
     @field_validator("display_timezone")
     @classmethod
