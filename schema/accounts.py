@@ -83,6 +83,8 @@ class EndUser(Node):
     account_status: AccountStatus = strawberry.field(description="Where the account is in the termination process.")
     linked_at: datetime = strawberry.field(description="When the account was linked to the partner.")
     _row: strawberry.Private[Account]
+    #: The limited view's pool owner (its placeholder row has id 0): `quota.account` stays limited, not missing.
+    _pool_owner: strawberry.Private[int | None] = None
 
     @classmethod
     def of(cls, row: Account) -> EndUser:
@@ -114,7 +116,7 @@ class EndUser(Node):
         status, link time, own freeze and purchase settings and the pool, which
         the sub-account's own effective state already reflects.
         """
-        return cls.of(
+        view = cls.of(
             Account(
                 id=0,
                 partner_id=row.partner_id,
@@ -132,6 +134,8 @@ class EndUser(Node):
                 purchase_control=row.purchase_control,
             )
         )
+        view._pool_owner = row.master_id or row.id
+        return view
 
     # The next fields are plain functions that answer at once from rows the loaders
     # already hold (a list query primes pools and masters) and return an awaitable
@@ -175,7 +179,7 @@ class EndUser(Node):
 
     @strawberry.field(description="The quota pool this account spends from: a sub-account shares its master's.")
     def quota(self, info: Info) -> Quota:
-        owner_id = self._row.master_id or self._row.id
+        owner_id = self._pool_owner or self._row.master_id or self._row.id
         loader = info.context.loaders.pool
         pool = peek(loader, self._row.pool_id)
         if pool is not MISSING:
