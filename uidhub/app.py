@@ -28,6 +28,7 @@ from schema import build_schema
 from schema.context import Context, Services
 from uidhub.db import Database
 from uidhub.settings import Settings
+from uidhub.tokenwatch import TokenWatch
 
 log = logging.getLogger("uidhub")
 
@@ -47,6 +48,7 @@ class AppState:
         self.db = db
         self.bus = bus
         self.services = Services(settings=settings, db=db)
+        self.token_watch = TokenWatch(db, bus, settings.token_recheck_seconds)
 
 
 def _error(status: int, message: str, code: str, **headers: str) -> JSONResponse:
@@ -92,6 +94,7 @@ class UidhubGraphQL(GraphQL):
         if actor is None:
             raise ConnectionRejectionError({"message": "Invalid or missing token."})
         context.actor = actor
+        self.state.token_watch.register(actor.token_id, context.request)  # closed with 4403 once revoked
         return None
 
 
@@ -187,7 +190,9 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         from uidhub.background import start_housekeeping, start_outbox
 
         await bus.start()
+        state.token_watch.start()
         stops = [await start(state) for start in (start_outbox, start_housekeeping, *BACKGROUND)]
+        stops.insert(0, state.token_watch.stop)
         try:
             yield
         finally:
