@@ -531,11 +531,14 @@ async def test_python_and_sql_scope_agree(api: Api) -> None:
 
 async def test_partner_alert_emails_are_hidden_from_end_user_tokens(api: Api) -> None:
     world = await build_world(api)
-    query = "{ viewer { partner { alertEmails } } endUser(uid: \"uid-SUBONE\") { partner { alertEmails } } }"
+    query = "{ viewer { partner { id alertEmails } } endUser(uid: \"uid-SUBONE\") { partner { alertEmails } } }"
+    by_id = "query($id: ID!) { node(id: $id) { ... on Partner { alertEmails } } }"
     for who, expected in (("eu_sub", []), ("eu_master", []), ("viewer", ["ops@example.com"])):
         data = await api.gql(query, token=world.tokens[who])
         assert data["viewer"]["partner"]["alertEmails"] == expected, who
         assert data["endUser"]["partner"]["alertEmails"] == expected, who
+        node = await api.gql(by_id, {"id": data["viewer"]["partner"]["id"]}, token=world.tokens[who])
+        assert node["node"]["alertEmails"] == expected, who
     data = await api.gql(query, as_="admin")
     assert data["viewer"]["partner"]["alertEmails"] == ["ops@example.com"]
 
