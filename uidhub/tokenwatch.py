@@ -43,6 +43,8 @@ CLOSE_CODE = 4403
 CLOSE_REASON = "Token revoked"
 #: Token ids per query (an IN list stays well under every backend's parameter limit).
 CHUNK = 500
+#: Registrations between two prunes of closed sockets outside the passes (a long re-check interval with Redis).
+PRUNE_EVERY = 256
 
 
 def _gone(websocket: Any) -> bool:
@@ -58,12 +60,16 @@ class TokenWatch:
         self.interval = interval
         self._open: dict[int, set[Any]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._registered = 0
 
     def register(self, token_id: int | None, websocket: Any) -> None:
         """Watch `websocket` (authenticated with `token_id`) until it closes."""
         if token_id is None or websocket is None:
             return
         self._open.setdefault(token_id, set()).add(websocket)
+        self._registered += 1
+        if self._registered % PRUNE_EVERY == 0:  # closed sockets are not kept until the next pass
+            self._prune()
 
     @property
     def open_count(self) -> int:
