@@ -51,7 +51,7 @@ TARGET = "EndUser"
 #: EndUser-typed fields reachable only from Mutation: each returns an account the mutation itself found through
 #: the actor's scope (resolvers.accounts.find/get over Actor.account_scope), so there is nothing to walk.
 MUTATION_ONLY = {
-    ("EndUserPayload", "endUser"): "linkAccount/updateBasicInfo/changeAccountStatus/setCreditAlert: scoped get()",
+    ("EndUserPayload", "endUser"): "scoped get(); also walked through setCreditAlert (walk_end_user_mutations)",
     ("PolicyChangeResult", "endUser"): "freezePayg/unfreezePayg: accounts selected with account_scope",
     ("PolicyChangePayload", "affectedAccounts"): "freezePayg/unfreezePayg: accounts selected with account_scope",
 }
@@ -413,6 +413,7 @@ async def test_end_user_tokens_never_see_outside_their_scope_on_any_end_user_fie
                         path.describe(), query, body)
                 seen.record(who, path, body.get("data"), f"{path.describe()} {variant}")
 
+    await walk_end_user_mutations(api, world, schema, seen)
     await walk_subscriptions(api, world, schema, [p for p in paths if p.root == "Subscription"], seen)
 
     # The control: the VIEWER reaches every account through the same paths, and every walked field with data.
@@ -435,6 +436,28 @@ async def test_end_user_tokens_never_see_outside_their_scope_on_any_end_user_fie
     eu_sub_text = "\n".join(seen.text["eu_sub"])
     assert "SUBONE" in eu_sub_text and "alert-SUBONE@example.com" in eu_sub_text
     assert seen.runs > 300
+
+
+async def walk_end_user_mutations(api: Api, world: World, schema: GraphQLSchema, seen: Seen) -> None:
+    """The mutations an END_USER token may run return EndUserPayload.endUser: its generated selection too.
+
+    The credit alerts are set to what they already are, so nothing changes (and no entry is written).
+    """
+    mutation = schema.mutation_type
+    assert mutation is not None
+    field_ = mutation.fields["setCreditAlert"]
+    payload = get_named_type(field_.type)
+    assert isinstance(payload, GraphQLObjectType)
+    path = Path("Mutation", (Step("setCreditAlert", field_), Step("endUser", payload.fields["endUser"])),
+                ("EndUserPayload", "endUser"))
+    query = f"mutation($i: SetCreditAlertInput!) {{ setCreditAlert(input: $i) {{ userErrors {{ code }} " \
+            f"endUser {{ {leaf(schema, TARGET, LEAF_DEPTH)} }} }} }}"
+    for who, marker, threshold in (("eu_sub", "SUBONE", "95.00"), ("eu_master", "MASTERONE", "90.00")):
+        variables = {"i": {"uid": UID[marker], "enabled": True, "threshold": threshold,
+                           "email": f"alert-{marker}@example.com"}}
+        data = await api.gql(query, variables, token=world.tokens[who])
+        assert data["setCreditAlert"]["userErrors"] == [] and data["setCreditAlert"]["endUser"]["uid"] == UID[marker]
+        seen.record(who, path, data, f"setCreditAlert({marker})")
 
 
 async def walk_subscriptions(api: Api, world: World, schema: GraphQLSchema, paths: list[Path], seen: Seen) -> None:
