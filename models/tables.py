@@ -75,6 +75,9 @@ class ApiToken(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The token's first characters ("uh_" and 8 more, 48 random bits): shown by `uidhub list-tokens` and
+    #: accepted by `uidhub revoke-token`; too short to be used as the token. NULL for tokens older than it.
+    prefix: Mapped[str | None] = mapped_column(String(16), index=True)
     role: Mapped[Role] = mapped_column(enum_col(Role))
     method: Mapped[OperationMethod] = mapped_column(enum_col(OperationMethod))
     operator_uid: Mapped[str] = mapped_column(String(64))

@@ -58,11 +58,9 @@ async def get(session: AsyncSession, actor: Actor, uid: str, *field_path: str, l
     return account
 
 
-def visible(actor: Actor, account: Account) -> bool:
-    """The Python twin of `Actor.account_scope`, for rows reached through nested fields."""
-    if account.partner_id != actor.partner_id:
-        return False
-    return actor.account_id is None or actor.account_id in (account.id, account.master_id)
+def visible(actor: Actor, account: Account | None) -> bool:
+    """Whether `actor` may see `account`: `Actor.sees`, the one Python form of the tenancy rule."""
+    return actor.sees(account)
 
 
 def require_active(account: Account, *field_path: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum, auto
+from typing import Any
 
 from sqlalchemy import ColumnElement, or_
 
@@ -95,12 +96,27 @@ class Actor:
                 raise Forbidden("Agency partners may only link accounts and edit nickname and remarks.")
             raise Forbidden(f"The {self.role.value} role may not perform this operation.")
 
-    def account_scope(self) -> ColumnElement[bool]:
-        """The accounts this actor may see: its partner's, and for END_USER its own and its subs."""
-        condition = Account.partner_id == self.partner_id
+    # The tenancy rule lives in the next two methods and nowhere else: every query,
+    # loader, subscription and export that reaches an account goes through one of
+    # them (SQL for queries, Python for rows already loaded by id), so the two
+    # forms cannot drift apart unnoticed (tests/test_scope_walk.py checks they agree).
+
+    def account_scope(self, entity: Any = Account) -> ColumnElement[bool]:
+        """The accounts this actor may see, as SQL over `entity` (Account or an alias of it).
+
+        Its partner's accounts; an END_USER token only its own account and that
+        account's sub-accounts (never its master, never a sibling).
+        """
+        condition = entity.partner_id == self.partner_id
         if self.account_id is not None:
-            condition = condition & or_(Account.id == self.account_id, Account.master_id == self.account_id)
+            condition = condition & or_(entity.id == self.account_id, entity.master_id == self.account_id)
         return condition
+
+    def sees(self, account: Account | None) -> bool:
+        """The Python twin of `account_scope`, for rows reached by id (loaders, node(id:), nested fields)."""
+        if account is None or account.partner_id != self.partner_id:
+            return False
+        return self.account_id is None or self.account_id in (account.id, account.master_id)
 
     def operator_fields(self) -> dict[str, object]:
         """The operator columns shared by audit entries and quota records."""

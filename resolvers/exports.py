@@ -45,7 +45,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Select, func, select, text, update
+from sqlalchemy import ColumnElement, Select, case, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import Account, ExportTask, Partner, QuotaAdjustment, QuotaPool
@@ -291,7 +291,6 @@ END_USER_SELECT = (
     Account.linked_at,
     Account.payg_freeze,
     Account.purchase_control,
-    M.uid.label("master_uid"),
     M.payg_freeze.label("master_freeze"),
     M.purchase_control.label("master_purchase"),
     QuotaPool.shutdown_policy,
@@ -312,7 +311,10 @@ def end_user_queries(task: ExportTask) -> tuple[Select[Any], Select[Any]]:
     sort = accounts.EndUserSort(
         field=sort_params.get("field", "LINKED_AT"), descending=bool(sort_params.get("descending", True))
     )
-    rows = accounts.filtered_query(actor, query, sort).with_only_columns(*END_USER_SELECT)
+    # The master's UID only where the exporter may see the master: an END_USER token of a
+    # sub-account may not (its effective freeze and purchase control still read the master).
+    master_uid = case((actor.account_scope(M), M.uid), else_=None).label("master_uid")
+    rows = accounts.filtered_query(actor, query, sort).with_only_columns(*END_USER_SELECT, master_uid)
     count = accounts.counted(actor, query)
     return count, rows
 

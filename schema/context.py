@@ -17,12 +17,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info as StrawberryInfo
 
+from models import Account
 from notifications.feed import Feeds, SharedScope
 from resolvers.actor import Actor
-from schema.dataloaders import Loaders
+from schema.dataloaders import Loaders, ScopedAccounts
 from uidhub.db import Database
 from uidhub.settings import Settings
 
@@ -84,6 +86,7 @@ class Context:
         self._session: AsyncSession | None = None
         self._loaders: Loaders | None = None
         self._shared: SharedScope | None = None
+        self._visible_uids: frozenset[str] | None = None
 
     @property
     def db(self) -> Database:
@@ -125,8 +128,32 @@ class Context:
             self._loaders = Loaders(self.session)
         return self._loaders
 
+    @property
+    def accounts(self) -> ScopedAccounts:
+        """Accounts by id through the viewer's scope (`Actor.sees`): out-of-scope ids load as None."""
+        return ScopedAccounts(self.loaders.account_row, self.require_actor().sees)
+
+    async def visible_uids(self) -> frozenset[str] | None:
+        """The UIDs an END_USER token may see (its account and its sub-accounts); None for other roles.
+
+        Loaded once per request (per event for subscriptions): used to mask the
+        UIDs an audit entry carries in its values and operator (a sub-account's
+        link entry names its master; its master's END_USER token may have acted on it).
+        """
+        actor = self.require_actor()
+        if actor.account_id is None:
+            return None
+        if self.websocket and self._shared is None:
+            return await self._event_child().visible_uids()
+        if self._visible_uids is None:
+            session = await self.session()
+            rows = await session.scalars(select(Account.uid).where(actor.account_scope()))
+            self._visible_uids = frozenset(rows.all())
+        return self._visible_uids
+
     def reset_loaders(self) -> None:
         self._loaders = None
+        self._visible_uids = None
 
     async def end_transaction(self) -> None:
         """Commit (a read: nothing to write) so that the session hands its connection back to the pool."""

@@ -150,11 +150,38 @@ def peek(loader: DataLoader[Any, Any], key: Any) -> Any:
 MISSING = _MISSING
 
 
+class ScopedAccounts:
+    """The account loader seen through one viewer's scope: an account outside it loads as None.
+
+    The one way a resolver turns an account id into a row it may show. The
+    rows themselves come from `Loaders.account_row`, which is unscoped so that
+    a feed batch can share it between subscribers of different scopes; the
+    scope (`Actor.sees`) is applied here, per viewer, on every read.
+    """
+
+    def __init__(self, rows: DataLoader[int, Account | None], sees: Callable[[Account | None], bool]) -> None:
+        self._rows = rows
+        self._sees = sees
+
+    def peek(self, account_id: int) -> Any:
+        """The row if already loaded (None when out of scope), or `MISSING` without scheduling a load."""
+        row = peek(self._rows, account_id)
+        if row is _MISSING:
+            return _MISSING
+        return row if self._sees(row) else None
+
+    async def load(self, account_id: int) -> Account | None:
+        row = await self._rows.load(account_id)
+        return row if self._sees(row) else None
+
+
 class Loaders:
     """Created per request (and per subscription event); cleared after a mutation commits."""
 
     def __init__(self, session_getter: SessionGetter) -> None:
-        self.account = _by_key(Account, Account.id, session_getter)
+        #: Unscoped rows, for what the server computes itself (a sub-account's effective
+        #: status reads its master). Never show one: resolvers read `Context.accounts`.
+        self.account_row = _by_key(Account, Account.id, session_getter)
         self.partner = _by_key(Partner, Partner.id, session_getter)
         self.pool = _by_key(QuotaPool, QuotaPool.id, session_getter)
         self.credit_alert = _by_key(CreditAlert, CreditAlert.account_id, session_getter)
@@ -168,7 +195,7 @@ class Loaders:
 
     def prime_accounts(self, accounts: Sequence[Account]) -> None:
         for account in accounts:
-            self.account.prime(account.id, account)
+            self.account_row.prime(account.id, account)
 
     def prime_related(self, pools: Sequence[QuotaPool], masters: Sequence[Account | None],
                       partners: Sequence[Partner]) -> None:
@@ -177,6 +204,6 @@ class Loaders:
             self.pool.prime(pool.id, pool)
         for master in masters:
             if master is not None:
-                self.account.prime(master.id, master)
+                self.account_row.prime(master.id, master)
         for partner in partners:
             self.partner.prime(partner.id, partner)

@@ -8,6 +8,7 @@ from models import Partner as PartnerRow
 from models.enums import OperationMethod, PartnerKind, Role
 from resolvers.actor import Actor
 from schema.common import Node, to_global_id
+from schema.context import Info
 
 
 @strawberry.type(description="The channel partner the viewer acts for.")
@@ -15,13 +16,20 @@ class Partner(Node):
     uid: str = strawberry.field(description="The partner's own account UID.")
     name: str = strawberry.field(description="Display name.")
     kind: PartnerKind = strawberry.field(description="Distributor, reseller or agency.")
-    alert_emails: list[str] = strawberry.field(description="Where quota warning emails go.")
+    _alert_emails: strawberry.Private[list[str]]
+
+    @strawberry.field(
+        description="Where quota warning emails go. Empty for END_USER tokens: the addresses are the partner's "
+        "business, as in the notifications list."
+    )
+    def alert_emails(self, info: Info) -> list[str]:
+        return [] if info.context.require_actor().is_end_user else list(self._alert_emails)
 
     @classmethod
     def of(cls, row: PartnerRow) -> Partner:
         return cls(
             id=to_global_id("Partner", row.id), uid=row.uid, name=row.name, kind=row.kind,
-            alert_emails=list(row.alert_emails or []),
+            _alert_emails=list(row.alert_emails or []),
         )
 
 

@@ -98,11 +98,15 @@ class Quota:
     _pool: strawberry.Private[QuotaPool]
     _owner_id: strawberry.Private[int]
 
-    @strawberry.field(description="The account that owns this pool (the master for sub-accounts).")
+    @strawberry.field(
+        description="The account that owns this pool (the master for sub-accounts). An END_USER token of a "
+        "sub-account may not see its master: it gets a limited view (empty uid, id of no node, no nickname, "
+        "email, remarks, instances, audit entries or credit alert)."
+    )
     async def account(self, info: Info) -> Annotated[EndUser, strawberry.lazy("schema.accounts")]:
-        from schema.accounts import EndUser
+        from schema.accounts import required_end_user
 
-        return EndUser.of(await info.context.loaders.account.load(self._owner_id))
+        return await required_end_user(info, self._owner_id)
 
     @strawberry.field(description="The credit line: the most the pool may spend.")
     def amount(self) -> Money:

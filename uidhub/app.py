@@ -36,6 +36,7 @@ from uidhub.dashboard import routes as dashboard_routes
 from uidhub.db import Database
 from uidhub.logs import current_request_id
 from uidhub.settings import Settings
+from uidhub.tokenwatch import TokenWatch
 
 log = logging.getLogger("uidhub")
 
@@ -58,6 +59,7 @@ class AppState:
         self.bus = bus
         self.services = Services(settings=settings, db=db)
         self.observability = observe.setup(settings, db)
+        self.token_watch = TokenWatch(db, bus, settings.token_recheck_seconds)
 
 
 def _error(status: int, message: str, code: str, **headers: str) -> JSONResponse:
@@ -220,6 +222,7 @@ class UidhubGraphQL(GraphQL):
         if actor is None:
             raise ConnectionRejectionError({"message": "Invalid or missing token."})
         context.actor = actor
+        self.state.token_watch.register(actor.token_id, context.request)  # closed with 4403 once revoked
         return None
 
 
@@ -349,7 +352,9 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         from uidhub.background import start_housekeeping, start_outbox, start_webhooks
 
         await bus.start()
+        state.token_watch.start()
         stops = [await start(state) for start in (start_outbox, start_webhooks, start_housekeeping, *BACKGROUND)]
+        stops.insert(0, state.token_watch.stop)
         try:
             async with state.observability.lifespan():
                 yield

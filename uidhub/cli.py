@@ -12,6 +12,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import datetime, tzinfo
 from typing import NoReturn
 
 from pydantic import ValidationError
@@ -20,7 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from models import Account, Partner
 from models.enums import OperationMethod, PartnerKind, Role
-from resolvers.auth import create_token
+from notifications.bus import make_bus
+from resolvers.auth import REVOKED_TOPIC, TokenLookupError, TokenRow, create_token, list_tokens, revoke_token
 from uidhub import logs, metrics
 from uidhub.db import Database
 from uidhub.settings import Settings
@@ -70,7 +72,26 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="load the demo data set")
     demo.add_argument("--accounts", type=int, default=300)
+    _add_token_commands(sub)
     return parser
+
+
+def _add_token_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    listing = sub.add_parser(
+        "list-tokens",
+        help="list tokens: id, prefix, partner, role, method, operator, account, created, revoked (never the secret)",
+    )
+    listing.add_argument("--partner", help="only this partner's tokens (its UID)")
+    listing.add_argument("--active", action="store_true", help="only tokens that are not revoked")
+
+    revoke = sub.add_parser(
+        "revoke-token",
+        help="revoke a token at once: requests with it get 401, its open websockets are closed with 4403",
+    )
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", type=int, help="the token's id, as list-tokens prints it")
+    which.add_argument("--prefix", help="the token's prefix as list-tokens prints it (at least 7 characters), "
+                                        "or the whole token")
 
 
 async def _create_partner(db: Database, args: argparse.Namespace) -> str:
@@ -121,6 +142,51 @@ async def _create_token(db: Database, args: argparse.Namespace) -> str:
             raise CliError(str(exc)) from None
 
 
+def _format_tokens(rows: Sequence[TokenRow], tz: tzinfo) -> str:
+    """A table with a header; times in the display timezone; "-" for what a token does not have."""
+
+    def when(value: datetime | None) -> str:
+        return value.astimezone(tz).isoformat(timespec="seconds") if value is not None else "-"
+
+    header = ("ID", "PREFIX", "PARTNER", "ROLE", "METHOD", "OPERATOR", "ACCOUNT", "CREATED", "REVOKED")
+    table = [header] + [
+        (
+            str(r.id), f"{r.prefix}…" if r.prefix else "-", r.partner_uid, r.role.value, r.method.value,
+            f"{r.operator_uid} ({'RAM' if r.is_ram else r.operator_name})", r.account_uid or "-",
+            when(r.created_at), when(r.revoked_at),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table)
+
+
+async def _run_token_command(db: Database, settings: Settings, args: argparse.Namespace) -> str:
+    """list-tokens and revoke-token. A revocation wakes the servers (through Redis when configured)."""
+    if args.command == "list-tokens":
+        async with db.read() as session:
+            if args.partner and await session.scalar(select(Partner.id).where(Partner.uid == args.partner)) is None:
+                raise CliError(f"no partner {args.partner}")
+            rows = await list_tokens(session, partner_uid=args.partner, active_only=args.active)
+        return _format_tokens(rows, settings.tz)
+    try:
+        async with db.write() as session:
+            token, revoked = await revoke_token(session, token_id=args.id, prefix=args.prefix)
+            label = f"token {token.id}" + (f" ({token.prefix}…)" if token.prefix else "")
+            revoked_at = token.revoked_at
+    except TokenLookupError as exc:
+        raise CliError(str(exc)) from None
+    assert revoked_at is not None
+    if not revoked:
+        return f"{label} was already revoked at {revoked_at.astimezone(settings.tz).isoformat(timespec='seconds')}"
+    bus = make_bus(settings.redis_url)  # after the commit: servers re-check their websockets now
+    try:
+        await bus.publish(REVOKED_TOPIC)
+    finally:
+        await bus.close()
+    return f"revoked {label}"
+
+
 async def _run_db_command(settings: Settings, args: argparse.Namespace) -> str:
     from uidhub.migrate import upgrade
 
@@ -131,6 +197,8 @@ async def _run_db_command(settings: Settings, args: argparse.Namespace) -> str:
             return await _create_partner(db, args)
         if args.command == "create-token":
             return await _create_token(db, args)
+        if args.command in ("list-tokens", "revoke-token"):
+            return await _run_token_command(db, settings, args)
         if args.command == "demo":
             from uidhub.demo import load_demo
 
