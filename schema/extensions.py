@@ -24,6 +24,7 @@ from graphql import (
 from strawberry.extensions import SchemaExtension
 
 from schema.context import Context
+from uidhub.transactions import is_unavailable
 
 log = logging.getLogger("uidhub.graphql")
 
@@ -88,6 +89,12 @@ class MaskInternalErrors(SchemaExtension):
                 # the client's mistake, named by the argument it was given for.
                 masked.append(_name_argument(error, self.execution_context.graphql_document))
                 continue
+            if is_unavailable(original):
+                # No connection within the pool timeout, the database full or down, or a deadlock that
+                # outlived its retries: a coded, retryable answer (HTTP 503), never a masked internal error.
+                log.warning("request %s at %s: database unavailable: %s", request_id, error.path, original)
+                masked.append(_unavailable(error, request_id, context))
+                continue
             log.error("internal error in request %s at %s", request_id, error.path, exc_info=original)
             masked.append(
                 GraphQLError(
@@ -101,6 +108,25 @@ class MaskInternalErrors(SchemaExtension):
                 )
             )
         result.errors = masked  # type: ignore[union-attr]
+
+
+def _unavailable(error: GraphQLError, request_id: str, context: Any) -> GraphQLError:
+    """SERVICE_UNAVAILABLE for `error`; over HTTP the response becomes a 503 with Retry-After."""
+    settings = getattr(context, "settings", None)
+    retry_after = str(getattr(settings, "retry_after_seconds", 1))
+    response = getattr(context, "response", None)
+    if response is not None and hasattr(response, "headers") and not getattr(context, "websocket", False):
+        response.status_code = 503
+        response.headers["Retry-After"] = retry_after
+    return GraphQLError(
+        f"The database is busy or unavailable; retry in {retry_after} s (request id {request_id}).",
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=None,
+        extensions={"code": "SERVICE_UNAVAILABLE", "requestId": request_id, "retryAfter": int(retry_after)},
+    )
 
 
 def _name_argument(error: GraphQLError, document: DocumentNode | None) -> GraphQLError:

@@ -26,8 +26,9 @@ from resolvers.auth import authenticate, bearer
 from resolvers.exports import start_export_worker
 from schema import build_schema
 from schema.context import Context, Services
-from uidhub.db import Database
+from uidhub.db import Database, PoolConfig
 from uidhub.settings import Settings
+from uidhub.transactions import retry_transaction
 
 log = logging.getLogger("uidhub")
 
@@ -151,12 +152,19 @@ class GraphQLEndpoint:
             if not isinstance(parsed, dict) or not isinstance(parsed.get("query"), str):
                 return _error(400, 'The body must be a JSON object with a "query" string.', "BAD_REQUEST")
         token = bearer(headers.get("authorization"))
-        try:
+        async def read_actor() -> Any:
             async with self.state.db.read() as session:
-                actor = await authenticate(session, token)
-        except (SQLAlchemyError, OSError):
-            log.exception("request %s: database unavailable", request_id)
-            return _error(503, f"The database is unavailable (request id {request_id}).", "SERVICE_UNAVAILABLE")
+                return await authenticate(session, token)
+
+        try:
+            # Retried once on a connection the server had closed (no pre-ping): the pool is renewed by then.
+            actor = await retry_transaction(read_actor, attempts=2, what=f"request {request_id} authentication")
+        except (SQLAlchemyError, OSError) as exc:
+            # No connection within the pool timeout, or the database down: retryable, so say when.
+            log.warning("request %s: database unavailable: %s", request_id, exc)
+            retry_after = str(self.state.settings.retry_after_seconds)
+            return _error(503, f"The database is busy or unavailable; retry in {retry_after} s "
+                          f"(request id {request_id}).", "SERVICE_UNAVAILABLE", **{"Retry-After": retry_after})
         if actor is None:
             return _error(401, "A valid bearer token is required.", "UNAUTHENTICATED", **{"WWW-Authenticate": "Bearer"})
         scope.setdefault("state", {})
@@ -171,8 +179,9 @@ async def healthz(_request: Request) -> Response:
 
 def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Starlette:
     settings = settings or Settings()
-    database = db or Database(settings.database_url)
-    bus = make_bus(settings.redis_url)
+    database = db or Database(settings.database_url, pool=PoolConfig.from_settings(settings),
+                              background_pool=PoolConfig.background_from_settings(settings))
+    bus = make_bus(settings.redis_url, publish_timeout=settings.redis_publish_timeout_seconds)
     database.bus = bus
     database.settings = settings
     state = AppState(settings, database, bus)

@@ -1,4 +1,8 @@
-"""Background services of a server process: the email sender and housekeeping."""
+"""Background services of a server process: the email sender and housekeeping.
+
+They run on `Database.background`, a small pool of their own: a burst of requests cannot starve them of
+connections, and they cannot starve requests.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ Stop = Callable[[], Awaitable[None]]
 
 async def start_outbox(state: AppState) -> Stop:
     """Every worker runs a sender; claims (SKIP LOCKED / leases) keep each email to one sender."""
-    sender = OutboxSender(state.db, state.settings, state.bus)
+    sender = OutboxSender(state.db.background, state.settings, state.bus)
     sender.start()
     return sender.stop
 
@@ -34,7 +38,7 @@ async def start_housekeeping(state: AppState) -> Stop:
     async def loop() -> None:
         while True:
             try:
-                purged = await purge_expired(state.db, state.settings)
+                purged = await purge_expired(state.db.background, state.settings)
                 if purged:
                     log.info("purged %d expired idempotency keys", purged)
             except Exception:

@@ -1,0 +1,288 @@
+"""Ordinary writes racing on one master: no internal error, exact books, one audit chain (issue 9).
+
+Every scenario is sent over real HTTP (uvicorn on a loopback port) from at
+least 15 concurrent clients, on SQLite and PostgreSQL; the two-worker test
+runs `uvicorn --workers 2` against one PostgreSQL database. On PostgreSQL the
+old code answered a third of these calls with INTERNAL_SERVER_ERROR
+(DeadlockDetectedError): writers took the account, pool and log locks in
+different orders, and a SELECT … FOR UPDATE of an account conflicted with the
+foreign-key locks of every audit row inserted under the log lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+from starlette.responses import Response
+
+from models import LedgerEntry
+from tests import contention_support as C
+from tests.conftest import REDIS_URL, Api, _truncate, make_api, needs_postgres
+from tests.live_support import ServerProcess, free_port, serve_in_loop
+from uidhub.app import create_app
+from uidhub.db import Database, PoolConfig
+
+CLIENTS = 15
+
+
+@contextlib.asynccontextmanager
+async def served(api: Api, **settings: object) -> AsyncIterator[str]:
+    """The app over `api.db` behind a real uvicorn on loopback; yields its base URL."""
+    config = api.settings.model_copy(update=settings)
+    async with serve_in_loop(create_app(config, db=api.db)) as (address, _server):
+        yield f"http://{address}"
+
+
+# ---------------------------------------------------------------- the scenarios, one server, both databases
+
+
+async def test_mixed_writers_on_one_master(api: Api) -> None:
+    async with served(api) as url:
+        token = api.tokens["admin"]
+        await C.setup_family(url, token, "M", ["M-S1", "M-S2"], "1000.00")
+        answers = await C.fire([url], token, C.mixed_writers("M", 30, ["M-S1", "M-S2"]), CLIENTS)
+    assert len(answers) == 150
+    C.assert_all_answered(answers)
+    assert C.user_error_codes(answers) == []
+    pool = await C.check_books(api.db, "M")
+    assert pool.undeducted_cents == 30
+    assert await C.check_audit_chain(api.db) > 0
+
+
+async def test_quota_amount_against_consumption(api: Api) -> None:
+    async with served(api) as url:
+        token = api.tokens["admin"]
+        await C.setup_family(url, token, "U", [], "10.00")
+        answers = await C.fire([url], token, C.quota_vs_consumption("U", 50, 150), 20)
+    C.assert_all_answered(answers)
+    assert C.user_error_codes(answers) == []
+    pool = await C.check_books(api.db, "U")
+    assert pool.undeducted_cents == 150
+    await C.check_audit_chain(api.db)
+
+
+async def test_concurrent_deductions_deduct_exactly_what_was_consumed(api: Api) -> None:
+    async with served(api) as url:
+        token = api.tokens["admin"]
+        await C.setup_family(url, token, "U", [], "10.00")
+        (first,) = await C.fire([url], token, [(C.RECORD, {"i": {"uid": "U", "amount": "0.60",
+                                                                   "idempotencyKey": "fill"}})], 1)
+        assert first.payload["userErrors"] == []
+        answers = await C.fire([url], token, C.deductions("U", 100), 20)
+    C.assert_all_answered(answers)
+    codes = C.user_error_codes(answers)
+    assert len(codes) == 40 and set(codes) == {"INVALID_INPUT"}
+    pool = await C.check_books(api.db, "U")
+    assert (pool.deducted_cents, pool.undeducted_cents) == (60, 0)
+
+
+async def test_orders_racing_consumptions(api: Api) -> None:
+    async with served(api) as url:
+        token = api.tokens["admin"]
+        await C.setup_family(url, token, "M", ["M-S1", "M-S2", "M-S3"], "40.00")
+        answers = await C.fire([url], token, C.orders_and_consumptions("M", ["M-S1", "M-S2", "M-S3"], 48, 16), 16)
+    C.assert_all_answered(answers)
+    assert C.user_error_codes(answers) == []
+    orders = [a.payload for a in answers if "placeOrder" in a.body["data"]]
+    allowed = [o for o in orders if o["decision"]["allowed"]]
+    assert all(set(o["decision"]["reasons"]) <= {"INSUFFICIENT_QUOTA", "CREDIT_SHUTDOWN"}
+               for o in orders if not o["decision"]["allowed"])
+    assert len(allowed) == await C.count_instances(api.db)
+    pool = await C.check_books(api.db, "M")
+    assert pool.undeducted_cents == 100 * len(allowed) + 16 * 100
+    await C.check_audit_chain(api.db)
+
+
+async def test_freeze_of_a_master_against_its_sub_accounts(api: Api) -> None:
+    subs = ["M-S1", "M-S2", "M-S3", "M-S4"]
+    async with served(api) as url:
+        token = api.tokens["admin"]
+        await C.setup_family(url, token, "M", subs, "100.00")
+        answers = await C.fire([url], token, C.freeze_vs_subs("M", subs, 20), 20)
+    assert len(answers) == 100
+    C.assert_all_answered(answers)
+    assert C.user_error_codes(answers) == []
+    assert await C.check_audit_chain(api.db) > 0
+
+
+async def test_repeats_of_one_key_in_flight_answer_the_first_result(api: Api) -> None:
+    async with served(api) as url:
+        token = api.tokens["admin"]
+        await C.setup_family(url, token, "U", [], "10.00")
+        answers = await C.fire([url], token, C.repeats("U", 50), 25)
+    C.assert_all_answered(answers)
+    payloads = [a.payload for a in answers]
+    assert all(p == payloads[0] for p in payloads), {str(p) for p in payloads}
+    assert payloads[0]["userErrors"] == [] and payloads[0]["quota"]["consumedUndeducted"] == "1.00"
+    async with api.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(LedgerEntry)) == 1
+
+
+# ---------------------------------------------------------------- two workers, one PostgreSQL database
+
+
+@needs_postgres
+async def test_two_workers_against_one_database(pg_api: Api, tmp_path: Path) -> None:
+    env = {
+        "UIDHUB_DATABASE_URL": pg_api.db.url,
+        "UIDHUB_REDIS_URL": REDIS_URL or "",
+        "UIDHUB_EXPORT_DIR": str(tmp_path / "exports"),
+        "UIDHUB_DB_POOL_SIZE": "4",
+        "UIDHUB_DB_MAX_OVERFLOW": "2",
+    }
+    server = ServerProcess(env, workers=2)
+    try:
+        await server.wait_ready(60)
+        url = f"http://{server.address}"
+        token = pg_api.tokens["admin"]
+        await C.setup_family(url, token, "M", ["M-S1", "M-S2"], "1000.00")
+        await C.setup_family(url, token, "F", ["F-S1", "F-S2", "F-S3"], "100.00")
+        calls = C.mixed_writers("M", 20, ["M-S1", "M-S2"]) + C.freeze_vs_subs("F", ["F-S1", "F-S2", "F-S3"], 10)
+        calls += C.repeats("M-S1", 30, key="two-workers")
+        answers = await C.fire([url], token, calls, 20)
+    finally:
+        server.stop()
+    C.assert_all_answered(answers)
+    assert C.user_error_codes(answers) == []
+    repeated = [a.payload for a in answers if a.call[1]["i"].get("idempotencyKey") == "two-workers"]
+    assert len(repeated) == 30 and all(p == repeated[0] for p in repeated)
+    pool = await C.check_books(pg_api.db, "M")
+    assert pool.undeducted_cents == 20 + 100  # twenty consumptions of 0.01 and the repeated 1.00 once
+    assert await C.check_audit_chain(pg_api.db) > 0
+
+
+# ---------------------------------------------------------------- a bounded pool answers 503, never a masked error
+
+
+SLOW_SET = 'mutation { setQuotaAmount(input: {uid: "U", amount: "7.00"}) { userErrors { code } } }'
+
+
+@needs_postgres
+async def test_a_request_that_cannot_get_a_connection_answers_503(pg_database_url: str, tmp_path: Path) -> None:
+    """Pool of one: while a mutation holds the connection (waiting on a row lock), the next request is refused."""
+    db = Database(pg_database_url, pool=PoolConfig(size=1, overflow=0, timeout=0.5))
+    other = Database(pg_database_url, pool=PoolConfig(size=1, overflow=0, timeout=5))
+    try:
+        await _truncate(db)
+        async for api in make_api(db, tmp_path):
+            assert (await api.gql('mutation { linkAccount(input: {uid: "U", quotaAmount: "1.00"}) '
+                                  "{ userErrors { code } } }"))["linkAccount"]["userErrors"] == []
+            async with other.engine.connect() as blocker:
+                await blocker.execute(text("SELECT id FROM quota_pools FOR UPDATE"))
+                slow = asyncio.create_task(api.post(SLOW_SET, token=api.tokens["admin"]))
+                for _ in range(1000):  # until the mutation holds the only connection, waiting for the row lock
+                    waiting = await blocker.scalar(text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock'"))
+                    if waiting:
+                        break
+                    await asyncio.sleep(0.01)
+                assert db.engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+                refused = await api.post("{ __typename }", token=api.tokens["admin"])
+                await blocker.rollback()
+            answered = await slow
+            assert refused.status_code == 503
+            assert refused.headers.get("Retry-After", "").isdigit()
+            assert refused.json()["errors"][0]["extensions"]["code"] == "SERVICE_UNAVAILABLE"
+            assert answered.status_code == 200 and "errors" not in answered.json()
+    finally:
+        await other.dispose()
+        await db.dispose()
+
+
+@needs_postgres
+async def test_pool_timeout_inside_an_operation_is_service_unavailable(pg_database_url: str, tmp_path: Path) -> None:
+    """The operation's own checkout timing out is SERVICE_UNAVAILABLE with a 503 status, not an internal error."""
+    from resolvers.auth import authenticate
+    from schema import build_schema
+    from schema.context import Context, Services
+
+    db = Database(pg_database_url, pool=PoolConfig(size=1, overflow=0, timeout=0.3))
+    try:
+        await _truncate(db)
+        async for api in make_api(db, tmp_path):
+            async with db.read() as session:
+                actor = await authenticate(session, api.tokens["admin"])
+            response = Response()
+            context = Context(Services(settings=api.settings, db=db), actor=actor, response=response)
+            async with db.engine.connect() as held:
+                await held.execute(text("SELECT 1"))
+                result = await build_schema().execute(
+                    'mutation { updateBasicInfo(input: {uid: "X", nickname: "n"}) { userErrors { code } } }',
+                    context_value=context,
+                )
+            assert result.errors is not None
+            assert result.errors[0].extensions["code"] == "SERVICE_UNAVAILABLE"
+            assert response.status_code == 503 and response.headers["Retry-After"].isdigit()
+    finally:
+        await db.dispose()
+
+
+# ---------------------------------------------------------------- a hung Redis costs a mutation nothing
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server of this test's own on a free loopback port (paused and killed by the test, never another's)."""
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError):
+                import socket
+
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0", proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait(5)
+
+
+async def test_mutations_do_not_wait_for_a_paused_redis(
+    api: Api, own_redis: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    redis_url, redis_proc = own_redis
+    async with served(api, redis_url=redis_url) as url:
+        token = api.tokens["admin"]
+        await C.setup_family(url, token, "U", [], "10.00")
+        redis_proc.send_signal(signal.SIGSTOP)
+        try:
+            calls: list[C.Call] = []
+            for i in range(4):
+                calls += [(C.SET, {"i": {"uid": "U", "amount": f"{20 + i}.00"}}),
+                          (C.INFO, {"i": {"uid": "U", "nickname": f"n{i}"}}),
+                          (C.RECORD, {"i": {"uid": "U", "amount": "0.01", "idempotencyKey": f"p{i}"}})]
+            answers = [(await C.fire([url], token, [call], 1))[0] for call in calls]  # one after the other
+        finally:
+            redis_proc.send_signal(signal.SIGCONT)
+    C.assert_all_answered(answers)
+    seconds = sorted(a.seconds for a in answers)
+    # The issue's bound (< 200 ms) on the median; the old code took 5 s per mutation here.
+    assert statistics.median(seconds) < 0.2, seconds
+    assert seconds[-1] < 2.0, seconds  # a hang guard for a loaded machine, not a speed claim
+
+
+async def test_mutations_answer_with_redis_gone(api: Api) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    async with served(api, redis_url=dead) as url:
+        token = api.tokens["admin"]
+        await C.setup_family(url, token, "U", [], "10.00")
+        answers = await C.fire([url], token, [(C.SET, {"i": {"uid": "U", "amount": f"{i}.00"}}) for i in range(5)], 1)
+    C.assert_all_answered(answers)
