@@ -227,6 +227,27 @@ async def test_pool_timeout_inside_an_operation_is_service_unavailable(pg_databa
         await db.dispose()
 
 
+@needs_postgres
+async def test_connections_the_server_closed_are_replaced_without_an_error(pg_api: Api) -> None:
+    """No pre-ping on checkout: a pooled connection the server killed fails once, inside a retried step."""
+    query = 'mutation { linkAccount(input: {uid: "%s"}) { userErrors { code } } }'
+    assert (await pg_api.gql(query % "A"))["linkAccount"]["userErrors"] == []
+    assert pg_api.db.engine.pool.checkedin() >= 1  # type: ignore[attr-defined]
+    killer = Database(pg_api.db.url, pool=PoolConfig(size=1, overflow=0))
+    try:
+        async with killer.engine.connect() as conn:
+            killed = await conn.scalar(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        assert killed and killed >= 1
+    finally:
+        await killer.dispose()
+    for uid in ("B", "C"):
+        response = await pg_api.post(query % uid, token=pg_api.tokens["admin"])
+        assert response.status_code == 200 and "errors" not in response.json(), response.text
+    assert (await pg_api.gql('{ endUser(uid: "C") { uid } }'))["endUser"]["uid"] == "C"
+
+
 # ---------------------------------------------------------------- a hung Redis costs a mutation nothing
 
 
