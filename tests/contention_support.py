@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from models import Account, AuditEntry, Instance, LedgerEntry, QuotaAdjustment, QuotaPool
 from uidhub.db import Database
@@ -254,6 +254,34 @@ async def check_audit_chain(db: Database) -> int:
         elif name == "purchaseControl":
             assert account.purchase_control.value == value
     return checked
+
+
+async def deadlocks(db: Database) -> int | None:
+    """PostgreSQL's count of deadlocks it detected in this database (None on SQLite)."""
+    if not db.is_postgres:
+        return None
+    async with db.read() as session:
+        await session.execute(text("SELECT pg_stat_clear_snapshot()"))
+        return int(await session.scalar(
+            text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")) or 0)
+
+
+async def deadlocks_since(db: Database, before: int | None) -> int:
+    """Deadlocks detected since `before` was read.
+
+    Backends report their counters when they exit or idle; the burst's
+    connections are closed by then (the served app disposed its pool), and a
+    few polls let the last exits land. Only ever undercounts while waiting.
+    """
+    if before is None:
+        return 0
+    after = before
+    for _ in range(20):
+        after = await deadlocks(db) or 0
+        if after != before:
+            break
+        await asyncio.sleep(0.05)
+    return after - before
 
 
 async def count_instances(db: Database) -> int:
