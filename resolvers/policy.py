@@ -3,11 +3,12 @@
 Locking. Every operation here locks the account rows it reads its decision
 from, always in ascending id order in one statement (masters are linked
 before their sub-accounts, so a master's id is below its subs'), and the pool
-after the accounts: the lock order of `resolvers.locks`. `placeOrder` (resolvers.orders) locks the ordering account
-and its master the same way, so a freeze of a master and a PAYG order of one
-of its sub-accounts serialise: the order either commits before the freeze or
-sees the master FROZEN. On SQLite, write transactions are serialised by
-BEGIN IMMEDIATE already.
+after the accounts: the lock order of `resolvers.locks`. `placeOrder`
+(resolvers.orders) locks the ordering account and its master the same way,
+so a freeze of a master and a PAYG order of one of its sub-accounts
+serialise: the order either commits before the freeze or sees the master
+FROZEN. On SQLite, write transactions are serialised by BEGIN IMMEDIATE
+already.
 
 Choices where RULES.md is silent (also in the README):
 

@@ -259,6 +259,18 @@ async def test_connections_the_server_closed_are_replaced_without_an_error(pg_ap
     assert (await pg_api.gql('{ endUser(uid: "C") { uid } }'))["endUser"]["uid"] == "C"
 
 
+@needs_postgres
+async def test_serve_warns_when_the_pools_of_its_workers_exceed_max_connections(pg_database_url: str) -> None:
+    from uidhub.cli import connection_budget, connection_budget_warning
+    from uidhub.settings import Settings
+
+    settings = Settings(database_url=pg_database_url, db_pool_size=10, db_max_overflow=5, db_background_pool_size=3)
+    assert connection_budget(settings, 4) == 72
+    assert await connection_budget_warning(settings, 1) is None
+    warning = await connection_budget_warning(settings, 1000)
+    assert warning is not None and "18000 database connections" in warning and "max_connections" in warning
+
+
 # ---------------------------------------------------------------- a hung Redis costs a mutation nothing
 
 
