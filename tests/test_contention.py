@@ -24,7 +24,8 @@ import pytest
 from sqlalchemy import func, select, text
 from starlette.responses import Response
 
-from models import LedgerEntry
+from models import AuditEntry, LedgerEntry
+from models.enums import AuditAction
 from tests import contention_support as C
 from tests.conftest import REDIS_URL, Api, _truncate, make_api, needs_postgres
 from tests.live_support import ServerProcess, free_port, serve_in_loop
@@ -133,6 +134,91 @@ async def test_repeats_of_one_key_in_flight_answer_the_first_result(api: Api) ->
     assert payloads[0]["userErrors"] == [] and payloads[0]["quota"]["consumedUndeducted"] == "1.00"
     async with api.db.read() as session:
         assert await session.scalar(select(func.count()).select_from(LedgerEntry)) == 1
+
+
+# ---------------------------------------------------------------- a deadlock that still happens is retried whole
+
+
+@needs_postgres
+async def test_a_mutation_chosen_as_deadlock_victim_is_retried_and_answers(
+    pg_api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real deadlock, made on purpose by a session outside the lock order, costs the client nothing.
+
+    The outsider takes the log's advisory lock first; updateBasicInfo locks
+    its account and waits for that lock at commit; the outsider then asks for
+    the account row. PostgreSQL breaks the cycle by killing the mutation (it
+    waited first), which is rolled back and run again once the outsider ends.
+    """
+    from notifications.log import LOG_LOCK_KEY
+
+    assert (await pg_api.gql('mutation { linkAccount(input: {uid: "U"}) { userErrors { code } } }'))[
+        "linkAccount"]["userErrors"] == []
+    outsider = Database(pg_api.db.url, pool=PoolConfig(size=2, overflow=0))
+    caplog.set_level("INFO", logger="uidhub.transactions")
+    try:
+        async with outsider.engine.connect() as conn, outsider.engine.connect() as watcher:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOG_LOCK_KEY})
+            mutation = asyncio.create_task(pg_api.post(
+                'mutation { updateBasicInfo(input: {uid: "U", nickname: "after"}) '
+                "{ endUser { nickname } userErrors { code } } }", token=pg_api.tokens["admin"]))
+            for _ in range(1000):  # until the mutation waits for the advisory lock
+                waiting = await watcher.scalar(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event = 'advisory'"))
+                await watcher.rollback()
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+            # The cycle: this waits for the mutation's account lock until PostgreSQL kills the mutation.
+            await conn.execute(text("SELECT id FROM accounts WHERE uid = 'U' FOR UPDATE"))
+            await conn.rollback()
+        response = await mutation
+    finally:
+        await outsider.dispose()
+    body = response.json()
+    assert response.status_code == 200 and "errors" not in body, body
+    assert body["data"]["updateBasicInfo"]["endUser"]["nickname"] == "after"
+    assert any("40P01" in r.getMessage() and "attempt 2 of 3" in r.getMessage() for r in caplog.records)
+    async with pg_api.db.read() as session:
+        entries = (await session.scalars(select(AuditEntry).where(
+            AuditEntry.action == AuditAction.BASIC_INFO_UPDATED))).all()
+    assert len(entries) == 1  # the killed attempt left nothing behind
+
+
+async def test_sqlite_busy_timeout_is_a_retryable_conflict(tmp_path: Path) -> None:
+    """SQLite's "database is locked" (its busy timeout ran out) is retried like a deadlock."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from uidhub.transactions import is_retryable, is_unavailable, retry_transaction
+
+    path = tmp_path / "busy.db"
+    holder = sqlite3.connect(path, timeout=0, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 0.05})
+    attempts = 0
+
+    async def write() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 2:
+            holder.rollback()  # the other writer is done by the second attempt
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+
+    try:
+        with pytest.raises(OperationalError) as busy:
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        assert is_retryable(busy.value) and is_unavailable(busy.value)
+        await retry_transaction(write)
+        assert attempts == 2
+    finally:
+        holder.close()
+        await engine.dispose()
 
 
 # ---------------------------------------------------------------- two workers, one PostgreSQL database
