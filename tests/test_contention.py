@@ -357,6 +357,28 @@ async def test_serve_warns_when_the_pools_of_its_workers_exceed_max_connections(
     assert warning is not None and "18000 database connections" in warning and "max_connections" in warning
 
 
+async def test_background_loops_have_a_pool_of_their_own(db: Database, tmp_path: Path) -> None:
+    """Requests holding every request connection do not stop the background loops' database work."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from uidhub.settings import Settings
+
+    settings = Settings(database_url=db.url, export_dir=str(tmp_path / "exports"), db_pool_size=1,
+                        db_max_overflow=0, db_pool_timeout_seconds=0.2, db_background_pool_size=1)
+    state = create_app(settings).state.uidhub
+    try:
+        assert state.db.background is not state.db and state.db.background.bus is state.db.bus
+        async with state.db.engine.connect() as held:  # every request connection is taken
+            await held.execute(text("SELECT 1"))
+            with pytest.raises(PoolTimeout):
+                async with state.db.read() as session:
+                    await session.execute(text("SELECT 1"))
+            async with state.db.background.write() as session:  # what the outbox and housekeeping use
+                assert await session.scalar(text("SELECT 1")) == 1
+    finally:
+        await state.db.dispose()
+
+
 # ---------------------------------------------------------------- a hung Redis costs a mutation nothing
 
 
