@@ -152,6 +152,7 @@ class GraphQLEndpoint:
             if not isinstance(parsed, dict) or not isinstance(parsed.get("query"), str):
                 return _error(400, 'The body must be a JSON object with a "query" string.', "BAD_REQUEST")
         token = bearer(headers.get("authorization"))
+
         async def read_actor() -> Any:
             async with self.state.db.read() as session:
                 return await authenticate(session, token)
