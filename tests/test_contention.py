@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import func, select, text
 from starlette.responses import Response
@@ -355,6 +356,40 @@ async def test_serve_warns_when_the_pools_of_its_workers_exceed_max_connections(
     assert await connection_budget_warning(settings, 1) is None
     warning = await connection_budget_warning(settings, 1000)
     assert warning is not None and "18000 database connections" in warning and "max_connections" in warning
+
+
+@needs_postgres
+async def test_a_database_refusing_connections_is_service_unavailable(pg_api: Api) -> None:
+    """"too many clients" (53300, here a role's connection limit) is SERVICE_UNAVAILABLE with Retry-After."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
+    from tests.conftest import _pg_admin_exec
+    from uidhub.transactions import is_retryable, is_unavailable
+
+    role = f"uidhub_probe_{uuid.uuid4().hex[:8]}"
+    _pg_admin_exec(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 1')
+    url = make_url(pg_api.db.url).set(username=role).render_as_string(hide_password=False)
+    holder, db = Database(url), Database(url)
+    try:
+        async with holder.engine.connect() as held:  # the role's one connection
+            await held.execute(text("SELECT 1"))
+            with pytest.raises(DBAPIError) as refused:
+                async with db.read() as session:
+                    await session.execute(text("SELECT 1"))
+            assert is_unavailable(refused.value) and not is_retryable(refused.value)
+            app = create_app(pg_api.settings, db=db)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+                response = await client.post("/graphql", json={"query": "{ __typename }"},
+                                             headers={"Authorization": f"Bearer {pg_api.tokens['admin']}"})
+        assert response.status_code == 503 and response.headers["Retry-After"].isdigit()
+        assert response.json()["errors"][0]["extensions"]["code"] == "SERVICE_UNAVAILABLE"
+    finally:
+        await holder.dispose()
+        await db.dispose()
+        _pg_admin_exec(f'DROP ROLE IF EXISTS "{role}"')
 
 
 async def test_background_loops_have_a_pool_of_their_own(db: Database, tmp_path: Path) -> None:
