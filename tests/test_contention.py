@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import statistics
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -418,7 +419,7 @@ async def test_background_loops_have_a_pool_of_their_own(db: Database, tmp_path:
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A redis-server of this test's own on a free loopback port (paused and killed by the test, never another's)."""
     port = free_port()
     proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
@@ -428,8 +429,6 @@ def own_redis(tmp_path: Path) -> AsyncIterator[tuple[str, subprocess.Popen[bytes
         deadline = time.monotonic() + 10
         while True:
             with contextlib.suppress(OSError):
-                import socket
-
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
             assert time.monotonic() < deadline, "redis-server did not start"
