@@ -61,7 +61,9 @@ async def follow(
     the topic for all subscribers; `accept(child, row)` keeps the rows this
     subscriber may see, against the shared batch's loaders.
     """
-    feed = context.services.feeds.get(key, context.db, topic, feed_fetch, model, context.settings.resync_seconds)
+    # The feed reads on the background pool: it serves every subscriber, not one request.
+    background = context.db.background
+    feed = context.services.feeds.get(key, background, topic, feed_fetch, model, context.settings.resync_seconds)
     subscriber = await feed.join()
     last_seen = after_id
     try:

@@ -24,7 +24,7 @@ from models.enums import (
     PurchaseControl,
 )
 from models.money import format_money
-from resolvers import audit
+from resolvers import audit, locks
 from resolvers.actor import Actor, Permission
 from resolvers.errors import UserError, UserErrors, invalid, not_found
 from resolvers.pagination import (
@@ -43,16 +43,25 @@ UID_MAX = 64
 # ---------------------------------------------------------------- lookups
 
 
-async def find(session: AsyncSession, actor: Actor, uid: str, *, lock: bool = False) -> Account | None:
-    """The account with `uid` if the actor may see it; None otherwise (another partner's is nonexistent)."""
+async def find(
+    session: AsyncSession, actor: Actor, uid: str, *, lock: bool = False, share: bool = False
+) -> Account | None:
+    """The account with `uid` if the actor may see it; None otherwise (another partner's is nonexistent).
+
+    `lock` locks it FOR NO KEY UPDATE, `share` FOR SHARE (step 3 of the order in `resolvers.locks`).
+    """
     query = select(Account).where(Account.uid == uid, actor.account_scope())
     if lock:
-        query = query.with_for_update().execution_options(populate_existing=True)
+        query = locks.for_write(query)
+    elif share:
+        query = locks.for_share(query)
     return await session.scalar(query)
 
 
-async def get(session: AsyncSession, actor: Actor, uid: str, *field_path: str, lock: bool = False) -> Account:
-    account = await find(session, actor, uid, lock=lock)
+async def get(
+    session: AsyncSession, actor: Actor, uid: str, *field_path: str, lock: bool = False, share: bool = False
+) -> Account:
+    account = await find(session, actor, uid, lock=lock, share=share)
     if account is None:
         raise not_found("account", uid, *field_path)
     return account
@@ -249,7 +258,14 @@ async def update_basic_info(session: AsyncSession, actor: Actor, uid: str, chang
 
 async def change_status(session: AsyncSession, actor: Actor, uid: str, target: AccountStatus) -> Account:
     actor.require(Permission.CHANGE_STATUS)
-    account = await get(session, actor, uid, "input", "uid", lock=True)
+    found = await get(session, actor, uid, "input", "uid")
+    # The account and, for a master, its sub-accounts (the cascade) in one statement in id order,
+    # then the pool: the lock order of resolvers.locks.
+    ids = [found.id]
+    if found.master_id is None:
+        ids += list((await session.scalars(select(Account.id).where(Account.master_id == found.id))).all())
+    locked = await locks.lock_accounts(session, ids)
+    account = locked[found.id]
     if actor.is_end_user and not (
         account.id == actor.account_id
         and account.status is AccountStatus.TO_BE_CONFIRMED
@@ -269,8 +285,7 @@ async def change_status(session: AsyncSession, actor: Actor, uid: str, target: A
             "status",
         )
     if target is AccountStatus.TERMINATED:
-        pool = await session.get(QuotaPool, account.pool_id, with_for_update=True, populate_existing=True)
-        assert pool is not None
+        pool = await locks.lock_pool(session, account.pool_id)
         if R.has_outstanding_balance(pool.available_cents, pool.undeducted_cents):
             raise UserErrors.one(
                 ErrorCode.OUTSTANDING_BALANCE,
@@ -286,15 +301,8 @@ async def change_status(session: AsyncSession, actor: Actor, uid: str, target: A
         before={"accountStatus": previous.value}, after={"accountStatus": target.value},
     )
     if account.master_id is None:
-        subs = (
-            await session.scalars(
-                select(Account)
-                .where(Account.master_id == account.id, Account.status == previous)
-                .with_for_update()
-                .execution_options(populate_existing=True)
-            )
-        ).all()
-        for sub in subs:
+        subs = [row for row in locked.values() if row.master_id == account.id and row.status == previous]
+        for sub in sorted(subs, key=lambda row: row.id):
             sub.status = target
             audit.record(
                 session, actor, sub, AuditAction.ACCOUNT_STATUS_CHANGED,

@@ -690,6 +690,6 @@ class ExportWorker:
 
 async def start_export_worker(state: Any) -> Callable[[], Awaitable[None]]:
     """`uidhub.app.BACKGROUND` starter: recover crashed tasks, run the worker, return its stop function."""
-    worker = ExportWorker(state.db, state.settings, state.bus)
+    worker = ExportWorker(state.db.background, state.settings, state.bus)
     await worker.start()
     return worker.stop

@@ -1,7 +1,7 @@
 """Orders: `purchaseCheck` (decides, writes nothing) and `placeOrder` (decides the same way and acts).
 
 `placeOrder` locks the ordering account and its master (one SELECT … FOR
-UPDATE in id order, the order `resolvers.policy` locks in too) and then the
+NO KEY UPDATE in id order: the lock order of `resolvers.locks`) and then the
 pool, before deciding: a freeze of the master, a ban, or a consumption that
 shuts the pool down either commits before the order and is seen by it, or
 waits for the order to commit. A SUBSCRIPTION order charges its amount to the
@@ -48,9 +48,9 @@ from resolvers import accounts as account_ops
 from resolvers import audit, idempotency
 from resolvers.actor import Actor, Permission
 from resolvers.errors import Forbidden, invalid
+from resolvers.locks import lock_accounts, lock_pool
 from resolvers.pagination import InvalidArgument
-from resolvers.policy import lock_accounts
-from resolvers.pools import after_pool_change, lock_pool
+from resolvers.pools import after_pool_change
 from resolvers.quota import BalanceOp, balance_update
 
 DESCRIPTION_MAX_CHARS = 500

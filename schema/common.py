@@ -17,6 +17,7 @@ from resolvers.errors import UserError as DomainUserError
 from resolvers.errors import UserErrors
 from resolvers.pagination import MAX_ID, InvalidArgument, Page
 from schema.context import Info
+from uidhub.transactions import is_retryable, retry_transaction
 
 P = TypeVar("P")
 
@@ -100,28 +101,47 @@ async def mutate(
     operation: Callable[[AsyncSession, Actor], Awaitable[P]],
     on_errors: Callable[[list[UserError]], P],
 ) -> P:
-    """Run one mutation field in its own transaction.
+    """Run one mutation field in its own transaction, retried whole after a deadlock.
 
     Success commits (with the buffered log, then wakes subscribers); a
     `UserErrors` rolls back and becomes the payload's userErrors; anything
     else rolls back and propagates (FORBIDDEN, or a masked internal error).
+    A deadlock, serialization failure or SQLite busy timeout rolls back and
+    runs `operation` again from the start, a bounded number of times
+    (`uidhub.transactions`), before anything is answered: the operation
+    re-reads everything and re-claims its idempotency key, so a retry either
+    applies the change once or replays a result committed meanwhile.
     DataLoaders are cleared either way so that the payload reads fresh rows.
     """
     context = info.context
     actor = context.require_actor()
     session = await context.session()
-    try:
-        result = await operation(session, actor)
-        await log.commit(session)
-    except UserErrors as exc:
-        await session.rollback()
-        log.discard(session)
+    committing = False
+
+    async def attempt() -> P:
+        nonlocal committing
+        committing = False
+        try:
+            result = await operation(session, actor)
+            committing = True
+            await log.commit(session)
+        except UserErrors as exc:
+            await _roll_back(session, context)
+            return on_errors(user_errors(exc.errors))
+        except BaseException:
+            await _roll_back(session, context)
+            raise
         context.reset_loaders()
-        return on_errors(user_errors(exc.errors))
-    except BaseException:
-        await session.rollback()
-        log.discard(session)
-        context.reset_loaders()
-        raise
+        return result
+
+    return await retry_transaction(
+        attempt,
+        retryable=lambda error: is_retryable(error, committing=committing),
+        what=f"mutation {info.field_name} (request {context.request_id})",
+    )
+
+
+async def _roll_back(session: AsyncSession, context: Any) -> None:
+    await session.rollback()
+    log.discard(session)
     context.reset_loaders()
-    return result

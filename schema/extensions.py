@@ -28,6 +28,7 @@ from strawberry.types import ExecutionContext
 
 from schema.context import Context
 from schema.limits import OPERATION_NAME_REQUIRED, PARSE_FAILED, TOO_COMPLEX, VALIDATION_FAILED
+from uidhub.transactions import is_unavailable
 
 log = logging.getLogger("uidhub.graphql")
 
@@ -77,6 +78,9 @@ def log_errors(errors: list[GraphQLError], execution_context: ExecutionContext |
         if is_client_error(error):
             code = (error.extensions or {}).get("code") or _client_code(error)
             log.info("client error in request %s: %s: %s", request_id, code, error.message)
+        elif is_unavailable(error.original_error):
+            # Answered SERVICE_UNAVAILABLE (503, retryable): the database's state, not a fault of ours.
+            log.warning("request %s at %s: database unavailable: %s", request_id, error.path, error.original_error)
         else:
             log.error("internal error in request %s at %s", request_id, error.path, exc_info=error.original_error)
 
@@ -137,6 +141,11 @@ class MaskInternalErrors(SchemaExtension):
                     error.extensions = {**(error.extensions or {}), "code": _client_code(error)}
                 masked.append(error)
                 continue
+            if is_unavailable(original):
+                # No connection within the pool timeout, the database full or down, or a deadlock that
+                # outlived its retries: a coded, retryable answer (HTTP 503), never a masked internal error.
+                masked.append(_unavailable(error, request_id, context))
+                continue
             # Logged with its traceback by Schema.process_errors (log_errors) before this runs.
             masked.append(
                 GraphQLError(
@@ -150,6 +159,25 @@ class MaskInternalErrors(SchemaExtension):
                 )
             )
         result.errors = masked  # type: ignore[union-attr]
+
+
+def _unavailable(error: GraphQLError, request_id: str, context: Any) -> GraphQLError:
+    """SERVICE_UNAVAILABLE for `error`; over HTTP the response becomes a 503 with Retry-After."""
+    settings = getattr(context, "settings", None)
+    retry_after = str(getattr(settings, "retry_after_seconds", 1))
+    response = getattr(context, "response", None)
+    if response is not None and hasattr(response, "headers") and not getattr(context, "websocket", False):
+        response.status_code = 503
+        response.headers["Retry-After"] = retry_after
+    return GraphQLError(
+        f"The database is busy or unavailable; retry in {retry_after} s (request id {request_id}).",
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=None,
+        extensions={"code": "SERVICE_UNAVAILABLE", "requestId": request_id, "retryAfter": int(retry_after)},
+    )
 
 
 def _name_argument(error: GraphQLError, document: DocumentNode | None) -> GraphQLError:

@@ -33,10 +33,11 @@ from schema import build_schema
 from schema.context import Context, Services
 from uidhub import observe
 from uidhub.dashboard import routes as dashboard_routes
-from uidhub.db import Database
+from uidhub.db import Database, PoolConfig
 from uidhub.logs import current_request_id
 from uidhub.settings import Settings
 from uidhub.tokenwatch import TokenWatch
+from uidhub.transactions import retry_transaction
 
 log = logging.getLogger("uidhub")
 
@@ -59,7 +60,7 @@ class AppState:
         self.bus = bus
         self.services = Services(settings=settings, db=db)
         self.observability = observe.setup(settings, db)
-        self.token_watch = TokenWatch(db, bus, settings.token_recheck_seconds)
+        self.token_watch = TokenWatch(db.background, bus, settings.token_recheck_seconds)
 
 
 def _error(status: int, message: str, code: str, **headers: str) -> JSONResponse:
@@ -311,12 +312,20 @@ class GraphQLEndpoint:
             return _error(400, "The request body holds a lone UTF-16 surrogate: strings must be valid Unicode.",
                           "BAD_REQUEST")
         token = bearer(headers.get("authorization"))
-        try:
+
+        async def read_actor() -> Any:
             async with self.state.db.read() as session:
-                actor = await authenticate(session, token)
-        except (SQLAlchemyError, OSError):
-            log.exception("request %s: database unavailable", request_id)
-            return _error(503, f"The database is unavailable (request id {request_id}).", "SERVICE_UNAVAILABLE")
+                return await authenticate(session, token)
+
+        try:
+            # Retried once on a connection the server had closed (no pre-ping): the pool is renewed by then.
+            actor = await retry_transaction(read_actor, attempts=2, what=f"request {request_id} authentication")
+        except (SQLAlchemyError, OSError) as exc:
+            # No connection within the pool timeout, or the database down: retryable, so say when.
+            log.warning("request %s: database unavailable: %s", request_id, exc)
+            retry_after = str(self.state.settings.retry_after_seconds)
+            return _error(503, f"The database is busy or unavailable; retry in {retry_after} s "
+                          f"(request id {request_id}).", "SERVICE_UNAVAILABLE", **{"Retry-After": retry_after})
         if actor is None:
             return _error(401, "A valid bearer token is required.", "UNAUTHENTICATED", **{"WWW-Authenticate": "Bearer"})
         scope.setdefault("state", {})
@@ -333,10 +342,12 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     settings = settings or Settings()
     database = db or Database(
         settings.database_url,
+        pool=PoolConfig.from_settings(settings),
+        background_pool=PoolConfig.background_from_settings(settings),
         statement_timeout=settings.db_statement_timeout_seconds,
         connect_timeout=settings.db_connect_timeout_seconds,
     )
-    bus = make_bus(settings.redis_url)
+    bus = make_bus(settings.redis_url, publish_timeout=settings.redis_publish_timeout_seconds)
     database.bus = bus
     database.settings = settings
     state = AppState(settings, database, bus)

@@ -209,6 +209,39 @@ async def _run_db_command(settings: Settings, args: argparse.Namespace) -> str:
         await db.dispose()
 
 
+def connection_budget(settings: Settings, workers: int) -> int:
+    """The most connections `workers` server processes open (request pool, its overflow, background pool)."""
+    per_process = settings.db_pool_size + settings.db_max_overflow + settings.db_background_pool_size
+    return workers * per_process
+
+
+async def connection_budget_warning(settings: Settings, workers: int) -> str | None:
+    """A warning when the pools of `workers` processes exceed what PostgreSQL admits; None when they fit.
+
+    Past `max_connections` minus the reserved slots, new connections fail with
+    "too many clients" (answered 503), so the pools should be made smaller.
+    """
+    if settings.is_sqlite:
+        return None
+    from uidhub.db import null_pool_engine
+
+    engine = null_pool_engine(settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            maximum = int((await conn.exec_driver_sql("SHOW max_connections")).scalar_one())
+            reserved = int((await conn.exec_driver_sql("SHOW superuser_reserved_connections")).scalar_one())
+    finally:
+        await engine.dispose()
+    budget = connection_budget(settings, workers)
+    if budget <= maximum - reserved:
+        return None
+    return (
+        f"{workers} worker(s) may open {budget} database connections (UIDHUB_DB_POOL_SIZE + UIDHUB_DB_MAX_OVERFLOW"
+        f" + UIDHUB_DB_BACKGROUND_POOL_SIZE per worker) but PostgreSQL admits {maximum - reserved}"
+        f" (max_connections {maximum} - {reserved} reserved): lower the pool settings"
+    )
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -221,6 +254,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     if args.workers > 1 and not settings.redis_url:
         raise CliError("--workers above 1 needs UIDHUB_REDIS_URL so that every worker delivers every event")
     asyncio.run(upgrade(settings.database_url))
+    warning = asyncio.run(connection_budget_warning(settings, args.workers))
+    if warning:
+        logging.getLogger("uidhub").warning("%s", warning)
     if "console_url" not in settings.model_fields_set:
         # Links printed and mailed point at where this server actually listens.
         settings = settings.model_copy(update={"console_url": f"http://{args.host}:{args.port}"})

@@ -5,6 +5,21 @@ second writer waits instead of failing, and `BEGIN IMMEDIATE` for write
 transactions so that the write lock is taken up front. (A deferred
 transaction that reads first and writes later cannot wait for the lock: SQLite
 answers "database is locked" at once to avoid a deadlock.)
+
+Connections. Each process has two bounded pools: the request pool
+(`PoolConfig`: `db_pool_size` + `db_max_overflow` connections, a checkout
+waits at most `db_pool_timeout_seconds` and then fails with
+`sqlalchemy.exc.TimeoutError`, answered as SERVICE_UNAVAILABLE / 503 with
+Retry-After) and a small background pool (`Database.background`,
+`db_background_pool_size`, no overflow) for the outbox sender, the export
+worker, the live feeds and housekeeping, so that neither can starve the
+other. A process opens at most size + overflow + background connections;
+with N workers that times N must stay below PostgreSQL's `max_connections`
+minus its reserved slots and other clients. There is no pre-ping on checkout
+(a round trip per request): connections are recycled after
+`db_pool_recycle_seconds`, and a connection the server closed fails its first
+statement, which invalidates the pool and is retried whole
+(`uidhub.transactions`).
 """
 
 from __future__ import annotations
@@ -12,6 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import event, text
@@ -64,28 +80,59 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+@dataclass(frozen=True)
+class PoolConfig:
+    """One bounded connection pool (see the module docstring); the defaults are the settings' defaults."""
+
+    size: int = 10
+    overflow: int = 5
+    timeout: float = 10.0
+    recycle: float = 1800.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> PoolConfig:
+        return cls(size=settings.db_pool_size, overflow=settings.db_max_overflow,
+                   timeout=settings.db_pool_timeout_seconds, recycle=settings.db_pool_recycle_seconds)
+
+    @classmethod
+    def background_from_settings(cls, settings: Any) -> PoolConfig:
+        return BACKGROUND_POOL.with_size(settings.db_background_pool_size, recycle=settings.db_pool_recycle_seconds)
+
+    def with_size(self, size: int, *, recycle: float | None = None) -> PoolConfig:
+        return replace(self, size=size, recycle=self.recycle if recycle is None else recycle)
+
+    def engine_options(self) -> dict[str, Any]:
+        return {"pool_size": self.size, "max_overflow": self.overflow, "pool_timeout": self.timeout,
+                "pool_recycle": self.recycle, "pool_pre_ping": False}
+
+
+#: Background loops wait longer for a connection than a request (nobody is waiting on them) and never overflow.
+BACKGROUND_POOL = PoolConfig(size=3, overflow=0, timeout=30.0)
+
+
 def create_engine(
     url: str,
     *,
     echo: bool = False,
+    pool: PoolConfig | None = None,
     statement_timeout: float = STATEMENT_TIMEOUT_SECONDS,
     connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
 ) -> AsyncEngine:
+    pool = pool or PoolConfig()
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database in ("", ":memory:"):
             raise ValueError("uidhub needs a file-backed SQLite database (WAL is per file)")
-        engine = create_async_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_async_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                                     **pool.engine_options())
         _sqlite_setup(engine)
         return engine
     return create_async_engine(
         url,
         echo=echo,
-        pool_size=10,
-        max_overflow=20,
-        pool_pre_ping=True,
         connect_args=postgres_connect_args(statement_timeout, connect_timeout),
+        **pool.engine_options(),
     )
 
 
@@ -152,7 +199,12 @@ class SerialSession(AsyncSession):
 
 
 class Database:
-    """One engine, with a read sessionmaker and a write sessionmaker over the same pool."""
+    """One engine, with a read sessionmaker and a write sessionmaker over the same pool.
+
+    `background` is a sibling over the same database with a pool of its own
+    (created on first use) for the background loops; it shares the bus and
+    settings.
+    """
 
     def __init__(
         self,
@@ -160,19 +212,23 @@ class Database:
         *,
         echo: bool = False,
         engine: AsyncEngine | None = None,
+        pool: PoolConfig | None = None,
+        background_pool: PoolConfig | None = None,
+        parent: Database | None = None,
         statement_timeout: float = STATEMENT_TIMEOUT_SECONDS,
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     ) -> None:
         self.url = url
-        self.engine = engine or create_engine(
-            url, echo=echo, statement_timeout=statement_timeout, connect_timeout=connect_timeout
-        )
+        self.pool = pool or PoolConfig()
+        self._timeouts = {"statement_timeout": statement_timeout, "connect_timeout": connect_timeout}
+        self.engine = engine or create_engine(url, echo=echo, pool=self.pool, **self._timeouts)
         self._ping_task: asyncio.Task[bool] | None = None
         self.dialect = self.engine.dialect.name
-        #: Set by the app: wakes subscribers after commits (notifications.bus).
-        self.bus: Any = None
-        #: Set by the app and the CLI: what alert emails render with (timezone, console URL, sender).
-        self.settings: Any = None
+        self._parent = parent
+        self._background_pool = background_pool or BACKGROUND_POOL
+        self._background: Database | None = None
+        self._bus: Any = None
+        self._settings: Any = None
         self._read = async_sessionmaker(self.engine, class_=SerialSession, expire_on_commit=False, autoflush=True)
         self._write = async_sessionmaker(
             self.engine.execution_options(**{WRITE_OPTION: True}),
@@ -180,6 +236,33 @@ class Database:
             expire_on_commit=False,
             autoflush=True,
         )
+
+    @property
+    def bus(self) -> Any:
+        """Set by the app: wakes subscribers after commits (notifications.bus)."""
+        return self._parent.bus if self._parent is not None else self._bus
+
+    @bus.setter
+    def bus(self, value: Any) -> None:
+        self._bus = value
+
+    @property
+    def settings(self) -> Any:
+        """Set by the app and the CLI: what alert emails render with (timezone, console URL, sender)."""
+        return self._parent.settings if self._parent is not None else self._settings
+
+    @settings.setter
+    def settings(self, value: Any) -> None:
+        self._settings = value
+
+    @property
+    def background(self) -> Database:
+        """The background loops' database: the same one, through a small pool of its own."""
+        if self._parent is not None:
+            return self
+        if self._background is None:
+            self._background = Database(self.url, pool=self._background_pool, parent=self, **self._timeouts)
+        return self._background
 
     @property
     def is_postgres(self) -> bool:
@@ -243,6 +326,8 @@ class Database:
         task, self._ping_task = self._ping_task, None
         if task is not None and not task.done():
             task.cancel()
+        if self._background is not None:
+            await self._background.dispose()
         await self.engine.dispose()
 
 

@@ -68,6 +68,22 @@ class Settings(BaseSettings):
     #: Time budget of one HTTP GraphQL request (validation and execution); past it: REQUEST_TIMEOUT.
     request_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # Connections (uidhub.db): one bounded request pool and one small background pool per process.
+    # A process opens at most db_pool_size + db_max_overflow + db_background_pool_size connections;
+    # times --workers, keep that below PostgreSQL's max_connections minus its reserved slots.
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
+    #: How long a request waits for a connection before it is answered 503 SERVICE_UNAVAILABLE.
+    db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: Connections older than this are replaced on checkout (instead of a pre-ping on every checkout).
+    db_pool_recycle_seconds: float = Field(default=1800.0, gt=0)
+    #: The outbox sender, export worker, live feeds and housekeeping share this many connections.
+    db_background_pool_size: int = Field(default=3, ge=1)
+    #: The Retry-After of a 503 SERVICE_UNAVAILABLE answer.
+    retry_after_seconds: int = Field(default=1, ge=1)
+    #: How long the post-commit wake-up publish to Redis may take before it is dropped (in the background).
+    redis_publish_timeout_seconds: float = Field(default=0.5, gt=0)
+
     @field_validator("display_timezone")
     @classmethod
     def _valid_offset(cls, value: str) -> str:
