@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -27,6 +28,7 @@ from resolvers.exports import start_export_worker
 from schema import build_schema
 from schema.context import Context, Services
 from uidhub.db import Database
+from uidhub.ratelimit import RateLimiter, RateLimitMiddleware
 from uidhub.settings import Settings
 
 log = logging.getLogger("uidhub")
@@ -177,6 +179,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     database.settings = settings
     state = AppState(settings, database, bus)
     endpoint = GraphQLEndpoint(state)
+    limiter = RateLimiter(settings)
 
     async def readyz(_request: Request) -> Response:
         ok = await database.ping()
@@ -195,6 +198,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
                 with contextlib.suppress(Exception):
                     await stop()
             await bus.close()
+            await limiter.close()
             await database.dispose()
 
     from uidhub import routes  # domain HTTP routes (downloads) register themselves
@@ -208,6 +212,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
             *routes.extra_routes(state),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(RateLimitMiddleware, limiter=limiter)],
     )
     app.state.uidhub = state
     return app
