@@ -41,10 +41,10 @@ class Settings(BaseSettings):
     console_url: str = "http://127.0.0.1:8000"
 
     # Rate limits and websocket caps (uidhub/ratelimit.py). 0 switches a limit off.
-    rate_limit_token_per_second: float = Field(default=20.0, ge=0)
-    rate_limit_token_burst: int = Field(default=200, ge=0)
-    rate_limit_ip_per_second: float = Field(default=50.0, ge=0)
-    rate_limit_ip_burst: int = Field(default=500, ge=0)
+    rate_limit_token_per_second: float = Field(default=50.0, ge=0)
+    rate_limit_token_burst: int = Field(default=500, ge=0)
+    rate_limit_ip_per_second: float = Field(default=100.0, ge=0)
+    rate_limit_ip_burst: int = Field(default=1000, ge=0)
     auth_failures_per_ip: int = Field(default=20, ge=0)
     auth_failure_window_seconds: float = Field(default=600.0, gt=0)
     ws_max_connections: int = Field(default=1000, ge=0)
