@@ -269,14 +269,63 @@ async def test_redis_counters_are_shared_by_two_app_instances(sqlite_db: Databas
         _assert_rate_limited(await post(two, tokens["other"]), "failed authentication")
 
 
-async def test_an_unreachable_redis_lets_requests_through(sqlite_db: Database, tmp_path: Path) -> None:
-    """Fail open: the limiter's storage failing must not take the API down with it."""
+@pytest.mark.parametrize("failure", ["refused", "hung"])
+async def test_a_failing_redis_lets_requests_through(sqlite_db: Database, tmp_path: Path, failure: str) -> None:
+    """Fail open: a refused or silent Redis must not take the API down with it (nor stall every request)."""
+    import asyncio
+
     from tests.live_support import free_port
 
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accepts, reads nothing, answers nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0) if failure == "hung" else None
+    port = server.sockets[0].getsockname()[1] if server else free_port()
     tokens = await _tokens(sqlite_db)
-    app = create_app(_settings(sqlite_db, tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0",
+    app = create_app(_settings(sqlite_db, tmp_path, redis_url=f"redis://127.0.0.1:{port}/0",
                                rate_limit_token_burst=1, rate_limit_token_per_second=NO_REFILL), db=sqlite_db)
-    async with _client(app) as client:
-        for _ in range(3):
-            assert (await _post(client, tokens["admin"])).status_code == 200
-    await app.state.uidhub.bus.close()
+    try:
+        async with asyncio.timeout(60), _client(app) as client:  # hang guard only
+            for _ in range(5):
+                assert (await _post(client, tokens["admin"])).status_code == 200
+    finally:
+        await app.state.uidhub.bus.close()
+        for writer in held:
+            writer.close()
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+
+# ---------------------------------------------------------------- the bucket itself
+
+
+async def test_a_bucket_refills_at_its_rate_and_retry_after_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GCRA over a controlled clock: a burst of 3, one more each 0.5 s, Retry-After the time to the next one."""
+    from uidhub import ratelimit
+
+    clock = [1000.0]
+    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: clock[0])
+    backend = ratelimit.MemoryBackend()
+    rate = ratelimit.Rate(per_second=2.0, burst=3)
+
+    async def take(key: str = "k", peek: bool = False) -> float:
+        index, wait = await backend.take([ratelimit.Take(key, rate, peek)])
+        assert (index == -1) == (wait == 0.0)
+        return wait
+
+    assert [await take() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert await take() == pytest.approx(0.5)
+    assert await take(peek=True) == pytest.approx(0.5)  # a refusal spends nothing
+    clock[0] += 0.5
+    assert await take() == 0.0
+    assert await take() == pytest.approx(0.5)
+    clock[0] += 10.0  # a full bucket again, and never more than the burst
+    assert [await take() for _ in range(4)][-1] == pytest.approx(0.5)
+    assert await take("other") == 0.0
+    # Several buckets in one call: the first that refuses is named; those before it keep their count.
+    index, wait = await backend.take([ratelimit.Take("fresh", rate), ratelimit.Take("k", rate)])
+    assert index == 1 and wait == pytest.approx(0.5)
+    assert [await take("fresh") for _ in range(3)][-1] == pytest.approx(0.5)

@@ -19,8 +19,9 @@ Limits (settings `UIDHUB_RATE_LIMIT_*`, `UIDHUB_AUTH_FAILURES_*`, `UIDHUB_WS_MAX
 HTTP refusals are 429 with `Retry-After` and the GraphQL error shape
 (`extensions.code` RATE_LIMITED); websocket refusals close with 4429 and a
 reason. Counters live in process memory, or in Redis when UIDHUB_REDIS_URL is
-set so that every worker shares them. Should Redis fail, requests pass
-(fail open, logged): a limiter outage must not become an API outage.
+set so that every worker shares them. Should Redis fail or hang (1 s
+timeout), requests pass and the limiter stops asking for 5 s (fail open,
+logged): a limiter outage must not become an API outage.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ LEASE_SECONDS = 60.0
 RENEW_SECONDS = 20.0
 #: At most one warning per this many seconds while Redis fails.
 WARN_EVERY_SECONDS = 60.0
+#: After a storage failure the limiter lets requests through without asking for this long (a circuit breaker).
+PAUSE_AFTER_FAILURE_SECONDS = 5.0
+REDIS_TIMEOUT_SECONDS = 1.0
+AUTH_BLOCKED = "Too many failed authentication attempts from your address."
 
 
 @dataclass(frozen=True)
@@ -94,9 +99,21 @@ class Lease:
     keys: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Take:
+    """One bucket to count a request in; `peek` only asks whether the next one would pass."""
+
+    key: str
+    rate: Rate
+    peek: bool = False
+
+
 class Backend(Protocol):
-    async def take(self, key: str, rate: Rate, *, peek: bool = False) -> float:
-        """0.0 when a request is allowed (and counted unless `peek`); else the seconds until it would be."""
+    async def take(self, takes: list[Take]) -> tuple[int, float]:
+        """Count a request in each bucket in turn until one refuses: (-1, 0.0), or (its index, seconds to wait).
+
+        Buckets before the refusing one keep their count; one call, so Redis answers in one round trip.
+        """
         ...
 
     async def acquire(self, lease: Lease, caps: list[tuple[str, int]]) -> int:
@@ -119,19 +136,20 @@ class MemoryBackend:
         self._slots: dict[str, set[str]] = {}
         self._next_sweep = 0.0
 
-    async def take(self, key: str, rate: Rate, *, peek: bool = False) -> float:
+    async def take(self, takes: list[Take]) -> tuple[int, float]:
         now = time.monotonic()
         if now >= self._next_sweep:
             self._tat = {k: v for k, v in self._tat.items() if v > now}
             self._next_sweep = now + 60.0
-        tat = max(self._tat.get(key, now), now)
-        new_tat = tat + rate.interval
-        allow_at = new_tat - rate.burst * rate.interval
-        if allow_at > now:
-            return allow_at - now
-        if not peek:
-            self._tat[key] = new_tat
-        return 0.0
+        for index, one in enumerate(takes):
+            tat = max(self._tat.get(one.key, now), now)
+            new_tat = tat + one.rate.interval
+            allow_at = new_tat - one.rate.burst * one.rate.interval
+            if allow_at > now:
+                return index, allow_at - now
+            if not one.peek:
+                self._tat[one.key] = new_tat
+        return -1, 0.0
 
     async def acquire(self, lease: Lease, caps: list[tuple[str, int]]) -> int:
         for index, (key, cap) in enumerate(caps):
@@ -161,17 +179,19 @@ class MemoryBackend:
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - burst * interval
-if allow_at > now then return tostring(allow_at - now) end
-if ARGV[3] ~= '1' then
-  redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.max(1, math.ceil((new_tat - now) * 1000)))
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[i * 3 - 2])
+  local burst = tonumber(ARGV[i * 3 - 1])
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - burst * interval
+  if allow_at > now then return {i, tostring(allow_at - now)} end
+  if ARGV[i * 3] ~= '1' then
+    redis.call('SET', key, tostring(new_tat), 'PX', math.max(1, math.ceil((new_tat - now) * 1000)))
+  end
 end
-return '0'
+return {0, '0'}
 """
 
 _ACQUIRE = """
@@ -208,16 +228,21 @@ class RedisBackend:
         from redis.asyncio import Redis
 
         self.prefix = prefix
-        self.client = Redis.from_url(url)
+        # Short timeouts: a hung Redis must cost a request at most this, and then the limiter steps aside.
+        self.client = Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_SECONDS,
+                                     socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
         self._take = self.client.register_script(_TAKE)
         self._acquire = self.client.register_script(_ACQUIRE)
         self._renew = self.client.register_script(_RENEW)
         self._leases: dict[str, Lease] = {}
         self._renewer: asyncio.Task[None] | None = None
 
-    async def take(self, key: str, rate: Rate, *, peek: bool = False) -> float:
-        value = await self._take(keys=[self.prefix + key], args=[repr(rate.interval), rate.burst, int(peek)])
-        return float(value)
+    async def take(self, takes: list[Take]) -> tuple[int, float]:
+        args: list[str | int] = []
+        for one in takes:
+            args += [repr(one.rate.interval), one.rate.burst, int(one.peek)]
+        index, wait = await self._take(keys=[self.prefix + one.key for one in takes], args=args)
+        return int(index) - 1, float(wait)
 
     async def acquire(self, lease: Lease, caps: list[tuple[str, int]]) -> int:
         keys = [self.prefix + key for key, _cap in caps]
@@ -297,49 +322,48 @@ class RateLimiter:
             backend = RedisBackend(redis_url, settings.rate_limit_redis_prefix) if redis_url else MemoryBackend()
         self.backend = backend
         self._warned_at = -math.inf
+        self._paused_until = -math.inf
+
+    @property
+    def _paused(self) -> bool:
+        return time.monotonic() < self._paused_until
 
     def _failed(self, what: str) -> None:
-        """Fail open, warning at most once a minute (a Redis outage must not flood the log)."""
+        """Fail open, pause asking for a few seconds, warn at most once a minute (an outage must not flood the log)."""
         now = time.monotonic()
+        self._paused_until = now + PAUSE_AFTER_FAILURE_SECONDS
         if now - self._warned_at >= WARN_EVERY_SECONDS:
             self._warned_at = now
             log.warning("rate limiter storage unavailable (%s); letting requests through", what, exc_info=True)
 
-    async def _take(self, key: str, rate: Rate, *, peek: bool = False) -> float:
-        if not rate.enabled:
-            return 0.0
+    async def _take(self, takes: list[tuple[Take, str]]) -> Refusal | None:
+        """Count in the enabled buckets; the refusal (with its message) of the first one that is empty."""
+        enabled = [(one, message) for one, message in takes if one.rate.enabled]
+        if not enabled or self._paused:
+            return None
         try:
-            return await self.backend.take(key, rate, peek=peek)
+            index, wait = await self.backend.take([one for one, _message in enabled])
         except Exception:
             self._failed("take")
-            return 0.0
+            return None
+        return Refusal(enabled[index][1], wait) if index >= 0 else None
 
-    async def _blocked(self, ip: str) -> Refusal | None:
-        wait = await self._take(f"auth:{ip}", self.auth_failures, peek=True)
-        if wait:
-            return Refusal("Too many failed authentication attempts from your address.", wait)
-        return None
+    def _auth_block(self, ip: str) -> tuple[Take, str]:
+        return Take(f"auth:{ip}", self.auth_failures, peek=True), AUTH_BLOCKED
 
     async def check_request(self, ip: str, token: str | None) -> Refusal | None:
         """One HTTP request (or websocket handshake): the address's auth block, then its bucket, then the token's."""
-        refusal = await self._blocked(ip)
-        if refusal is not None:
-            return refusal
-        wait = await self._take(f"ip:{ip}", self.per_ip)
-        if wait:
-            return Refusal("Too many requests from your address.", wait)
+        takes = [self._auth_block(ip), (Take(f"ip:{ip}", self.per_ip), "Too many requests from your address.")]
         if token is not None:
-            wait = await self._take(f"tok:{token_key(token)}", self.per_token)
-            if wait:
-                return Refusal("Too many requests for this token.", wait)
-        return None
+            takes.append((Take(f"tok:{token_key(token)}", self.per_token), "Too many requests for this token."))
+        return await self._take(takes)
 
     async def auth_failed(self, ip: str) -> None:
-        await self._take(f"auth:{ip}", self.auth_failures)
+        await self._take([(Take(f"auth:{ip}", self.auth_failures), AUTH_BLOCKED)])
 
     async def _acquire(self, lease: Lease, caps: list[tuple[str, int, str]]) -> Refusal | None:
         wanted = [(key, cap) for key, cap, _message in caps if cap > 0]
-        if not wanted:
+        if not wanted or self._paused:
             return None
         try:
             full = await self.backend.acquire(lease, wanted)
@@ -357,7 +381,7 @@ class RateLimiter:
         refusal = await self.check_request(ip, None)
         if refusal is None:
             refusal = await self._acquire(lease, [
-                ("ws:all", self.ws_total, "Too many open websocket connections on this server."),
+                ("ws:all", self.ws_total, "Too many open websocket connections in total."),
                 (f"ws:ip:{ip}", self.ws_per_ip, "Too many open websocket connections from your address."),
             ])
         return lease, refusal
@@ -368,7 +392,7 @@ class RateLimiter:
         The handshake already counted against the address's request budget;
         the token's open sockets are bounded by count instead of by rate.
         """
-        refusal = await self._blocked(ip)
+        refusal = await self._take([self._auth_block(ip)])
         if refusal is None:
             message = "Too many open websocket connections for this token."
             refusal = await self._acquire(lease, [(f"ws:tok:{token_key(token)}", self.ws_per_token, message)])
