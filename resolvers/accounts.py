@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -94,11 +95,19 @@ def check_text(
 
 
 def check_uid(value: str, name: str) -> UserError | None:
-    if not value or not value.strip() or len(value) > UID_MAX or R.text_problem(value) or value != value.strip():
+    """A UID is an identifier: no whitespace (U+3000 and tabs included) and no control or format character anywhere."""
+    if not value or len(value) > UID_MAX or any(_not_in_uid(c) for c in value):
         return UserError(
-            ErrorCode.INVALID_INPUT, f"{name} must be 1 to {UID_MAX} characters without spaces.", ("input", name)
+            ErrorCode.INVALID_INPUT,
+            f"{name} must be 1 to {UID_MAX} characters without spaces or control characters.",
+            ("input", name),
         )
     return None
+
+
+def _not_in_uid(char: str) -> bool:
+    """Whitespace, or a control (Cc), format (Cf, e.g. zero-width space) or surrogate (Cs) character."""
+    return char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Cs")
 
 
 def check_email(value: str, *field_path: str) -> UserError | None:
