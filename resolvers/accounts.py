@@ -153,10 +153,8 @@ async def link_account(
     if email is not None and (problem := check_email(email, "input", "email")) is not None:
         errors.append(problem)
     if quota_amount_cents is not None:
-        if actor.partner_kind.value == "AGENCY":
-            errors.append(
-                UserError(ErrorCode.FORBIDDEN, "Agency partners may not set quotas.", ("input", "quotaAmount"))
-            )
+        if (denial := actor.denial(Permission.QUOTA)) is not None:
+            errors.append(UserError(ErrorCode.FORBIDDEN, denial, ("input", "quotaAmount")))
         elif quota_amount_cents < 0:
             errors.append(
                 UserError(ErrorCode.INVALID_INPUT, "quotaAmount must not be negative.", ("input", "quotaAmount"))
@@ -233,14 +231,8 @@ async def update_basic_info(session: AsyncSession, actor: Actor, uid: str, chang
     """`changes` holds only the fields the input gave (None clears a field)."""
     actor.require(Permission.EDIT_BASIC_INFO)
     errors: list[UserError] = []
-    if "businessManager" in changes and actor.partner_kind.value == "AGENCY":
-        errors.append(
-            UserError(
-                ErrorCode.FORBIDDEN,
-                "Agency partners may edit nickname and remarks only.",
-                ("input", "businessManager"),
-            )
-        )
+    if "businessManager" in changes and (denial := actor.denial(Permission.BUSINESS_MANAGER)) is not None:
+        errors.append(UserError(ErrorCode.FORBIDDEN, denial, ("input", "businessManager")))
     check_text(errors, changes.get("nickname"), "nickname", max_bytes=R.NICKNAME_MAX_BYTES)
     check_text(errors, changes.get("businessManager"), "businessManager", max_chars=R.BUSINESS_MANAGER_MAX_CHARS)
     check_text(errors, changes.get("remarks"), "remarks", max_bytes=R.REMARKS_MAX_BYTES)
