@@ -61,9 +61,8 @@ def peak_rss_kb() -> int:
 
 def build(url: str, sizes: list[int]) -> None:
     from sqlalchemy import create_engine, insert
-
-    from models import Account, Partner, QuotaPool
-    from models.enums import (
+    from uidhub.models import Account, Partner, QuotaPool
+    from uidhub.models.enums import (
         AccountStatus,
         AccountType,
         CreditControlStatus,
@@ -72,6 +71,7 @@ def build(url: str, sizes: list[int]) -> None:
         PurchaseControl,
         ShutdownPolicy,
     )
+
     from uidhub.migrate import upgrade_sync
 
     upgrade_sync(url)
@@ -118,10 +118,10 @@ def build(url: str, sizes: list[int]) -> None:
 
 async def measure_worker(url: str, size: int, fmt: str, out: Path, trace: bool) -> dict[str, Any]:
     from sqlalchemy import select
+    from uidhub.models import ExportTask, Partner
+    from uidhub.models.enums import ExportFormat, ExportKind, ExportStatus, Language
+    from uidhub.resolvers.exports import ExportWorker
 
-    from models import ExportTask, Partner
-    from models.enums import ExportFormat, ExportKind, ExportStatus, Language
-    from resolvers.exports import ExportWorker
     from uidhub.db import Database
     from uidhub.settings import Settings
 
@@ -153,7 +153,7 @@ def prepared_rows(url: str, size: int) -> list[list[Any]]:
     """The rows of the worker's file as final cell values (labels, local naive times, dollars), read up front."""
     import sqlite3
 
-    from models.enums import (
+    from uidhub.models.enums import (
         AccountStatus,
         AccountType,
         CreditControlStatus,
@@ -162,7 +162,7 @@ def prepared_rows(url: str, size: int) -> list[list[Any]]:
         PurchaseControl,
         ShutdownPolicy,
     )
-    from resolvers import i18n
+    from uidhub.resolvers import i18n
 
     tz = __import__("uidhub.settings", fromlist=["Settings"]).Settings().tz
     conn = sqlite3.connect(url.split("///", 1)[1])

@@ -32,9 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 from sqlalchemy import func, insert, or_, select, text
-
-from models import Account, Instance, Partner, QuotaPool
-from models.enums import (
+from uidhub.models import Account, Instance, Partner, QuotaPool
+from uidhub.models.enums import (
     AccountStatus,
     AccountType,
     BillingMethod,
@@ -43,9 +42,10 @@ from models.enums import (
     PaygFreezeStatus,
     Role,
 )
-from resolvers.actor import Actor
-from resolvers.auth import create_token
-from resolvers.policy import change_freeze
+from uidhub.resolvers.actor import Actor
+from uidhub.resolvers.auth import create_token
+from uidhub.resolvers.policy import change_freeze
+
 from uidhub.db import Database
 from uidhub.migrate import upgrade
 

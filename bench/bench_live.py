@@ -156,7 +156,8 @@ async def measure_baseline(address: str, n: int, events: int, payload: str) -> l
 
 
 async def prepare(database_url: str) -> str:
-    from models.enums import Role
+    from uidhub.models.enums import Role
+
     from tests.conftest import make_partner, make_token
     from uidhub.db import Database
 

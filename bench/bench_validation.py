@@ -32,9 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from graphql import parse, specified_rules
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 from strawberry.schema.schema import validate_document
-
-from schema import build_schema
-from schema.limits import MAX_ALIASES, MAX_DEPTH, MAX_TOKENS, Limiter
+from uidhub.schema import build_schema
+from uidhub.schema.limits import MAX_ALIASES, MAX_DEPTH, MAX_TOKENS, Limiter
 
 CONSOLE = """
 query Accounts($first: Int, $after: String, $filter: EndUserFilter) {

@@ -1,7 +1,7 @@
 """SQLAlchemy tables and the pure domain rules."""
 
-from models.base import Base
-from models.tables import (
+from uidhub.models.base import Base
+from uidhub.models.tables import (
     Account,
     AlertEvent,
     ApiToken,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from models.enums import (
+from uidhub.models.enums import (
     AccountStatus,
     BillingMethod,
     CreditControlStatus,
@@ -21,7 +21,7 @@ from models.enums import (
     ShutdownPolicy,
     StopReason,
 )
-from models.money import percent_of
+from uidhub.models.money import percent_of
 
 # ---------------------------------------------------------------- accounts
 

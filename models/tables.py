@@ -20,9 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.orm import Mapped, mapped_column, relationship
-
-from models.base import Base, BigId, UTCDateTime, utcnow
-from models.enums import (
+from uidhub.models.base import Base, BigId, UTCDateTime, utcnow
+from uidhub.models.enums import (
     AccountStatus,
     AccountType,
     AlertKind,

@@ -21,12 +21,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parseaddr
 from typing import TYPE_CHECKING
 
-from models.enums import AlertKind, AlertState, NotificationStatus
-from models.money import format_money
-from models.tables import EmailNotification
+from uidhub.models.enums import AlertKind, AlertState, NotificationStatus
+from uidhub.models.money import format_money
+from uidhub.models.tables import EmailNotification
 
 if TYPE_CHECKING:
-    from models.tables import AlertEvent
+    from uidhub.models.tables import AlertEvent
+
     from uidhub.settings import Settings
 
 CURRENCY = "USD"

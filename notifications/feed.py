@@ -28,8 +28,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from notifications.bus import Wakeup
+from uidhub.notifications.bus import Wakeup
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from models import AlertEvent, AuditEntry, EmailNotification
+from uidhub.models import AlertEvent, AuditEntry, EmailNotification
 
 if TYPE_CHECKING:
-    from notifications.bus import Bus
+    from uidhub.notifications.bus import Bus
 
 log = logging.getLogger(__name__)
 

@@ -66,14 +66,15 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from aiosmtplib.response import SMTPResponse
 from aiosmtplib.typing import Default, SMTPStatus
 from sqlalchemy import func, or_, select, update
+from uidhub.models.enums import NotificationStatus
+from uidhub.models.tables import EmailNotification
+from uidhub.notifications.bus import Wakeup
 
-from models.enums import NotificationStatus
-from models.tables import EmailNotification
-from notifications.bus import Wakeup
 from uidhub.metrics import email_attempted
 
 if TYPE_CHECKING:
-    from notifications.bus import Bus
+    from uidhub.notifications.bus import Bus
+
     from uidhub.db import Database
     from uidhub.settings import Settings
 

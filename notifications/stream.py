@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from uidhub.notifications.feed import FeedFetch
 
-from notifications.feed import FeedFetch
 from uidhub.metrics import event_handed_over
 
 if TYPE_CHECKING:
-    from schema.context import Context
+    from uidhub.schema.context import Context
 
 T = TypeVar("T")
 DEFAULT_BATCH = 100

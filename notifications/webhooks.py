@@ -66,17 +66,17 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
-
-from models import Account, AlertEvent, AuditEntry, EmailNotification, Partner
-from models.enums import AuditAction, NotificationStatus, WebhookDeliveryStatus, WebhookEventKind
-from models.money import format_money
-from models.tables import WebhookAttempt, WebhookCursor, WebhookDelivery, WebhookEndpoint
-from notifications import log as event_log
-from notifications.bus import Wakeup
-from notifications.emails import new_message_id, sender_domain
+from uidhub.models import Account, AlertEvent, AuditEntry, EmailNotification, Partner
+from uidhub.models.enums import AuditAction, NotificationStatus, WebhookDeliveryStatus, WebhookEventKind
+from uidhub.models.money import format_money
+from uidhub.models.tables import WebhookAttempt, WebhookCursor, WebhookDelivery, WebhookEndpoint
+from uidhub.notifications import log as event_log
+from uidhub.notifications.bus import Wakeup
+from uidhub.notifications.emails import new_message_id, sender_domain
 
 if TYPE_CHECKING:
-    from notifications.bus import Bus
+    from uidhub.notifications.bus import Bus
+
     from uidhub.db import Database
     from uidhub.settings import Settings
 

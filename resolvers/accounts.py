@@ -12,10 +12,9 @@ from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
-
-from models import Account, Partner, QuotaPool
-from models import rules as R
-from models.enums import (
+from uidhub.models import Account, Partner, QuotaPool
+from uidhub.models import rules as R
+from uidhub.models.enums import (
     AccountStatus,
     AccountType,
     AuditAction,
@@ -24,11 +23,11 @@ from models.enums import (
     PaygFreezeStatus,
     PurchaseControl,
 )
-from models.money import format_money
-from resolvers import audit, locks
-from resolvers.actor import Actor, Permission
-from resolvers.errors import UserError, UserErrors, invalid, not_found
-from resolvers.pagination import (
+from uidhub.models.money import format_money
+from uidhub.resolvers import audit, locks
+from uidhub.resolvers.actor import Actor, Permission
+from uidhub.resolvers.errors import UserError, UserErrors, invalid, not_found
+from uidhub.resolvers.pagination import (
     InvalidArgument,
     Page,
     check_first,
@@ -143,7 +142,7 @@ async def link_account(
     master_uid: str | None,
     quota_amount_cents: int | None,
 ) -> Account:
-    from resolvers.quota import apply_quota_amount  # quota builds on accounts
+    from uidhub.resolvers.quota import apply_quota_amount  # quota builds on accounts
 
     actor.require(Permission.LINK_ACCOUNT)
     errors: list[UserError] = []

@@ -7,10 +7,9 @@ from enum import Enum, auto
 from typing import Any
 
 from sqlalchemy import ColumnElement, or_
-
-from models import Account
-from models.enums import OperationMethod, PartnerKind, Role
-from resolvers.errors import Forbidden
+from uidhub.models import Account
+from uidhub.models.enums import OperationMethod, PartnerKind, Role
+from uidhub.resolvers.errors import Forbidden
 
 
 class Permission(Enum):

@@ -41,20 +41,20 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from uidhub.models import Account, AlertEvent, CreditAlert, EmailNotification, Partner, QuotaPool
+from uidhub.models import rules as R
+from uidhub.models.base import utcnow
+from uidhub.models.enums import AlertKind, AlertState, AuditAction, ErrorCode, NotificationStatus
+from uidhub.models.money import format_money, percent_of
+from uidhub.notifications import log
+from uidhub.notifications.emails import queue_email_for_event
+from uidhub.resolvers import accounts as account_ops
+from uidhub.resolvers import audit
+from uidhub.resolvers.actor import Actor, Permission
+from uidhub.resolvers.errors import UserError, UserErrors
+from uidhub.resolvers.locks import lock_partner, lock_pool
+from uidhub.resolvers.pagination import Page, check_list, newest_first
 
-from models import Account, AlertEvent, CreditAlert, EmailNotification, Partner, QuotaPool
-from models import rules as R
-from models.base import utcnow
-from models.enums import AlertKind, AlertState, AuditAction, ErrorCode, NotificationStatus
-from models.money import format_money, percent_of
-from notifications import log
-from notifications.emails import queue_email_for_event
-from resolvers import accounts as account_ops
-from resolvers import audit
-from resolvers.actor import Actor, Permission
-from resolvers.errors import UserError, UserErrors
-from resolvers.locks import lock_partner, lock_pool
-from resolvers.pagination import Page, check_list, newest_first
 from uidhub.settings import Settings
 
 EVENT_CURSOR = "alert"

@@ -8,12 +8,11 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from models import Account, AuditEntry
-from models.enums import AuditAction, OperationMethod
-from notifications import log
-from resolvers.actor import Actor
-from resolvers.pagination import Page, check_list, newest_first
+from uidhub.models import Account, AuditEntry
+from uidhub.models.enums import AuditAction, OperationMethod
+from uidhub.notifications import log
+from uidhub.resolvers.actor import Actor
+from uidhub.resolvers.pagination import Page, check_list, newest_first
 
 CURSOR_KIND = "audit"
 

@@ -15,11 +15,10 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
-
-from models import Account, ApiToken, Partner
-from models.base import utcnow
-from models.enums import OperationMethod, Role
-from resolvers.actor import Actor
+from uidhub.models import Account, ApiToken, Partner
+from uidhub.models.base import utcnow
+from uidhub.models.enums import OperationMethod, Role
+from uidhub.resolvers.actor import Actor
 
 TOKEN_PREFIX = "uh_"
 #: Characters of a token kept in clear (`ApiToken.prefix`): "uh_" and 8 random characters (48 bits),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from models.enums import ErrorCode
+from uidhub.models.enums import ErrorCode
 
 
 @dataclass(frozen=True)

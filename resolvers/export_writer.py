@@ -33,12 +33,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import xlsxwriter
+from uidhub.models.enums import ExportFormat, ExportKind, Language
+from uidhub.models.money import cents_to_decimal, format_money
+from uidhub.resolvers import i18n
 from xlsxwriter.format import Format
 from xlsxwriter.worksheet import Worksheet
-
-from models.enums import ExportFormat, ExportKind, Language
-from models.money import cents_to_decimal, format_money
-from resolvers import i18n
 
 ColumnKind = Literal["text", "enum", "datetime", "money", "int", "signed_money"]
 COLUMN_KINDS: frozenset[str] = frozenset({"text", "enum", "datetime", "money", "int", "signed_money"})

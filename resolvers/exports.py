@@ -47,10 +47,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Select, case, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from models import Account, ExportTask, Partner, QuotaAdjustment, QuotaPool
-from models.base import utcnow
-from models.enums import (
+from uidhub.models import Account, ExportTask, Partner, QuotaAdjustment, QuotaPool
+from uidhub.models.base import utcnow
+from uidhub.models.enums import (
     ErrorCode,
     ExportFormat,
     ExportKind,
@@ -60,20 +59,22 @@ from models.enums import (
     PartnerKind,
     Role,
 )
-from models.rules import PolicyView
-from notifications import log as event_log
-from notifications import webhooks
-from notifications.bus import Wakeup
-from resolvers import accounts, i18n
-from resolvers.actor import Actor, Permission
-from resolvers.errors import UserError, UserErrors, invalid, not_found
-from resolvers.export_writer import COLUMNS_BY_KIND, write_export
-from resolvers.pagination import Page, newest_first
-from resolvers.quota import SIX_MONTHS
+from uidhub.models.rules import PolicyView
+from uidhub.notifications import log as event_log
+from uidhub.notifications import webhooks
+from uidhub.notifications.bus import Wakeup
+from uidhub.resolvers import accounts, i18n
+from uidhub.resolvers.actor import Actor, Permission
+from uidhub.resolvers.errors import UserError, UserErrors, invalid, not_found
+from uidhub.resolvers.export_writer import COLUMNS_BY_KIND, write_export
+from uidhub.resolvers.pagination import Page, newest_first
+from uidhub.resolvers.quota import SIX_MONTHS
+
 from uidhub import metrics
 
 if TYPE_CHECKING:
-    from notifications.bus import Bus
+    from uidhub.notifications.bus import Bus
+
     from uidhub.db import Database
     from uidhub.settings import Settings
 

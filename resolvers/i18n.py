@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, tzinfo
 from enum import StrEnum
 
-from models.enums import (
+from uidhub.models.enums import (
     AccountStatus,
     AccountType,
     CreditControlStatus,

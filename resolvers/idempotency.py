@@ -26,12 +26,11 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from models import IdempotencyRecord
-from models.base import utcnow
-from models.enums import ErrorCode
-from resolvers.actor import Actor
-from resolvers.errors import UserErrors
+from uidhub.models import IdempotencyRecord
+from uidhub.models.base import utcnow
+from uidhub.models.enums import ErrorCode
+from uidhub.resolvers.actor import Actor
+from uidhub.resolvers.errors import UserErrors
 
 KEY_MAX = 200
 

@@ -30,11 +30,10 @@ from typing import Any
 from graphql import GraphQLError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from models import Account, Instance, LedgerEntry, QuotaPool
-from models import rules as R
-from models.base import utcnow
-from models.enums import (
+from uidhub.models import Account, Instance, LedgerEntry, QuotaPool
+from uidhub.models import rules as R
+from uidhub.models.base import utcnow
+from uidhub.models.enums import (
     AuditAction,
     BillingMethod,
     LedgerKind,
@@ -42,15 +41,15 @@ from models.enums import (
     PurchaseControl,
     PurchaseDenialReason,
 )
-from models.money import MAX_CENTS, format_money
-from resolvers import accounts as account_ops
-from resolvers import audit, idempotency
-from resolvers.actor import Actor, Permission
-from resolvers.errors import invalid
-from resolvers.locks import lock_accounts, lock_pool
-from resolvers.pagination import InvalidArgument
-from resolvers.pools import after_pool_change
-from resolvers.quota import BalanceOp, balance_update
+from uidhub.models.money import MAX_CENTS, format_money
+from uidhub.resolvers import accounts as account_ops
+from uidhub.resolvers import audit, idempotency
+from uidhub.resolvers.actor import Actor, Permission
+from uidhub.resolvers.errors import invalid
+from uidhub.resolvers.locks import lock_accounts, lock_pool
+from uidhub.resolvers.pagination import InvalidArgument
+from uidhub.resolvers.pools import after_pool_change
+from uidhub.resolvers.quota import BalanceOp, balance_update
 
 DESCRIPTION_MAX_CHARS = 500
 

@@ -38,10 +38,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
-
-from models import Account, Instance, QuotaPool
-from models import rules as R
-from models.enums import (
+from uidhub.models import Account, Instance, QuotaPool
+from uidhub.models import rules as R
+from uidhub.models.enums import (
     AuditAction,
     BillingMethod,
     ErrorCode,
@@ -49,14 +48,14 @@ from models.enums import (
     PurchaseControl,
     ShutdownPolicy,
 )
-from models.money import MAX_CENTS, format_money
-from resolvers import accounts as account_ops
-from resolvers import audit
-from resolvers.actor import Actor, Permission
-from resolvers.errors import UserError, UserErrors, invalid
-from resolvers.locks import for_write, lock_accounts, lock_pool
-from resolvers.pagination import check_list
-from resolvers.pools import after_pool_change
+from uidhub.models.money import MAX_CENTS, format_money
+from uidhub.resolvers import accounts as account_ops
+from uidhub.resolvers import audit
+from uidhub.resolvers.actor import Actor, Permission
+from uidhub.resolvers.errors import UserError, UserErrors, invalid
+from uidhub.resolvers.locks import for_write, lock_accounts, lock_pool
+from uidhub.resolvers.pagination import check_list
+from uidhub.resolvers.pools import after_pool_change
 
 REASON_MAX_BYTES = 3000
 

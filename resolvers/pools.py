@@ -11,17 +11,16 @@ the state the pool is now in. The pool is step 4 of the lock order of
 from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from models import QuotaPool
-from resolvers.actor import Actor
-from resolvers.locks import lock_pool
+from uidhub.models import QuotaPool
+from uidhub.resolvers.actor import Actor
+from uidhub.resolvers.locks import lock_pool
 
 __all__ = ["after_pool_change", "lock_pool"]
 
 
 async def after_pool_change(session: AsyncSession, pool: QuotaPool, actor: Actor | None) -> None:
     """Re-evaluate credit control and thresholds for `pool` in this transaction."""
-    from resolvers import alerts, policy  # the rules of later layers, kept out of import cycles
+    from uidhub.resolvers import alerts, policy  # the rules of later layers, kept out of import cycles
 
     await policy.recompute_credit_control(session, pool)
     await alerts.evaluate_pool(session, pool)

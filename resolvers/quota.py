@@ -9,15 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from models import Account, LedgerEntry, QuotaAdjustment, QuotaPool
-from models.base import utcnow
-from models.enums import AuditAction, ErrorCode, LedgerKind, QuotaOperationType
-from models.money import format_money
-from resolvers import accounts, audit, idempotency
-from resolvers.actor import Actor, Permission
-from resolvers.errors import UserErrors, invalid
-from resolvers.pools import after_pool_change, lock_pool
+from uidhub.models import Account, LedgerEntry, QuotaAdjustment, QuotaPool
+from uidhub.models.base import utcnow
+from uidhub.models.enums import AuditAction, ErrorCode, LedgerKind, QuotaOperationType
+from uidhub.models.money import format_money
+from uidhub.resolvers import accounts, audit, idempotency
+from uidhub.resolvers.actor import Actor, Permission
+from uidhub.resolvers.errors import UserErrors, invalid
+from uidhub.resolvers.pools import after_pool_change, lock_pool
 
 if TYPE_CHECKING:
     from uidhub.db import Database

@@ -13,14 +13,13 @@ from datetime import UTC, datetime
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from models import Partner
-from models.enums import ErrorCode, WebhookDeliveryStatus, WebhookEventKind
-from models.tables import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from notifications import webhooks as machinery
-from resolvers.actor import Actor, Permission
-from resolvers.errors import UserErrors, invalid
-from resolvers.pagination import Page, check_list, newest_first
+from uidhub.models import Partner
+from uidhub.models.enums import ErrorCode, WebhookDeliveryStatus, WebhookEventKind
+from uidhub.models.tables import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from uidhub.notifications import webhooks as machinery
+from uidhub.resolvers.actor import Actor, Permission
+from uidhub.resolvers.errors import UserErrors, invalid
+from uidhub.resolvers.pagination import Page, check_list, newest_first
 
 MAX_ENDPOINTS = 20
 DESCRIPTION_MAX = 500

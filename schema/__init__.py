@@ -10,13 +10,12 @@ from graphql import GraphQLError
 from strawberry.extensions import DisableIntrospection
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
-
-from schema import enums as _enums  # noqa: F401  (registers enum descriptions)
-from schema.execution import ReleaseBeforeSend, SharedResultExecutionContext
-from schema.extensions import MaskInternalErrors, RequestLifecycle, log_errors
-from schema.limits import MAX_ALIASES, MAX_DEPTH, MAX_SELECTIONS, MAX_TOKENS, Limiter
-from schema.root import Mutation, Query, Subscription
-from schema.scalars import SCALAR_MAP
+from uidhub.schema import enums as _enums  # noqa: F401  (registers enum descriptions)
+from uidhub.schema.execution import ReleaseBeforeSend, SharedResultExecutionContext
+from uidhub.schema.extensions import MaskInternalErrors, RequestLifecycle, log_errors
+from uidhub.schema.limits import MAX_ALIASES, MAX_DEPTH, MAX_SELECTIONS, MAX_TOKENS, Limiter
+from uidhub.schema.root import Mutation, Query, Subscription
+from uidhub.schema.scalars import SCALAR_MAP
 
 __all__ = ["MAX_ALIASES", "MAX_DEPTH", "MAX_SELECTIONS", "MAX_TOKENS", "UidhubSchema", "build_schema"]
 

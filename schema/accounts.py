@@ -8,9 +8,8 @@ from enum import Enum
 from typing import Annotated, Any
 
 import strawberry
-
-from models import Account
-from models.enums import (
+from uidhub.models import Account
+from uidhub.models.enums import (
     AccountStatus,
     AccountType,
     AuditAction,
@@ -19,19 +18,19 @@ from models.enums import (
     PaygFreezeStatus,
     PurchaseControl,
 )
-from models.rules import PolicyView
-from resolvers import accounts as ops
-from resolvers.audit import CURSOR_KIND as AUDIT_CURSOR
-from resolvers.pagination import Page, check_first, check_list, decode_id_cursor, page_of_rows
-from schema.audit import AuditEntryConnection
-from schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
-from schema.context import Info
-from schema.dataloaders import MISSING, peek
-from schema.partners import Partner
-from schema.policy import Instance, ShutdownPolicyState, load_policy_view
-from schema.quota import Quota
-from schema.registry import register_node
-from schema.scalars import Money
+from uidhub.models.rules import PolicyView
+from uidhub.resolvers import accounts as ops
+from uidhub.resolvers.audit import CURSOR_KIND as AUDIT_CURSOR
+from uidhub.resolvers.pagination import Page, check_first, check_list, decode_id_cursor, page_of_rows
+from uidhub.schema.audit import AuditEntryConnection
+from uidhub.schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
+from uidhub.schema.context import Info
+from uidhub.schema.dataloaders import MISSING, peek
+from uidhub.schema.partners import Partner
+from uidhub.schema.policy import Instance, ShutdownPolicyState, load_policy_view
+from uidhub.schema.quota import Quota
+from uidhub.schema.registry import register_node
+from uidhub.schema.scalars import Money
 
 ARG_FIRST = strawberry.argument(description="Page size, at most 100.")
 ARG_AFTER = strawberry.argument(description="Cursor of the last item seen (pageInfo.endCursor).")

@@ -11,19 +11,18 @@ from typing import Annotated, Any
 
 import strawberry
 from sqlalchemy import select
-
-from models import Account, AlertEvent
-from models import EmailNotification as EmailRow
-from models.enums import AlertKind, AlertState, NotificationStatus
-from resolvers import accounts as account_ops
-from resolvers import alerts as ops
-from resolvers.pagination import Page
-from schema.accounts import ARG_AFTER, ARG_FIRST, EndUser, EndUserPayload, end_user_errors, required_end_user
-from schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
-from schema.context import Info
-from schema.partners import Partner
-from schema.registry import register_node
-from schema.scalars import Money
+from uidhub.models import Account, AlertEvent
+from uidhub.models import EmailNotification as EmailRow
+from uidhub.models.enums import AlertKind, AlertState, NotificationStatus
+from uidhub.resolvers import accounts as account_ops
+from uidhub.resolvers import alerts as ops
+from uidhub.resolvers.pagination import Page
+from uidhub.schema.accounts import ARG_AFTER, ARG_FIRST, EndUser, EndUserPayload, end_user_errors, required_end_user
+from uidhub.schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
+from uidhub.schema.context import Info
+from uidhub.schema.partners import Partner
+from uidhub.schema.registry import register_node
+from uidhub.schema.scalars import Money
 
 # ---------------------------------------------------------------- types
 

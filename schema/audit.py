@@ -7,18 +7,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 from strawberry.scalars import JSON
-
-from models import Account
-from models import AuditEntry as AuditRow
-from models.enums import AuditAction, OperationMethod, Role
-from resolvers.pagination import Page
-from schema.common import Node, PageInfo, to_global_id
-from schema.context import Info
-from schema.partners import Operator
-from schema.registry import register_node
+from uidhub.models import Account
+from uidhub.models import AuditEntry as AuditRow
+from uidhub.models.enums import AuditAction, OperationMethod, Role
+from uidhub.resolvers.pagination import Page
+from uidhub.schema.common import Node, PageInfo, to_global_id
+from uidhub.schema.context import Info
+from uidhub.schema.partners import Operator
+from uidhub.schema.registry import register_node
 
 if TYPE_CHECKING:
-    from schema.accounts import EndUser
+    from uidhub.schema.accounts import EndUser
 
 
 #: Keys of an entry's values that name another account: shown to an END_USER token only when in its scope.
@@ -81,8 +80,8 @@ class AuditEntry(Node):
         return _masked_values(info, value)
 
     @strawberry.field(description="The account the entry is about.")
-    async def account(self, info: Info) -> Annotated[EndUser, strawberry.lazy("schema.accounts")]:
-        from schema.accounts import required_end_user
+    async def account(self, info: Info) -> Annotated[EndUser, strawberry.lazy("uidhub.schema.accounts")]:
+        from uidhub.schema.accounts import required_end_user
 
         return await required_end_user(info, self._row.account_id)
 
@@ -90,8 +89,8 @@ class AuditEntry(Node):
         description="Set on a sub-account's entry when the change cascaded from its master; null when the master "
         "is outside the viewer's scope (an END_USER token of the sub-account)."
     )
-    async def cascade_from(self, info: Info) -> Annotated[EndUser, strawberry.lazy("schema.accounts")] | None:
-        from schema.accounts import scoped_end_user
+    async def cascade_from(self, info: Info) -> Annotated[EndUser, strawberry.lazy("uidhub.schema.accounts")] | None:
+        from uidhub.schema.accounts import scoped_end_user
 
         return await scoped_end_user(info, self._row.cascade_from_id)
 

@@ -10,10 +10,9 @@ from typing import Any, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.dataloader import DataLoader
-
-from models import Account, AuditEntry, CreditAlert, Instance, LedgerEntry, Partner, QuotaAdjustment, QuotaPool
-from models.enums import AuditAction, LedgerKind, QuotaOperationType
-from resolvers.quota import adjustment_conditions
+from uidhub.models import Account, AuditEntry, CreditAlert, Instance, LedgerEntry, Partner, QuotaAdjustment, QuotaPool
+from uidhub.models.enums import AuditAction, LedgerKind, QuotaOperationType
+from uidhub.resolvers.quota import adjustment_conditions
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from enum import Enum
 
 import strawberry
-
-from models import enums as E
+from uidhub.models import enums as E
 
 
 def describe(enum: type[Enum], description: str, values: dict[str, str]) -> None:

@@ -21,8 +21,7 @@ from typing import Any
 from graphql import ExecutionResult, OperationType, print_ast
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
-
-from schema.context import current_shared_scope, end_event_transaction
+from uidhub.schema.context import current_shared_scope, end_event_transaction
 
 
 class ReleaseBeforeSend(SchemaExtension):

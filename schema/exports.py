@@ -12,18 +12,17 @@ from typing import Annotated
 
 import strawberry
 from graphql import GraphQLError
-
-from models import ExportTask as TaskRow
-from models.base import utcnow
-from models.enums import ExportFormat, ExportKind, ExportStatus, Language
-from resolvers import accounts as account_ops
-from resolvers import exports as ops
-from resolvers.actor import Permission
-from resolvers.pagination import Page
-from schema.accounts import ARG_AFTER, ARG_FIRST, EndUserFilter, EndUserOrder, OrderDirection
-from schema.common import INPUT_ARG, Node, PageInfo, UserError, from_global_id, mutate, parse_pk, to_global_id
-from schema.context import Info
-from schema.registry import register_node
+from uidhub.models import ExportTask as TaskRow
+from uidhub.models.base import utcnow
+from uidhub.models.enums import ExportFormat, ExportKind, ExportStatus, Language
+from uidhub.resolvers import accounts as account_ops
+from uidhub.resolvers import exports as ops
+from uidhub.resolvers.actor import Permission
+from uidhub.resolvers.pagination import Page
+from uidhub.schema.accounts import ARG_AFTER, ARG_FIRST, EndUserFilter, EndUserOrder, OrderDirection
+from uidhub.schema.common import INPUT_ARG, Node, PageInfo, UserError, from_global_id, mutate, parse_pk, to_global_id
+from uidhub.schema.context import Info
+from uidhub.schema.registry import register_node
 
 TYPE_NAME = "ExportTask"
 

@@ -25,9 +25,9 @@ from graphql import (
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionContext
+from uidhub.schema.context import Context
+from uidhub.schema.limits import OPERATION_NAME_REQUIRED, PARSE_FAILED, TOO_COMPLEX, VALIDATION_FAILED
 
-from schema.context import Context
-from schema.limits import OPERATION_NAME_REQUIRED, PARSE_FAILED, TOO_COMPLEX, VALIDATION_FAILED
 from uidhub.transactions import is_unavailable
 
 log = logging.getLogger("uidhub.graphql")

@@ -16,18 +16,17 @@ from typing import Annotated, Any
 import strawberry
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-
-from models import Account, AlertEvent
-from models import AuditEntry as AuditRow
-from models.enums import AlertState
-from notifications import stream
-from resolvers import alerts as alert_ops
-from resolvers.actor import Actor, Permission
-from resolvers.pagination import MAX_INPUT_LIST, InvalidArgument
-from schema.alerts import QuotaAlertEvent
-from schema.audit import AuditEntry
-from schema.common import from_global_id
-from schema.context import Context, Info
+from uidhub.models import Account, AlertEvent
+from uidhub.models import AuditEntry as AuditRow
+from uidhub.models.enums import AlertState
+from uidhub.notifications import stream
+from uidhub.resolvers import alerts as alert_ops
+from uidhub.resolvers.actor import Actor, Permission
+from uidhub.resolvers.pagination import MAX_INPUT_LIST, InvalidArgument
+from uidhub.schema.alerts import QuotaAlertEvent
+from uidhub.schema.audit import AuditEntry
+from uidhub.schema.common import from_global_id
+from uidhub.schema.context import Context, Info
 
 ALERTS_TOPIC = "alerts:{partner_id}"
 AUDIT_TOPIC = "audit:{partner_id}"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import strawberry
-
-from models import Partner as PartnerRow
-from models.enums import OperationMethod, PartnerKind, Role
-from resolvers.actor import Actor
-from schema.common import Node, to_global_id
-from schema.context import Info
-from schema.registry import register_node
+from uidhub.models import Partner as PartnerRow
+from uidhub.models.enums import OperationMethod, PartnerKind, Role
+from uidhub.resolvers.actor import Actor
+from uidhub.schema.common import Node, to_global_id
+from uidhub.schema.context import Info
+from uidhub.schema.registry import register_node
 
 
 @strawberry.type(description="The channel partner the viewer acts for.")

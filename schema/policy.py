@@ -6,10 +6,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import strawberry
-
-from models import Account
-from models import Instance as InstanceRow
-from models.enums import (
+from uidhub.models import Account
+from uidhub.models import Instance as InstanceRow
+from uidhub.models.enums import (
     BillingMethod,
     CreditControlStatus,
     InstanceStatus,
@@ -19,18 +18,18 @@ from models.enums import (
     ShutdownPolicy,
     StopReason,
 )
-from models.rules import PolicyView, instance_status
-from resolvers import orders as order_ops
-from resolvers import policy as policy_ops
-from schema.common import INPUT_ARG, Node, UserError, mutate, to_global_id, user_errors
-from schema.context import Info
-from schema.registry import register_node
-from schema.scalars import Money
+from uidhub.models.rules import PolicyView, instance_status
+from uidhub.resolvers import orders as order_ops
+from uidhub.resolvers import policy as policy_ops
+from uidhub.schema.common import INPUT_ARG, Node, UserError, mutate, to_global_id, user_errors
+from uidhub.schema.context import Info
+from uidhub.schema.registry import register_node
+from uidhub.schema.scalars import Money
 
 if TYPE_CHECKING:
-    from schema.accounts import EndUser, EndUserPayload
+    from uidhub.schema.accounts import EndUser, EndUserPayload
 
-LazyEndUser = strawberry.lazy("schema.accounts")
+LazyEndUser = strawberry.lazy("uidhub.schema.accounts")
 
 
 async def load_policy_view(info: Info, account: Account) -> PolicyView:
@@ -86,8 +85,8 @@ class Instance(Node):
     _row: strawberry.Private[InstanceRow]
 
     @strawberry.field(description="The account that owns the instance.")
-    async def account(self, info: Info) -> Annotated[EndUser, strawberry.lazy("schema.accounts")]:
-        from schema.accounts import required_end_user
+    async def account(self, info: Info) -> Annotated[EndUser, strawberry.lazy("uidhub.schema.accounts")]:
+        from uidhub.schema.accounts import required_end_user
 
         return await required_end_user(info, self._row.account_id)
 
@@ -115,8 +114,8 @@ class PurchaseDecision:
     _blocking_account_id: strawberry.Private[int | None]
 
     @strawberry.field(description="The account whose own setting blocks (the master for a cascade).")
-    async def blocking_account(self, info: Info) -> Annotated[EndUser, strawberry.lazy("schema.accounts")] | None:
-        from schema.accounts import scoped_end_user
+    async def blocking_account(self, info: Info) -> Annotated[EndUser, LazyEndUser] | None:
+        from uidhub.schema.accounts import scoped_end_user
 
         return await scoped_end_user(info, self._blocking_account_id)
 
@@ -253,7 +252,7 @@ class PolicyQueries:
 
 
 async def _freeze(info: Info, input: FreezeInput, target: PaygFreezeStatus) -> PolicyChangePayload:
-    from schema.accounts import EndUser
+    from uidhub.schema.accounts import EndUser
 
     async def op(session, actor) -> PolicyChangePayload:  # type: ignore[no-untyped-def]
         outcome = await policy_ops.change_freeze(
@@ -297,7 +296,7 @@ class PolicyMutations:
     async def set_purchase_control(
         self, info: Info, input: Annotated[SetPurchaseControlInput, INPUT_ARG]
     ) -> Annotated[EndUserPayload, LazyEndUser]:
-        from schema.accounts import EndUser, EndUserPayload, end_user_errors
+        from uidhub.schema.accounts import EndUser, EndUserPayload, end_user_errors
 
         async def op(session, actor) -> EndUserPayload:  # type: ignore[no-untyped-def]
             row = await policy_ops.set_purchase_control(session, actor, input.uid, input.status, input.reason)
@@ -311,7 +310,7 @@ class PolicyMutations:
     async def set_shutdown_policy(
         self, info: Info, input: Annotated[SetShutdownPolicyInput, INPUT_ARG]
     ) -> Annotated[EndUserPayload, LazyEndUser]:
-        from schema.accounts import EndUser, EndUserPayload, end_user_errors
+        from uidhub.schema.accounts import EndUser, EndUserPayload, end_user_errors
 
         credit = int(input.shutdown_delay_credit) if input.shutdown_delay_credit is not None else None
 

@@ -7,21 +7,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 from sqlalchemy import select
-
-from models import Account, QuotaPool, rules
-from models import QuotaAdjustment as AdjustmentRow
-from models import forecast as forecasts
-from models.enums import OperationMethod, QuotaOperationType
-from resolvers import quota as quota_ops
-from resolvers.pagination import InvalidArgument, Page, check_first, decode_id_cursor, page_of_rows
-from schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
-from schema.context import Info
-from schema.partners import Operator
-from schema.registry import register_node
-from schema.scalars import Money
+from uidhub.models import Account, QuotaPool, rules
+from uidhub.models import QuotaAdjustment as AdjustmentRow
+from uidhub.models import forecast as forecasts
+from uidhub.models.enums import OperationMethod, QuotaOperationType
+from uidhub.resolvers import quota as quota_ops
+from uidhub.resolvers.pagination import InvalidArgument, Page, check_first, decode_id_cursor, page_of_rows
+from uidhub.schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
+from uidhub.schema.context import Info
+from uidhub.schema.partners import Operator
+from uidhub.schema.registry import register_node
+from uidhub.schema.scalars import Money
 
 if TYPE_CHECKING:
-    from schema.accounts import EndUser
+    from uidhub.schema.accounts import EndUser
 
 
 @strawberry.type(description="One change of a pool's quota amount.")
@@ -103,8 +102,8 @@ class Quota:
         "sub-account may not see its master: it gets a limited view (empty uid, id of no node, no nickname, "
         "email, remarks, instances, audit entries or credit alert)."
     )
-    async def account(self, info: Info) -> Annotated[EndUser, strawberry.lazy("schema.accounts")]:
-        from schema.accounts import required_end_user
+    async def account(self, info: Info) -> Annotated[EndUser, strawberry.lazy("uidhub.schema.accounts")]:
+        from uidhub.schema.accounts import required_end_user
 
         return await required_end_user(info, self._owner_id)
 

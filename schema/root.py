@@ -6,22 +6,21 @@ from datetime import datetime
 from typing import Annotated
 
 import strawberry
-
-from models.enums import AuditAction
-from resolvers import accounts as account_ops
-from resolvers import audit as audit_ops
-from schema.accounts import ARG_AFTER, ARG_FIRST, AccountMutations, AccountQueries
-from schema.alerts import AlertMutations, AlertQueries, AlertSubscriptions
-from schema.audit import AuditEntryConnection
-from schema.common import Node, PageInfo, from_global_id
-from schema.context import Info
-from schema.exports import ExportMutations, ExportQueries, ExportSubscriptions
-from schema.live import LiveSubscriptions
-from schema.partners import Operator, Partner, Viewer
-from schema.policy import PolicyMutations, PolicyQueries
-from schema.quota import QuotaMutations
-from schema.registry import resolve_registered_node
-from schema.webhooks import WebhookMutations, WebhookQueries
+from uidhub.models.enums import AuditAction
+from uidhub.resolvers import accounts as account_ops
+from uidhub.resolvers import audit as audit_ops
+from uidhub.schema.accounts import ARG_AFTER, ARG_FIRST, AccountMutations, AccountQueries
+from uidhub.schema.alerts import AlertMutations, AlertQueries, AlertSubscriptions
+from uidhub.schema.audit import AuditEntryConnection
+from uidhub.schema.common import Node, PageInfo, from_global_id
+from uidhub.schema.context import Info
+from uidhub.schema.exports import ExportMutations, ExportQueries, ExportSubscriptions
+from uidhub.schema.live import LiveSubscriptions
+from uidhub.schema.partners import Operator, Partner, Viewer
+from uidhub.schema.policy import PolicyMutations, PolicyQueries
+from uidhub.schema.quota import QuotaMutations
+from uidhub.schema.registry import resolve_registered_node
+from uidhub.schema.webhooks import WebhookMutations, WebhookQueries
 
 
 async def resolve_node(info: Info, global_id: str) -> Node | None:

@@ -12,8 +12,7 @@ from typing import Any, NewType
 
 import strawberry
 from graphql import IntValueNode, StringValueNode, ValueNode
-
-from models.money import MoneyError, format_money, parse_money
+from uidhub.models.money import MoneyError, format_money, parse_money
 
 
 def _parse_money_literal(node: ValueNode, _variables: Any = None) -> int:

@@ -6,19 +6,18 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import strawberry
-
-from models.enums import ErrorCode, WebhookDeliveryStatus, WebhookEventKind
-from models.tables import WebhookAttempt as AttemptRow
-from models.tables import WebhookDelivery as DeliveryRow
-from models.tables import WebhookEndpoint as EndpointRow
-from resolvers import webhooks as ops
-from resolvers.actor import Permission
-from resolvers.errors import UserErrors
-from resolvers.pagination import Page
-from schema.accounts import ARG_AFTER, ARG_FIRST
-from schema.common import INPUT_ARG, Node, PageInfo, UserError, from_global_id, mutate, to_global_id
-from schema.context import Info
-from schema.registry import register_node
+from uidhub.models.enums import ErrorCode, WebhookDeliveryStatus, WebhookEventKind
+from uidhub.models.tables import WebhookAttempt as AttemptRow
+from uidhub.models.tables import WebhookDelivery as DeliveryRow
+from uidhub.models.tables import WebhookEndpoint as EndpointRow
+from uidhub.resolvers import webhooks as ops
+from uidhub.resolvers.actor import Permission
+from uidhub.resolvers.errors import UserErrors
+from uidhub.resolvers.pagination import Page
+from uidhub.schema.accounts import ARG_AFTER, ARG_FIRST
+from uidhub.schema.common import INPUT_ARG, Node, PageInfo, UserError, from_global_id, mutate, to_global_id
+from uidhub.schema.context import Info
+from uidhub.schema.registry import register_node
 
 ENDPOINT = "WebhookEndpoint"
 DELIVERY = "WebhookDelivery"

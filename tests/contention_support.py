@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 from sqlalchemy import func, select, text
+from uidhub.models import Account, AuditEntry, Instance, LedgerEntry, QuotaAdjustment, QuotaPool
 
-from models import Account, AuditEntry, Instance, LedgerEntry, QuotaAdjustment, QuotaPool
 from uidhub.db import Database
 
 ERRORS = "userErrors { code message field }"

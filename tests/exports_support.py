@@ -8,10 +8,9 @@ from typing import Any
 
 import httpx
 from sqlalchemy import select
-
-from models import Account, QuotaAdjustment, QuotaPool
-from models.base import utcnow
-from models.enums import (
+from uidhub.models import Account, QuotaAdjustment, QuotaPool
+from uidhub.models.base import utcnow
+from uidhub.models.enums import (
     AccountStatus,
     CreditControlStatus,
     OperationMethod,
@@ -21,7 +20,8 @@ from models.enums import (
     Role,
     ShutdownPolicy,
 )
-from resolvers.exports import ExportWorker
+from uidhub.resolvers.exports import ExportWorker
+
 from tests.conftest import Api
 
 TASK_FIELDS = "id kind format language status progress rowCount fileName downloadUrl error createdAt finishedAt"

@@ -22,11 +22,11 @@ from typing import Any
 
 import httpx
 import uvicorn
+from uidhub.models import AlertEvent, Partner
+from uidhub.models.enums import AlertKind, AlertState
+from uidhub.notifications.log import add_alert
 from websockets.asyncio.client import ClientConnection, connect
 
-from models import AlertEvent, Partner
-from models.enums import AlertKind, AlertState
-from notifications.log import add_alert
 from uidhub.db import Database
 
 PROTOCOL = "graphql-transport-ws"
@@ -177,7 +177,7 @@ async def gql(address: str, token: str, query: str, variables: dict[str, Any] | 
 
 async def latest_ids(address: str, token: str) -> dict[str, str]:
     """afterId values that start a subscription exactly at the newest stored row (no race with its first read)."""
-    from schema.common import to_global_id
+    from uidhub.schema.common import to_global_id
 
     data = await gql(address, token, "{ alertEvents(first: 1) { edges { node { id } } } "
                      "auditEntries(first: 1) { edges { node { id } } } }")
@@ -208,8 +208,7 @@ async def store_breach(db: Database, partner_id: int, account_id: int, pool_id: 
 async def account_ids(db: Database, uid: str) -> tuple[int, int, int]:
     """(partner_id, account_id, pool_id) of an account."""
     from sqlalchemy import select
-
-    from models import Account
+    from uidhub.models import Account
 
     async with db.read() as session:
         account = await session.scalar(select(Account).where(Account.uid == uid))

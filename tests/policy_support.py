@@ -6,9 +6,9 @@ import itertools
 from typing import Any
 
 from sqlalchemy import func, select
+from uidhub.models import Account, AuditEntry, IdempotencyRecord, Instance, LedgerEntry, Partner, QuotaPool
+from uidhub.models.enums import AccountType, BillingMethod, Role
 
-from models import Account, AuditEntry, IdempotencyRecord, Instance, LedgerEntry, Partner, QuotaPool
-from models.enums import AccountType, BillingMethod, Role
 from tests.conftest import Api, make_token
 from uidhub.db import Database
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, select
+from uidhub.models import AuditEntry, IdempotencyRecord, LedgerEntry, QuotaAdjustment, QuotaPool
 
-from models import AuditEntry, IdempotencyRecord, LedgerEntry, QuotaAdjustment, QuotaPool
 from tests.conftest import Api
 from uidhub.db import Database
 
@@ -78,7 +78,7 @@ async def snapshot(api: Api) -> tuple[Any, ...]:
 
 
 async def partner_row(db: Database, uid: str = "P-MAIN") -> Any:
-    from models import Partner
+    from uidhub.models import Partner
 
     async with db.read() as session:
         return await session.scalar(select(Partner).where(Partner.uid == uid))

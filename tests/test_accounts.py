@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from uidhub.models import Account, AuditEntry, QuotaPool
 
-from models import Account, AuditEntry, QuotaPool
 from tests.conftest import Api
 from tests.test_accounts_support import (
     audit_of,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
+from uidhub.models import Account, AuditEntry, Partner, QuotaAdjustment, QuotaPool
+from uidhub.models.enums import AccountStatus, AccountType, AuditAction, OperationMethod, QuotaOperationType, Role
 
-from models import Account, AuditEntry, Partner, QuotaAdjustment, QuotaPool
-from models.enums import AccountStatus, AccountType, AuditAction, OperationMethod, QuotaOperationType, Role
 from tests.conftest import Api, StatementCounter
 
 QUERY = """query($first: Int!) { endUsers(first: $first) { totalCount

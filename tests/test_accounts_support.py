@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select, update
+from uidhub.models import Account, Partner, QuotaPool
+from uidhub.models.enums import OperationMethod, Role
 
-from models import Account, Partner, QuotaPool
-from models.enums import OperationMethod, Role
 from tests.conftest import Api, make_token
 
 LINK = """

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 from sqlalchemy import func, select, update
+from uidhub.models import Account, AlertEvent, AuditEntry, CreditAlert, EmailNotification, QuotaPool
+from uidhub.models.enums import AuditAction, Role
+from uidhub.resolvers.pools import after_pool_change, lock_pool
 
-from models import Account, AlertEvent, AuditEntry, CreditAlert, EmailNotification, QuotaPool
-from models.enums import AuditAction, Role
-from resolvers.pools import after_pool_change, lock_pool
 from tests.conftest import Api
 from tests.test_alerts_support import (
     EVENTS,

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
+from uidhub.models import Account
+from uidhub.models import AuditEntry as AuditRow
+from uidhub.models.enums import AuditAction, OperationMethod, Role
+from uidhub.resolvers import audit as audit_ops
+from uidhub.resolvers.auth import authenticate
 
-from models import Account
-from models import AuditEntry as AuditRow
-from models.enums import AuditAction, OperationMethod, Role
-from resolvers import audit as audit_ops
-from resolvers.auth import authenticate
 from tests.conftest import Api
 from tests.test_accounts_support import audit_of, change_status, link, token_for, update_info
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import update
+from uidhub.models import ApiToken
+from uidhub.models.enums import PartnerKind, Role
+from uidhub.resolvers.auth import hash_token
 
-from models import ApiToken
-from models.enums import PartnerKind, Role
-from resolvers.auth import hash_token
 from tests.conftest import Api, make_partner, make_token
 from tests.test_accounts_support import (
     LINK,

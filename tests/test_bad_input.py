@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from uidhub.models import Base
+from uidhub.models.enums import Role
+from uidhub.resolvers.audit import CURSOR_KIND as AUDIT_CURSOR
+from uidhub.resolvers.pagination import encode_cursor
+from uidhub.resolvers.quota import ADJUSTMENT_CURSOR
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from models import Base
-from models.enums import Role
-from resolvers.audit import CURSOR_KIND as AUDIT_CURSOR
-from resolvers.pagination import encode_cursor
-from resolvers.quota import ADJUSTMENT_CURSOR
 from tests.conftest import Api, make_partner, make_token
 from tests.live_support import PROTOCOL, serve_in_loop
 from tests.test_accounts_support import link

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from uidhub.notifications.bus import CHANNEL, Bus, RedisBus, Wakeup
 
-from notifications.bus import CHANNEL, Bus, RedisBus, Wakeup
 from tests.conftest import REDIS_URL, needs_redis
 
 

@@ -212,11 +212,12 @@ async def test_pending_emails_without_smtp_are_one_line_per_start(
 ) -> None:
     import logging
 
-    from notifications.outbox import OutboxSender
+    from uidhub.notifications.outbox import OutboxSender
+
     from tests.test_outbox import add_notifications, make_settings
 
     ids = await add_notifications(db, 5)
-    with caplog.at_level(logging.INFO, logger="notifications.outbox"):
+    with caplog.at_level(logging.INFO, logger="uidhub.notifications.outbox"):
         for _start in range(2):  # a restart: a new sender
             sender = OutboxSender(db, make_settings(None))
             assert await sender.run_once() == 0

@@ -25,9 +25,9 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text
 from starlette.responses import Response
+from uidhub.models import AuditEntry, LedgerEntry
+from uidhub.models.enums import AuditAction
 
-from models import AuditEntry, LedgerEntry
-from models.enums import AuditAction
 from tests import contention_support as C
 from tests.conftest import REDIS_URL, Api, _truncate, make_api, needs_postgres
 from tests.live_support import ServerProcess, free_port, serve_in_loop
@@ -152,7 +152,7 @@ async def test_a_mutation_chosen_as_deadlock_victim_is_retried_and_answers(
     the account row. PostgreSQL breaks the cycle by killing the mutation (it
     waited first), which is rolled back and run again once the outsider ends.
     """
-    from notifications.log import LOG_LOCK_KEY
+    from uidhub.notifications.log import LOG_LOCK_KEY
 
     assert (await pg_api.gql('mutation { linkAccount(input: {uid: "U"}) { userErrors { code } } }'))[
         "linkAccount"]["userErrors"] == []
@@ -301,9 +301,9 @@ async def test_a_request_that_cannot_get_a_connection_answers_503(pg_database_ur
 @needs_postgres
 async def test_pool_timeout_inside_an_operation_is_service_unavailable(pg_database_url: str, tmp_path: Path) -> None:
     """The operation's own checkout timing out is SERVICE_UNAVAILABLE with a 503 status, not an internal error."""
-    from resolvers.auth import authenticate
-    from schema import build_schema
-    from schema.context import Context, Services
+    from uidhub.resolvers.auth import authenticate
+    from uidhub.schema import build_schema
+    from uidhub.schema.context import Context, Services
 
     db = Database(pg_database_url, pool=PoolConfig(size=1, overflow=0, timeout=0.3))
     try:

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
+from uidhub.models.enums import Role
 
-from models.enums import Role
 from tests.conftest import make_partner, make_token
 from uidhub.app import create_app
 from uidhub.db import Database

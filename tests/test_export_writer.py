@@ -18,9 +18,8 @@ from typing import Any
 import openpyxl
 import pytest
 from openpyxl.worksheet.worksheet import Worksheet
-
-from models import enums
-from models.enums import (
+from uidhub.models import enums
+from uidhub.models.enums import (
     AccountStatus,
     AccountType,
     CreditControlStatus,
@@ -33,8 +32,8 @@ from models.enums import (
     QuotaOperationType,
     ShutdownPolicy,
 )
-from resolvers import i18n
-from resolvers.export_writer import (
+from uidhub.resolvers import i18n
+from uidhub.resolvers.export_writer import (
     COLUMNS_BY_KIND,
     END_USER_COLUMNS,
     QUOTA_ADJUSTMENT_COLUMNS,

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from uidhub.models import ExportTask
+from uidhub.models.enums import ExportStatus
+from uidhub.resolvers.exports import ExportWorker
+from uidhub.schema.common import from_global_id
 
-from models import ExportTask
-from models.enums import ExportStatus
-from resolvers.exports import ExportWorker
-from schema.common import from_global_id
 from tests.conftest import Api, make_api
 from tests.exports_support import start, start_ok, worker
 from uidhub.db import Database

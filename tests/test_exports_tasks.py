@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
+from uidhub.models import Account, ExportTask
+from uidhub.models.base import utcnow
+from uidhub.models.enums import ExportFormat, ExportKind, ExportStatus, Language, Role
+from uidhub.resolvers.auth import authenticate
+from uidhub.schema import build_schema
+from uidhub.schema.common import from_global_id
+from uidhub.schema.context import Context, Services
 
-from models import Account, ExportTask
-from models.base import utcnow
-from models.enums import ExportFormat, ExportKind, ExportStatus, Language, Role
-from resolvers.auth import authenticate
-from schema import build_schema
-from schema.common import from_global_id
-from schema.context import Context, Services
 from tests.conftest import Api, make_partner, make_token
 from tests.exports_support import (
     TASK_FIELDS,
@@ -178,7 +178,7 @@ async def test_download_permissions(api: Api) -> None:
 
 
 async def _partner(api: Api, uid: str) -> Any:
-    from models import Partner
+    from uidhub.models import Partner
 
     async with api.db.read() as session:
         return await session.scalar(select(Partner).where(Partner.uid == uid))

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 
 from sqlalchemy import text
+from uidhub.notifications.feed import SharedScope
 
-from notifications.feed import SharedScope
 from uidhub.db import Database
 
 # A query that keeps SQLite / PostgreSQL busy long enough to be cancelled in the middle of it.

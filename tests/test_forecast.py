@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
+from uidhub.models import Account, LedgerEntry
+from uidhub.models.enums import LedgerKind, OperationMethod
+from uidhub.models.forecast import forecast
 
-from models import Account, LedgerEntry
-from models.enums import LedgerKind, OperationMethod
-from models.forecast import forecast
 from tests.conftest import Api, StatementCounter
 from tests.test_accounts_support import link, set_pool
 

@@ -27,8 +27,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis_graphql import Mode, mutations, nodes, queries
+from uidhub.schema import build_schema
 
-from schema import build_schema
 from uidhub import logs
 from uidhub.app import create_app
 from uidhub.db import Database

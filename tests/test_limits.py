@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import uidhub.resolvers.accounts
 
-import resolvers.accounts
 from tests.conftest import Api, make_api, sqlite_url_for
 from tests.test_accounts_support import link, one
 from uidhub.db import Database
@@ -117,7 +117,7 @@ async def test_internal_error_is_masked(sqlite_api: Api, monkeypatch: pytest.Mon
     async def boom(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("secret detail: password=hunter2")
 
-    monkeypatch.setattr(resolvers.accounts, "summary", boom)
+    monkeypatch.setattr(uidhub.resolvers.accounts, "summary", boom)
     with caplog.at_level(logging.ERROR, logger="uidhub.graphql"):
         response = await sqlite_api.post("{ summary { accounts } viewer { method } }", token=sqlite_api.tokens["admin"])
     assert response.status_code == 200
@@ -134,7 +134,7 @@ async def test_internal_error_is_masked(sqlite_api: Api, monkeypatch: pytest.Mon
     async def link_boom(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(resolvers.accounts, "link_account", link_boom)
+    monkeypatch.setattr(uidhub.resolvers.accounts, "link_account", link_boom)
     body = await sqlite_api.gql('mutation { linkAccount(input: {uid: "Z"}) { userErrors { code } } }', errors=True)
     assert "disk on fire" not in json.dumps(body)
     assert await one(sqlite_api, "Z") is None

@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from uidhub.models.enums import Role
+from uidhub.resolvers.auth import authenticate
+from uidhub.schema import build_schema
+from uidhub.schema.common import to_global_id
+from uidhub.schema.context import Context, Services
 
-from models.enums import Role
-from resolvers.auth import authenticate
-from schema import build_schema
-from schema.common import to_global_id
-from schema.context import Context, Services
 from tests.conftest import Api, make_partner, make_token
 from tests.live_support import ACCOUNT_EVENTS, BREACHES
 
@@ -152,8 +152,7 @@ async def test_breaches_after_id_and_end_user_scope(api: Api, subscribe: Any) ->
     partner = await make_partner(api.db, "P-EU")  # unused partner: its end user sees nothing of P-MAIN
     del partner
     from sqlalchemy import select
-
-    from models import Partner
+    from uidhub.models import Partner
 
     async with api.db.read() as session:
         main = await session.scalar(select(Partner).where(Partner.uid == "P-MAIN"))

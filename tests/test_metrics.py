@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import text, update
+from uidhub.models import EmailNotification
+from uidhub.models.enums import Role
+from uidhub.notifications.outbox import OutboxSender
 
-from models import EmailNotification
-from models.enums import Role
-from notifications.outbox import OutboxSender
 from tests.conftest import Api, make_api, make_partner, make_token
 from tests.exports_support import drain, start_ok
 from tests.live_support import BREACHES, WsClient, serve_in_loop

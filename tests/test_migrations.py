@@ -7,8 +7,8 @@ from typing import Any
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
+from uidhub.models import Base
 
-from models import Base
 from uidhub.db import Database
 from uidhub.migrate import upgrade
 

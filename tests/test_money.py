@@ -5,8 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from uidhub.models.money import MoneyError, format_money, parse_money, percent_of
 
-from models.money import MoneyError, format_money, parse_money, percent_of
 from tests.conftest import Api
 from tests.quota_support import SET_AMOUNT, link, quota, snapshot
 

@@ -40,7 +40,7 @@ def json_log() -> Iterator[io.StringIO]:
 async def test_json_log_lines_carry_request_id_operation_and_partner(
     sqlite_db: Database, tmp_path: Path, json_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from schema import accounts
+    from uidhub.schema import accounts
 
     async def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("boom")

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import select
+from uidhub.models import Account, AuditEntry, Instance, LedgerEntry
+from uidhub.models.enums import PartnerKind, Role
 
-from models import Account, AuditEntry, Instance, LedgerEntry
-from models.enums import PartnerKind, Role
 from tests.conftest import Api, StatementCounter, make_partner, make_token
 from tests.policy_support import (
     account_snapshot,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 
 from sqlalchemy import func, select
+from uidhub.models import Account, AuditEntry, Instance
+from uidhub.models.enums import AuditAction, BillingMethod
 
-from models import Account, AuditEntry, Instance
-from models.enums import AuditAction, BillingMethod
 from tests.conftest import Api
 from tests.policy_support import freeze, link, order
 

@@ -28,17 +28,17 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
-
-from models import Base, EmailNotification, Partner
-from models.enums import AlertKind, AlertState, NotificationStatus, PartnerKind
-from notifications.bus import Bus
-from notifications.emails import (
+from uidhub.models import Base, EmailNotification, Partner
+from uidhub.models.enums import AlertKind, AlertState, NotificationStatus, PartnerKind
+from uidhub.notifications.bus import Bus
+from uidhub.notifications.emails import (
     message_id_for,
     queue_email,
     render_alert_email,
     sender_domain,
 )
-from notifications.outbox import OutboxSender
+from uidhub.notifications.outbox import OutboxSender
+
 from uidhub.db import Database
 from uidhub.settings import Settings
 
@@ -454,7 +454,7 @@ async def test_last_attempt_fails_the_notification(db: Database, smtp_down: Smtp
 async def test_without_smtp_notifications_stay_pending(db: Database, caplog: pytest.LogCaptureFixture) -> None:
     [row_id] = await add_notifications(db)
     sender = OutboxSender(db, make_settings(None))
-    with caplog.at_level(logging.INFO, logger="notifications.outbox"):
+    with caplog.at_level(logging.INFO, logger="uidhub.notifications.outbox"):
         assert await sender.run_once() == 0
         assert await sender.run_once() == 0
     row = await load(db, row_id)
@@ -486,7 +486,7 @@ async def test_live_lease_is_not_taken_and_stale_sender_cannot_overwrite(db: Dat
     row = await load(db, row_id)
     assert row.status == NotificationStatus.SENT and row.attempts == 1
     # ...and the stale sender can no longer change the row.
-    from notifications.outbox import SendOutcome
+    from uidhub.notifications.outbox import SendOutcome
 
     await first._record(claimed[0], lease, SendOutcome(sent=False, error="stale"))
     row = await load(db, row_id)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import update
+from uidhub.models import Account
+from uidhub.models.enums import AccountStatus, PartnerKind, Role
 
-from models import Account
-from models.enums import AccountStatus, PartnerKind, Role
 from tests.conftest import Api, StatementCounter, make_partner, make_token
 from tests.policy_support import (
     account_snapshot,

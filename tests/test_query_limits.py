@@ -20,14 +20,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uidhub.resolvers.accounts
 from graphql import get_introspection_query
+from uidhub.models.enums import Role
+from uidhub.schema import build_schema
+from uidhub.schema.limits import MAX_SELECTIONS, measure
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-import resolvers.accounts
-from models.enums import Role
-from schema import build_schema
-from schema.limits import MAX_SELECTIONS, measure
 from tests.conftest import Api, make_api, make_partner, make_token
 from tests.live_support import ROOT, ServerProcess, free_port, serve_in_loop
 from tests.test_accounts_support import one
@@ -197,7 +197,7 @@ async def test_request_past_its_time_budget_is_cancelled_with_a_code(
     async def stuck(*_args: object, **_kwargs: object) -> None:
         await asyncio.sleep(60)
 
-    monkeypatch.setattr(resolvers.accounts, "summary", stuck)
+    monkeypatch.setattr(uidhub.resolvers.accounts, "summary", stuck)
     response = await asyncio.wait_for(
         budget_api.post("{ summary { accounts } }", token=budget_api.tokens["admin"]), 20  # a hang guard
     )
@@ -294,7 +294,7 @@ async def test_client_mistakes_are_logged_without_tracebacks(sqlite_api: Api, ca
     async def boom(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(resolvers.accounts, "summary", boom)
+    monkeypatch.setattr(uidhub.resolvers.accounts, "summary", boom)
     caplog.clear()
     with caplog.at_level(logging.DEBUG):
         await api.post("{ summary { accounts } }", token=api.tokens["admin"])
@@ -303,8 +303,7 @@ async def test_client_mistakes_are_logged_without_tracebacks(sqlite_api: Api, ca
 
 async def _partner(api: Api):  # type: ignore[no-untyped-def]
     from sqlalchemy import select
-
-    from models import Partner
+    from uidhub.models import Partner
 
     async with api.db.read() as session:
         return await session.scalar(select(Partner).where(Partner.uid == "P-MAIN"))

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from uidhub.models import IdempotencyRecord, LedgerEntry, QuotaAdjustment
+from uidhub.models.enums import LedgerKind, OperationMethod, PartnerKind, Role
+from uidhub.resolvers.quota import purge_expired
 
-from models import IdempotencyRecord, LedgerEntry, QuotaAdjustment
-from models.enums import LedgerKind, OperationMethod, PartnerKind, Role
-from resolvers.quota import purge_expired
 from tests.conftest import Api, make_partner, make_token
 from tests.quota_support import (
     SET_THRESHOLD,
@@ -457,7 +457,7 @@ async def test_warning_threshold(api: Api) -> None:
 
 
 async def test_threshold_calls_after_pool_change(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    from resolvers import alerts
+    from uidhub.resolvers import alerts
 
     seen: list[int | None] = []
 

@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select
+from uidhub.models import LedgerEntry, QuotaAdjustment, QuotaPool
 
-from models import LedgerEntry, QuotaAdjustment, QuotaPool
 from tests.conftest import Api, _truncate, make_partner, make_token, needs_postgres
 from tests.quota_support import PAYLOAD, counts, link, quota
 from uidhub.db import Database

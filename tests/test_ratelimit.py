@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+from uidhub.models.enums import Role
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from models.enums import Role
 from tests.conftest import REDIS_URL, make_partner, make_token, needs_redis
 from tests.live_support import PROTOCOL, WsClient, serve_in_loop
 from uidhub.app import create_app

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 from graphql import OperationDefinitionNode, OperationType, parse, validate
+from uidhub.schema import build_schema
 
-from schema import build_schema
 from uidhub.app import create_app
 from uidhub.db import Database
 from uidhub.demo import load_demo

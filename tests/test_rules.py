@@ -7,10 +7,9 @@ import itertools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from models import rules as R
-from models.enums import AccountStatus as S
-from models.enums import (
+from uidhub.models import rules as R
+from uidhub.models.enums import AccountStatus as S
+from uidhub.models.enums import (
     BillingMethod,
     CreditControlStatus,
     PaygFreezeStatus,
@@ -19,7 +18,7 @@ from models.enums import (
     ShutdownPolicy,
     StopReason,
 )
-from models.money import MoneyError, format_money, parse_money, percent_of
+from uidhub.models.money import MoneyError, format_money, parse_money, percent_of
 
 ALLOWED = {
     (S.NORMAL, S.TO_BE_CONFIRMED),
@@ -182,7 +181,7 @@ def test_percent_of_rounds_half_up(amount: int, percent: int, level: int) -> Non
 
 
 def test_warning_level_rounds_half_up_and_equal_is_not_below() -> None:
-    from models.rules import below_warning, warning_level
+    from uidhub.models.rules import below_warning, warning_level
 
     assert warning_level(100_005, None) is None
     assert warning_level(1_005, 50) == 503  # 10.05 × 50 % = 5.025 → 5.03

@@ -35,12 +35,12 @@ from graphql import (
     is_leaf_type,
 )
 from sqlalchemy import select
+from uidhub.models import Account
+from uidhub.models.enums import Role
+from uidhub.resolvers.auth import authenticate
+from uidhub.schema import MAX_DEPTH, build_schema
+from uidhub.schema.common import from_global_id, to_global_id
 
-from models import Account
-from models.enums import Role
-from resolvers.auth import authenticate
-from schema import MAX_DEPTH, build_schema
-from schema.common import from_global_id, to_global_id
 from tests.conftest import Api, make_token
 from tests.exports_support import drain, start_ok, task
 from tests.live_support import WsClient, serve_in_loop
@@ -308,7 +308,7 @@ async def build_world(api: Api) -> World:
 
 
 async def _partner(api: Api, uid: str) -> Any:
-    from models import Partner
+    from uidhub.models import Partner
 
     async with api.db.read() as session:
         return await session.scalar(select(Partner).where(Partner.uid == uid))

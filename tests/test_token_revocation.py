@@ -14,10 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from uidhub.models.enums import Role
+from uidhub.resolvers.auth import PREFIX_LENGTH
 from websockets.exceptions import ConnectionClosed
 
-from models.enums import Role
-from resolvers.auth import PREFIX_LENGTH
 from tests.conftest import REDIS_URL, make_partner, make_token, needs_redis
 from tests.live_support import ACCOUNT_EVENTS, WsClient, link, serve_in_loop
 from tests.test_cli import UIDHUB, assert_one_line_failure, graphql, run
@@ -101,8 +101,7 @@ async def test_an_ambiguous_prefix_revokes_nothing(tmp_path: Path) -> None:
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}")
     try:
         from sqlalchemy import update
-
-        from models import ApiToken
+        from uidhub.models import ApiToken
 
         async with db.write() as session:  # two tokens sharing a prefix (48 random bits: rare, but possible)
             await session.execute(update(ApiToken).values(prefix="uh_SAMEPREF"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import func, select
+from uidhub.models import Account
 
-from models import Account
 from tests.conftest import Api
 from tests.test_accounts_support import link
 

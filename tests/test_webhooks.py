@@ -17,12 +17,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from uidhub.models import EmailNotification
+from uidhub.models.enums import Role, WebhookDeliveryStatus
+from uidhub.models.tables import WebhookDelivery, WebhookEndpoint
+from uidhub.notifications import webhooks
+from uidhub.notifications.webhooks import UnsafeUrl, WebhookSender, check_url, resolve_target
 
-from models import EmailNotification
-from models.enums import Role, WebhookDeliveryStatus
-from models.tables import WebhookDelivery, WebhookEndpoint
-from notifications import webhooks
-from notifications.webhooks import UnsafeUrl, WebhookSender, check_url, resolve_target
 from tests.conftest import Api, StatementCounter, make_api
 from tests.live_support import serve_in_loop
 from tests.test_accounts_support import change_status, link, token_for
@@ -608,7 +608,7 @@ async def test_an_export_finishing_is_sent(wapi: Api, receiver: Receiver) -> Non
 
 async def test_the_running_sender_is_woken_by_a_commit(wapi: Api, receiver: Receiver) -> None:
     """With the background loop (as `uidhub serve` runs it), an event goes out without waiting for a poll."""
-    from notifications.bus import Bus
+    from uidhub.notifications.bus import Bus
 
     await create(wapi, receiver.url())
     bus = Bus()

@@ -27,16 +27,16 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
-from notifications.bus import Bus, make_bus
-from resolvers.auth import authenticate, bearer
-from resolvers.exports import start_export_worker
-from schema import build_schema
-from schema.context import Context, Services
 from uidhub import observe
 from uidhub.dashboard import routes as dashboard_routes
 from uidhub.db import Database, PoolConfig
 from uidhub.logs import current_request_id
+from uidhub.notifications.bus import Bus, make_bus
 from uidhub.ratelimit import RateLimiter, RateLimitMiddleware
+from uidhub.resolvers.auth import authenticate, bearer
+from uidhub.resolvers.exports import start_export_worker
+from uidhub.schema import build_schema
+from uidhub.schema.context import Context, Services
 from uidhub.settings import Settings
 from uidhub.tokenwatch import TokenWatch
 from uidhub.transactions import retry_transaction

@@ -12,9 +12,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from notifications.outbox import OutboxSender
-from notifications.webhooks import WebhookSender
-from resolvers.quota import purge_expired
+from uidhub.notifications.outbox import OutboxSender
+from uidhub.notifications.webhooks import WebhookSender
+from uidhub.resolvers.quota import purge_expired
 
 if TYPE_CHECKING:
     from uidhub.app import AppState

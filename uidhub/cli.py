@@ -19,12 +19,12 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from models import Account, Partner
-from models.enums import OperationMethod, PartnerKind, Role
-from notifications.bus import make_bus
-from resolvers.auth import REVOKED_TOPIC, TokenLookupError, TokenRow, create_token, list_tokens, revoke_token
 from uidhub import logs, metrics
 from uidhub.db import Database
+from uidhub.models import Account, Partner
+from uidhub.models.enums import OperationMethod, PartnerKind, Role
+from uidhub.notifications.bus import make_bus
+from uidhub.resolvers.auth import REVOKED_TOPIC, TokenLookupError, TokenRow, create_token, list_tokens, revoke_token
 from uidhub.settings import Settings
 
 
@@ -98,7 +98,7 @@ def _add_token_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
 
 
 async def _create_partner(db: Database, args: argparse.Namespace) -> str:
-    from resolvers.accounts import check_email
+    from uidhub.resolvers.accounts import check_email
 
     for email in args.alert_email:
         if check_email(email) is not None:
@@ -388,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _serve(settings, args)
             return 0
         if args.command == "export-schema":
-            from schema import build_schema
+            from uidhub.schema import build_schema
 
             sdl = build_schema().as_str() + "\n"
             if args.output:

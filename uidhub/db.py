@@ -284,7 +284,7 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A write transaction that commits on success and rolls back on any error."""
-        from notifications.log import commit  # local: notifications depends on models only
+        from uidhub.notifications.log import commit  # local: notifications depends on models only
 
         async with self.session(write=True) as session:
             try:

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from models import Account, Partner
-from models.enums import (
+from uidhub.db import Database
+from uidhub.models import Account, Partner
+from uidhub.models.enums import (
     AccountType,
     BillingMethod,
     OperationMethod,
@@ -18,14 +19,13 @@ from models.enums import (
     Role,
     ShutdownPolicy,
 )
-from resolvers import accounts as account_ops
-from resolvers import alerts as alert_ops
-from resolvers import orders as order_ops
-from resolvers import policy as policy_ops
-from resolvers import quota as quota_ops
-from resolvers.actor import Actor
-from resolvers.auth import create_token
-from uidhub.db import Database
+from uidhub.resolvers import accounts as account_ops
+from uidhub.resolvers import alerts as alert_ops
+from uidhub.resolvers import orders as order_ops
+from uidhub.resolvers import policy as policy_ops
+from uidhub.resolvers import quota as quota_ops
+from uidhub.resolvers.actor import Actor
+from uidhub.resolvers.auth import create_token
 from uidhub.settings import Settings
 
 DISTRIBUTOR_UID = "5010000000000001"

@@ -40,7 +40,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.extensions import SchemaExtension
 
-from models.tables import EmailNotification, ExportTask
+from uidhub.models.tables import EmailNotification, ExportTask
 
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector, CollectorRegistry
@@ -377,7 +377,7 @@ async def read_snapshot(db: Database) -> Snapshot:
 
 
 def _pending_status() -> Any:
-    from models.enums import NotificationStatus
+    from uidhub.models.enums import NotificationStatus
 
     return NotificationStatus.PENDING
 
@@ -391,7 +391,7 @@ class SnapshotCollector:
     def collect(self) -> Iterable[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        from models.enums import ExportStatus, NotificationStatus
+        from uidhub.models.enums import ExportStatus, NotificationStatus
 
         s = self.snapshot
         up = GaugeMetricFamily("uidhub_database_up", "1 when the scrape could read the database.")

@@ -41,7 +41,7 @@ from typing import Any, Protocol
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from resolvers.auth import bearer
+from uidhub.resolvers.auth import bearer
 from uidhub.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from resolvers import exports
-from resolvers.actor import Permission
-from resolvers.auth import authenticate, bearer
-from resolvers.pagination import InvalidArgument
+from uidhub.resolvers import exports
+from uidhub.resolvers.actor import Permission
+from uidhub.resolvers.auth import authenticate, bearer
+from uidhub.resolvers.pagination import InvalidArgument
 
 if TYPE_CHECKING:
     from uidhub.app import AppState
@@ -54,7 +54,7 @@ def extra_routes(state: AppState) -> list[BaseRoute]:
                               **{"WWW-Authenticate": "Bearer"})
             if not actor.can(Permission.EXPORT):
                 return _not_found()
-            from schema.exports import parse_task_id  # schema imports resolvers, never the reverse
+            from uidhub.schema.exports import parse_task_id  # schema imports resolvers, never the reverse
 
             try:
                 pk = parse_task_id(request.path_params["task_id"])

@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from starlette.websockets import WebSocketState
 
-from models import ApiToken
-from notifications.bus import Wakeup
-from resolvers.auth import REVOKED_TOPIC
+from uidhub.models import ApiToken
+from uidhub.notifications.bus import Wakeup
+from uidhub.resolvers.auth import REVOKED_TOPIC
 
 if TYPE_CHECKING:
-    from notifications.bus import Bus
     from uidhub.db import Database
+    from uidhub.notifications.bus import Bus
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import asyncio
 
 from alembic import context
 from sqlalchemy.engine import Connection
+from uidhub.models import Base
 
-from models import Base
 from uidhub.db import null_pool_engine
 
 config = context.config
