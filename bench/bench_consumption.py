@@ -63,12 +63,26 @@ async def load(url: str) -> tuple[str, int]:
             session.add(partner)
             await session.flush()
             token = await create_token(session, partner=partner, role=Role.ADMIN)
-            actor = Actor(partner_id=partner.id, partner_uid="BENCH", partner_kind=PartnerKind.DISTRIBUTOR,
-                          role=Role.ADMIN, method=OperationMethod.PLATFORM, operator_uid="BENCH",
-                          operator_name="Bench", is_ram=False)
-            account = await accounts.link_account(session, actor, uid="U1", account_type=AccountType.END_USER,
-                                                  nickname=None, email=None, master_uid=None,
-                                                  quota_amount_cents=1_000_000_00)
+            actor = Actor(
+                partner_id=partner.id,
+                partner_uid="BENCH",
+                partner_kind=PartnerKind.DISTRIBUTOR,
+                role=Role.ADMIN,
+                method=OperationMethod.PLATFORM,
+                operator_uid="BENCH",
+                operator_name="Bench",
+                is_ram=False,
+            )
+            account = await accounts.link_account(
+                session,
+                actor,
+                uid="U1",
+                account_type=AccountType.END_USER,
+                nickname=None,
+                email=None,
+                master_uid=None,
+                quota_amount_cents=1_000_000_00,
+            )
             return token, account.pool_id
     finally:
         await db.dispose()
@@ -166,8 +180,10 @@ async def measure(name: str, send: Any, requests: int, concurrency: int) -> floa
 async def bench(url: str, token: str, pool_id: int, requests: int, concurrency: int) -> None:
     gql_port, plain_port = free_port(), free_port()
     ctx = multiprocessing.get_context("spawn")
-    servers = [ctx.Process(target=run_server, args=("graphql", url, gql_port, pool_id), daemon=True),
-               ctx.Process(target=run_server, args=("plain", url, plain_port, pool_id), daemon=True)]
+    servers = [
+        ctx.Process(target=run_server, args=("graphql", url, gql_port, pool_id), daemon=True),
+        ctx.Process(target=run_server, args=("plain", url, plain_port, pool_id), daemon=True),
+    ]
     for process in servers:
         process.start()
     try:
@@ -180,8 +196,9 @@ async def bench(url: str, token: str, pool_id: int, requests: int, concurrency: 
 
             async def gql(key: str) -> None:
                 variables = {"i": {"uid": "U1", "amount": "0.01", "idempotencyKey": f"{run}-{key}"}}
-                response = await client.post(gql_base + "/graphql", json={"query": RECORD, "variables": variables},
-                                             headers=headers)
+                response = await client.post(
+                    gql_base + "/graphql", json={"query": RECORD, "variables": variables}, headers=headers
+                )
                 body = response.json()
                 assert response.status_code == 200 and body["data"]["recordConsumption"]["userErrors"] == [], body
 
@@ -194,9 +211,11 @@ async def bench(url: str, token: str, pool_id: int, requests: int, concurrency: 
             gql_rate = await measure("GraphQL recordConsumption (idempotent)", gql, requests, concurrency)
             after = await undeducted(url, pool_id)
             expected = 2 * (requests + 5)
-            print(f"  ratio GraphQL / plain: {gql_rate / plain_rate:.3f} ({plain_rate / gql_rate:.1f}x slower); "
-                  f"pool moved by {after - before} cents, expected {expected}: "
-                  f"{'exact' if after - before == expected else 'MISMATCH'}")
+            print(
+                f"  ratio GraphQL / plain: {gql_rate / plain_rate:.3f} ({plain_rate / gql_rate:.1f}x slower); "
+                f"pool moved by {after - before} cents, expected {expected}: "
+                f"{'exact' if after - before == expected else 'MISMATCH'}"
+            )
             if after - before != expected:
                 raise SystemExit("lost or duplicated update")
     finally:
@@ -224,8 +243,9 @@ async def count_statements(url: str, token: str) -> None:
 
             async def send(key: str) -> None:
                 variables = {"i": {"uid": "U1", "amount": "0.01", "idempotencyKey": key}}
-                body = (await client.post("/graphql", json={"query": RECORD, "variables": variables},
-                                          headers=headers)).json()
+                body = (
+                    await client.post("/graphql", json={"query": RECORD, "variables": variables}, headers=headers)
+                ).json()
                 assert body["data"]["recordConsumption"]["userErrors"] == [], body
 
             await send(f"count-warm-{uuid.uuid4().hex}")
@@ -235,8 +255,10 @@ async def count_statements(url: str, token: str) -> None:
                 await send(f"count-{i}-{uuid.uuid4().hex}")
             event.remove(db.engine.sync_engine, "before_cursor_execute", on_execute)
             per_request = len(statements) / rounds
-            print(f"  SQL statements per recordConsumption request: {per_request:.1f} "
-                  "(incl. token lookup; BEGIN/COMMIT not counted)")
+            print(
+                f"  SQL statements per recordConsumption request: {per_request:.1f} "
+                "(incl. token lookup; BEGIN/COMMIT not counted)"
+            )
             for statement in statements[: int(per_request)]:
                 print(f"    {statement}")
             statements.clear()
@@ -256,8 +278,13 @@ async def _pg_admin(url: str, sql: str) -> None:
     import asyncpg
 
     u = make_url(url)
-    conn = await asyncpg.connect(user=u.username or "postgres", password=u.password, host=u.host or "127.0.0.1",
-                                 port=u.port or 5432, database="postgres")
+    conn = await asyncpg.connect(
+        user=u.username or "postgres",
+        password=u.password,
+        host=u.host or "127.0.0.1",
+        port=u.port or 5432,
+        database="postgres",
+    )
     try:
         await conn.execute(sql)
     finally:
@@ -275,8 +302,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--postgres-url", default=os.environ.get("UIDHUB_BENCH_POSTGRES_URL"),
-                        help="a PostgreSQL server URL; a temporary database is created there and dropped after")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("UIDHUB_BENCH_POSTGRES_URL"),
+        help="a PostgreSQL server URL; a temporary database is created there and dropped after",
+    )
     args = parser.parse_args()
     if not 1 <= args.requests <= 100_000 or not 1 <= args.concurrency <= 256:
         raise SystemExit("--requests 1..100000, --concurrency 1..256")

@@ -59,8 +59,13 @@ async def admin_exec(admin_url: str, sql: str) -> None:
     import asyncpg
 
     url = make_url(admin_url)
-    conn = await asyncpg.connect(user=url.username or "postgres", password=url.password,
-                                 host=url.host or "127.0.0.1", port=url.port or 5432, database="postgres")
+    conn = await asyncpg.connect(
+        user=url.username or "postgres",
+        password=url.password,
+        host=url.host or "127.0.0.1",
+        port=url.port or 5432,
+        database="postgres",
+    )
     try:
         await conn.execute(sql)
     finally:
@@ -91,12 +96,33 @@ class Server:
     def __init__(self, tree: Path, url: str) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("UIDHUB_")}
-        env.update({"UIDHUB_DATABASE_URL": url, "UIDHUB_REDIS_URL": "", "PYTHONPATH": str(tree),
-                    "UIDHUB_EXPORT_DIR": tempfile.mkdtemp(prefix="uidhub-bench-exports-")})
+        env.update(
+            {
+                "UIDHUB_DATABASE_URL": url,
+                "UIDHUB_REDIS_URL": "",
+                "PYTHONPATH": str(tree),
+                "UIDHUB_EXPORT_DIR": tempfile.mkdtemp(prefix="uidhub-bench-exports-"),
+            }
+        )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "uidhub.asgi:app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--loop", "asyncio", "--log-level", "critical"],
-            cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "uidhub.asgi:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--loop",
+                "asyncio",
+                "--log-level",
+                "critical",
+            ],
+            cwd=tree,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.base_url = f"http://127.0.0.1:{self.port}"
 
@@ -153,9 +179,11 @@ async def measure(tree: Path, admin_url: str, clients: int, rounds: int, runs: i
 
 
 def show(label: str, figures: dict[str, Any]) -> None:
-    print(f"{label:<28} {figures['throughput']:8.1f} calls/s   p50 {figures['p50'] * 1000:7.1f} ms   "
-          f"p99 {figures['p99'] * 1000:7.1f} ms   internal errors {figures['internal']:4d}   "
-          f"503 {figures['unavailable']:4d}   of {figures['calls']}")
+    print(
+        f"{label:<28} {figures['throughput']:8.1f} calls/s   p50 {figures['p50'] * 1000:7.1f} ms   "
+        f"p99 {figures['p99'] * 1000:7.1f} ms   internal errors {figures['internal']:4d}   "
+        f"503 {figures['unavailable']:4d}   of {figures['calls']}"
+    )
 
 
 async def main() -> None:
@@ -164,19 +192,25 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="rounds of five calls per burst")
     parser.add_argument("--runs", type=int, default=2, help="bursts per tree")
     parser.add_argument("--baseline-rev", default="273843f")
-    parser.add_argument("--postgres-url", default=os.environ.get(
-        "UIDHUB_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("UIDHUB_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"),
+    )
     args = parser.parse_args()
 
-    print(f"mixed writers on one master: {args.clients} clients, {args.rounds * 5} calls per burst, "
-          f"{args.runs} bursts per tree, PostgreSQL, one uvicorn worker each")
+    print(
+        f"mixed writers on one master: {args.clients} clients, {args.rounds * 5} calls per burst, "
+        f"{args.runs} bursts per tree, PostgreSQL, one uvicorn worker each"
+    )
     with baseline_tree(args.baseline_rev) as old_tree:
         before = await measure(old_tree, args.postgres_url, args.clients, args.rounds, args.runs)
         after = await measure(ROOT, args.postgres_url, args.clients, args.rounds, args.runs)
     show(f"before ({args.baseline_rev})", before)
     show("after (this tree)", after)
-    print(f"ratio after/before: throughput {after['throughput'] / before['throughput']:.2f}x, "
-          f"p99 {after['p99'] / before['p99']:.2f}x")
+    print(
+        f"ratio after/before: throughput {after['throughput'] / before['throughput']:.2f}x, "
+        f"p99 {after['p99'] / before['p99']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

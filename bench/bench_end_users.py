@@ -60,28 +60,71 @@ async def load(url: str) -> str:
             pid = partner.id
         masters = ACCOUNTS * 2 // 5  # 4,000 masters, 6,000 sub-accounts
         async with db.write() as session:
-            await session.execute(insert(QuotaPool), [
-                {"id": i + 1, "partner_id": pid, "amount_cents": 100_000 + i, "deducted_cents": 0,
-                 "undeducted_cents": i % 700} for i in range(masters)])
+            await session.execute(
+                insert(QuotaPool),
+                [
+                    {
+                        "id": i + 1,
+                        "partner_id": pid,
+                        "amount_cents": 100_000 + i,
+                        "deducted_cents": 0,
+                        "undeducted_cents": i % 700,
+                    }
+                    for i in range(masters)
+                ],
+            )
             rows = []
             for i in range(masters):
-                rows.append({"id": i + 1, "partner_id": pid, "uid": f"1{i:015d}",
-                             "account_type": AccountType.ENTERPRISE,
-                             "nickname": f"Master {i} 杭州云帆", "business_manager": "Li Wei",
-                             "status": AccountStatus.NORMAL, "pool_id": i + 1, "master_id": None,
-                             "linked_at": t0 + timedelta(seconds=i * 10)})
+                rows.append(
+                    {
+                        "id": i + 1,
+                        "partner_id": pid,
+                        "uid": f"1{i:015d}",
+                        "account_type": AccountType.ENTERPRISE,
+                        "nickname": f"Master {i} 杭州云帆",
+                        "business_manager": "Li Wei",
+                        "status": AccountStatus.NORMAL,
+                        "pool_id": i + 1,
+                        "master_id": None,
+                        "linked_at": t0 + timedelta(seconds=i * 10),
+                    }
+                )
             for j in range(ACCOUNTS - masters):
                 m = j % masters
-                rows.append({"id": masters + j + 1, "partner_id": pid, "uid": f"2{j:015d}",
-                             "account_type": AccountType.END_USER, "nickname": f"Sub {j}", "business_manager": None,
-                             "status": AccountStatus.NORMAL, "pool_id": m + 1, "master_id": m + 1,
-                             "linked_at": t0 + timedelta(seconds=m * 10 + 1 + j // masters)})
+                rows.append(
+                    {
+                        "id": masters + j + 1,
+                        "partner_id": pid,
+                        "uid": f"2{j:015d}",
+                        "account_type": AccountType.END_USER,
+                        "nickname": f"Sub {j}",
+                        "business_manager": None,
+                        "status": AccountStatus.NORMAL,
+                        "pool_id": m + 1,
+                        "master_id": m + 1,
+                        "linked_at": t0 + timedelta(seconds=m * 10 + 1 + j // masters),
+                    }
+                )
             await session.execute(insert(Account), rows)
-            await session.execute(insert(AuditEntry), [
-                {"partner_id": pid, "account_id": r["id"], "action": AuditAction.ACCOUNT_LINKED,
-                 "method": OperationMethod.PLATFORM, "operator_uid": "BENCH", "operator_name": "bench",
-                 "operator_is_ram": False, "operator_role": Role.ADMIN, "before": None, "after": {"uid": r["uid"]},
-                 "occurred_at": r["linked_at"]} for r in rows])
+            await session.execute(
+                insert(AuditEntry),
+                [
+                    {
+                        "partner_id": pid,
+                        "account_id": r["id"],
+                        "action": AuditAction.ACCOUNT_LINKED,
+                        "method": OperationMethod.PLATFORM,
+                        "operator_uid": "BENCH",
+                        "operator_name": "bench",
+                        "operator_is_ram": False,
+                        "operator_role": Role.ADMIN,
+                        "before": None,
+                        "after": {"uid": r["uid"]},
+                        "occurred_at": r["linked_at"],
+                    }
+                    for r in rows
+                ],
+            )
         return token
     finally:
         await db.dispose()
@@ -101,13 +144,26 @@ def plain_app(url: str):  # type: ignore[no-untyped-def]
     master = aliased(Account.__table__)
     a, p, pt = Account.__table__, QuotaPool.__table__, Partner.__table__
     query = (
-        select(a.c.uid, a.c.nickname, a.c.status, a.c.linked_at, a.c.business_manager, pt.c.uid.label("partner"),
-               master.c.uid.label("master"), p.c.amount_cents, p.c.deducted_cents, p.c.undeducted_cents,
-               p.c.shutdown_policy, p.c.credit_control_status)
-        .join(p, p.c.id == a.c.pool_id).join(pt, pt.c.id == a.c.partner_id)
+        select(
+            a.c.uid,
+            a.c.nickname,
+            a.c.status,
+            a.c.linked_at,
+            a.c.business_manager,
+            pt.c.uid.label("partner"),
+            master.c.uid.label("master"),
+            p.c.amount_cents,
+            p.c.deducted_cents,
+            p.c.undeducted_cents,
+            p.c.shutdown_policy,
+            p.c.credit_control_status,
+        )
+        .join(p, p.c.id == a.c.pool_id)
+        .join(pt, pt.c.id == a.c.partner_id)
         .outerjoin(master, master.c.id == a.c.master_id)
         .where(a.c.status != "DELETED")
-        .order_by(a.c.linked_at.desc(), a.c.uid.desc()).limit(100)
+        .order_by(a.c.linked_at.desc(), a.c.uid.desc())
+        .limit(100)
     )
 
     async def end_users(_request):  # type: ignore[no-untyped-def]
@@ -176,8 +232,10 @@ async def measure(name: str, send, requests: int, concurrency: int) -> float:  #
 async def bench(url: str, token: str, requests: int, concurrency: int) -> None:
     gql_port, plain_port = free_port(), free_port()
     ctx = multiprocessing.get_context("spawn")
-    servers = [ctx.Process(target=run_server, args=("graphql", url, gql_port), daemon=True),
-               ctx.Process(target=run_server, args=("plain", url, plain_port), daemon=True)]
+    servers = [
+        ctx.Process(target=run_server, args=("graphql", url, gql_port), daemon=True),
+        ctx.Process(target=run_server, args=("plain", url, plain_port), daemon=True),
+    ]
     for process in servers:
         process.start()
     try:
@@ -206,8 +264,10 @@ async def bench(url: str, token: str, requests: int, concurrency: int) -> None:
                 response = await client.get(plain_base + "/end-users")
                 assert response.status_code == 200
 
-            print(f"{ACCOUNTS} accounts, {len(json.dumps(body))} bytes GraphQL / "
-                  f"{len(json.dumps(plain_rows))} bytes plain per response, concurrency {concurrency}")
+            print(
+                f"{ACCOUNTS} accounts, {len(json.dumps(body))} bytes GraphQL / "
+                f"{len(json.dumps(plain_rows))} bytes plain per response, concurrency {concurrency}"
+            )
             plain_rate = await measure("plain Starlette + SQLAlchemy Core", plain, requests, concurrency)
             gql_rate = await measure("GraphQL endUsers(first: 100) nested", gql, requests, concurrency)
             print(f"ratio GraphQL / plain: {gql_rate / plain_rate:.3f} ({plain_rate / gql_rate:.1f}x slower)")

@@ -81,34 +81,52 @@ def build(url: str, sizes: list[int]) -> None:
     with engine.begin() as conn:
         for size in sizes:
             partner_id = conn.execute(
-                insert(Partner).values(uid=f"P{size}", name=f"Partner {size}", kind=PartnerKind.DISTRIBUTOR,
-                                       alert_emails=[]).returning(Partner.id)
+                insert(Partner)
+                .values(uid=f"P{size}", name=f"Partner {size}", kind=PartnerKind.DISTRIBUTOR, alert_emails=[])
+                .returning(Partner.id)
             ).scalar_one()
             pools, accounts = [], []
             for i in range(size):
                 ident = next_id + i
                 sub = i % 10 == 9
                 if not sub:
-                    pools.append({
-                        "id": ident, "partner_id": partner_id, "amount_cents": 100_000 + i, "deducted_cents": i % 977,
-                        "undeducted_cents": 0, "quota_created": True, "warning_percent": 20 if i % 3 else None,
-                        "warning_below": False,
-                        "shutdown_policy": list(ShutdownPolicy)[i % 3], "delay_credit_cents": 0,
-                        "credit_control_status": CreditControlStatus.NORMAL,
-                    })
-                accounts.append({
-                    "id": ident, "partner_id": partner_id, "uid": f"U{size}-{i:07d}",
-                    "account_type": list(AccountType)[i % 3], "nickname": f"客户 {i} お客様",
-                    "business_manager": "manager" if i % 2 else None, "remarks": "remarks " * (i % 4) or None,
-                    "email": None, "status": AccountStatus.NORMAL, "linked_at": base + timedelta(seconds=i),
-                    "master_id": ident - 1 if sub else None, "pool_id": ident - 1 if sub else ident,
-                    "payg_freeze": PaygFreezeStatus.FROZEN if i % 7 == 0 else PaygFreezeStatus.NORMAL,
-                    "purchase_control": PurchaseControl.BANNED if i % 11 == 0 else PurchaseControl.NORMAL,
-                })
+                    pools.append(
+                        {
+                            "id": ident,
+                            "partner_id": partner_id,
+                            "amount_cents": 100_000 + i,
+                            "deducted_cents": i % 977,
+                            "undeducted_cents": 0,
+                            "quota_created": True,
+                            "warning_percent": 20 if i % 3 else None,
+                            "warning_below": False,
+                            "shutdown_policy": list(ShutdownPolicy)[i % 3],
+                            "delay_credit_cents": 0,
+                            "credit_control_status": CreditControlStatus.NORMAL,
+                        }
+                    )
+                accounts.append(
+                    {
+                        "id": ident,
+                        "partner_id": partner_id,
+                        "uid": f"U{size}-{i:07d}",
+                        "account_type": list(AccountType)[i % 3],
+                        "nickname": f"客户 {i} お客様",
+                        "business_manager": "manager" if i % 2 else None,
+                        "remarks": "remarks " * (i % 4) or None,
+                        "email": None,
+                        "status": AccountStatus.NORMAL,
+                        "linked_at": base + timedelta(seconds=i),
+                        "master_id": ident - 1 if sub else None,
+                        "pool_id": ident - 1 if sub else ident,
+                        "payg_freeze": PaygFreezeStatus.FROZEN if i % 7 == 0 else PaygFreezeStatus.NORMAL,
+                        "purchase_control": PurchaseControl.BANNED if i % 11 == 0 else PurchaseControl.NORMAL,
+                    }
+                )
             for chunk in range(0, len(pools), 20_000):
-                conn.execute(insert(QuotaPool), pools[chunk:chunk + 20_000])
+                conn.execute(insert(QuotaPool), pools[chunk : chunk + 20_000])
             for chunk in range(0, len(accounts), 20_000):
-                conn.execute(insert(Account), accounts[chunk:chunk + 20_000])
+                conn.execute(insert(Account), accounts[chunk : chunk + 20_000])
             next_id += size
     engine.dispose()
 
@@ -130,8 +148,16 @@ async def measure_worker(url: str, size: int, fmt: str, out: Path, trace: bool) 
     async with db.write() as session:
         partner = await session.scalar(select(Partner).where(Partner.uid == f"P{size}"))
         assert partner is not None
-        session.add(ExportTask(partner_id=partner.id, kind=ExportKind.END_USERS, format=ExportFormat(fmt),
-                               language=Language.ZH, params={"filter": {}}, status=ExportStatus.PENDING))
+        session.add(
+            ExportTask(
+                partner_id=partner.id,
+                kind=ExportKind.END_USERS,
+                format=ExportFormat(fmt),
+                language=Language.ZH,
+                params={"filter": {}},
+                status=ExportStatus.PENDING,
+            )
+        )
     worker = ExportWorker(db, settings)
     reset_peak_rss()
     rss0 = rss_kb()
@@ -180,12 +206,25 @@ def prepared_rows(url: str, size: int) -> list[list[Any]]:
         linked = datetime.fromisoformat(r[6]).replace(tzinfo=UTC).astimezone(tz).replace(tzinfo=None, microsecond=0)
         frozen = PaygFreezeStatus.FROZEN if "FROZEN" in (r[8], r[9]) else PaygFreezeStatus.NORMAL
         banned = PurchaseControl.BANNED if "BANNED" in (r[10], r[11]) else PurchaseControl.NORMAL
-        rows.append([
-            r[0], r[1], i18n.label(lang, AccountType(r[2])), i18n.label(lang, AccountStatus(r[3])), r[4], r[5],
-            linked, r[7], i18n.label(lang, frozen), i18n.label(lang, banned),
-            i18n.label(lang, ShutdownPolicy(r[12])), i18n.label(lang, CreditControlStatus(r[13])),
-            r[14] / 100, r[15] / 100, r[16],
-        ])
+        rows.append(
+            [
+                r[0],
+                r[1],
+                i18n.label(lang, AccountType(r[2])),
+                i18n.label(lang, AccountStatus(r[3])),
+                r[4],
+                r[5],
+                linked,
+                r[7],
+                i18n.label(lang, frozen),
+                i18n.label(lang, banned),
+                i18n.label(lang, ShutdownPolicy(r[12])),
+                i18n.label(lang, CreditControlStatus(r[13])),
+                r[14] / 100,
+                r[15] / 100,
+                r[16],
+            ]
+        )
     conn.close()
     return rows
 
@@ -225,10 +264,18 @@ def measure_direct(url: str, size: int, fmt: str, out: Path, trace: bool) -> dic
             writer = csv.writer(f)
             writer.writerow(headers)
             for r in rows:
-                writer.writerow([
-                    "" if v is None else v.strftime("%Y-%m-%d %H:%M:%S") if isinstance(v, datetime)
-                    else f"{v:.2f}" if isinstance(v, float) else v for v in r
-                ])
+                writer.writerow(
+                    [
+                        ""
+                        if v is None
+                        else v.strftime("%Y-%m-%d %H:%M:%S")
+                        if isinstance(v, datetime)
+                        else f"{v:.2f}"
+                        if isinstance(v, float)
+                        else v
+                        for v in r
+                    ]
+                )
     seconds = time.perf_counter() - started
     peak = tracemalloc.get_traced_memory()[1] if trace else None
     return {"seconds": seconds, "rows": len(rows), "py_peak": peak, "rss_growth": peak_rss_kb() - rss0}
@@ -244,8 +291,20 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_child(url: str, mode: str, size: int, fmt: str, out: Path, trace: bool) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", mode, "--url", url, "--size", str(size), "--fmt", fmt,
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--url",
+        url,
+        "--size",
+        str(size),
+        "--fmt",
+        fmt,
+        "--out",
+        str(out),
+    ]
     if trace:
         cmd.append("--trace")
     done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
@@ -281,8 +340,10 @@ def main() -> None:
     started = time.perf_counter()
     build(url, sizes)
     print(f"built {sum(sizes):,} accounts in {time.perf_counter() - started:.1f}s ({work})")
-    print(f"{'fmt':4} {'rows':>8} | {'worker s':>8} {'direct s':>8} {'ratio':>6} | "
-          f"{'worker heap MiB':>15} {'direct heap MiB':>15} | {'worker RSS+ MiB':>15} {'direct RSS+ MiB':>15}")
+    print(
+        f"{'fmt':4} {'rows':>8} | {'worker s':>8} {'direct s':>8} {'ratio':>6} | "
+        f"{'worker heap MiB':>15} {'direct heap MiB':>15} | {'worker RSS+ MiB':>15} {'direct RSS+ MiB':>15}"
+    )
     for fmt in ("XLSX", "CSV"):
         for size in sizes:
             w = run_child(url, "worker", size, fmt, work / "out", False)
@@ -290,9 +351,12 @@ def main() -> None:
             wt = run_child(url, "worker", size, fmt, work / "out", True)
             dt = run_child(url, "direct", size, fmt, work / "out", True)
             assert w["rows"] == d["rows"] == size, (w, d)
-            print(f"{fmt:4} {size:>8,} | {w['seconds']:8.2f} {d['seconds']:8.2f} {w['seconds'] / d['seconds']:6.2f} | "
-                  f"{mib(wt['py_peak']):>15} {mib(dt['py_peak']):>15} | "
-                  f"{mib(w['rss_growth'], kb=True):>15} {mib(d['rss_growth'], kb=True):>15}", flush=True)
+            print(
+                f"{fmt:4} {size:>8,} | {w['seconds']:8.2f} {d['seconds']:8.2f} {w['seconds'] / d['seconds']:6.2f} | "
+                f"{mib(wt['py_peak']):>15} {mib(dt['py_peak']):>15} | "
+                f"{mib(w['rss_growth'], kb=True):>15} {mib(d['rss_growth'], kb=True):>15}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -62,36 +62,72 @@ async def load(db: Database) -> tuple[Actor, str]:
         token = await create_token(session, partner=partner, role=Role.ADMIN)
         pid = partner.id
     async with db.write() as session:
-        await session.execute(insert(QuotaPool), [
-            {"id": m + 1, "partner_id": pid, "amount_cents": 100_000, "deducted_cents": 0, "undeducted_cents": 0}
-            for m in range(MASTERS)])
-        rows = [{"id": m + 1, "partner_id": pid, "uid": f"M{m:05d}", "account_type": AccountType.ENTERPRISE,
-                 "status": AccountStatus.NORMAL, "pool_id": m + 1, "master_id": None} for m in range(MASTERS)]
-        rows += [{"id": MASTERS + m * SUBS + s + 1, "partner_id": pid, "uid": f"M{m:05d}-S{s:02d}",
-                  "account_type": AccountType.END_USER, "status": AccountStatus.NORMAL, "pool_id": m + 1,
-                  "master_id": m + 1,
-                  # Every third master has one sub-account frozen in its own right.
-                  "payg_freeze": PaygFreezeStatus.FROZEN if s == 0 and m % 3 == 0 else PaygFreezeStatus.NORMAL}
-                 for m in range(MASTERS) for s in range(SUBS)]
+        await session.execute(
+            insert(QuotaPool),
+            [
+                {"id": m + 1, "partner_id": pid, "amount_cents": 100_000, "deducted_cents": 0, "undeducted_cents": 0}
+                for m in range(MASTERS)
+            ],
+        )
+        rows = [
+            {
+                "id": m + 1,
+                "partner_id": pid,
+                "uid": f"M{m:05d}",
+                "account_type": AccountType.ENTERPRISE,
+                "status": AccountStatus.NORMAL,
+                "pool_id": m + 1,
+                "master_id": None,
+            }
+            for m in range(MASTERS)
+        ]
+        rows += [
+            {
+                "id": MASTERS + m * SUBS + s + 1,
+                "partner_id": pid,
+                "uid": f"M{m:05d}-S{s:02d}",
+                "account_type": AccountType.END_USER,
+                "status": AccountStatus.NORMAL,
+                "pool_id": m + 1,
+                "master_id": m + 1,
+                # Every third master has one sub-account frozen in its own right.
+                "payg_freeze": PaygFreezeStatus.FROZEN if s == 0 and m % 3 == 0 else PaygFreezeStatus.NORMAL,
+            }
+            for m in range(MASTERS)
+            for s in range(SUBS)
+        ]
         await session.execute(insert(Account), rows)
-        await session.execute(insert(Instance), [
-            {"account_id": r["id"], "billing_method": method, "amount_cents": 0}
-            for r in rows for method in (BillingMethod.PAYG, BillingMethod.SUBSCRIPTION)])
+        await session.execute(
+            insert(Instance),
+            [
+                {"account_id": r["id"], "billing_method": method, "amount_cents": 0}
+                for r in rows
+                for method in (BillingMethod.PAYG, BillingMethod.SUBSCRIPTION)
+            ],
+        )
     if db.is_postgres:
         async with db.engine.begin() as conn:
             for table in ("quota_pools", "accounts", "instances"):
-                await conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                                        f"(SELECT max(id) FROM {table}))"))
+                await conn.execute(
+                    text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
+                )
                 await conn.execute(text(f"ANALYZE {table}"))
-    actor = Actor(partner_id=pid, partner_uid="BENCH", partner_kind=PartnerKind.DISTRIBUTOR, role=Role.ADMIN,
-                  method=OperationMethod.PLATFORM, operator_uid="BENCH", operator_name="bench", is_ram=False)
+    actor = Actor(
+        partner_id=pid,
+        partner_uid="BENCH",
+        partner_kind=PartnerKind.DISTRIBUTOR,
+        role=Role.ADMIN,
+        method=OperationMethod.PLATFORM,
+        operator_uid="BENCH",
+        operator_name="bench",
+        is_ram=False,
+    )
     return actor, token
 
 
 async def preview(db: Database, actor: Actor, uids: list[str]) -> int:
     async with db.session() as session:
-        outcome = await change_freeze(session, actor, uids, target=PaygFreezeStatus.FROZEN, confirm=False,
-                                      reason=None)
+        outcome = await change_freeze(session, actor, uids, target=PaygFreezeStatus.FROZEN, confirm=False, reason=None)
         return len(outcome.affected)
 
 
@@ -99,13 +135,19 @@ async def baseline(db: Database, actor: Actor, uids: list[str]) -> int:
     """The same rows by hand: the named accounts, their masters and subs, and the PAYG instance count."""
     async with db.session() as session:
         named = select(Account.id).where(Account.uid.in_(uids), actor.account_scope())
-        rows = (await session.execute(
-            select(Account.id, Account.uid, Account.master_id, Account.payg_freeze, Account.status)
-            .where(actor.account_scope(), or_(Account.uid.in_(uids), Account.master_id.in_(named)))
-        )).all()
+        rows = (
+            await session.execute(
+                select(Account.id, Account.uid, Account.master_id, Account.payg_freeze, Account.status).where(
+                    actor.account_scope(), or_(Account.uid.in_(uids), Account.master_id.in_(named))
+                )
+            )
+        ).all()
         ids = [r[0] for r in rows if r[3] is PaygFreezeStatus.NORMAL]
-        await session.scalar(select(func.count(Instance.id)).where(
-            Instance.account_id.in_(ids), Instance.billing_method == BillingMethod.PAYG))
+        await session.scalar(
+            select(func.count(Instance.id)).where(
+                Instance.account_id.in_(ids), Instance.billing_method == BillingMethod.PAYG
+            )
+        )
         return len(ids)
 
 
@@ -132,8 +174,10 @@ async def main() -> None:
         try:
             t0 = time.perf_counter()
             actor, token = await load(db)
-            print(f"database: {db.dialect}; loaded {MASTERS} masters x {SUBS} subs, "
-                  f"{MASTERS * (SUBS + 1) * 2} instances in {time.perf_counter() - t0:.1f}s")
+            print(
+                f"database: {db.dialect}; loaded {MASTERS} masters x {SUBS} subs, "
+                f"{MASTERS * (SUBS + 1) * 2} instances in {time.perf_counter() - t0:.1f}s"
+            )
             rng = random.Random(7)
             masters = [f"M{m:05d}" for m in range(MASTERS)]
 
@@ -141,13 +185,18 @@ async def main() -> None:
             from uidhub.settings import Settings
 
             app = create_app(Settings(database_url=url, export_dir=f"{tmp}/exports"), db=db)
-            query = ("mutation($i: FreezeInput!) { freezePayg(input: $i) { applied affectedPaygInstances "
-                     "affectedAccounts { uid } results { uid userErrors { code } } } }")
+            query = (
+                "mutation($i: FreezeInput!) { freezePayg(input: $i) { applied affectedPaygInstances "
+                "affectedAccounts { uid } results { uid userErrors { code } } } }"
+            )
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as client:
 
                 async def graphql(uids: list[str]) -> None:
-                    response = await client.post("/graphql", json={"query": query, "variables": {
-                        "i": {"uids": uids, "confirm": False}}}, headers={"Authorization": f"Bearer {token}"})
+                    response = await client.post(
+                        "/graphql",
+                        json={"query": query, "variables": {"i": {"uids": uids, "confirm": False}}},
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
                     body = response.json()
                     assert "errors" not in body, body
 
@@ -155,8 +204,10 @@ async def main() -> None:
                 bulk = rng.sample(masters, BULK)
                 affected_one, affected_bulk = await preview(db, actor, one), await preview(db, actor, bulk)
                 figures = []
-                for label, uids, affected in (("1 master", one, affected_one),
-                                              (f"{BULK} masters", bulk, affected_bulk)):
+                for label, uids, affected in (
+                    ("1 master", one, affected_one),
+                    (f"{BULK} masters", bulk, affected_bulk),
+                ):
                     base = await timed(lambda u=uids: baseline(db, actor, u), args.repeat)
                     resolver = await timed(lambda u=uids: preview(db, actor, u), args.repeat)
                     api = await timed(lambda u=uids: graphql(u), args.repeat)
@@ -168,8 +219,10 @@ async def main() -> None:
     header = ("preview of", "affected", "baseline SQL", "resolver", "ratio", "GraphQL", "ratio")
     print(f"{header[0]:<14}{header[1]:>9}{header[2]:>14}{header[3]:>11}{header[4]:>7}{header[5]:>11}{header[6]:>7}")
     for label, affected, base, resolver, api in figures:
-        print(f"{label:<14}{affected:>9}{base * 1000:>12.2f}ms{resolver * 1000:>9.2f}ms{resolver / base:>6.1f}x"
-              f"{api * 1000:>9.2f}ms{api / base:>6.1f}x")
+        print(
+            f"{label:<14}{affected:>9}{base * 1000:>12.2f}ms{resolver * 1000:>9.2f}ms{resolver / base:>6.1f}x"
+            f"{api * 1000:>9.2f}ms{api / base:>6.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -67,8 +67,9 @@ def baseline_app() -> Any:
     async def readyz(_request: Request) -> PlainTextResponse:
         return PlainTextResponse("ready")
 
-    return Starlette(routes=[WebSocketRoute("/ws", ws), Route("/broadcast", broadcast, methods=["POST"]),
-                             Route("/readyz", readyz)])
+    return Starlette(
+        routes=[WebSocketRoute("/ws", ws), Route("/broadcast", broadcast, methods=["POST"]), Route("/readyz", readyz)]
+    )
 
 
 # ---------------------------------------------------------------- measuring
@@ -87,12 +88,22 @@ async def open_clients(address: str, path: str, n: int, token: str | None) -> li
     clients: list[Any] = []
     for start in range(0, n, 50):
         batch = range(start, min(n, start + 50))
-        conns = await asyncio.gather(*(connect(f"ws://{address}{path}", subprotocols=[PROTOCOL], open_timeout=60,  # type: ignore[list-item]
-                                               max_queue=None) for _ in batch))
+        conns = await asyncio.gather(
+            *(
+                connect(
+                    f"ws://{address}{path}",
+                    subprotocols=[PROTOCOL],
+                    open_timeout=60,  # type: ignore[list-item]
+                    max_queue=None,
+                )
+                for _ in batch
+            )
+        )
         clients.extend(WsClient(c) for c in conns)
     if token is not None:
-        await asyncio.gather(*(c.send({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}})
-                               for c in clients))
+        await asyncio.gather(
+            *(c.send({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}}) for c in clients)
+        )
         acks = await asyncio.gather(*(c.receive(60) for c in clients))
         assert all(a["type"] == "connection_ack" for a in acks)
     return clients
@@ -117,12 +128,21 @@ async def measure_uidhub(
     for i in range(-1, events):  # event -1 warms up (every subscription has started), not measured
         uid = f"{prefix}-{n}-{i}"
         await link(write, token, uid)
-        await gql(write, token, 'mutation($u: String!) { setWarningThreshold(input: {uid: $u, percent: 50}) '
-                  "{ userErrors { code } } }", {"u": uid})
+        await gql(
+            write,
+            token,
+            "mutation($u: String!) { setWarningThreshold(input: {uid: $u, percent: 50}) { userErrors { code } } }",
+            {"u": uid},
+        )
         waiting = [asyncio.create_task(receipt(c)) for c in clients]
         started = time.monotonic()
-        await gql(write, token, 'mutation($u: String!) { recordConsumption(input: {uid: $u, amount: "60.00", '
-                  'idempotencyKey: $u}) { userErrors { code } } }', {"u": uid})
+        await gql(
+            write,
+            token,
+            'mutation($u: String!) { recordConsumption(input: {uid: $u, amount: "60.00", '
+            "idempotencyKey: $u}) { userErrors { code } } }",
+            {"u": uid},
+        )
         for arrived, raw in await asyncio.gather(*waiting):
             message = json.loads(raw)
             assert message["type"] == "next", raw
@@ -199,16 +219,21 @@ async def main() -> None:
     try:
         for server in servers:
             await server.wait_ready()
-        print(f"database {url.split('://')[0]}, {args.events} events per row; latency from the committing request "
-              "to each subscriber's receipt")
+        print(
+            f"database {url.split('://')[0]}, {args.events} events per row; latency from the committing request "
+            "to each subscriber's receipt"
+        )
         print(f"{'subscribers':>11}  {'setup':<26} {'latency':<34} ratio p50 / p99 to baseline")
         for n in counts:
             events = args.events if n < 1000 else max(3, args.events // 2)
             one, sample = await measure_uidhub(single.address, single.address, token, n, events, "one")
             two, _ = await measure_uidhub(worker1.address, worker2.address, token, n, events, "two")
             bare = await measure_baseline(baseline.address, n, events, sample)
-            for name, values in (("uidhub, one process", one), ("uidhub, 2 workers + Redis", two),
-                                 ("bare Starlette broadcast", bare)):
+            for name, values in (
+                ("uidhub, one process", one),
+                ("uidhub, 2 workers + Redis", two),
+                ("bare Starlette broadcast", bare),
+            ):
                 ratio = f"{pct(values, 50) / pct(bare, 50):6.1f}x / {pct(values, 99) / pct(bare, 99):6.1f}x"
                 print(f"{n:>11}  {name:<26} {fmt(values):<34} {ratio}", flush=True)
     finally:

@@ -117,7 +117,7 @@ async def main(rounds: int, requests: int, accounts: int) -> None:
             target.per_request.clear()
             target.wall.clear()
         for n in range(rounds):
-            for target in targets[n % 3:] + targets[: n % 3]:
+            for target in targets[n % 3 :] + targets[: n % 3]:
                 await run_round(target, token, requests)
         for target in targets:
             await target.client.aclose()
@@ -129,8 +129,10 @@ async def main(rounds: int, requests: int, accounts: int) -> None:
     for target in targets:
         median = statistics.median(target.per_request)
         wall = statistics.median(target.wall)
-        print(f"  {target.name:8s} CPU {median * 1000:7.2f} ms/request  ratio {median / base:5.3f}"
-              f"   (wall {wall * 1000:7.2f} ms, ratio {wall / base_wall:5.3f})  paired {paired(target, off):5.3f}")
+        print(
+            f"  {target.name:8s} CPU {median * 1000:7.2f} ms/request  ratio {median / base:5.3f}"
+            f"   (wall {wall * 1000:7.2f} ms, ratio {wall / base_wall:5.3f})  paired {paired(target, off):5.3f}"
+        )
     print(f"metrics on / off: {paired(on, off):.3f} (target <= 1.05)")
     print(f"tracing on / off: {paired(traced, off):.3f} (target <= 1.3)")
 

@@ -33,8 +33,14 @@ from uidhub.db import Database
 from uidhub.migrate import upgrade
 from uidhub.settings import Settings
 
-OFF = {"rate_limit_token_burst": 0, "rate_limit_ip_burst": 0, "auth_failures_per_ip": 0, "ws_max_connections": 0,
-       "ws_max_connections_per_ip": 0, "ws_max_connections_per_token": 0}
+OFF = {
+    "rate_limit_token_burst": 0,
+    "rate_limit_ip_burst": 0,
+    "auth_failures_per_ip": 0,
+    "ws_max_connections": 0,
+    "ws_max_connections_per_ip": 0,
+    "ws_max_connections_per_token": 0,
+}
 #: Limits on, high enough never to refuse during the run (the cost of counting, not of refusing).
 ON = {"rate_limit_token_burst": 10_000_000, "rate_limit_ip_burst": 10_000_000}
 
@@ -63,15 +69,27 @@ async def main(requests: int, concurrency: int, redis_url: str | None, rounds: i
             session.add(partner)
             await session.flush()
             token = await create_token(session, partner=partner, role=Role.ADMIN)
-        variants: dict[str, dict[str, Any]] = {"no limits (baseline)": {**OFF, "redis_url": None},
-                                               "in-memory counters": {**ON, "redis_url": None}}
+        variants: dict[str, dict[str, Any]] = {
+            "no limits (baseline)": {**OFF, "redis_url": None},
+            "in-memory counters": {**ON, "redis_url": None},
+        }
         if redis_url:
-            variants["Redis counters"] = {**ON, "redis_url": redis_url,
-                                          "rate_limit_redis_prefix": f"bench-{uuid.uuid4().hex}:"}
+            variants["Redis counters"] = {
+                **ON,
+                "redis_url": redis_url,
+                "rate_limit_redis_prefix": f"bench-{uuid.uuid4().hex}:",
+            }
         clients = {}
         for name, values in variants.items():
-            app = create_app(Settings(_env_file=None, database_url=url, export_dir=f"{tmp}/exports",  # type: ignore[call-arg]
-                                      **values), db=db)
+            app = create_app(
+                Settings(
+                    _env_file=None,
+                    database_url=url,
+                    export_dir=f"{tmp}/exports",  # type: ignore[call-arg]
+                    **values,
+                ),
+                db=db,
+            )
             clients[name] = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench")
         rates: dict[str, list[float]] = {name: [] for name in variants}
         try:

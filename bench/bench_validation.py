@@ -119,8 +119,10 @@ async def main() -> None:
 
     wide_old = timed(lambda: before(schema, WIDE), 3)
     wide_new = await atimed(lambda: after(schema, Limiter(), WIDE), 5)
-    print(f"1,240 x viewer {{ method }}: before {wide_old * 1e3:.0f} ms (validated), "
-          f"after {wide_new * 1e3:.1f} ms (refused); ratio {wide_old / wide_new:.0f}x")
+    print(
+        f"1,240 x viewer {{ method }}: before {wide_old * 1e3:.0f} ms (validated), "
+        f"after {wide_new * 1e3:.1f} ms (refused); ratio {wide_old / wide_new:.0f}x"
+    )
     fan = await atimed(lambda: after(schema, Limiter(), fan_out(13)), 5)
     print(f"13-level fragment fan-out: after {fan * 1e3:.2f} ms (refused); before: minutes (not run)")
 

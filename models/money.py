@@ -25,13 +25,13 @@ def parse_money(value: object) -> int:
     exactly `-?[0-9]+(.[0-9]{1,2})?`.
     """
     if isinstance(value, bool | float):
-        raise MoneyError("money must be a decimal string such as \"12.50\", not a float")
+        raise MoneyError('money must be a decimal string such as "12.50", not a float')
     if isinstance(value, int):
         if abs(value) >= 10**12:
             raise MoneyError("money must be below 10^12")
         return value * 100
     if not isinstance(value, str):
-        raise MoneyError("money must be a decimal string such as \"12.50\"")
+        raise MoneyError('money must be a decimal string such as "12.50"')
     match = _PATTERN.fullmatch(value)
     if match is None:
         if _TOO_LARGE.fullmatch(value):
@@ -62,4 +62,3 @@ def percent_of(amount_cents: int, percent: int) -> int:
     if remainder * 2 >= 100:
         quotient += 1
     return quotient if numerator >= 0 else -quotient
-

@@ -140,12 +140,8 @@ class Account(Base):
     linked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     master_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
     pool_id: Mapped[int] = mapped_column(ForeignKey("quota_pools.id"), index=True)
-    payg_freeze: Mapped[PaygFreezeStatus] = mapped_column(
-        enum_col(PaygFreezeStatus), default=PaygFreezeStatus.NORMAL
-    )
-    purchase_control: Mapped[PurchaseControl] = mapped_column(
-        enum_col(PurchaseControl), default=PurchaseControl.NORMAL
-    )
+    payg_freeze: Mapped[PaygFreezeStatus] = mapped_column(enum_col(PaygFreezeStatus), default=PaygFreezeStatus.NORMAL)
+    purchase_control: Mapped[PurchaseControl] = mapped_column(enum_col(PurchaseControl), default=PurchaseControl.NORMAL)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     master: Mapped[Account | None] = relationship(remote_side=[id], lazy="raise")
@@ -276,9 +272,7 @@ class EmailNotification(Base):
     body_text: Mapped[str] = mapped_column(Text)
     body_html: Mapped[str] = mapped_column(Text)
     message_id: Mapped[str] = mapped_column(String(200), unique=True)
-    status: Mapped[NotificationStatus] = mapped_column(
-        enum_col(NotificationStatus), default=NotificationStatus.PENDING
-    )
+    status: Mapped[NotificationStatus] = mapped_column(enum_col(NotificationStatus), default=NotificationStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

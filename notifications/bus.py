@@ -193,8 +193,10 @@ class RedisBus(Bus):
                 raise
             except Exception as exc:  # subscribers resync by polling; nothing is lost
                 if not self._failing:  # once per outage, not once per commit
-                    log.warning("redis publish failed (%s); other processes' subscribers fall back to polling",
-                                exc or type(exc).__name__)
+                    log.warning(
+                        "redis publish failed (%s); other processes' subscribers fall back to polling",
+                        exc or type(exc).__name__,
+                    )
                 self._failing = True
             finally:
                 if not self._outgoing:

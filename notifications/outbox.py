@@ -460,8 +460,10 @@ class OutboxSender:
                 "attempts": attempts,
                 "claimed_until": None,
                 "last_error": _error_text(
-                    Exception(f"delivery uncertain: an earlier attempt may have delivered {email.message_id}; "
-                              f"its one retry failed too: {outcome.error}")
+                    Exception(
+                        f"delivery uncertain: an earlier attempt may have delivered {email.message_id}; "
+                        f"its one retry failed too: {outcome.error}"
+                    )
                 ),
             }
         elif outcome.maybe_sent:
@@ -544,8 +546,12 @@ class OutboxSender:
         if count == 1:
             log.info("notification %d kept PENDING (no SMTP); the notifications query lists it", first)
         else:
-            log.info("%d notifications kept PENDING (no SMTP), ids %d to %d; the notifications query lists them",
-                     count, first, last)
+            log.info(
+                "%d notifications kept PENDING (no SMTP), ids %d to %d; the notifications query lists them",
+                count,
+                first,
+                last,
+            )
         self._last_logged_id = last
 
     # -- the loop ------------------------------------------------------------

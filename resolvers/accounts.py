@@ -83,7 +83,11 @@ def require_active(account: Account, *field_path: str) -> None:
 
 
 def check_text(
-    errors: list[UserError], value: str | None, name: str, *, max_bytes: int | None = None,
+    errors: list[UserError],
+    value: str | None,
+    name: str,
+    *,
+    max_bytes: int | None = None,
     max_chars: int | None = None,
 ) -> None:
     if value is None:
@@ -297,16 +301,24 @@ async def change_status(session: AsyncSession, actor: Actor, uid: str, target: A
     previous = account.status
     account.status = target
     audit.record(
-        session, actor, account, AuditAction.ACCOUNT_STATUS_CHANGED,
-        before={"accountStatus": previous.value}, after={"accountStatus": target.value},
+        session,
+        actor,
+        account,
+        AuditAction.ACCOUNT_STATUS_CHANGED,
+        before={"accountStatus": previous.value},
+        after={"accountStatus": target.value},
     )
     if account.master_id is None:
         subs = [row for row in locked.values() if row.master_id == account.id and row.status == previous]
         for sub in sorted(subs, key=lambda row: row.id):
             sub.status = target
             audit.record(
-                session, actor, sub, AuditAction.ACCOUNT_STATUS_CHANGED,
-                before={"accountStatus": previous.value}, after={"accountStatus": target.value},
+                session,
+                actor,
+                sub,
+                AuditAction.ACCOUNT_STATUS_CHANGED,
+                before={"accountStatus": previous.value},
+                after={"accountStatus": target.value},
                 cascade_from=account,
             )
     await session.flush()
@@ -551,15 +563,19 @@ async def list_end_users(
             query = query.where(or_(key > value, and_(key == value, Account.uid > uid)))
     rows = (await session.execute(query.limit(limit + 1))).all()
     items = [row[0] for row in rows[:limit]]
-    cursors = [
-        encode_cursor(cursor_kind, [_cursor_value(sort.field, row[1]), row[0].uid]) for row in rows[:limit]
-    ]
+    cursors = [encode_cursor(cursor_kind, [_cursor_value(sort.field, row[1]), row[0].uid]) for row in rows[:limit]]
 
     async def count() -> int:
         return int(await session.scalar(counted(actor, f)) or 0)
 
-    return Page(items=items, cursors=cursors, has_next=len(rows) > limit, has_previous=position is not None,
-                count=count, related=[(row[2], row[3], row[4]) for row in rows[:limit]])
+    return Page(
+        items=items,
+        cursors=cursors,
+        has_next=len(rows) > limit,
+        has_previous=position is not None,
+        count=count,
+        related=[(row[2], row[3], row[4]) for row in rows[:limit]],
+    )
 
 
 # ---------------------------------------------------------------- summary
@@ -599,4 +615,3 @@ async def summary(session: AsyncSession, actor: Actor) -> Summary:
     ).where(actor.account_scope(), Account.status != AccountStatus.DELETED)
     row = (await session.execute(query)).one()
     return Summary(*(int(v) for v in row))
-

@@ -106,9 +106,7 @@ async def evaluate_pool(session: AsyncSession, pool: QuotaPool) -> list[AlertEve
             pool.warning_below = False  # no level, nothing to be below: forget the side silently
     else:
         level = percent_of(pool.amount_cents, pool.warning_percent)
-        state = _crossing(
-            bool(pool.warning_below), R.below_warning(available, pool.amount_cents, pool.warning_percent)
-        )
+        state = _crossing(bool(pool.warning_below), R.below_warning(available, pool.amount_cents, pool.warning_percent))
         if state is not None:
             pool.warning_below = state is AlertState.BREACHED
             owner = await session.scalar(

@@ -138,8 +138,9 @@ class TokenRow:
     revoked_at: datetime | None
 
 
-async def list_tokens(session: AsyncSession, *, partner_uid: str | None = None,
-                      active_only: bool = False) -> list[TokenRow]:
+async def list_tokens(
+    session: AsyncSession, *, partner_uid: str | None = None, active_only: bool = False
+) -> list[TokenRow]:
     """Every token (of one partner), oldest first."""
     owner = aliased(Account)
     query = (
@@ -154,8 +155,16 @@ async def list_tokens(session: AsyncSession, *, partner_uid: str | None = None,
         query = query.where(ApiToken.revoked_at.is_(None))
     return [
         TokenRow(
-            id=t.id, prefix=t.prefix, partner_uid=p_uid, role=t.role, method=t.method, operator_uid=t.operator_uid,
-            operator_name=t.operator_name, is_ram=t.is_ram, account_uid=a_uid, created_at=t.created_at,
+            id=t.id,
+            prefix=t.prefix,
+            partner_uid=p_uid,
+            role=t.role,
+            method=t.method,
+            operator_uid=t.operator_uid,
+            operator_name=t.operator_name,
+            is_ram=t.is_ram,
+            account_uid=a_uid,
+            created_at=t.created_at,
             revoked_at=t.revoked_at,
         )
         for t, p_uid, a_uid in (await session.execute(query)).all()
@@ -202,8 +211,9 @@ async def find_token(session: AsyncSession, *, token_id: int | None = None, pref
     return rows[0]
 
 
-async def revoke_token(session: AsyncSession, *, token_id: int | None = None,
-                       prefix: str | None = None) -> tuple[ApiToken, bool]:
+async def revoke_token(
+    session: AsyncSession, *, token_id: int | None = None, prefix: str | None = None
+) -> tuple[ApiToken, bool]:
     """Revoke a token: (the token, True) when this call revoked it, (token, False) when it already was.
 
     `authenticate` refuses a revoked token from the next request on; the caller publishes

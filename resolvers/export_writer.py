@@ -160,7 +160,11 @@ class XlsxExportWriter:
     """Writes one worksheet row by row in constant memory; `close()` finishes the file and returns the row count."""
 
     def __init__(
-        self, path: str | os.PathLike[str], columns: list[Column], language: Language, tz: timezone,
+        self,
+        path: str | os.PathLike[str],
+        columns: list[Column],
+        language: Language,
+        tz: timezone,
         sheet_kind: ExportKind,
     ) -> None:
         self.path = Path(path)
@@ -268,7 +272,11 @@ class CsvExportWriter:
     """Writes UTF-8 CSV with a BOM (so Excel detects the encoding and CJK text survives) one row at a time."""
 
     def __init__(
-        self, path: str | os.PathLike[str], columns: list[Column], language: Language, tz: timezone,
+        self,
+        path: str | os.PathLike[str],
+        columns: list[Column],
+        language: Language,
+        tz: timezone,
         sheet_kind: ExportKind,
     ) -> None:
         # sheet_kind is unused (CSV has no sheets); it is accepted so both writers are constructed the same way.
@@ -326,7 +334,11 @@ ExportWriter = XlsxExportWriter | CsvExportWriter
 
 
 def open_writer(
-    path: str | os.PathLike[str], fmt: ExportFormat, columns: list[Column], language: Language, tz: timezone,
+    path: str | os.PathLike[str],
+    fmt: ExportFormat,
+    columns: list[Column],
+    language: Language,
+    tz: timezone,
     kind: ExportKind,
 ) -> ExportWriter:
     """The writer for a format, so callers never branch on it themselves."""

@@ -487,8 +487,9 @@ class ExportWorker:
         """Take the next task in fair order (see the module's Fairness) and mark it RUNNING; None when none may run."""
         async with self.db.write() as session:
             if self.db.is_postgres:
-                await session.execute(text("SELECT pg_advisory_xact_lock(:k1, :k2)"),
-                                      {"k1": CLAIM_LOCK_KEYS[0], "k2": CLAIM_LOCK_KEYS[1]})
+                await session.execute(
+                    text("SELECT pg_advisory_xact_lock(:k1, :k2)"), {"k1": CLAIM_LOCK_KEYS[0], "k2": CLAIM_LOCK_KEYS[1]}
+                )
             task = None
             for candidate in await self._candidates(session):
                 query = select(ExportTask).where(ExportTask.id == candidate, ExportTask.status == ExportStatus.PENDING)

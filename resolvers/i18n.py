@@ -229,7 +229,7 @@ def sheet_name(language: Language, kind: ExportKind) -> str:
 
 
 def utc_offset_label(tz: tzinfo, at: datetime | None = None) -> str:
-    """"UTC+08:00" / "UTC-05:30" / "UTC+00:00" for a zone, as the console names its display offset.
+    """ "UTC+08:00" / "UTC-05:30" / "UTC+00:00" for a zone, as the console names its display offset.
 
     `at` only matters for zones with daylight saving; exports use a fixed `datetime.timezone`, whose offset does not
     depend on the instant.

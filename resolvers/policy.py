@@ -228,7 +228,10 @@ async def change_freeze(
             eff_after = transitions.get(account.id, (eff_before, eff_before))[1]
             entries.append((account, account.payg_freeze, eff_before))
             audit.record(
-                session, actor, account, action,
+                session,
+                actor,
+                account,
+                action,
                 before={"paygFreezeStatus": account.payg_freeze.value, "effectivePaygFreezeStatus": eff_before.value},
                 after={"paygFreezeStatus": target.value, "effectivePaygFreezeStatus": eff_after.value},
                 reason=reason,
@@ -239,7 +242,10 @@ async def change_freeze(
             sub = by_id[account_id]
             master = by_id[sub.master_id] if sub.master_id is not None else None
             audit.record(
-                session, actor, sub, action,
+                session,
+                actor,
+                sub,
+                action,
                 before={"effectivePaygFreezeStatus": eff_before.value},
                 after={"effectivePaygFreezeStatus": eff_after.value},
                 reason=reason,
@@ -283,7 +289,10 @@ async def set_purchase_control(
     eff_after = R.effective_purchase_control(status, master_own)
     account.purchase_control = status
     audit.record(
-        session, actor, account, AuditAction.PURCHASE_CONTROL_CHANGED,
+        session,
+        actor,
+        account,
+        AuditAction.PURCHASE_CONTROL_CHANGED,
         before={"purchaseControl": previous.value, "effectivePurchaseControl": eff_before.value},
         after={"purchaseControl": status.value, "effectivePurchaseControl": eff_after.value},
         reason=reason,
@@ -296,7 +305,10 @@ async def set_purchase_control(
             sub_after = R.effective_purchase_control(sub.purchase_control, status)
             if sub_before is not sub_after:
                 audit.record(
-                    session, actor, sub, AuditAction.PURCHASE_CONTROL_CHANGED,
+                    session,
+                    actor,
+                    sub,
+                    AuditAction.PURCHASE_CONTROL_CHANGED,
                     before={"effectivePurchaseControl": sub_before.value},
                     after={"effectivePurchaseControl": sub_after.value},
                     reason=reason,
@@ -341,7 +353,10 @@ async def set_shutdown_policy(
     pool.shutdown_policy = policy
     pool.delay_credit_cents = credit
     audit.record(
-        session, actor, account, AuditAction.SHUTDOWN_POLICY_CHANGED,
+        session,
+        actor,
+        account,
+        AuditAction.SHUTDOWN_POLICY_CHANGED,
         before=before,
         after={"shutdownPolicy": policy.value, "shutdownDelayCredit": format_money(credit)},
     )

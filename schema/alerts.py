@@ -257,7 +257,11 @@ class AlertMutations:
     async def set_credit_alert(self, info: Info, input: Annotated[SetCreditAlertInput, INPUT_ARG]) -> EndUserPayload:
         async def op(session, actor) -> EndUserPayload:  # type: ignore[no-untyped-def]
             row = await ops.set_credit_alert(
-                session, actor, uid=input.uid, enabled=input.enabled, threshold_cents=input.threshold,
+                session,
+                actor,
+                uid=input.uid,
+                enabled=input.enabled,
+                threshold_cents=input.threshold,
                 email=input.email,
             )
             return EndUserPayload(end_user=EndUser.of(row), user_errors=[])

@@ -196,8 +196,9 @@ class Loaders:
         for account in accounts:
             self.account_row.prime(account.id, account)
 
-    def prime_related(self, pools: Sequence[QuotaPool], masters: Sequence[Account | None],
-                      partners: Sequence[Partner]) -> None:
+    def prime_related(
+        self, pools: Sequence[QuotaPool], masters: Sequence[Account | None], partners: Sequence[Partner]
+    ) -> None:
         """Rows a list query joined anyway: pools, masters and the partner, for synchronous nested fields."""
         for pool in pools:
             self.pool.prime(pool.id, pool)

@@ -54,9 +54,7 @@ class ExportTask(Node):
     progress: float = strawberry.field(description="0.0 to 1.0")
     row_count: int | None = strawberry.field(description="Data rows written (the header not counted); set when done.")
     file_name: str | None = strawberry.field(description="The file's name, as the download names it.")
-    download_url: str | None = strawberry.field(
-        description="Relative URL; GET it with the same bearer token."
-    )
+    download_url: str | None = strawberry.field(description="Relative URL; GET it with the same bearer token.")
     error: str | None = strawberry.field(description="Why the export failed.")
     created_at: datetime = strawberry.field(description="When the export was requested.")
     finished_at: datetime | None = strawberry.field(description="When it succeeded or failed.")
@@ -152,8 +150,7 @@ class ExportQueries:
         page = await ops.list_tasks(session, info.context.require_actor(), first=first, after=after, status=status)
         return ExportTaskConnection(
             edges=[
-                ExportTaskEdge(cursor=c, node=ExportTask.of(r))
-                for r, c in zip(page.items, page.cursors, strict=True)
+                ExportTaskEdge(cursor=c, node=ExportTask.of(r)) for r, c in zip(page.items, page.cursors, strict=True)
             ],
             page_info=PageInfo.of(page),
             _page=page,
@@ -165,8 +162,9 @@ class ExportMutations:
     @strawberry.mutation(description="Queue an export; it returns at once with a PENDING task.")
     async def start_export(self, info: Info, input: Annotated[StartExportInput, INPUT_ARG]) -> ExportPayload:
         sort = (
-            account_ops.EndUserSort(field=input.order_by.field.value,
-                                    descending=input.order_by.direction is OrderDirection.DESC)
+            account_ops.EndUserSort(
+                field=input.order_by.field.value, descending=input.order_by.direction is OrderDirection.DESC
+            )
             if input.order_by is not None
             else None
         )

@@ -162,8 +162,12 @@ def measure(document: DocumentNode) -> Shape:
 def limit_error(shape: Shape) -> GraphQLError | None:
     """QUERY_TOO_COMPLEX naming the first limit the document's shape exceeds, or None."""
     checks = (
-        ("selections", shape.selections, MAX_SELECTIONS,
-         f"The query selects more than {MAX_SELECTIONS} fields once its fragments are expanded."),
+        (
+            "selections",
+            shape.selections,
+            MAX_SELECTIONS,
+            f"The query selects more than {MAX_SELECTIONS} fields once its fragments are expanded.",
+        ),
         ("depth", shape.depth, MAX_DEPTH, f"The query exceeds the maximum depth of {MAX_DEPTH}."),
         ("aliases", shape.aliases, MAX_ALIASES, f"The query uses more than {MAX_ALIASES} aliases."),
     )
@@ -185,8 +189,9 @@ def coded(error: GraphQLError, code: str, **extra: Any) -> GraphQLError:
 def _parse_error(error: GraphQLError) -> GraphQLError:
     """Parse failures by cause: the token limit, nesting past the parser's recursion, or a syntax error."""
     if isinstance(error.original_error, RecursionError):
-        return GraphQLError("The query is nested too deeply.",
-                            extensions={"code": TOO_COMPLEX, "limit": "depth", "max": MAX_DEPTH})
+        return GraphQLError(
+            "The query is nested too deeply.", extensions={"code": TOO_COMPLEX, "limit": "depth", "max": MAX_DEPTH}
+        )
     if "tokens" in error.message and "Parsing aborted" in error.message:
         return coded(error, TOO_COMPLEX, limit="tokens", max=MAX_TOKENS)
     return coded(error, PARSE_FAILED)
@@ -251,9 +256,7 @@ class Limiter:
             self.parsed.put(query, parsed)  # on the loop: the LRU is not shared with threads
         return parsed
 
-    async def validate(
-        self, schema: Any, query: str, parsed: _Parsed, rules: tuple[Any, ...]
-    ) -> list[GraphQLError]:
+    async def validate(self, schema: Any, query: str, parsed: _Parsed, rules: tuple[Any, ...]) -> list[GraphQLError]:
         from strawberry.schema.schema import validate_document
 
         key = (query, rules)

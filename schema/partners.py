@@ -28,7 +28,10 @@ class Partner(Node):
     @classmethod
     def of(cls, row: PartnerRow) -> Partner:
         return cls(
-            id=to_global_id("Partner", row.id), uid=row.uid, name=row.name, kind=row.kind,
+            id=to_global_id("Partner", row.id),
+            uid=row.uid,
+            name=row.name,
+            kind=row.kind,
             _alert_emails=list(row.alert_emails or []),
         )
 

@@ -35,7 +35,7 @@ Money = NewType("Money", int)
 MONEY_DEFINITION = strawberry.scalar(
     name="Money",
     description=(
-        "USD as a decimal string with exactly two fraction digits (\"1250.00\", \"-3.10\"). "
+        'USD as a decimal string with exactly two fraction digits ("1250.00", "-3.10"). '
         "Input: a string (or an integer) with at most two fraction digits and below 10^12; "
         "floats, exponents, NaN and Infinity are refused."
     ),

@@ -236,8 +236,9 @@ NO_REQUEST_RATE_LIMITS = {"rate_limit_token_burst": 0, "rate_limit_ip_burst": 0}
 
 
 async def make_api(db: Database, tmp_path: Path, **settings: Any) -> AsyncIterator[Api]:
-    config = Settings(database_url=db.url, export_dir=str(tmp_path / "exports"), **{**NO_REQUEST_RATE_LIMITS,
-                                                                                    **settings})
+    config = Settings(
+        database_url=db.url, export_dir=str(tmp_path / "exports"), **{**NO_REQUEST_RATE_LIMITS, **settings}
+    )
     app = create_app(config, db=db)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:

@@ -44,9 +44,18 @@ ORDER = (
 
 #: Audit fields whose history is a chain: each change starts from the value the previous change left.
 CHAINED = (
-    "amount", "warningThresholdPercent", "nickname", "businessManager", "remarks", "paygFreezeStatus",
-    "effectivePaygFreezeStatus", "purchaseControl", "effectivePurchaseControl", "creditControlStatus",
-    "accountStatus", "shutdownPolicy",
+    "amount",
+    "warningThresholdPercent",
+    "nickname",
+    "businessManager",
+    "remarks",
+    "paygFreezeStatus",
+    "effectivePaygFreezeStatus",
+    "purchaseControl",
+    "effectivePurchaseControl",
+    "creditControlStatus",
+    "accountStatus",
+    "shutdownPolicy",
 )
 
 Call = tuple[str, dict[str, Any]]
@@ -85,8 +94,7 @@ async def fire(base_urls: Sequence[str], token: str, calls: Sequence[Call], clie
             for index in queues[n]:
                 query, variables = calls[index]
                 started = time.perf_counter()
-                response = await http.post("/graphql", json={"query": query, "variables": variables},
-                                           headers=headers)
+                response = await http.post("/graphql", json={"query": query, "variables": variables}, headers=headers)
                 elapsed = time.perf_counter() - started
                 try:
                     body = response.json()
@@ -134,8 +142,9 @@ def mixed_writers(master: str, rounds: int, subs: Sequence[str] = ()) -> list[Ca
 def quota_vs_consumption(uid: str, adjustments: int, consumptions: int) -> list[Call]:
     keys = _keys("qc")
     calls: list[Call] = [(SET, {"i": {"uid": uid, "amount": f"{500 + i}.00"}}) for i in range(adjustments)]
-    calls += [(RECORD, {"i": {"uid": uid, "amount": "0.01", "idempotencyKey": next(keys)}})
-              for _ in range(consumptions)]
+    calls += [
+        (RECORD, {"i": {"uid": uid, "amount": "0.01", "idempotencyKey": next(keys)}}) for _ in range(consumptions)
+    ]
     return _interleave(calls, adjustments)
 
 
@@ -146,12 +155,23 @@ def deductions(uid: str, count: int) -> list[Call]:
 def orders_and_consumptions(master: str, subs: Sequence[str], orders: int, consumptions: int) -> list[Call]:
     accounts = [master, *subs]
     calls: list[Call] = [
-        (ORDER, {"i": {"uid": accounts[n % len(accounts)], "billingMethod": "SUBSCRIPTION", "amount": "1.00",
-                       "idempotencyKey": f"ord-{n}"}})
+        (
+            ORDER,
+            {
+                "i": {
+                    "uid": accounts[n % len(accounts)],
+                    "billingMethod": "SUBSCRIPTION",
+                    "amount": "1.00",
+                    "idempotencyKey": f"ord-{n}",
+                }
+            },
+        )
         for n in range(orders)
     ]
-    calls += [(RECORD, {"i": {"uid": accounts[n % len(accounts)], "amount": "1.00", "idempotencyKey": f"oc-{n}"}})
-              for n in range(consumptions)]
+    calls += [
+        (RECORD, {"i": {"uid": accounts[n % len(accounts)], "amount": "1.00", "idempotencyKey": f"oc-{n}"}})
+        for n in range(consumptions)
+    ]
     return _interleave(calls, orders)
 
 
@@ -193,16 +213,20 @@ async def setup_family(base_url: str, token: str, master: str, subs: Sequence[st
     """Link `master` with `quota` and its sub-accounts (one after the other)."""
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
         for uid, extra in [(master, {"quotaAmount": quota}), *((s, {"masterUid": master}) for s in subs)]:
-            response = await http.post("/graphql", headers={"Authorization": f"Bearer {token}"},
-                                       json={"query": LINK, "variables": {"i": {"uid": uid, **extra}}})
+            response = await http.post(
+                "/graphql",
+                headers={"Authorization": f"Bearer {token}"},
+                json={"query": LINK, "variables": {"i": {"uid": uid, **extra}}},
+            )
             body = response.json()
             assert "errors" not in body and body["data"]["linkAccount"]["userErrors"] == [], body
 
 
 async def pool_of(db: Database, uid: str) -> QuotaPool:
     async with db.read() as session:
-        pool = await session.scalar(select(QuotaPool).join(Account, Account.pool_id == QuotaPool.id)
-                                    .where(Account.uid == uid))
+        pool = await session.scalar(
+            select(QuotaPool).join(Account, Account.pool_id == QuotaPool.id).where(Account.uid == uid)
+        )
         assert pool is not None
         return pool
 
@@ -211,11 +235,20 @@ async def check_books(db: Database, uid: str) -> QuotaPool:
     """The pool's consumed amounts equal its ledger, and its adjustment records form one chain."""
     pool = await pool_of(db, uid)
     async with db.read() as session:
-        ledger = dict((await session.execute(
-            select(LedgerEntry.kind, func.sum(LedgerEntry.amount_cents))
-            .where(LedgerEntry.pool_id == pool.id).group_by(LedgerEntry.kind))).all())
-        records = list(await session.scalars(
-            select(QuotaAdjustment).where(QuotaAdjustment.pool_id == pool.id).order_by(QuotaAdjustment.id)))
+        ledger = dict(
+            (
+                await session.execute(
+                    select(LedgerEntry.kind, func.sum(LedgerEntry.amount_cents))
+                    .where(LedgerEntry.pool_id == pool.id)
+                    .group_by(LedgerEntry.kind)
+                )
+            ).all()
+        )
+        records = list(
+            await session.scalars(
+                select(QuotaAdjustment).where(QuotaAdjustment.pool_id == pool.id).order_by(QuotaAdjustment.id)
+            )
+        )
     spent = int(ledger.get("CONSUMPTION", 0) or 0) + int(ledger.get("SUBSCRIPTION_ORDER", 0) or 0)
     deducted = int(ledger.get("DEDUCTION", 0) or 0) - int(ledger.get("REPAYMENT", 0) or 0)
     assert pool.deducted_cents == deducted
@@ -262,8 +295,9 @@ async def deadlocks(db: Database) -> int | None:
         return None
     async with db.read() as session:
         await session.execute(text("SELECT pg_stat_clear_snapshot()"))
-        return int(await session.scalar(
-            text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")) or 0)
+        return int(
+            await session.scalar(text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")) or 0
+        )
 
 
 async def deadlocks_since(db: Database, before: int | None) -> int:

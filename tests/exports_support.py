@@ -64,7 +64,7 @@ async def seed_accounts(api: Api) -> None:
         m1, u2, u3 = by_uid["M1"], by_uid["U2"], by_uid["U3"]
         m1.payg_freeze = PaygFreezeStatus.FROZEN
         m1.business_manager = "王经理"
-        m1.remarks = "VIP, \"quoted\"\nsecond line"
+        m1.remarks = 'VIP, "quoted"\nsecond line'
         pool = await session.get(QuotaPool, m1.pool_id)
         assert pool is not None
         pool.warning_percent = 20
@@ -86,31 +86,80 @@ async def seed_adjustments(api: Api, uid: str) -> None:
         account = await session.scalar(select(Account).where(Account.uid == uid))
         assert account is not None
         rows = [
-            (now - timedelta(days=220), QuotaOperationType.QUOTA_CREATE, 0, 10_000, OperationMethod.PLATFORM,
-             "P-MAIN", "Partner", False),
-            (now - timedelta(days=30), QuotaOperationType.QUOTA_CREATE, 0, 50_000, OperationMethod.PLATFORM,
-             "P-MAIN", "Partner P-MAIN", False),
-            (now - timedelta(days=10), QuotaOperationType.QUOTA_ADJUSTMENT, 50_000, 123_456, OperationMethod.PLATFORM,
-             "RAM-7", "alice", True),
-            (now - timedelta(days=1), QuotaOperationType.QUOTA_ADJUSTMENT, 123_456, 100_001, OperationMethod.API,
-             "P-MAIN", "Partner P-MAIN", False),
+            (
+                now - timedelta(days=220),
+                QuotaOperationType.QUOTA_CREATE,
+                0,
+                10_000,
+                OperationMethod.PLATFORM,
+                "P-MAIN",
+                "Partner",
+                False,
+            ),
+            (
+                now - timedelta(days=30),
+                QuotaOperationType.QUOTA_CREATE,
+                0,
+                50_000,
+                OperationMethod.PLATFORM,
+                "P-MAIN",
+                "Partner P-MAIN",
+                False,
+            ),
+            (
+                now - timedelta(days=10),
+                QuotaOperationType.QUOTA_ADJUSTMENT,
+                50_000,
+                123_456,
+                OperationMethod.PLATFORM,
+                "RAM-7",
+                "alice",
+                True,
+            ),
+            (
+                now - timedelta(days=1),
+                QuotaOperationType.QUOTA_ADJUSTMENT,
+                123_456,
+                100_001,
+                OperationMethod.API,
+                "P-MAIN",
+                "Partner P-MAIN",
+                False,
+            ),
         ]
         for at, op, before, after, method, op_uid, op_name, ram in rows:
-            session.add(QuotaAdjustment(
-                pool_id=account.pool_id, operation_type=op, occurred_at=at, before_cents=before,
-                value_cents=after - before, after_cents=after, method=method, operator_uid=op_uid,
-                operator_name=op_name, operator_is_ram=ram, operator_role=Role.ADMIN,
-            ))
+            session.add(
+                QuotaAdjustment(
+                    pool_id=account.pool_id,
+                    operation_type=op,
+                    occurred_at=at,
+                    before_cents=before,
+                    value_cents=after - before,
+                    after_cents=after,
+                    method=method,
+                    operator_uid=op_uid,
+                    operator_name=op_name,
+                    operator_is_ram=ram,
+                    operator_role=Role.ADMIN,
+                )
+            )
 
 
-async def end_users(api: Api, filter: dict[str, Any] | None = None, *, order_by: dict[str, Any] | None = None,
-                    token: str | None = None, page: int = 7) -> list[dict[str, Any]]:
+async def end_users(
+    api: Api,
+    filter: dict[str, Any] | None = None,
+    *,
+    order_by: dict[str, Any] | None = None,
+    token: str | None = None,
+    page: int = 7,
+) -> list[dict[str, Any]]:
     """Every page of `endUsers` for a filter, in list order."""
     nodes: list[dict[str, Any]] = []
     after = None
     while True:
-        data = await api.gql(END_USERS, {"filter": filter, "after": after, "first": page, "orderBy": order_by},
-                             token=token)
+        data = await api.gql(
+            END_USERS, {"filter": filter, "after": after, "first": page, "orderBy": order_by}, token=token
+        )
         conn = data["endUsers"]
         nodes.extend(e["node"] for e in conn["edges"])
         if not conn["pageInfo"]["hasNextPage"]:

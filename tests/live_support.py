@@ -80,8 +80,20 @@ class ServerProcess:
         self.address = f"127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("UIDHUB_")}
         full_env.update(env)
-        command = [sys.executable, "-m", "uvicorn", "uidhub.asgi:app", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--loop", "asyncio", "--log-level", "warning"]
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "uidhub.asgi:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--loop",
+            "asyncio",
+            "--log-level",
+            "warning",
+        ]
         if workers > 1:
             command += ["--workers", str(workers)]
         self.process = subprocess.Popen(command, cwd=ROOT, env=full_env)
@@ -168,8 +180,11 @@ class WsClient:
 
 async def gql(address: str, token: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=30) as client:
-        response = await client.post(f"http://{address}/graphql", json={"query": query, "variables": variables or {}},
-                                     headers={"Authorization": f"Bearer {token}"})
+        response = await client.post(
+            f"http://{address}/graphql",
+            json={"query": query, "variables": variables or {}},
+            headers={"Authorization": f"Bearer {token}"},
+        )
     body = response.json()
     assert "errors" not in body, body
     return body["data"]
@@ -179,27 +194,50 @@ async def latest_ids(address: str, token: str) -> dict[str, str]:
     """afterId values that start a subscription exactly at the newest stored row (no race with its first read)."""
     from uidhub.schema.common import to_global_id
 
-    data = await gql(address, token, "{ alertEvents(first: 1) { edges { node { id } } } "
-                     "auditEntries(first: 1) { edges { node { id } } } }")
+    data = await gql(
+        address,
+        token,
+        "{ alertEvents(first: 1) { edges { node { id } } } auditEntries(first: 1) { edges { node { id } } } }",
+    )
     alerts = data["alertEvents"]["edges"]
     audit = data["auditEntries"]["edges"]
-    return {"alerts": alerts[0]["node"]["id"] if alerts else to_global_id("QuotaAlertEvent", 0),
-            "audit": audit[0]["node"]["id"] if audit else to_global_id("AuditEntry", 0)}
+    return {
+        "alerts": alerts[0]["node"]["id"] if alerts else to_global_id("QuotaAlertEvent", 0),
+        "audit": audit[0]["node"]["id"] if audit else to_global_id("AuditEntry", 0),
+    }
 
 
 async def link(address: str, token: str, uid: str, amount: str = "100.00") -> None:
     """Link an account through the HTTP API (writes LINK audit entries)."""
-    data = await gql(address, token, "mutation($uid: String!, $amount: Money) { linkAccount(input: "
-                     "{uid: $uid, quotaAmount: $amount}) { userErrors { code message } } }",
-                     {"uid": uid, "amount": amount})
+    data = await gql(
+        address,
+        token,
+        "mutation($uid: String!, $amount: Money) { linkAccount(input: "
+        "{uid: $uid, quotaAmount: $amount}) { userErrors { code message } } }",
+        {"uid": uid, "amount": amount},
+    )
     assert data["linkAccount"]["userErrors"] == [], data
 
 
-async def store_breach(db: Database, partner_id: int, account_id: int, pool_id: int, *,
-                       kind: AlertKind = AlertKind.QUOTA_WARNING, state: AlertState = AlertState.BREACHED) -> int:
+async def store_breach(
+    db: Database,
+    partner_id: int,
+    account_id: int,
+    pool_id: int,
+    *,
+    kind: AlertKind = AlertKind.QUOTA_WARNING,
+    state: AlertState = AlertState.BREACHED,
+) -> int:
     """Append one alert event through the log's own commit path (add_alert + Database.write); its id."""
-    event = AlertEvent(partner_id=partner_id, account_id=account_id, pool_id=pool_id, kind=kind, state=state,
-                       available_cents=4_000, threshold_cents=5_000)
+    event = AlertEvent(
+        partner_id=partner_id,
+        account_id=account_id,
+        pool_id=pool_id,
+        kind=kind,
+        state=state,
+        available_cents=4_000,
+        threshold_cents=5_000,
+    )
     async with db.write() as session:
         add_alert(session, event, None)
     return event.id

@@ -70,12 +70,19 @@ def smtp_server(fail_first: int = 0) -> Iterator[Smtp]:
 
 
 BREACH_STEPS = [
-    ('mutation($uid: String!) { linkAccount(input: {uid: $uid, quotaAmount: "100.00"}) { userErrors { code } } }',
-     "linkAccount"),
-    ("mutation($uid: String!) { setWarningThreshold(input: {uid: $uid, percent: 50}) { userErrors { code } } }",
-     "setWarningThreshold"),
-    ('mutation($uid: String!) { recordConsumption(input: {uid: $uid, amount: "60.00", idempotencyKey: "k-1"}) '
-     "{ userErrors { code } } }", "recordConsumption"),
+    (
+        'mutation($uid: String!) { linkAccount(input: {uid: $uid, quotaAmount: "100.00"}) { userErrors { code } } }',
+        "linkAccount",
+    ),
+    (
+        "mutation($uid: String!) { setWarningThreshold(input: {uid: $uid, percent: 50}) { userErrors { code } } }",
+        "setWarningThreshold",
+    ),
+    (
+        'mutation($uid: String!) { recordConsumption(input: {uid: $uid, amount: "60.00", idempotencyKey: "k-1"}) '
+        "{ userErrors { code } } }",
+        "recordConsumption",
+    ),
 ]
 
 

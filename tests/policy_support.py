@@ -51,8 +51,7 @@ STATE = (
 )
 
 
-async def link(api: Api, uid: str, *, quota: str | None = None, master: str | None = None,
-               as_: str = "admin") -> None:
+async def link(api: Api, uid: str, *, quota: str | None = None, master: str | None = None, as_: str = "admin") -> None:
     data = await api.gql(
         "mutation($i: LinkAccountInput!) { linkAccount(input: $i) { userErrors { code message } } }",
         {"i": {"uid": uid, "quotaAmount": quota, "masterUid": master}},
@@ -69,35 +68,62 @@ async def set_quota(api: Api, uid: str, amount: str) -> None:
     assert data["setQuotaAmount"]["userErrors"] == [], data
 
 
-async def freeze(api: Api, uids: list[str], *, confirm: bool = True, reason: str | None = None,
-                 unfreeze: bool = False, as_: str = "admin") -> dict[str, Any]:
-    data = await api.gql(UNFREEZE if unfreeze else FREEZE,
-                         {"i": {"uids": uids, "confirm": confirm, "reason": reason}}, as_=as_)
+async def freeze(
+    api: Api,
+    uids: list[str],
+    *,
+    confirm: bool = True,
+    reason: str | None = None,
+    unfreeze: bool = False,
+    as_: str = "admin",
+) -> dict[str, Any]:
+    data = await api.gql(
+        UNFREEZE if unfreeze else FREEZE, {"i": {"uids": uids, "confirm": confirm, "reason": reason}}, as_=as_
+    )
     return data["unfreezePayg" if unfreeze else "freezePayg"]
 
 
-async def purchase_control(api: Api, uid: str, status: str, reason: str | None = None,
-                           as_: str = "admin") -> dict[str, Any]:
+async def purchase_control(
+    api: Api, uid: str, status: str, reason: str | None = None, as_: str = "admin"
+) -> dict[str, Any]:
     data = await api.gql(PURCHASE, {"i": {"uid": uid, "status": status, "reason": reason}}, as_=as_)
     return data["setPurchaseControl"]
 
 
-async def shutdown_policy(api: Api, uid: str, policy: str, credit: str | None = None,
-                          as_: str = "admin") -> dict[str, Any]:
+async def shutdown_policy(
+    api: Api, uid: str, policy: str, credit: str | None = None, as_: str = "admin"
+) -> dict[str, Any]:
     data = await api.gql(SHUTDOWN, {"i": {"uid": uid, "policy": policy, "shutdownDelayCredit": credit}}, as_=as_)
     return data["setShutdownPolicy"]
 
 
-async def order(api: Api, uid: str, method: str, amount: str, *, key: str | None = None,
-                description: str | None = None, as_: str = "admin", token: str | None = None) -> dict[str, Any]:
-    variables = {"i": {"uid": uid, "billingMethod": method, "amount": amount, "description": description,
-                       "idempotencyKey": key or f"k-{next(_keys)}"}}
+async def order(
+    api: Api,
+    uid: str,
+    method: str,
+    amount: str,
+    *,
+    key: str | None = None,
+    description: str | None = None,
+    as_: str = "admin",
+    token: str | None = None,
+) -> dict[str, Any]:
+    variables = {
+        "i": {
+            "uid": uid,
+            "billingMethod": method,
+            "amount": amount,
+            "description": description,
+            "idempotencyKey": key or f"k-{next(_keys)}",
+        }
+    }
     data = await api.gql(ORDER, variables, as_=as_, token=token)
     return data["placeOrder"]
 
 
-async def check(api: Api, uid: str, method: str, amount: str, *, as_: str = "admin",
-                token: str | None = None) -> dict[str, Any]:
+async def check(
+    api: Api, uid: str, method: str, amount: str, *, as_: str = "admin", token: str | None = None
+) -> dict[str, Any]:
     data = await api.gql(CHECK, {"uid": uid, "m": method, "a": amount}, as_=as_, token=token)
     return data["purchaseCheck"]
 
@@ -121,19 +147,34 @@ async def row_counts(db: Database) -> dict[str, int]:
     """Rows of every table a policy change or an order may write."""
     async with db.read() as session:
         out: dict[str, int] = {}
-        for name, model in (("audit", AuditEntry), ("instances", Instance), ("ledger", LedgerEntry),
-                            ("keys", IdempotencyRecord)):
+        for name, model in (
+            ("audit", AuditEntry),
+            ("instances", Instance),
+            ("ledger", LedgerEntry),
+            ("keys", IdempotencyRecord),
+        ):
             out[name] = int(await session.scalar(select(func.count()).select_from(model)) or 0)
         return out
 
 
 async def account_snapshot(db: Database) -> list[tuple[Any, ...]]:
     async with db.read() as session:
-        accounts = (await session.execute(
-            select(Account.uid, Account.payg_freeze, Account.purchase_control).order_by(Account.uid))).all()
-        pools = (await session.execute(
-            select(QuotaPool.id, QuotaPool.amount_cents, QuotaPool.undeducted_cents, QuotaPool.shutdown_policy,
-                   QuotaPool.credit_control_status).order_by(QuotaPool.id))).all()
+        accounts = (
+            await session.execute(
+                select(Account.uid, Account.payg_freeze, Account.purchase_control).order_by(Account.uid)
+            )
+        ).all()
+        pools = (
+            await session.execute(
+                select(
+                    QuotaPool.id,
+                    QuotaPool.amount_cents,
+                    QuotaPool.undeducted_cents,
+                    QuotaPool.shutdown_policy,
+                    QuotaPool.credit_control_status,
+                ).order_by(QuotaPool.id)
+            )
+        ).all()
         return [tuple(r) for r in accounts] + [tuple(r) for r in pools]
 
 
@@ -157,8 +198,13 @@ async def bulk_master(db: Database, partner_uid: str, master_uid: str, subs: int
         await session.flush()
         accounts = [master]
         for i in range(subs):
-            sub = Account(partner_id=partner_id, uid=f"{master_uid}-S{i:03d}", account_type=AccountType.END_USER,
-                          pool_id=pool.id, master_id=master.id)
+            sub = Account(
+                partner_id=partner_id,
+                uid=f"{master_uid}-S{i:03d}",
+                account_type=AccountType.END_USER,
+                pool_id=pool.id,
+                master_id=master.id,
+            )
             accounts.append(sub)
         session.add_all(accounts[1:])
         await session.flush()

@@ -21,8 +21,11 @@ SET_THRESHOLD = f"mutation($i: SetWarningThresholdInput!) {{ setWarningThreshold
 RECORD = f"mutation($i: AmountInput!) {{ recordConsumption(input: $i) {{ {PAYLOAD} }} }}"
 DEDUCT = f"mutation($i: AmountInput!) {{ deductConsumption(input: $i) {{ {PAYLOAD} }} }}"
 REPAY = f"mutation($i: AmountInput!) {{ repayOutstanding(input: $i) {{ {PAYLOAD} }} }}"
-BALANCE = {"record": (RECORD, "recordConsumption"), "deduct": (DEDUCT, "deductConsumption"),
-           "repay": (REPAY, "repayOutstanding")}
+BALANCE = {
+    "record": (RECORD, "recordConsumption"),
+    "deduct": (DEDUCT, "deductConsumption"),
+    "repay": (REPAY, "repayOutstanding"),
+}
 
 
 async def link(api: Api, uid: str, amount: str | None = None, master: str | None = None, as_: str = "admin") -> None:
@@ -66,8 +69,9 @@ async def counts(db: Database) -> dict[str, int]:
 async def pools(db: Database) -> list[tuple[int, int, int, int | None]]:
     async with db.read() as session:
         rows = await session.execute(
-            select(QuotaPool.amount_cents, QuotaPool.deducted_cents, QuotaPool.undeducted_cents,
-                   QuotaPool.warning_percent).order_by(QuotaPool.id)
+            select(
+                QuotaPool.amount_cents, QuotaPool.deducted_cents, QuotaPool.undeducted_cents, QuotaPool.warning_percent
+            ).order_by(QuotaPool.id)
         )
         return [tuple(r) for r in rows.all()]  # type: ignore[misc]
 

@@ -34,8 +34,9 @@ async def counts(api: Api) -> tuple[int, int, int]:
 
 
 async def test_link_standalone_and_sub_account(api: Api) -> None:
-    payload = await link(api, "M1", nickname="Master", email="m1@example.com", accountType="ENTERPRISE",
-                         quotaAmount="100.00")
+    payload = await link(
+        api, "M1", nickname="Master", email="m1@example.com", accountType="ENTERPRISE", quotaAmount="100.00"
+    )
     eu = payload["endUser"]
     assert eu["uid"] == "M1" and eu["accountType"] == "ENTERPRISE" and eu["email"] == "m1@example.com"
     assert eu["accountStatus"] == "NORMAL" and eu["master"] is None and eu["quota"]["amount"] == "100.00"
@@ -131,8 +132,10 @@ async def test_update_basic_info_limits(api: Api) -> None:
     ]
     audit_before = len(await audit_of(api, "U1"))
     for fields, name in bad_cases:
-        payload = await update_info(api, "U1", **fields, remarks="would change") if "remarks" not in fields else (
-            await update_info(api, "U1", **fields, nickname="would change")
+        payload = (
+            await update_info(api, "U1", **fields, remarks="would change")
+            if "remarks" not in fields
+            else (await update_info(api, "U1", **fields, nickname="would change"))
         )
         assert payload["endUser"] is None
         assert [(e["code"], e["field"]) for e in payload["userErrors"]] == [("INVALID_INPUT", ["input", name])], fields
@@ -203,8 +206,13 @@ async def test_cancel_and_invalid_transitions(api: Api) -> None:
         assert [(e["code"], e["field"]) for e in payload["userErrors"]] == [
             ("INVALID_STATUS_TRANSITION", ["input", "status"])
         ], (current, target)
-    for current, target in [("IN_PROCESS", "NORMAL"), ("TERMINATED", "NORMAL"), ("DELETED", "NORMAL"),
-                            ("TO_BE_CONFIRMED", "TERMINATED"), ("IN_PROCESS", "TO_BE_CONFIRMED")]:
+    for current, target in [
+        ("IN_PROCESS", "NORMAL"),
+        ("TERMINATED", "NORMAL"),
+        ("DELETED", "NORMAL"),
+        ("TO_BE_CONFIRMED", "TERMINATED"),
+        ("IN_PROCESS", "TO_BE_CONFIRMED"),
+    ]:
         await set_account(api, "M1", status=current)
         payload = await change_status(api, "M1", target)
         assert [e["code"] for e in payload["userErrors"]] == ["INVALID_STATUS_TRANSITION"], (current, target)
@@ -301,10 +309,17 @@ async def seed_portfolio(api: Api) -> None:
     await set_account(api, "A3", payg_freeze="FROZEN")
     await set_account(api, "S3", purchase_control="BANNED")
     await set_pool(api, "M1", amount_cents=10_000)
-    await set_pool(api, "M2", amount_cents=1_000, undeducted_cents=2_000, warning_percent=50,
-                   credit_control_status="SHUTDOWN")
-    await set_pool(api, "A1", amount_cents=1_000, undeducted_cents=400, warning_percent=50,
-                   credit_control_status="ARREARS_NOT_SHUTDOWN")
+    await set_pool(
+        api, "M2", amount_cents=1_000, undeducted_cents=2_000, warning_percent=50, credit_control_status="SHUTDOWN"
+    )
+    await set_pool(
+        api,
+        "A1",
+        amount_cents=1_000,
+        undeducted_cents=400,
+        warning_percent=50,
+        credit_control_status="ARREARS_NOT_SHUTDOWN",
+    )
     await set_pool(api, "A2", amount_cents=1_000, undeducted_cents=500, warning_percent=50)  # exactly at level
 
 
@@ -339,8 +354,7 @@ async def test_every_filter(api: Api) -> None:
         ({"businessManager": "Li Wei"}, {"A1", "S3"}),  # exact, not a prefix
         ({"linkedAfter": (T0 + timedelta(days=5)).isoformat()}, {"A1", "A2", "A3"}),
         ({"linkedBefore": (T0 + timedelta(days=2)).isoformat()}, {"M1", "S1"}),
-        ({"linkedAfter": (T0 + timedelta(days=1)).isoformat(), "linkedBefore": "2025-01-03T08:00:00+08:00"},
-         {"S1"}),
+        ({"linkedAfter": (T0 + timedelta(days=1)).isoformat(), "linkedBefore": "2025-01-03T08:00:00+08:00"}, {"S1"}),
         ({"includeSubAccounts": False}, {"M1", "M2", "A1", "A2", "A3"}),
         ({"includeSubAccounts": True}, everyone),
         ({"includeSubAccounts": False, "paygFreezeStatus": "FROZEN", "search": "m"}, {"M1"}),
@@ -450,18 +464,28 @@ async def test_pagination_errors(api: Api) -> None:
 
 
 async def test_summary(api: Api) -> None:
-    data = await api.gql("{ summary { accounts frozen purchaseBanned shutdown belowWarningLevel totalQuota "
-                         "totalAvailable totalOutstanding } }")
+    data = await api.gql(
+        "{ summary { accounts frozen purchaseBanned shutdown belowWarningLevel totalQuota "
+        "totalAvailable totalOutstanding } }"
+    )
     assert data["summary"] == {
-        "accounts": 0, "frozen": 0, "purchaseBanned": 0, "shutdown": 0, "belowWarningLevel": 0,
-        "totalQuota": "0.00", "totalAvailable": "0.00", "totalOutstanding": "0.00",
+        "accounts": 0,
+        "frozen": 0,
+        "purchaseBanned": 0,
+        "shutdown": 0,
+        "belowWarningLevel": 0,
+        "totalQuota": "0.00",
+        "totalAvailable": "0.00",
+        "totalOutstanding": "0.00",
     }
     await seed_portfolio(api)
     await link(api, "GONE")
     await set_pool(api, "GONE", amount_cents=99_999)
     await set_account(api, "GONE", status="DELETED")
-    data = await api.gql("{ summary { accounts frozen purchaseBanned shutdown belowWarningLevel totalQuota "
-                         "totalAvailable totalOutstanding } }")
+    data = await api.gql(
+        "{ summary { accounts frozen purchaseBanned shutdown belowWarningLevel totalQuota "
+        "totalAvailable totalOutstanding } }"
+    )
     # Pools: M1 100.00, M2 10.00-20.00, A1 10.00-4.00, A2 10.00-5.00, A3 0.
     assert data["summary"] == {
         "accounts": 8,
@@ -478,8 +502,9 @@ async def test_summary(api: Api) -> None:
 
 
 async def test_viewer(api: Api) -> None:
-    data = await api.gql("{ viewer { operator { uid name isRamAccount role } partner { id uid name kind alertEmails } "
-                         "method } }")
+    data = await api.gql(
+        "{ viewer { operator { uid name isRamAccount role } partner { id uid name kind alertEmails } method } }"
+    )
     viewer = data["viewer"]
     assert viewer["operator"] == {"uid": "P-MAIN", "name": "Partner P-MAIN", "isRamAccount": False, "role": "ADMIN"}
     assert viewer["partner"]["uid"] == "P-MAIN" and viewer["partner"]["kind"] == "DISTRIBUTOR"
@@ -494,12 +519,15 @@ async def test_viewer(api: Api) -> None:
 
 async def test_node_round_trips(api: Api) -> None:
     eu = (await link(api, "U1", nickname="n"))["endUser"]
-    data = await api.gql("query($id: ID!) { node(id: $id) { id __typename ... on EndUser { uid nickname } } }",
-                         {"id": eu["id"]})
+    data = await api.gql(
+        "query($id: ID!) { node(id: $id) { id __typename ... on EndUser { uid nickname } } }", {"id": eu["id"]}
+    )
     assert data["node"] == {"id": eu["id"], "__typename": "EndUser", "uid": "U1", "nickname": "n"}
     entry = (await api.gql('{ auditEntries(uid: "U1") { edges { node { id action } } } }'))["auditEntries"]["edges"][0]
-    data = await api.gql("query($id: ID!) { node(id: $id) { id ... on AuditEntry { action account { uid } } } }",
-                         {"id": entry["node"]["id"]})
+    data = await api.gql(
+        "query($id: ID!) { node(id: $id) { id ... on AuditEntry { action account { uid } } } }",
+        {"id": entry["node"]["id"]},
+    )
     assert data["node"] == {"id": entry["node"]["id"], "action": "ACCOUNT_LINKED", "account": {"uid": "U1"}}
     for garbage in ["", "nope", "RW5kVXNlcjo5OTk5OQ", "RW5kVXNlcjp4"]:  # EndUser:99999, EndUser:x
         assert (await api.gql("query($id: ID!) { node(id: $id) { id } }", {"id": garbage}))["node"] is None

@@ -34,37 +34,66 @@ async def seed(api: Api, masters: int = 110, subs_per_master: int = 2) -> int:
         session.add_all(pools)
         await session.flush()
         owners = [
-            Account(partner_id=partner.id, uid=f"M{i:04d}", account_type=AccountType.ENTERPRISE, nickname=f"Master {i}",
-                    status=AccountStatus.NORMAL, pool_id=pools[i].id, linked_at=t0 + timedelta(minutes=3 * i))
+            Account(
+                partner_id=partner.id,
+                uid=f"M{i:04d}",
+                account_type=AccountType.ENTERPRISE,
+                nickname=f"Master {i}",
+                status=AccountStatus.NORMAL,
+                pool_id=pools[i].id,
+                linked_at=t0 + timedelta(minutes=3 * i),
+            )
             for i in range(masters)
         ]
         session.add_all(owners)
         await session.flush()
         subs = [
-            Account(partner_id=partner.id, uid=f"M{i:04d}-S{j}", account_type=AccountType.END_USER,
-                    status=AccountStatus.NORMAL, pool_id=pools[i].id, master_id=owners[i].id,
-                    linked_at=t0 + timedelta(minutes=3 * i + j + 1))
-            for i in range(masters) for j in range(subs_per_master)
+            Account(
+                partner_id=partner.id,
+                uid=f"M{i:04d}-S{j}",
+                account_type=AccountType.END_USER,
+                status=AccountStatus.NORMAL,
+                pool_id=pools[i].id,
+                master_id=owners[i].id,
+                linked_at=t0 + timedelta(minutes=3 * i + j + 1),
+            )
+            for i in range(masters)
+            for j in range(subs_per_master)
         ]
         session.add_all(subs)
         await session.flush()
         entries = []
         for account in owners + subs:
             for k in range(5):
-                entries.append(AuditEntry(
-                    partner_id=partner.id, account_id=account.id, action=AuditAction.BASIC_INFO_UPDATED,
-                    method=OperationMethod.PLATFORM, operator_uid="P-MAIN", operator_name="main",
-                    operator_role=Role.ADMIN, before={"remarks": str(k)}, after={"remarks": str(k + 1)},
-                    cascade_from_id=account.master_id,
-                ))
+                entries.append(
+                    AuditEntry(
+                        partner_id=partner.id,
+                        account_id=account.id,
+                        action=AuditAction.BASIC_INFO_UPDATED,
+                        method=OperationMethod.PLATFORM,
+                        operator_uid="P-MAIN",
+                        operator_name="main",
+                        operator_role=Role.ADMIN,
+                        before={"remarks": str(k)},
+                        after={"remarks": str(k + 1)},
+                        cascade_from_id=account.master_id,
+                    )
+                )
         session.add_all(entries)
         for i, pool in enumerate(pools):
             for k in range(3):  # three quota records per pool, newest last
-                session.add(QuotaAdjustment(
-                    pool_id=pool.id, operation_type=QuotaOperationType.QUOTA_ADJUSTMENT,
-                    occurred_at=datetime.now(UTC) - timedelta(days=3 - k), before_cents=k * 100, value_cents=100,
-                    after_cents=(k + 1) * 100 + i, method=OperationMethod.PLATFORM, operator_uid="P-MAIN",
-                ))
+                session.add(
+                    QuotaAdjustment(
+                        pool_id=pool.id,
+                        operation_type=QuotaOperationType.QUOTA_ADJUSTMENT,
+                        occurred_at=datetime.now(UTC) - timedelta(days=3 - k),
+                        before_cents=k * 100,
+                        value_cents=100,
+                        after_cents=(k + 1) * 100 + i,
+                        method=OperationMethod.PLATFORM,
+                        operator_uid="P-MAIN",
+                    )
+                )
     return masters * (1 + subs_per_master)
 
 

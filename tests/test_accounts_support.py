@@ -40,8 +40,9 @@ mutation($uid: String!, $status: AccountStatus!) {
 ONE = "query($uid: String!) { endUser(uid: $uid) { uid nickname businessManager remarks accountStatus } }"
 
 
-async def link(api: Api, uid: str, *, as_: str = "admin", token: str | None = None, expect_ok: bool = True,
-               **fields: Any) -> dict[str, Any]:
+async def link(
+    api: Api, uid: str, *, as_: str = "admin", token: str | None = None, expect_ok: bool = True, **fields: Any
+) -> dict[str, Any]:
     data = await api.gql(LINK, {"input": {"uid": uid, **fields}}, as_=as_, token=token)
     payload = data["linkAccount"]
     if expect_ok:
@@ -49,14 +50,16 @@ async def link(api: Api, uid: str, *, as_: str = "admin", token: str | None = No
     return payload
 
 
-async def update_info(api: Api, uid: str, *, as_: str = "admin", token: str | None = None,
-                      **fields: Any) -> dict[str, Any]:
+async def update_info(
+    api: Api, uid: str, *, as_: str = "admin", token: str | None = None, **fields: Any
+) -> dict[str, Any]:
     data = await api.gql(UPDATE, {"input": {"uid": uid, **fields}}, as_=as_, token=token)
     return data["updateBasicInfo"]
 
 
-async def change_status(api: Api, uid: str, status: str, *, as_: str = "admin",
-                        token: str | None = None) -> dict[str, Any]:
+async def change_status(
+    api: Api, uid: str, status: str, *, as_: str = "admin", token: str | None = None
+) -> dict[str, Any]:
     data = await api.gql(STATUS, {"uid": uid, "status": status}, as_=as_, token=token)
     return data["changeAccountStatus"]
 
@@ -72,11 +75,25 @@ async def partner(api: Api, uid: str = "P-MAIN") -> Partner:
         return row
 
 
-async def token_for(api: Api, role: Role = Role.ADMIN, *, partner_uid: str = "P-MAIN",
-                    method: OperationMethod = OperationMethod.PLATFORM, account_uid: str | None = None,
-                    is_ram: bool = False, operator_uid: str | None = None) -> str:
-    return await make_token(api.db, await partner(api, partner_uid), role, method=method, account_uid=account_uid,
-                            is_ram=is_ram, operator_uid=operator_uid)
+async def token_for(
+    api: Api,
+    role: Role = Role.ADMIN,
+    *,
+    partner_uid: str = "P-MAIN",
+    method: OperationMethod = OperationMethod.PLATFORM,
+    account_uid: str | None = None,
+    is_ram: bool = False,
+    operator_uid: str | None = None,
+) -> str:
+    return await make_token(
+        api.db,
+        await partner(api, partner_uid),
+        role,
+        method=method,
+        account_uid=account_uid,
+        is_ram=is_ram,
+        operator_uid=operator_uid,
+    )
 
 
 async def set_pool(api: Api, uid: str, **values: int) -> None:

@@ -159,7 +159,9 @@ async def test_credit_alert_set_above_available_breaches_at_once(api: Api) -> No
     await consume(api, "U1", 6000)  # available 40
     data = await set_credit_alert(api, "U1", "50.00", "eu@example.com")
     assert data["setCreditAlert"]["endUser"]["creditAlert"] == {
-        "enabled": True, "threshold": "50.00", "email": "eu@example.com",
+        "enabled": True,
+        "threshold": "50.00",
+        "email": "eu@example.com",
     }
     assert await events(api) == [("CREDIT_ALERT", "BREACHED", "U1", 4000, 5000)]
     assert [m.recipients for m in await emails(api)] == [["eu@example.com"]]
@@ -369,7 +371,7 @@ async def test_alert_events_query_filters_pagination_and_scoping(api: Api) -> No
     assert {e["node"]["state"] for e in filtered["edges"]} == {"BREACHED"}
     kinds = (await api.gql(EVENTS, {"kinds": ["CREDIT_ALERT"]}))["alertEvents"]
     assert [e["node"]["account"]["uid"] for e in kinds["edges"]] == ["U2"]
-    both = (await api.gql(EVENTS, {"kinds": ["CREDIT_ALERT", "QUOTA_WARNING"], "states": ["RECOVERED"]}))
+    both = await api.gql(EVENTS, {"kinds": ["CREDIT_ALERT", "QUOTA_WARNING"], "states": ["RECOVERED"]})
     assert both["alertEvents"]["totalCount"] == 1
 
     # Another partner sees only its own; a UID of ours is nothing to it.

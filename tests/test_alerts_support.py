@@ -64,8 +64,15 @@ query($first: Int, $after: String, $status: NotificationStatus) {
 """
 
 
-async def link(api: Api, uid: str, *, quota: str | None = None, master: str | None = None,
-               nickname: str | None = None, as_: str = "admin") -> None:
+async def link(
+    api: Api,
+    uid: str,
+    *,
+    quota: str | None = None,
+    master: str | None = None,
+    nickname: str | None = None,
+    as_: str = "admin",
+) -> None:
     fields: dict[str, Any] = {"uid": uid}
     if quota is not None:
         fields["quotaAmount"] = quota
@@ -90,8 +97,14 @@ async def token(api: Api, role: Role, *, account_uid: str | None = None, partner
 
 def admin_actor(p: Partner) -> Actor:
     return Actor(
-        partner_id=p.id, partner_uid=p.uid, partner_kind=PartnerKind.DISTRIBUTOR, role=Role.ADMIN,
-        method=OperationMethod.PLATFORM, operator_uid=p.uid, operator_name=p.name, is_ram=False,
+        partner_id=p.id,
+        partner_uid=p.uid,
+        partner_kind=PartnerKind.DISTRIBUTOR,
+        role=Role.ADMIN,
+        method=OperationMethod.PLATFORM,
+        operator_uid=p.uid,
+        operator_name=p.name,
+        is_ram=False,
     )
 
 
@@ -154,9 +167,17 @@ async def emails(api: Api) -> list[EmailNotification]:
         return list((await session.scalars(select(EmailNotification).order_by(EmailNotification.id))).all())
 
 
-async def set_credit_alert(api: Api, uid: str, threshold: str, email: str = "eu@example.com", *,
-                           enabled: bool = True, as_: str = "admin", tok: str | None = None,
-                           errors: bool = False) -> dict[str, Any]:
+async def set_credit_alert(
+    api: Api,
+    uid: str,
+    threshold: str,
+    email: str = "eu@example.com",
+    *,
+    enabled: bool = True,
+    as_: str = "admin",
+    tok: str | None = None,
+    errors: bool = False,
+) -> dict[str, Any]:
     variables = {"input": {"uid": uid, "enabled": enabled, "threshold": threshold, "email": email}}
     body = await api.gql(SET_CREDIT_ALERT, variables, as_=as_, token=tok, errors=errors)
     return body

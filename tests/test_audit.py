@@ -14,8 +14,10 @@ from uidhub.resolvers.auth import authenticate
 from tests.conftest import Api
 from tests.test_accounts_support import audit_of, change_status, link, token_for, update_info
 
-ENTRY = "id action occurredAt method before after reason cascadeFrom { uid } account { uid } " \
-        "operator { uid name isRamAccount role }"
+ENTRY = (
+    "id action occurredAt method before after reason cascadeFrom { uid } account { uid } "
+    "operator { uid name isRamAccount role }"
+)
 
 
 async def test_link_update_and_status_entries(api: Api) -> None:
@@ -24,8 +26,13 @@ async def test_link_update_and_status_entries(api: Api) -> None:
     [linked] = await audit_of(api, "M1")
     assert linked["action"] == "ACCOUNT_LINKED"
     assert linked["before"] is None
-    assert linked["after"] == {"uid": "M1", "accountType": "ENTERPRISE", "nickname": "Master",
-                               "email": "m@example.com", "masterUid": None}
+    assert linked["after"] == {
+        "uid": "M1",
+        "accountType": "ENTERPRISE",
+        "nickname": "Master",
+        "email": "m@example.com",
+        "masterUid": None,
+    }
     assert linked["method"] == "PLATFORM" and linked["reason"] is None and linked["cascadeFrom"] is None
     assert linked["operator"] == {"uid": "P-MAIN", "name": "Partner P-MAIN", "isRamAccount": False, "role": "ADMIN"}
     assert (await audit_of(api, "S1"))[0]["after"]["masterUid"] == "M1"
@@ -84,8 +91,15 @@ async def test_reason_and_system_entries(api: Api) -> None:
         actor = await authenticate(session, api.tokens["admin"])
         account = await session.scalar(select(Account).where(Account.uid == "U1"))
         assert actor is not None and account is not None
-        audit_ops.record(session, actor, account, AuditAction.PAYG_FROZEN, before={"paygFreezeStatus": "NORMAL"},
-                         after={"paygFreezeStatus": "FROZEN"}, reason="unpaid invoice")
+        audit_ops.record(
+            session,
+            actor,
+            account,
+            AuditAction.PAYG_FROZEN,
+            before={"paygFreezeStatus": "NORMAL"},
+            after={"paygFreezeStatus": "FROZEN"},
+            reason="unpaid invoice",
+        )
         audit_ops.record(session, None, account, AuditAction.CREDIT_CONTROL_CHANGED)
     system, frozen = (await audit_of(api, "U1"))[:2]
     assert frozen["reason"] == "unpaid invoice" and frozen["action"] == "PAYG_FROZEN"
@@ -132,8 +146,9 @@ async def test_audit_entries_filters(api: Api) -> None:
         rows = (await session.scalars(select(AuditRow).order_by(AuditRow.id))).all()
         for i, row in enumerate(rows):
             day = i if row.action is AuditAction.ACCOUNT_LINKED else 10 + (i - 5)
-            await session.execute(update(AuditRow).where(AuditRow.id == row.id).values(
-                occurred_at=t0 + timedelta(days=day)))
+            await session.execute(
+                update(AuditRow).where(AuditRow.id == row.id).values(occurred_at=t0 + timedelta(days=day))
+            )
     since = (t0 + timedelta(days=2)).isoformat()
     until = (t0 + timedelta(days=4)).isoformat()
     assert await entries(since=since, until=until) == [("U3", "ACCOUNT_LINKED"), ("U2", "ACCOUNT_LINKED")]
@@ -169,8 +184,11 @@ async def test_audit_entries_pagination(api: Api) -> None:
     for variables in ({"first": 101}, {"after": "garbage"}, {"first": -5}):
         body = await api.gql(q, variables, errors=True)
         assert body["data"] is None and body["errors"], variables
-    data = await api.gql("query($a: [AuditAction!]) { auditEntries(actions: $a) { totalCount } }",
-                         {"a": ["ACCOUNT_LINKED"] * 101}, errors=True)
+    data = await api.gql(
+        "query($a: [AuditAction!]) { auditEntries(actions: $a) { totalCount } }",
+        {"a": ["ACCOUNT_LINKED"] * 101},
+        errors=True,
+    )
     assert data["errors"]
 
 
@@ -187,7 +205,8 @@ async def test_end_user_audit_entries(api: Api) -> None:
     assert page["totalCount"] == 3 and page["pageInfo"]["hasNextPage"] is True
     assert page["pageInfo"]["hasPreviousPage"] is False
     page2 = (await api.gql(q, {"uid": "U0", "first": 5, "after": page["pageInfo"]["endCursor"]}))["endUser"][
-        "auditEntries"]
+        "auditEntries"
+    ]
     assert [e["node"]["after"].get("nickname") for e in page2["edges"]] == ["a", None]
     assert page2["pageInfo"]["hasNextPage"] is False and page2["pageInfo"]["hasPreviousPage"] is True
     linked = (await api.gql(q, {"uid": "U0", "actions": ["ACCOUNT_LINKED"]}))["endUser"]["auditEntries"]
@@ -195,8 +214,10 @@ async def test_end_user_audit_entries(api: Api) -> None:
     body = await api.gql(q, {"uid": "U0", "first": 101}, errors=True)
     assert body["errors"]
     # Each account in a list gets its own entries.
-    data = await api.gql("{ endUsers(first: 10, orderBy: {field: UID}) { edges { node { uid "
-                         "auditEntries(first: 1) { totalCount edges { node { account { uid } } } } } } } }")
+    data = await api.gql(
+        "{ endUsers(first: 10, orderBy: {field: UID}) { edges { node { uid "
+        "auditEntries(first: 1) { totalCount edges { node { account { uid } } } } } } } }"
+    )
     for edge in data["endUsers"]["edges"]:
         entries = edge["node"]["auditEntries"]
         assert entries["totalCount"] == (3 if edge["node"]["uid"] == "U0" else 1)

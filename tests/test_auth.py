@@ -87,10 +87,13 @@ async def test_billing_cannot_change_accounts(api: Api) -> None:
     await link(api, "U1")
     billing = await token_for(api, Role.BILLING)
     forbidden(await api.gql(LINK, {"input": {"uid": "U2"}}, token=billing, errors=True), "linkAccount")
-    forbidden(await api.gql(UPDATE, {"input": {"uid": "U1", "remarks": "x"}}, token=billing, errors=True),
-              "updateBasicInfo")
-    forbidden(await api.gql(STATUS, {"uid": "U1", "status": "TO_BE_CONFIRMED"}, token=billing, errors=True),
-              "changeAccountStatus")
+    forbidden(
+        await api.gql(UPDATE, {"input": {"uid": "U1", "remarks": "x"}}, token=billing, errors=True), "updateBasicInfo"
+    )
+    forbidden(
+        await api.gql(STATUS, {"uid": "U1", "status": "TO_BE_CONFIRMED"}, token=billing, errors=True),
+        "changeAccountStatus",
+    )
     assert (await api.gql('{ endUser(uid: "U1") { uid } }', token=billing))["endUser"] == {"uid": "U1"}
 
 
@@ -111,19 +114,21 @@ async def test_agency_partner(api: Api) -> None:
         assert payload["userErrors"] == []
         assert payload["endUser"]["nickname"] == "new nick" and payload["endUser"]["remarks"] == "new remarks"
 
-        before = (await api.gql(
-            "query($u: String!) { endUser(uid: $u) { nickname businessManager remarks } }", {"u": uid}, token=token
-        ))["endUser"]
+        before = (
+            await api.gql(
+                "query($u: String!) { endUser(uid: $u) { nickname businessManager remarks } }", {"u": uid}, token=token
+            )
+        )["endUser"]
         audit_q = "query($u: String!) { auditEntries(uid: $u) { totalCount } }"
         entries_before = (await api.gql(audit_q, {"u": uid}, token=token))["auditEntries"]["totalCount"]
         payload = await update_info(api, uid, token=token, businessManager="Zhang", nickname="changed?")
         assert payload["endUser"] is None
-        assert [(e["code"], e["field"]) for e in payload["userErrors"]] == [
-            ("FORBIDDEN", ["input", "businessManager"])
-        ]
-        after = (await api.gql(
-            "query($u: String!) { endUser(uid: $u) { nickname businessManager remarks } }", {"u": uid}, token=token
-        ))["endUser"]
+        assert [(e["code"], e["field"]) for e in payload["userErrors"]] == [("FORBIDDEN", ["input", "businessManager"])]
+        after = (
+            await api.gql(
+                "query($u: String!) { endUser(uid: $u) { nickname businessManager remarks } }", {"u": uid}, token=token
+            )
+        )["endUser"]
         assert after == before, "nothing changed, nickname included"
         assert (await api.gql(audit_q, {"u": uid}, token=token))["auditEntries"]["totalCount"] == entries_before
         # Even clearing the business manager is refused.
@@ -166,8 +171,10 @@ async def test_end_user_sees_own_account_and_subs_only(api: Api) -> None:
     await link(api, "S3", masterUid="M2")
     master_token = await token_for(api, Role.END_USER, account_uid="M1")
     sub_token = await token_for(api, Role.END_USER, account_uid="S1")
-    ids = {e["node"]["uid"]: e["node"]["id"] for e in (await api.gql("{ endUsers { edges { node { id uid } } } }"))[
-        "endUsers"]["edges"]}
+    ids = {
+        e["node"]["uid"]: e["node"]["id"]
+        for e in (await api.gql("{ endUsers { edges { node { id uid } } } }"))["endUsers"]["edges"]
+    }
 
     q = "{ endUsers(orderBy: {field: UID}) { totalCount edges { node { uid master { uid } subAccounts { uid } } } } }"
     data = (await api.gql(q, token=master_token))["endUsers"]
@@ -183,19 +190,21 @@ async def test_end_user_sees_own_account_and_subs_only(api: Api) -> None:
     node_q = "query($id: ID!) { node(id: $id) { ... on EndUser { uid } } }"
     for token, visible in ((master_token, {"M1", "S1", "S2"}), (sub_token, {"S1"})):
         for uid, gid in ids.items():
-            got = (await api.gql("query($u: String!) { endUser(uid: $u) { uid } }", {"u": uid}, token=token))[
-                "endUser"]
+            got = (await api.gql("query($u: String!) { endUser(uid: $u) { uid } }", {"u": uid}, token=token))["endUser"]
             assert (got is not None) is (uid in visible), uid
             node = (await api.gql(node_q, {"id": gid}, token=token))["node"]
             assert (node is not None) is (uid in visible), uid
     summary = (await api.gql("{ summary { accounts } }", token=sub_token))["summary"]
     assert summary["accounts"] == 1
     # Audit entries: only its own accounts'.
-    entries = (await api.gql("{ auditEntries(first: 100) { totalCount edges { node { account { uid } } } } }",
-                             token=master_token))["auditEntries"]
+    entries = (
+        await api.gql(
+            "{ auditEntries(first: 100) { totalCount edges { node { account { uid } } } } }", token=master_token
+        )
+    )["auditEntries"]
     assert {e["node"]["account"]["uid"] for e in entries["edges"]} == {"M1", "S1", "S2"}
     assert entries["totalCount"] == 3
-    data = (await api.gql('{ auditEntries(uid: "M2") { totalCount edges { cursor } } }', token=master_token))
+    data = await api.gql('{ auditEntries(uid: "M2") { totalCount edges { cursor } } }', token=master_token)
     assert data["auditEntries"] == {"totalCount": 0, "edges": []}
 
 
@@ -205,8 +214,9 @@ async def test_end_user_may_only_confirm_own_termination(api: Api) -> None:
     await link(api, "M2")
     token = await token_for(api, Role.END_USER, account_uid="M1")
     forbidden(await api.gql(LINK, {"input": {"uid": "U9"}}, token=token, errors=True), "linkAccount")
-    forbidden(await api.gql(UPDATE, {"input": {"uid": "M1", "nickname": "x"}}, token=token, errors=True),
-              "updateBasicInfo")
+    forbidden(
+        await api.gql(UPDATE, {"input": {"uid": "M1", "nickname": "x"}}, token=token, errors=True), "updateBasicInfo"
+    )
 
     # NORMAL → TO_BE_CONFIRMED is the partner's step, not the end user's.
     payload = await change_status(api, "M1", "TO_BE_CONFIRMED", token=token)
@@ -241,7 +251,8 @@ async def test_other_partners_accounts_do_not_exist(api: Api) -> None:
     await link(api, "XS", as_="other", masterUid="X1")
     await link(api, "M1")
     theirs = (await api.gql('{ endUser(uid: "X1") { id auditEntries { edges { node { id } } } } }', as_="other"))[
-        "endUser"]
+        "endUser"
+    ]
     x1_id = theirs["id"]
     entry_id = theirs["auditEntries"]["edges"][0]["node"]["id"]
 
@@ -263,6 +274,10 @@ async def test_other_partners_accounts_do_not_exist(api: Api) -> None:
     ]:
         assert [e["code"] for e in payload["userErrors"]] == [code]
     assert (await one(api, "X1", as_="other")) == {
-        "uid": "X1", "nickname": "theirs", "businessManager": None, "remarks": None, "accountStatus": "NORMAL"
+        "uid": "X1",
+        "nickname": "theirs",
+        "businessManager": None,
+        "remarks": None,
+        "accountStatus": "NORMAL",
     }
     assert (await api.gql("{ summary { accounts } }"))["summary"]["accounts"] == 1

@@ -33,10 +33,22 @@ from uidhub.db import Database
 from uidhub.settings import Settings
 
 HUGE = 2**63
-NODE_TYPES = ["EndUser", "Partner", "AuditEntry", "ExportTask", "QuotaAdjustment", "QuotaAlertEvent",
-              "EmailNotification", "Instance"]
-EDGE_DATES = ["0001-01-01T00:00:00+14:00", "0001-01-01T00:00:00-14:00",
-              "9999-12-31T23:59:59+14:00", "9999-12-31T23:59:59-14:00"]
+NODE_TYPES = [
+    "EndUser",
+    "Partner",
+    "AuditEntry",
+    "ExportTask",
+    "QuotaAdjustment",
+    "QuotaAlertEvent",
+    "EmailNotification",
+    "Instance",
+]
+EDGE_DATES = [
+    "0001-01-01T00:00:00+14:00",
+    "0001-01-01T00:00:00-14:00",
+    "9999-12-31T23:59:59+14:00",
+    "9999-12-31T23:59:59-14:00",
+]
 
 
 def global_id(type_name: str, pk: int | str) -> str:
@@ -58,10 +70,12 @@ class Row:
 
 
 SEARCH = "query($s: String) { endUsers(filter: {search: $s}) { totalCount } }"
-UPDATE = ("mutation($n: String) { updateBasicInfo(input: {uid: \"BAD-1\", nickname: $n}) "
-          "{ userErrors { code } endUser { nickname } } }")
-LINK = "mutation($e: String) { linkAccount(input: {uid: \"BAD-NEW\", email: $e}) { userErrors { code } } }"
-LINK_MONEY = "mutation($a: Money) { linkAccount(input: {uid: \"BAD-NEW\", quotaAmount: $a}) { userErrors { code } } }"
+UPDATE = (
+    'mutation($n: String) { updateBasicInfo(input: {uid: "BAD-1", nickname: $n}) '
+    "{ userErrors { code } endUser { nickname } } }"
+)
+LINK = 'mutation($e: String) { linkAccount(input: {uid: "BAD-NEW", email: $e}) { userErrors { code } } }'
+LINK_MONEY = 'mutation($a: Money) { linkAccount(input: {uid: "BAD-NEW", quotaAmount: $a}) { userErrors { code } } }'
 NODE = "query($id: ID!) { node(id: $id) { id } }"
 TASK = "query($id: ID!) { exportTask(id: $id) { id } }"
 
@@ -71,8 +85,11 @@ def _rows() -> list[Row]:
         Row("search NUL", SEARCH, {"s": "\u0000"}),
         Row("search NUL percent", SEARCH, {"s": "\u0000%"}),
         Row("search 100k characters", SEARCH, {"s": "x" * 100_000}),
-        Row("lone surrogate in a variable", body=json.dumps(
-            {"query": UPDATE, "variables": {"n": "\ud800"}}).encode(), status=400),
+        Row(
+            "lone surrogate in a variable",
+            body=json.dumps({"query": UPDATE, "variables": {"n": "\ud800"}}).encode(),
+            status=400,
+        ),
         Row("control character in linkAccount.email", LINK, {"e": "ops\u0000@example.com"}),
         Row("bell character in linkAccount.email", LINK, {"e": "ops\u0007@example.com"}),
         Row("non-ASCII digits in Money", LINK_MONEY, {"a": "１２.５０"}),
@@ -82,31 +99,56 @@ def _rows() -> list[Row]:
     ]
     for date in EDGE_DATES:
         rows += [
-            Row(f"endUsers linkedAfter {date}", "query($d: DateTime) { endUsers(filter: {linkedAfter: $d}) "
-                "{ totalCount } }", {"d": date}),
-            Row(f"auditEntries since {date}", "query($d: DateTime) { auditEntries(since: $d) { totalCount } }",
-                {"d": date}),
-            Row(f"adjustments since {date}", "query($d: DateTime) { endUser(uid: \"BAD-1\") { quota "
-                "{ adjustments(since: $d) { totalCount } } } }", {"d": date}),
-            Row(f"startExport since {date}", "mutation($d: DateTime) { startExport(input: {kind: QUOTA_ADJUSTMENTS, "
-                "uid: \"BAD-1\", since: $d}) { userErrors { code } } }", {"d": date}),
+            Row(
+                f"endUsers linkedAfter {date}",
+                "query($d: DateTime) { endUsers(filter: {linkedAfter: $d}) { totalCount } }",
+                {"d": date},
+            ),
+            Row(
+                f"auditEntries since {date}",
+                "query($d: DateTime) { auditEntries(since: $d) { totalCount } }",
+                {"d": date},
+            ),
+            Row(
+                f"adjustments since {date}",
+                'query($d: DateTime) { endUser(uid: "BAD-1") { quota { adjustments(since: $d) { totalCount } } } }',
+                {"d": date},
+            ),
+            Row(
+                f"startExport since {date}",
+                "mutation($d: DateTime) { startExport(input: {kind: QUOTA_ADJUSTMENTS, "
+                'uid: "BAD-1", since: $d}) { userErrors { code } } }',
+                {"d": date},
+            ),
         ]
     for type_name in NODE_TYPES:
         rows.append(Row(f"node {type_name} id 2^63", NODE, {"id": global_id(type_name, HUGE)}))
     rows += [
         Row("exportTask plain id past BIGINT", TASK, {"id": "99999999999999999999999"}),
         Row("exportTask global id past BIGINT", TASK, {"id": global_id("ExportTask", HUGE)}),
-        Row("auditEntries cursor past BIGINT", "query($a: String) { auditEntries(after: $a) { totalCount } }",
-            {"a": encode_cursor(AUDIT_CURSOR, [HUGE])}),
-        Row("adjustments cursor past BIGINT", "query($a: String) { endUser(uid: \"BAD-1\") { quota "
-            "{ adjustments(after: $a) { totalCount } } } }", {"a": encode_cursor(ADJUSTMENT_CURSOR, [HUGE])}),
-        Row("endUsers cursor past BIGINT", "query($a: String) { endUsers(after: $a, orderBy: {field: "
+        Row(
+            "auditEntries cursor past BIGINT",
+            "query($a: String) { auditEntries(after: $a) { totalCount } }",
+            {"a": encode_cursor(AUDIT_CURSOR, [HUGE])},
+        ),
+        Row(
+            "adjustments cursor past BIGINT",
+            'query($a: String) { endUser(uid: "BAD-1") { quota { adjustments(after: $a) { totalCount } } } }',
+            {"a": encode_cursor(ADJUSTMENT_CURSOR, [HUGE])},
+        ),
+        Row(
+            "endUsers cursor past BIGINT",
+            "query($a: String) { endUsers(after: $a, orderBy: {field: "
             "AVAILABLE_QUOTA, direction: DESC}) { totalCount } }",
-            {"a": encode_cursor("eu:AVAILABLE_QUOTA:d", [HUGE, "BAD-1"])}),
+            {"a": encode_cursor("eu:AVAILABLE_QUOTA:d", [HUGE, "BAD-1"])},
+        ),
         Row("download id past BIGINT", method="GET", path="/exports/99999999999999999999999/download", status=404),
         Row("deeply nested JSON body", body=b"[" * 100_000 + b"]" * 100_000, status=400),
-        Row("deeply nested JSON variables", body=b'{"query": "{ viewer { method } }", "variables": {"a": '
-            + b"[" * 100_000 + b"]" * 100_000 + b"}}", status=400),
+        Row(
+            "deeply nested JSON variables",
+            body=b'{"query": "{ viewer { method } }", "variables": {"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+            status=400,
+        ),
         Row("subscription over HTTP POST", "subscription { quotaThresholdBreached { id } }", status=400),
     ]
     return rows
@@ -118,8 +160,9 @@ ROWS = _rows()
 async def fingerprint(db: Database) -> dict[str, Any]:
     """Row counts of every table and the seeded account's editable fields: what a bad request must not change."""
     async with db.read() as session:
-        counts = {t.name: await session.scalar(select(func.count()).select_from(t))
-                  for t in Base.metadata.sorted_tables}
+        counts = {
+            t.name: await session.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables
+        }
         account = (await session.execute(select(Base.metadata.tables["accounts"]))).mappings().all()
     return {"counts": counts, "accounts": [dict(a) for a in account]}
 
@@ -153,8 +196,9 @@ async def test_bad_input_is_a_coded_client_error(api: Api, row: Row) -> None:
     if row.method == "GET":
         response = await api.client.get(row.path, headers=headers)
     else:
-        response = await api.client.post(row.path, content=body,
-                                          headers={"Content-Type": "application/json", **headers})
+        response = await api.client.post(
+            row.path, content=body, headers={"Content-Type": "application/json", **headers}
+        )
     assert_coded_client_error(row, response.status_code, response.text)
     assert await fingerprint(api.db) == before, f"{row.name} changed something"
 
@@ -172,8 +216,16 @@ async def ws_url(sqlite_db: Database, tmp_path: Path) -> AsyncIterator[tuple[str
 
 
 def _subscribe(padding: int) -> str:
-    return json.dumps({"id": "1", "type": "subscribe", "payload": {
-        "query": "subscription($p: String) { quotaThresholdBreached { id } }", "variables": {"p": "x" * padding}}})
+    return json.dumps(
+        {
+            "id": "1",
+            "type": "subscribe",
+            "payload": {
+                "query": "subscription($p: String) { quotaThresholdBreached { id } }",
+                "variables": {"p": "x" * padding},
+            },
+        }
+    )
 
 
 WS_ROWS = {

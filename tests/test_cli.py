@@ -22,8 +22,9 @@ UIDHUB = Path(sys.executable).with_name("uidhub")
 def run(tmp_path: Path, *args: str, db_url: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("UIDHUB_")}
     env["UIDHUB_DATABASE_URL"] = db_url or f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
-    return subprocess.run([str(UIDHUB), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [str(UIDHUB), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def assert_one_line_failure(result: subprocess.CompletedProcess) -> None:
@@ -59,28 +60,69 @@ async def test_migrate_is_idempotent(tmp_path: Path) -> None:
 
 
 async def test_create_partner_and_token(tmp_path: Path) -> None:
-    result = run(tmp_path, "create-partner", "--uid", "5010000000000777", "--name", "Acme Distribution",
-                 "--kind", "DISTRIBUTOR", "--alert-email", "ops@acme.example", "--alert-email", "cfo@acme.example")
+    result = run(
+        tmp_path,
+        "create-partner",
+        "--uid",
+        "5010000000000777",
+        "--name",
+        "Acme Distribution",
+        "--kind",
+        "DISTRIBUTOR",
+        "--alert-email",
+        "ops@acme.example",
+        "--alert-email",
+        "cfo@acme.example",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "5010000000000777"
-    result = run(tmp_path, "create-partner", "--uid", "R1", "--name", "Reseller", "--kind", "RESELLER",
-                 "--parent", "5010000000000777")
+    result = run(
+        tmp_path,
+        "create-partner",
+        "--uid",
+        "R1",
+        "--name",
+        "Reseller",
+        "--kind",
+        "RESELLER",
+        "--parent",
+        "5010000000000777",
+    )
     assert result.returncode == 0, result.stderr
 
-    result = run(tmp_path, "create-token", "--partner", "5010000000000777", "--role", "OPERATOR", "--method", "API",
-                 "--operator-uid", "RAM-1", "--operator-name", "Ops Bot", "--ram")
+    result = run(
+        tmp_path,
+        "create-token",
+        "--partner",
+        "5010000000000777",
+        "--role",
+        "OPERATOR",
+        "--method",
+        "API",
+        "--operator-uid",
+        "RAM-1",
+        "--operator-name",
+        "Ops Bot",
+        "--ram",
+    )
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     assert result.stdout == token + "\n", "only the token on stdout"
     assert token.startswith("uh_") and len(token) > 30
-    response = await graphql(tmp_path, token, "{ viewer { method operator { uid name isRamAccount role } "
-                                              "partner { uid kind alertEmails } } }")
+    response = await graphql(
+        tmp_path,
+        token,
+        "{ viewer { method operator { uid name isRamAccount role } partner { uid kind alertEmails } } }",
+    )
     assert response.status_code == 200
     assert response.json()["data"]["viewer"] == {
         "method": "API",
         "operator": {"uid": "RAM-1", "name": "Ops Bot", "isRamAccount": True, "role": "OPERATOR"},
-        "partner": {"uid": "5010000000000777", "kind": "DISTRIBUTOR",
-                    "alertEmails": ["ops@acme.example", "cfo@acme.example"]},
+        "partner": {
+            "uid": "5010000000000777",
+            "kind": "DISTRIBUTOR",
+            "alertEmails": ["ops@acme.example", "cfo@acme.example"],
+        },
     }
     # The token is stored hashed: it appears nowhere in the database file.
     assert token.encode() not in (tmp_path / "cli.db").read_bytes()
@@ -90,10 +132,13 @@ async def test_create_partner_and_token(tmp_path: Path) -> None:
     assert link.json()["data"]["linkAccount"]["userErrors"] == []
     result = run(tmp_path, "create-token", "--partner", "5010000000000777", "--role", "END_USER", "--account", "U1")
     assert result.returncode == 0, result.stderr
-    response = await graphql(tmp_path, result.stdout.strip(),
-                             "{ viewer { operator { uid role } } endUsers { totalCount } }")
-    assert response.json()["data"] == {"viewer": {"operator": {"uid": "U1", "role": "END_USER"}},
-                                       "endUsers": {"totalCount": 1}}
+    response = await graphql(
+        tmp_path, result.stdout.strip(), "{ viewer { operator { uid role } } endUsers { totalCount } }"
+    )
+    assert response.json()["data"] == {
+        "viewer": {"operator": {"uid": "U1", "role": "END_USER"}},
+        "endUsers": {"totalCount": 1},
+    }
 
 
 @pytest.mark.parametrize(
@@ -131,8 +176,12 @@ def closed_port() -> int:
 
 @pytest.mark.parametrize(
     "args",
-    [("migrate",), ("create-partner", "--uid", "P", "--name", "N", "--kind", "AGENCY"),
-     ("create-token", "--partner", "P", "--role", "ADMIN"), ("demo", "--accounts", "5")],
+    [
+        ("migrate",),
+        ("create-partner", "--uid", "P", "--name", "N", "--kind", "AGENCY"),
+        ("create-token", "--partner", "P", "--role", "ADMIN"),
+        ("demo", "--accounts", "5"),
+    ],
 )
 async def test_unreachable_database(tmp_path: Path, args: tuple[str, ...]) -> None:
     url = f"postgresql+asyncpg://postgres@127.0.0.1:{closed_port()}/uidhub"
@@ -147,9 +196,13 @@ async def test_demo(tmp_path: Path) -> None:
     token = token_lines[0].split()[-1]
     assert token.startswith("uh_")
     assert "/graphql" in result.stdout
-    response = await graphql(tmp_path, token, """{ viewer { partner { kind } operator { role } method }
+    response = await graphql(
+        tmp_path,
+        token,
+        """{ viewer { partner { kind } operator { role } method }
       endUsers(first: 100) { totalCount edges { node { uid nickname businessManager remarks master { uid }
-        subAccounts { uid } } } } }""")
+        subAccounts { uid } } } } }""",
+    )
     data = response.json()["data"]
     assert data["viewer"] == {"partner": {"kind": "DISTRIBUTOR"}, "operator": {"role": "ADMIN"}, "method": "PLATFORM"}
     nodes = [e["node"] for e in data["endUsers"]["edges"]]
@@ -164,10 +217,14 @@ async def test_demo(tmp_path: Path) -> None:
     assert all(m["businessManager"] for m in masters)
     assert any(m["remarks"] for m in masters)
     # A history to look at: quota records, consumption, orders, crossed warnings and their queued emails.
-    response = await graphql(tmp_path, token, """{
+    response = await graphql(
+        tmp_path,
+        token,
+        """{
       endUsers(first: 100, filter: {includeSubAccounts: false}) { edges { node {
         quota { consumedDeducted consumedUndeducted adjustments { totalCount } } instances { billingMethod } } } }
-      alertEvents(first: 1) { totalCount } notifications(first: 1) { totalCount edges { node { status } } } }""")
+      alertEvents(first: 1) { totalCount } notifications(first: 1) { totalCount edges { node { status } } } }""",
+    )
     data = response.json()["data"]
     quotas = [e["node"]["quota"] for e in data["endUsers"]["edges"]]
     assert any(q["adjustments"]["totalCount"] for q in quotas)

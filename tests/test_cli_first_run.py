@@ -79,17 +79,26 @@ def test_every_option_of_every_subcommand_has_a_help_text(command: str) -> None:
 
 
 def test_create_token_help_shows_a_line_for_each_option(tmp_path: Path) -> None:
-    result = subprocess.run([str(UIDHUB), "create-token", "--help"], capture_output=True, text=True, timeout=60,
-                            check=False, env={**os.environ, "COLUMNS": "200"})
+    result = subprocess.run(
+        [str(UIDHUB), "create-token", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     for option in ("--partner", "--role", "--method", "--operator-uid", "--operator-name", "--ram", "--account"):
         [index] = [n for n, ln in enumerate(lines) if ln.strip().startswith(option)]
         # "  --option METAVAR   help text", or the help on the next, further indented line after a long metavar
         same_line = len(re.split(r"\s{2,}", lines[index].strip())) >= 2
-        next_line = index + 1 < len(lines) and lines[index + 1].startswith(" " * 8) \
+        next_line = (
+            index + 1 < len(lines)
+            and lines[index + 1].startswith(" " * 8)
             and not lines[index + 1].strip().startswith("-")
-        assert same_line or next_line, "\n".join(lines[index:index + 2])
+        )
+        assert same_line or next_line, "\n".join(lines[index : index + 2])
 
 
 def test_the_test_summary_says_why_tests_were_skipped(tmp_path: Path) -> None:
@@ -97,9 +106,26 @@ def test_the_test_summary_says_why_tests_were_skipped(tmp_path: Path) -> None:
     (tmp_path / "test_sample.py").write_text(
         "import pytest\n\n@pytest.mark.skip(reason='needs the moon')\ndef test_skipped():\n    pass\n"
     )
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c",
-                             str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path), str(tmp_path)],
-                            capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-c",
+            str(ROOT / "pyproject.toml"),
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
     assert "SKIPPED [1]" in result.stdout and "needs the moon" in result.stdout, result.stdout
 
 
@@ -112,8 +138,15 @@ async def _serve_demo(tmp_path: Path, port: int) -> AsyncIterator[asyncio.subpro
     env["UIDHUB_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}"
     env["UIDHUB_EXPORT_DIR"] = str(tmp_path / "exports")
     process = await asyncio.create_subprocess_exec(
-        str(UIDHUB), "serve", "--demo", "--port", str(port), cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        str(UIDHUB),
+        "serve",
+        "--demo",
+        "--port",
+        str(port),
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     try:
         yield process
@@ -127,8 +160,9 @@ async def _serve_demo(tmp_path: Path, port: int) -> AsyncIterator[asyncio.subpro
             await process.wait()
 
 
-async def _read_until(process: asyncio.subprocess.Process, lines: list[str], pattern: str, *, seen: int = 0,
-                      timeout: float = 240.0) -> None:
+async def _read_until(
+    process: asyncio.subprocess.Process, lines: list[str], pattern: str, *, seen: int = 0, timeout: float = 240.0
+) -> None:
     """Collect output lines until one from index `seen` on matches `pattern` (a hang guard, not a speed check)."""
     assert process.stdout is not None
     async with asyncio.timeout(timeout):
@@ -142,22 +176,33 @@ def _banner(lines: list[str]) -> list[str]:
     """The framed block printed once the server listens."""
     rules = [n for n, line in enumerate(lines) if re.fullmatch(r"={20,}", line)]
     assert len(rules) == 2, "\n".join(lines)
-    return lines[rules[0]:rules[1] + 1]
+    return lines[rules[0] : rules[1] + 1]
 
 
 async def _run_printed(command: str, tmp_path: Path) -> str:
     """Run the printed create-token command in a shell, as a user pasting it would; its stdout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("UIDHUB_")}
-    result = await asyncio.to_thread(subprocess.run, ["bash", "-c", command], cwd=tmp_path, env=env,
-                                     capture_output=True, text=True, timeout=120, check=False)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", "-c", command],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
 
 async def _viewer(port: int, token: str) -> dict[str, object]:
     async with httpx.AsyncClient(timeout=30) as client:
-        response = await client.post(f"http://127.0.0.1:{port}/graphql", json={"query": "{ viewer { method } }"},
-                                     headers={"Authorization": f"Bearer {token}"})
+        response = await client.post(
+            f"http://127.0.0.1:{port}/graphql",
+            json={"query": "{ viewer { method } }"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
     return response.json()
 
 
@@ -223,5 +268,8 @@ async def test_pending_emails_without_smtp_are_one_line_per_start(
             assert await sender.run_once() == 0
             assert await sender.run_once() == 0  # nothing new: nothing more said
     pending = [r.getMessage() for r in caplog.records if "kept PENDING" in r.getMessage()]
-    assert pending == [f"5 notifications kept PENDING (no SMTP), ids {ids[0]} to {ids[-1]}; "
-                       "the notifications query lists them"] * 2
+    assert (
+        pending
+        == [f"5 notifications kept PENDING (no SMTP), ids {ids[0]} to {ids[-1]}; the notifications query lists them"]
+        * 2
+    )

@@ -85,8 +85,9 @@ async def test_concurrent_deductions_deduct_exactly_what_was_consumed(api: Api) 
     async with served(api) as url:
         token = api.tokens["admin"]
         await C.setup_family(url, token, "U", [], "10.00")
-        (first,) = await C.fire([url], token, [(C.RECORD, {"i": {"uid": "U", "amount": "0.60",
-                                                                   "idempotencyKey": "fill"}})], 1)
+        (first,) = await C.fire(
+            [url], token, [(C.RECORD, {"i": {"uid": "U", "amount": "0.60", "idempotencyKey": "fill"}})], 1
+        )
         assert first.payload["userErrors"] == []
         answers = await C.fire([url], token, C.deductions("U", 100), 20)
     C.assert_all_answered(answers)
@@ -105,8 +106,11 @@ async def test_orders_racing_consumptions(api: Api) -> None:
     assert C.user_error_codes(answers) == []
     orders = [a.payload for a in answers if "placeOrder" in a.body["data"]]
     allowed = [o for o in orders if o["decision"]["allowed"]]
-    assert all(set(o["decision"]["reasons"]) <= {"INSUFFICIENT_QUOTA", "CREDIT_SHUTDOWN"}
-               for o in orders if not o["decision"]["allowed"])
+    assert all(
+        set(o["decision"]["reasons"]) <= {"INSUFFICIENT_QUOTA", "CREDIT_SHUTDOWN"}
+        for o in orders
+        if not o["decision"]["allowed"]
+    )
     assert len(allowed) == await C.count_instances(api.db)
     pool = await C.check_books(api.db, "M")
     assert pool.undeducted_cents == 100 * len(allowed) + 16 * 100
@@ -154,20 +158,28 @@ async def test_a_mutation_chosen_as_deadlock_victim_is_retried_and_answers(
     """
     from uidhub.notifications.log import LOG_LOCK_KEY
 
-    assert (await pg_api.gql('mutation { linkAccount(input: {uid: "U"}) { userErrors { code } } }'))[
-        "linkAccount"]["userErrors"] == []
+    assert (await pg_api.gql('mutation { linkAccount(input: {uid: "U"}) { userErrors { code } } }'))["linkAccount"][
+        "userErrors"
+    ] == []
     outsider = Database(pg_api.db.url, pool=PoolConfig(size=2, overflow=0))
     caplog.set_level("INFO", logger="uidhub.transactions")
     try:
         async with outsider.engine.connect() as conn, outsider.engine.connect() as watcher:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOG_LOCK_KEY})
-            mutation = asyncio.create_task(pg_api.post(
-                'mutation { updateBasicInfo(input: {uid: "U", nickname: "after"}) '
-                "{ endUser { nickname } userErrors { code } } }", token=pg_api.tokens["admin"]))
+            mutation = asyncio.create_task(
+                pg_api.post(
+                    'mutation { updateBasicInfo(input: {uid: "U", nickname: "after"}) '
+                    "{ endUser { nickname } userErrors { code } } }",
+                    token=pg_api.tokens["admin"],
+                )
+            )
             for _ in range(1000):  # until the mutation waits for the advisory lock
-                waiting = await watcher.scalar(text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event = 'advisory'"))
+                waiting = await watcher.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event = 'advisory'"
+                    )
+                )
                 await watcher.rollback()
                 if waiting:
                     break
@@ -183,8 +195,9 @@ async def test_a_mutation_chosen_as_deadlock_victim_is_retried_and_answers(
     assert body["data"]["updateBasicInfo"]["endUser"]["nickname"] == "after"
     assert any("40P01" in r.getMessage() and "attempt 2 of 3" in r.getMessage() for r in caplog.records)
     async with pg_api.db.read() as session:
-        entries = (await session.scalars(select(AuditEntry).where(
-            AuditEntry.action == AuditAction.BASIC_INFO_UPDATED))).all()
+        entries = (
+            await session.scalars(select(AuditEntry).where(AuditEntry.action == AuditAction.BASIC_INFO_UPDATED))
+        ).all()
     assert len(entries) == 1  # the killed attempt left nothing behind
 
 
@@ -273,15 +286,21 @@ async def test_a_request_that_cannot_get_a_connection_answers_503(pg_database_ur
     try:
         await _truncate(db)
         async for api in make_api(db, tmp_path):
-            assert (await api.gql('mutation { linkAccount(input: {uid: "U", quotaAmount: "1.00"}) '
-                                  "{ userErrors { code } } }"))["linkAccount"]["userErrors"] == []
+            assert (
+                await api.gql(
+                    'mutation { linkAccount(input: {uid: "U", quotaAmount: "1.00"}) { userErrors { code } } }'
+                )
+            )["linkAccount"]["userErrors"] == []
             async with other.engine.connect() as blocker:
                 await blocker.execute(text("SELECT id FROM quota_pools FOR UPDATE"))
                 slow = asyncio.create_task(api.post(SLOW_SET, token=api.tokens["admin"]))
                 for _ in range(1000):  # until the mutation holds the only connection, waiting for the row lock
-                    waiting = await blocker.scalar(text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND wait_event_type = 'Lock'"))
+                    waiting = await blocker.scalar(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND wait_event_type = 'Lock'"
+                        )
+                    )
                     if waiting:
                         break
                     await asyncio.sleep(0.01)
@@ -335,9 +354,12 @@ async def test_connections_the_server_closed_are_replaced_without_an_error(pg_ap
     killer = Database(pg_api.db.url, pool=PoolConfig(size=1, overflow=0))
     try:
         async with killer.engine.connect() as conn:
-            killed = await conn.scalar(text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+            killed = await conn.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
         assert killed and killed >= 1
     finally:
         await killer.dispose()
@@ -361,7 +383,7 @@ async def test_serve_warns_when_the_pools_of_its_workers_exceed_max_connections(
 
 @needs_postgres
 async def test_a_database_refusing_connections_is_service_unavailable(pg_api: Api) -> None:
-    """"too many clients" (53300, here a role's connection limit) is SERVICE_UNAVAILABLE with Retry-After."""
+    """ "too many clients" (53300, here a role's connection limit) is SERVICE_UNAVAILABLE with Retry-After."""
     import uuid
 
     from sqlalchemy.engine import make_url
@@ -383,8 +405,11 @@ async def test_a_database_refusing_connections_is_service_unavailable(pg_api: Ap
             assert is_unavailable(refused.value) and not is_retryable(refused.value)
             app = create_app(pg_api.settings, db=db)
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-                response = await client.post("/graphql", json={"query": "{ __typename }"},
-                                             headers={"Authorization": f"Bearer {pg_api.tokens['admin']}"})
+                response = await client.post(
+                    "/graphql",
+                    json={"query": "{ __typename }"},
+                    headers={"Authorization": f"Bearer {pg_api.tokens['admin']}"},
+                )
         assert response.status_code == 503 and response.headers["Retry-After"].isdigit()
         assert response.json()["errors"][0]["extensions"]["code"] == "SERVICE_UNAVAILABLE"
     finally:
@@ -399,8 +424,14 @@ async def test_background_loops_have_a_pool_of_their_own(db: Database, tmp_path:
 
     from uidhub.settings import Settings
 
-    settings = Settings(database_url=db.url, export_dir=str(tmp_path / "exports"), db_pool_size=1,
-                        db_max_overflow=0, db_pool_timeout_seconds=0.2, db_background_pool_size=1)
+    settings = Settings(
+        database_url=db.url,
+        export_dir=str(tmp_path / "exports"),
+        db_pool_size=1,
+        db_max_overflow=0,
+        db_pool_timeout_seconds=0.2,
+        db_background_pool_size=1,
+    )
     state = create_app(settings).state.uidhub
     try:
         assert state.db.background is not state.db and state.db.background.bus is state.db.bus
@@ -422,9 +453,23 @@ async def test_background_loops_have_a_pool_of_their_own(db: Database, tmp_path:
 def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A redis-server of this test's own on a free loopback port (paused and killed by the test, never another's)."""
     port = free_port()
-    proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -452,9 +497,11 @@ async def test_mutations_do_not_wait_for_a_paused_redis(
         try:
             calls: list[C.Call] = []
             for i in range(4):
-                calls += [(C.SET, {"i": {"uid": "U", "amount": f"{20 + i}.00"}}),
-                          (C.INFO, {"i": {"uid": "U", "nickname": f"n{i}"}}),
-                          (C.RECORD, {"i": {"uid": "U", "amount": "0.01", "idempotencyKey": f"p{i}"}})]
+                calls += [
+                    (C.SET, {"i": {"uid": "U", "amount": f"{20 + i}.00"}}),
+                    (C.INFO, {"i": {"uid": "U", "nickname": f"n{i}"}}),
+                    (C.RECORD, {"i": {"uid": "U", "amount": "0.01", "idempotencyKey": f"p{i}"}}),
+                ]
             answers = [(await C.fire([url], token, [call], 1))[0] for call in calls]  # one after the other
         finally:
             redis_proc.send_signal(signal.SIGCONT)

@@ -34,8 +34,10 @@ CHROMEDRIVER = shutil.which("chromedriver")
 WAIT_SECONDS = 30.0
 LIVE_BOUND_SECONDS = 2.0
 
-SUMMARY = "{ summary { accounts frozen purchaseBanned shutdown belowWarningLevel totalQuota totalAvailable " \
-          "totalOutstanding } }"
+SUMMARY = (
+    "{ summary { accounts frozen purchaseBanned shutdown belowWarningLevel totalQuota totalAvailable "
+    "totalOutstanding } }"
+)
 CONSUME = """mutation($uid: String!, $amount: Money!, $key: String!) {
   recordConsumption(input: {uid: $uid, amount: $amount, idempotencyKey: $key}) {
     quota { available belowWarningLevel } userErrors { code message } } }"""
@@ -83,8 +85,13 @@ async def test_dashboard_is_served_same_origin_only_with_nosniff(sqlite_api: Api
     assert "<script>" not in html and "<style" not in html and " style=" not in html and "onclick" not in html
     assert "http://" not in html and "https://" not in html
 
-    for name, media in [("app.js", "text/javascript"), ("gqlws.js", "text/javascript"), ("i18n.js", "text/javascript"),
-                        ("dashboard.css", "text/css"), ("favicon.svg", "image/svg+xml")]:
+    for name, media in [
+        ("app.js", "text/javascript"),
+        ("gqlws.js", "text/javascript"),
+        ("i18n.js", "text/javascript"),
+        ("dashboard.css", "text/css"),
+        ("favicon.svg", "image/svg+xml"),
+    ]:
         asset = await sqlite_api.client.get(f"/dashboard/{name}")
         assert asset.status_code == 200, name
         assert asset.headers["content-type"].startswith(media), name
@@ -125,9 +132,19 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for arg in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1440,1000",
-                "--lang=en-US", "--no-first-run", "--disable-extensions", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-default-apps"]:
+    for arg in [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1440,1000",
+        "--lang=en-US",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+    ]:
         options.add_argument(arg)
     options.add_experimental_option("prefs", {"intl.accept_languages": "en-US,en"})
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -167,23 +184,41 @@ def feed_item(driver: Any, uid: str, state: str = "BREACHED") -> Any:
 
 async def _seed(address: str, token: str) -> None:
     """Accounts a dashboard has something to show about: warnings set, one below, one frozen, one banned."""
-    accounts = [("1500000000000001", "华东云科技", "5000.00"), ("1500000000000002", "株式会社サクラ", "3000.00"),
-                ("1500000000000003", "Northwind Traders", "2000.00"), ("1500000000000004", "Contoso Ltd", "1200.00"),
-                ("1500000000000005", "Fabrikam 商贸", "800.00")]
+    accounts = [
+        ("1500000000000001", "华东云科技", "5000.00"),
+        ("1500000000000002", "株式会社サクラ", "3000.00"),
+        ("1500000000000003", "Northwind Traders", "2000.00"),
+        ("1500000000000004", "Contoso Ltd", "1200.00"),
+        ("1500000000000005", "Fabrikam 商贸", "800.00"),
+    ]
     for uid, nickname, amount in accounts:
-        data = await gql(address, token, "mutation($uid: String!, $n: String, $a: Money) { linkAccount(input: "
-                         "{uid: $uid, nickname: $n, quotaAmount: $a}) { userErrors { code } } }",
-                         {"uid": uid, "n": nickname, "a": amount})
+        data = await gql(
+            address,
+            token,
+            "mutation($uid: String!, $n: String, $a: Money) { linkAccount(input: "
+            "{uid: $uid, nickname: $n, quotaAmount: $a}) { userErrors { code } } }",
+            {"uid": uid, "n": nickname, "a": amount},
+        )
         assert data["linkAccount"]["userErrors"] == []
-        data = await gql(address, token, "mutation($uid: String!) { setWarningThreshold(input: {uid: $uid, "
-                         "percent: 20}) { userErrors { code } } }", {"uid": uid})
+        data = await gql(
+            address,
+            token,
+            "mutation($uid: String!) { setWarningThreshold(input: {uid: $uid, percent: 20}) { userErrors { code } } }",
+            {"uid": uid},
+        )
         assert data["setWarningThreshold"]["userErrors"] == []
     await _consume(address, token, "1500000000000005", "700.00", "seed-5")  # below 160.00: breached before the page
-    data = await gql(address, token, 'mutation { freezePayg(input: {uids: ["1500000000000003"], confirm: true, '
-                     'reason: "overdue"}) { applied } }')
+    data = await gql(
+        address,
+        token,
+        'mutation { freezePayg(input: {uids: ["1500000000000003"], confirm: true, reason: "overdue"}) { applied } }',
+    )
     assert data["freezePayg"]["applied"] is True
-    await gql(address, token, 'mutation { setPurchaseControl(input: {uid: "1500000000000004", status: BANNED}) '
-              "{ userErrors { code } } }")
+    await gql(
+        address,
+        token,
+        'mutation { setPurchaseControl(input: {uid: "1500000000000004", status: BANNED}) { userErrors { code } } }',
+    )
 
 
 async def _consume(address: str, token: str, uid: str, amount: str, key: str) -> dict[str, Any]:
@@ -198,8 +233,11 @@ async def _consume_while_down(url: str, tmp_path: Path, token: str, uid: str, am
     app = create_app(Settings(database_url=url, export_dir=str(tmp_path / "exports")), db=db)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://offline") as client:
-            response = await client.post("/graphql", json={"query": CONSUME, "variables": {
-                "uid": uid, "amount": amount, "key": "while-down"}}, headers={"Authorization": f"Bearer {token}"})
+            response = await client.post(
+                "/graphql",
+                json={"query": CONSUME, "variables": {"uid": uid, "amount": amount, "key": "while-down"}},
+                headers={"Authorization": f"Bearer {token}"},
+            )
         body = response.json()
         assert body["data"]["recordConsumption"]["quota"]["belowWarningLevel"] is True, body
     finally:
@@ -213,8 +251,16 @@ def _below_uids(driver: Any) -> list[str]:
 
 
 def _tiles(driver: Any) -> dict[str, str]:
-    keys = ["accounts", "frozen", "purchaseBanned", "shutdown", "belowWarningLevel", "totalQuota", "totalAvailable",
-            "totalOutstanding"]
+    keys = [
+        "accounts",
+        "frozen",
+        "purchaseBanned",
+        "shutdown",
+        "belowWarningLevel",
+        "totalQuota",
+        "totalAvailable",
+        "totalOutstanding",
+    ]
     return {key: text_of(driver, f"tile-{key}") for key in keys}
 
 
@@ -299,8 +345,12 @@ async def test_dashboard_live_in_chromium(browser: Any, sqlite_template: Path, t
         await _consume(address, token, "1500000000000004", "1300.00", "live-2")
         item = wait_for(driver, lambda d: feed_item(d, "1500000000000004"), "the second breach never showed")
         assert "sev-critical" in str(item.get_attribute("class")) and "-100.00" in item.text
-        data = await gql(address, token, 'mutation { setQuotaAmount(input: {uid: "1500000000000005", '
-                         'amount: "2000.00"}) { quota { belowWarningLevel } userErrors { code } } }')
+        data = await gql(
+            address,
+            token,
+            'mutation { setQuotaAmount(input: {uid: "1500000000000005", '
+            'amount: "2000.00"}) { quota { belowWarningLevel } userErrors { code } } }',
+        )
         assert data["setQuotaAmount"]["quota"]["belowWarningLevel"] is False
         item = wait_for(driver, lambda d: feed_item(d, "1500000000000005", "RECOVERED"), "the recovery never showed")
         assert "sev-ok" in str(item.get_attribute("class")) and "Fabrikam 商贸" in item.text
@@ -319,18 +369,30 @@ async def test_dashboard_live_in_chromium(browser: Any, sqlite_template: Path, t
         assert len(driver.find_elements(By.CSS_SELECTOR, '#feed li[data-uid="1500000000000001"]')) == 1
         summary = (await gql(address, token, SUMMARY))["summary"]
         wait_for(driver, lambda d: _tiles(d) == _expected_tiles(summary), "tiles not refreshed after reconnect")
-        wait_for(driver, lambda d: _below_uids(d) == ["1500000000000004", "1500000000000001", "1500000000000002"],
-                 "table after reconnect")
-        feed = [(li.get_attribute("data-uid"), li.get_attribute("data-state"))
-                for li in driver.find_elements(By.CSS_SELECTOR, "#feed li")]
-        assert feed == [("1500000000000001", "BREACHED"), ("1500000000000005", "RECOVERED"),
-                        ("1500000000000004", "BREACHED"), ("1500000000000002", "BREACHED"),
-                        ("1500000000000005", "BREACHED")], feed  # newest first, each event once
+        wait_for(
+            driver,
+            lambda d: _below_uids(d) == ["1500000000000004", "1500000000000001", "1500000000000002"],
+            "table after reconnect",
+        )
+        feed = [
+            (li.get_attribute("data-uid"), li.get_attribute("data-state"))
+            for li in driver.find_elements(By.CSS_SELECTOR, "#feed li")
+        ]
+        assert feed == [
+            ("1500000000000001", "BREACHED"),
+            ("1500000000000005", "RECOVERED"),
+            ("1500000000000004", "BREACHED"),
+            ("1500000000000002", "BREACHED"),
+            ("1500000000000005", "BREACHED"),
+        ], feed  # newest first, each event once
 
         # An export started from the page runs with progress and downloads with the token (blob URL).
         driver.find_element(By.ID, "start-export").click()
-        done = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '#exports li[data-status="SUCCEEDED"]'),
-                        "the export did not finish")
+        done = wait_for(
+            driver,
+            lambda d: d.find_elements(By.CSS_SELECTOR, '#exports li[data-status="SUCCEEDED"]'),
+            "the export did not finish",
+        )
         done[0].find_element(By.CSS_SELECTOR, "button.download").click()
         wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#exports li .saved"), "the download failed")
         saved = wait_for(driver, lambda d: [p for p in (tmp_path / "dl").glob("*.xlsx")] or None, "no file saved")

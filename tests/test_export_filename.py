@@ -19,9 +19,13 @@ def _parts(disposition: str) -> tuple[str, str | None]:
     return plain.group(1), unquote(extended.group(1)) if extended else None
 
 
-@pytest.mark.parametrize(("language", "fmt", "title"), [
-    pytest.param("ZH", "XLSX", "终端用户", id="zh-xlsx"), pytest.param("JA", "CSV", None, id="ja-csv"),
-])
+@pytest.mark.parametrize(
+    ("language", "fmt", "title"),
+    [
+        pytest.param("ZH", "XLSX", "终端用户", id="zh-xlsx"),
+        pytest.param("JA", "CSV", None, id="ja-csv"),
+    ],
+)
 async def test_localized_end_user_export_has_a_readable_ascii_fallback(
     api: Api, language: str, fmt: str, title: str | None
 ) -> None:
@@ -40,8 +44,7 @@ async def test_localized_end_user_export_has_a_readable_ascii_fallback(
 async def test_quota_adjustment_export_fallback_names_the_account(api: Api) -> None:
     await seed_accounts(api)
     await seed_adjustments(api, "M1")
-    _done, response = await export(api, {"kind": "QUOTA_ADJUSTMENTS", "format": "CSV", "language": "ZH",
-                                          "uid": "M1"})
+    _done, response = await export(api, {"kind": "QUOTA_ADJUSTMENTS", "format": "CSV", "language": "ZH", "uid": "M1"})
     fallback, localized = _parts(response.headers["content-disposition"])
     assert re.fullmatch(r"quota-adjustments-M1-\d{8}-\d{6}\.csv", fallback), fallback
     assert localized is not None and "M1" in localized

@@ -566,12 +566,12 @@ def test_csv_quota_adjustments(tmp_path: Path, language: Language) -> None:
 
 def test_csv_neutralises_formula_text(tmp_path: Path) -> None:
     rows = end_user_rows()[:1]
-    rows[0]["nickname"] = "=HYPERLINK(\"http://evil\")"
+    rows[0]["nickname"] = '=HYPERLINK("http://evil")'
     rows[0]["remarks"] = "@SUM(A1)"
     path = tmp_path / "users.csv"
     write_csv(path, ExportKind.END_USERS, Language.EN, rows)
     data = read_csv(path)[1]
-    assert data[1] == "'=HYPERLINK(\"http://evil\")"
+    assert data[1] == '\'=HYPERLINK("http://evil")'
     assert data[5] == "'@SUM(A1)"
     assert data[0] == "1234567890123456"
 
@@ -623,8 +623,15 @@ async def test_write_export_streams_and_reports_progress(tmp_path: Path, fmt: Ex
 
     path = tmp_path / f"quota.{fmt.value.lower()}"
     count = await write_export(
-        path, fmt, QUOTA_ADJUSTMENT_COLUMNS, Language.ZH, CST, ExportKind.QUOTA_ADJUSTMENTS, agen(rows),
-        progress=progress, progress_every=2,
+        path,
+        fmt,
+        QUOTA_ADJUSTMENT_COLUMNS,
+        Language.ZH,
+        CST,
+        ExportKind.QUOTA_ADJUSTMENTS,
+        agen(rows),
+        progress=progress,
+        progress_every=2,
     )
     assert count == 5
     assert seen == [2, 4]
@@ -644,9 +651,7 @@ async def test_write_export_accepts_a_sync_iterable(tmp_path: Path) -> None:
         yield from end_user_rows()
 
     path = tmp_path / "users.csv"
-    count = await write_export(
-        path, ExportFormat.CSV, END_USER_COLUMNS, Language.EN, CST, ExportKind.END_USERS, gen()
-    )
+    count = await write_export(path, ExportFormat.CSV, END_USER_COLUMNS, Language.EN, CST, ExportKind.END_USERS, gen())
     assert count == 3
     assert len(read_csv(path)) == 4
 

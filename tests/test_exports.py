@@ -58,10 +58,14 @@ async def test_end_users_xlsx_matches_database(api: Api, lang: E.Language) -> No
     assert sheet.title == i18n.sheet_name(lang, E.ExportKind.END_USERS)
     rows = list(sheet.iter_rows(values_only=True))
     headers = list(rows[0])
-    assert headers == [i18n.header(lang, c.key, "UTC+08:00" if c.kind == "datetime" else None)
-                       for c in END_USER_COLUMNS]
-    literal = {E.Language.EN: "Linked Time (UTC+08:00)", E.Language.ZH: "关联时间 (UTC+08:00)",
-               E.Language.JA: "関連付け日時 (UTC+08:00)"}[lang]
+    assert headers == [
+        i18n.header(lang, c.key, "UTC+08:00" if c.kind == "datetime" else None) for c in END_USER_COLUMNS
+    ]
+    literal = {
+        E.Language.EN: "Linked Time (UTC+08:00)",
+        E.Language.ZH: "关联时间 (UTC+08:00)",
+        E.Language.JA: "関連付け日時 (UTC+08:00)",
+    }[lang]
     assert headers[6] == literal
     assert [list(r) for r in rows[1:]] == [expected_end_user_cells(n, lang, tz) for n in expected]
 
@@ -107,8 +111,12 @@ async def test_end_users_csv_bom_and_text(api: Api) -> None:
 
 async def test_filtered_export_equals_end_users(api: Api) -> None:
     for i in range(23):
-        await link(api, f"F{i:02d}", nickname=f"{'apple' if i % 3 else 'pear'}-{i}",
-                   accountType="ENTERPRISE" if i % 2 else "END_USER")
+        await link(
+            api,
+            f"F{i:02d}",
+            nickname=f"{'apple' if i % 3 else 'pear'}-{i}",
+            accountType="ENTERPRISE" if i % 2 else "END_USER",
+        )
     await link(api, "G1", nickname="apple-master")
     await link(api, "G1-SUB", nickname="apple-sub", masterUid="G1")
     filters: list[tuple[dict[str, Any] | None, dict[str, Any] | None]] = [
@@ -165,11 +173,19 @@ async def test_quota_adjustments_csv_window_and_signs(api: Api) -> None:
     await seed_adjustments(api, "Q1")
     since = (utcnow() - timedelta(days=365)).isoformat()
     until = (utcnow() - timedelta(days=5)).isoformat()
-    done, response = await export(api, {"kind": "QUOTA_ADJUSTMENTS", "format": "CSV", "uid": "Q1",
-                                        "since": since, "until": until})
+    done, response = await export(
+        api, {"kind": "QUOTA_ADJUSTMENTS", "format": "CSV", "uid": "Q1", "since": since, "until": until}
+    )
     rows = list(csv.reader(io.StringIO(response.content.decode("utf-8-sig"), newline="")))
-    assert rows[0] == ["Operation Type", "Operation Time (UTC+08:00)", "Adjust Before(USD)", "Operation Value(USD)",
-                       "Adjust After(USD)", "Operation Method", "Operator"]
+    assert rows[0] == [
+        "Operation Type",
+        "Operation Time (UTC+08:00)",
+        "Adjust Before(USD)",
+        "Operation Value(USD)",
+        "Adjust After(USD)",
+        "Operation Method",
+        "Operator",
+    ]
     assert [r[3] for r in rows[1:]] == ["734.56", "500.00", "100.00"]
     assert rows[1][6] == "RAM-7 (RAM)" and rows[3][6] == "P-MAIN (Partner)"
     assert done["rowCount"] == 3

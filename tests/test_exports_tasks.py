@@ -36,8 +36,10 @@ from tests.exports_support import (
     worker,
 )
 
-TASKS = f"query($status: ExportStatus, $after: String, $first: Int) {{ exportTasks(status: $status, after: $after, " \
-        f"first: $first) {{ totalCount pageInfo {{ hasNextPage endCursor }} edges {{ node {{ {TASK_FIELDS} }} }} }} }}"
+TASKS = (
+    f"query($status: ExportStatus, $after: String, $first: Int) {{ exportTasks(status: $status, after: $after, "
+    f"first: $first) {{ totalCount pageInfo {{ hasNextPage endCursor }} edges {{ node {{ {TASK_FIELDS} }} }} }} }}"
+)
 UPDATED = f"subscription($id: ID!) {{ exportTaskUpdated(id: $id) {{ {TASK_FIELDS} }} }}"
 
 
@@ -83,8 +85,10 @@ async def test_start_returns_pending_and_validates(api: Api) -> None:
         assert payload["userErrors"][0]["code"] == "NOT_FOUND" and payload["userErrors"][0]["field"] == ["input", "uid"]
     mixed = await start(api, {"kind": "END_USERS", "uid": "A1"})
     assert mixed["userErrors"][0]["code"] == "INVALID_INPUT"
-    backwards = await start(api, {"kind": "QUOTA_ADJUSTMENTS", "uid": "A1", "since": "2025-02-01T00:00:00Z",
-                                  "until": "2025-01-01T00:00:00Z"})
+    backwards = await start(
+        api,
+        {"kind": "QUOTA_ADJUSTMENTS", "uid": "A1", "since": "2025-02-01T00:00:00Z", "until": "2025-01-01T00:00:00Z"},
+    )
     assert backwards["userErrors"][0]["code"] == "INVALID_INPUT"
 
     window = await start_ok(api, {"kind": "QUOTA_ADJUSTMENTS", "uid": "A1"})
@@ -114,9 +118,9 @@ async def test_export_tasks_newest_first_scoped(api: Api) -> None:
     assert (await api.gql(TASKS, {"status": "PENDING"}))["exportTasks"]["totalCount"] == 0
     # another partner's task is invisible everywhere
     assert await task(api, ids[0], as_="other") is None
-    node = await api.gql('query($id: ID!) { node(id: $id) { id ... on ExportTask { status } } }', {"id": ids[0]})
+    node = await api.gql("query($id: ID!) { node(id: $id) { id ... on ExportTask { status } } }", {"id": ids[0]})
     assert node["node"] == {"id": ids[0], "status": "SUCCEEDED"}
-    assert (await api.gql('query($id: ID!) { node(id: $id) { id } }', {"id": ids[0]}, as_="other"))["node"] is None
+    assert (await api.gql("query($id: ID!) { node(id: $id) { id } }", {"id": ids[0]}, as_="other"))["node"] is None
 
 
 # ---------------------------------------------------------------- downloads and roles
@@ -154,8 +158,9 @@ async def test_download_permissions(api: Api) -> None:
     assert await task(api, own["id"], token=u2_user) is None
     assert await task(api, done["id"], token=m1_user) is None
     assert (await api.gql(TASKS, token=m1_user))["exportTasks"]["totalCount"] == 1
-    assert (await start(api, {"kind": "QUOTA_ADJUSTMENTS", "uid": "U2"}, token=m1_user))["userErrors"][0]["code"] \
-        == "NOT_FOUND"
+    assert (await start(api, {"kind": "QUOTA_ADJUSTMENTS", "uid": "U2"}, token=m1_user))["userErrors"][0][
+        "code"
+    ] == "NOT_FOUND"
 
     # a deleted file and an expired file: 404, and no download URL any more
     async with api.db.read() as session:
@@ -164,8 +169,9 @@ async def test_download_permissions(api: Api) -> None:
         os.unlink(row.file_path)
     assert (await download(api, url, viewer)).status_code == 404
     async with api.db.write() as session:
-        await session.execute(update(ExportTask).where(ExportTask.id == pk(own["id"]))
-                              .values(expires_at=utcnow() - timedelta(seconds=1)))
+        await session.execute(
+            update(ExportTask).where(ExportTask.id == pk(own["id"])).values(expires_at=utcnow() - timedelta(seconds=1))
+        )
     assert (await task(api, own["id"]))["downloadUrl"] is None  # type: ignore[index]
     assert (await download(api, own["downloadUrl"], m1_user)).status_code == 404
     async with api.db.read() as session:
@@ -265,8 +271,14 @@ async def test_crash_recovery(api: Api) -> None:
 async def test_failure_is_clean(api: Api) -> None:
     async with api.db.write() as session:
         partner = await _partner(api, "P-MAIN")
-        broken = ExportTask(partner_id=partner.id, kind=ExportKind.QUOTA_ADJUSTMENTS, format=ExportFormat.XLSX,
-                            language=Language.EN, params={"uid": "gone"}, status=ExportStatus.PENDING)
+        broken = ExportTask(
+            partner_id=partner.id,
+            kind=ExportKind.QUOTA_ADJUSTMENTS,
+            format=ExportFormat.XLSX,
+            language=Language.EN,
+            params={"uid": "gone"},
+            status=ExportStatus.PENDING,
+        )
         session.add(broken)
     assert await drain(api) == 1
     async with api.db.read() as session:

@@ -54,8 +54,14 @@ async def _spend(api: Api, uid: str, entries: list[tuple[LedgerKind, int, timede
         account = await session.scalar(select(Account).where(Account.uid == uid))
         assert account is not None
         session.add_all(
-            LedgerEntry(pool_id=account.pool_id, account_id=account.id, kind=kind, amount_cents=cents,
-                        occurred_at=now - age, method=OperationMethod.API)
+            LedgerEntry(
+                pool_id=account.pool_id,
+                account_id=account.id,
+                kind=kind,
+                amount_cents=cents,
+                occurred_at=now - age,
+                method=OperationMethod.API,
+            )
             for kind, cents, age in entries
         )
 
@@ -63,14 +69,18 @@ async def _spend(api: Api, uid: str, entries: list[tuple[LedgerKind, int, timede
 async def test_quota_forecast_over_a_fixed_ledger(api: Api) -> None:
     await link(api, "3000000000000001", quotaAmount="2000.00")
     await link(api, "3000000000000002", masterUid="3000000000000001")
-    await _spend(api, "3000000000000001", [
-        (LedgerKind.CONSUMPTION, 30_000, timedelta(days=1)),
-        (LedgerKind.CONSUMPTION, 20_000, timedelta(days=6)),
-        (LedgerKind.SUBSCRIPTION_ORDER, 20_000, timedelta(hours=3)),
-        (LedgerKind.DEDUCTION, 99_900, timedelta(hours=2)),  # not spend: moves undeducted to deducted
-        (LedgerKind.REPAYMENT, 99_900, timedelta(hours=2)),  # not spend
-        (LedgerKind.CONSUMPTION, 500_000, timedelta(days=8)),  # outside the default week
-    ])
+    await _spend(
+        api,
+        "3000000000000001",
+        [
+            (LedgerKind.CONSUMPTION, 30_000, timedelta(days=1)),
+            (LedgerKind.CONSUMPTION, 20_000, timedelta(days=6)),
+            (LedgerKind.SUBSCRIPTION_ORDER, 20_000, timedelta(hours=3)),
+            (LedgerKind.DEDUCTION, 99_900, timedelta(hours=2)),  # not spend: moves undeducted to deducted
+            (LedgerKind.REPAYMENT, 99_900, timedelta(hours=2)),  # not spend
+            (LedgerKind.CONSUMPTION, 500_000, timedelta(days=8)),  # outside the default week
+        ],
+    )
     # The sub-account spends from its master's pool: its spend counts for the pool.
     await _spend(api, "3000000000000002", [(LedgerKind.CONSUMPTION, 0, timedelta(days=2))])
     await set_pool(api, "3000000000000001", undeducted_cents=70_000)

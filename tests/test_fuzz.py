@@ -40,8 +40,8 @@ pytestmark = pytest.mark.slow
 FUZZ_EXAMPLES = int(os.environ.get("UIDHUB_FUZZ_EXAMPLES", "120"))
 
 MONEY = st.one_of(
-    st.decimals(min_value=-10**13, max_value=10**13, places=2, allow_nan=False).map(lambda d: nodes.String(f"{d}")),
-    st.integers(min_value=-10**15, max_value=10**15).map(nodes.Int),
+    st.decimals(min_value=-(10**13), max_value=10**13, places=2, allow_nan=False).map(lambda d: nodes.String(f"{d}")),
+    st.integers(min_value=-(10**15), max_value=10**15).map(nodes.Int),
     st.text(max_size=20).map(nodes.String),
 )
 DATETIME = st.one_of(
@@ -59,8 +59,14 @@ def generate(strategy: st.SearchStrategy[str], count: int) -> list[str]:
     """`count` documents from `strategy`, the same ones on every run."""
     found: list[str] = []
 
-    @settings(max_examples=count, database=None, derandomize=True, deadline=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=count,
+        database=None,
+        derandomize=True,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(strategy)
     def collect(document: str) -> None:
         found.append(document)
@@ -129,8 +135,7 @@ async def test_fuzzed_documents_get_no_server_error_and_log_no_traceback(
     failures: list[str] = []
     docs = documents()
     for document in docs:
-        response = await client.post("/graphql", json={"query": document},
-                                     headers={"Authorization": f"Bearer {token}"})
+        response = await client.post("/graphql", json={"query": document}, headers={"Authorization": f"Bearer {token}"})
         by_request[response.headers.get("x-request-id", "")] = document
         try:
             body = response.json()
@@ -140,7 +145,9 @@ async def test_fuzzed_documents_get_no_server_error_and_log_no_traceback(
             failures.append(f"{response.status_code} {response.text[:300]}\n  for {document[:500]}")
     for record in tracebacks.found:
         request = getattr(record, "request_id", "-")
-        failures.append(f"traceback logged by {record.name} ({record.getMessage()[:200]})"
-                        f"\n  for {by_request.get(request, '?')[:500]}")
+        failures.append(
+            f"traceback logged by {record.name} ({record.getMessage()[:200]})"
+            f"\n  for {by_request.get(request, '?')[:500]}"
+        )
     assert len(docs) >= FUZZ_EXAMPLES * 3
     assert not failures, f"{len(failures)} of {len(docs)} documents:\n\n" + "\n\n".join(failures[:40])

@@ -74,7 +74,7 @@ async def test_body_size_limit(sqlite_api: Api) -> None:
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while reading
         for start in range(0, len(big), 65536):
-            yield big[start:start + 65536]
+            yield big[start : start + 65536]
 
     response = await api.client.post("/graphql", content=chunks(), headers=headers)
     assert response.status_code == 413
@@ -88,7 +88,8 @@ async def test_body_size_limit(sqlite_api: Api) -> None:
 @pytest.mark.parametrize("body", [b"{not json", b"", b"\xff\xfe", b"[1, 2]", b'{"query": 5}', b'"query"'])
 async def test_malformed_json_is_400(sqlite_api: Api, body: bytes) -> None:
     response = await sqlite_api.client.post(
-        "/graphql", content=body,
+        "/graphql",
+        content=body,
         headers={"Authorization": f"Bearer {sqlite_api.tokens['admin']}", "Content-Type": "application/json"},
     )
     assert response.status_code == 400
@@ -103,7 +104,7 @@ async def test_no_field_suggestions(sqlite_api: Api) -> None:
         '{ endUsers(filtr: {search: "x"}) { totalCount } }',
         "{ endUsers(orderBy: {field: UUID}) { totalCount } }",
         "{ endUsers(filter: {accountStatus: [NORMAL]}) { totalCount } }",
-        'query($o: EndUserOrder) { endUsers(orderBy: $o) { totalCount } }',
+        "query($o: EndUserOrder) { endUsers(orderBy: $o) { totalCount } }",
         'mutation { linkAccount(input: {uid: "x", nicknam: "y"}) { userErrors { code } } }',
     ):
         body = await api.gql(query, {"o": {"field": "UUID"}}, errors=True)
@@ -112,8 +113,9 @@ async def test_no_field_suggestions(sqlite_api: Api) -> None:
             assert "did you mean" not in error["message"].lower(), error
 
 
-async def test_internal_error_is_masked(sqlite_api: Api, monkeypatch: pytest.MonkeyPatch,
-                                        caplog: pytest.LogCaptureFixture) -> None:
+async def test_internal_error_is_masked(
+    sqlite_api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     async def boom(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("secret detail: password=hunter2")
 

@@ -62,8 +62,9 @@ async def subscribe(api: Api) -> AsyncIterator[Any]:
     services = Services(settings=api.settings, db=api.db)
     opened: list[Sub] = []
 
-    async def start(query: str, variables: dict[str, Any] | None = None, *, token: str | None = None,
-                    as_: str = "admin") -> Sub:
+    async def start(
+        query: str, variables: dict[str, Any] | None = None, *, token: str | None = None, as_: str = "admin"
+    ) -> Sub:
         async with api.db.read() as session:
             actor = await authenticate(session, token or api.tokens[as_])
         assert actor is not None
@@ -89,12 +90,16 @@ async def link(api: Api, uid: str, amount: str = "100.00", master: str | None = 
 
 async def breach(api: Api, uid: str, *, key: str) -> None:
     """Warning at 50 % of 100.00, then 60.00 consumed: available 40.00 < 50.00 — one BREACHED event."""
-    data = await api.gql('mutation($uid: String!) { setWarningThreshold(input: {uid: $uid, percent: 50}) '
-                         "{ userErrors { code } } }", {"uid": uid})
+    data = await api.gql(
+        "mutation($uid: String!) { setWarningThreshold(input: {uid: $uid, percent: 50}) { userErrors { code } } }",
+        {"uid": uid},
+    )
     assert data["setWarningThreshold"]["userErrors"] == []
-    data = await api.gql('mutation($uid: String!, $key: String!) { recordConsumption(input: '
-                         '{uid: $uid, amount: "60.00", idempotencyKey: $key}) { userErrors { code } } }',
-                         {"uid": uid, "key": key})
+    data = await api.gql(
+        "mutation($uid: String!, $key: String!) { recordConsumption(input: "
+        '{uid: $uid, amount: "60.00", idempotencyKey: $key}) { userErrors { code } } }',
+        {"uid": uid, "key": key},
+    )
     assert data["recordConsumption"]["userErrors"] == []
 
 

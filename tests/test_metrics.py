@@ -88,8 +88,13 @@ async def test_email_attempts_failures_statuses_and_oldest_pending_age(mapi: Api
     assert before.value("uidhub_emails", status="PENDING") == 1
     assert before.value("uidhub_email_oldest_pending_age_seconds") >= 0
     with smtp_server(fail_first=1) as smtp:
-        settings = Settings(database_url=mapi.db.url, smtp_host="127.0.0.1", smtp_port=smtp.port,
-                            smtp_backoff_seconds=60, smtp_timeout_seconds=5)
+        settings = Settings(
+            database_url=mapi.db.url,
+            smtp_host="127.0.0.1",
+            smtp_port=smtp.port,
+            smtp_backoff_seconds=60,
+            smtp_timeout_seconds=5,
+        )
         sender = OutboxSender(mapi.db, settings)
         assert await sender.run_once() == 1  # answered 451: an attempt and a failure, still PENDING
         failed = await scrape(mapi)
@@ -99,8 +104,11 @@ async def test_email_attempts_failures_statuses_and_oldest_pending_age(mapi: Api
         assert len(smtp.received) == 1
     after = await scrape(mapi)
     assert failed.value("uidhub_email_send_attempts_total") - before.value("uidhub_email_send_attempts_total") == 1
-    assert failed.value("uidhub_email_send_failures_total", final="false") - before.value(
-        "uidhub_email_send_failures_total", final="false") == 1
+    assert (
+        failed.value("uidhub_email_send_failures_total", final="false")
+        - before.value("uidhub_email_send_failures_total", final="false")
+        == 1
+    )
     assert failed.value("uidhub_emails", status="PENDING") == 1
     assert after.value("uidhub_email_send_attempts_total") - before.value("uidhub_email_send_attempts_total") == 2
     assert after.value("uidhub_emails_sent_total") - before.value("uidhub_emails_sent_total") == 1
@@ -118,15 +126,22 @@ async def test_export_tasks_by_status_and_duration(mapi: Api) -> None:
     after = await scrape(mapi)
     assert after.value("uidhub_export_tasks", status="PENDING") == 0
     assert after.value("uidhub_export_tasks", status="SUCCEEDED") == 1
-    assert after.value("uidhub_export_tasks_finished_total", status="SUCCEEDED") - before.value(
-        "uidhub_export_tasks_finished_total", status="SUCCEEDED") == 1
-    assert after.value("uidhub_export_duration_seconds_count", status="SUCCEEDED") - before.value(
-        "uidhub_export_duration_seconds_count", status="SUCCEEDED") == 1
+    assert (
+        after.value("uidhub_export_tasks_finished_total", status="SUCCEEDED")
+        - before.value("uidhub_export_tasks_finished_total", status="SUCCEEDED")
+        == 1
+    )
+    assert (
+        after.value("uidhub_export_duration_seconds_count", status="SUCCEEDED")
+        - before.value("uidhub_export_duration_seconds_count", status="SUCCEEDED")
+        == 1
+    )
 
 
 async def test_websocket_connections_subscriptions_events_and_delay(sqlite_db: Database, tmp_path: Path) -> None:
-    settings = Settings(database_url=sqlite_db.url, export_dir=str(tmp_path / "exports"), metrics=True,
-                        resync_seconds=0.2)
+    settings = Settings(
+        database_url=sqlite_db.url, export_dir=str(tmp_path / "exports"), metrics=True, resync_seconds=0.2
+    )
     app = create_app(settings, db=sqlite_db)
     main = await make_partner(sqlite_db, "P-MAIN")
     token = await make_token(sqlite_db, main, Role.ADMIN)
@@ -137,25 +152,34 @@ async def test_websocket_connections_subscriptions_events_and_delay(sqlite_db: D
             assert response.status_code == 200
             return Scrape(response.text)
 
-        api = Api(client=httpx.AsyncClient(base_url=f"http://{address}", timeout=30), db=sqlite_db,
-                  settings=settings, tokens={"admin": token})
+        api = Api(
+            client=httpx.AsyncClient(base_url=f"http://{address}", timeout=30),
+            db=sqlite_db,
+            settings=settings,
+            tokens={"admin": token},
+        )
         before = await read()
         client = await WsClient.open(address, token)
         await client.subscribe("1", BREACHES)
-        open_ = await _eventually(read, lambda s: s.value("uidhub_active_subscriptions")
-                                  - before.value("uidhub_active_subscriptions") == 1)
+        open_ = await _eventually(
+            read, lambda s: s.value("uidhub_active_subscriptions") - before.value("uidhub_active_subscriptions") == 1
+        )
         assert open_.value("uidhub_websocket_connections") - before.value("uidhub_websocket_connections") == 1
         await breach(api, "1999000000000001")
         data = await client.next_data()
         assert data["quotaThresholdBreached"]["state"] == "BREACHED"
         sent = await read()
         assert sent.value("uidhub_subscription_events_total") - before.value("uidhub_subscription_events_total") == 1
-        assert sent.value("uidhub_subscription_event_delay_seconds_count") - before.value(
-            "uidhub_subscription_event_delay_seconds_count") == 1
+        assert (
+            sent.value("uidhub_subscription_event_delay_seconds_count")
+            - before.value("uidhub_subscription_event_delay_seconds_count")
+            == 1
+        )
         await client.complete("1")
         await client.close()
-        closed = await _eventually(read, lambda s: s.value("uidhub_websocket_connections")
-                                   == before.value("uidhub_websocket_connections"))
+        closed = await _eventually(
+            read, lambda s: s.value("uidhub_websocket_connections") == before.value("uidhub_websocket_connections")
+        )
         assert closed.value("uidhub_active_subscriptions") == before.value("uidhub_active_subscriptions")
         await api.client.aclose()
 
@@ -171,14 +195,13 @@ async def _eventually(read: object, condition: object, timeout: float = 10.0) ->
         await asyncio.sleep(0.05)
 
 
-async def test_metrics_port_of_its_own_keeps_metrics_off_the_public_port(
-    sqlite_db: Database, tmp_path: Path
-) -> None:
+async def test_metrics_port_of_its_own_keeps_metrics_off_the_public_port(sqlite_db: Database, tmp_path: Path) -> None:
     from tests.live_support import free_port
 
     port = free_port()
-    settings = Settings(database_url=sqlite_db.url, export_dir=str(tmp_path / "exports"), metrics=True,
-                        metrics_port=port)
+    settings = Settings(
+        database_url=sqlite_db.url, export_dir=str(tmp_path / "exports"), metrics=True, metrics_port=port
+    )
     app = create_app(settings, db=sqlite_db)
     async with serve_in_loop(app) as (address, _server), httpx.AsyncClient(timeout=30) as http:
         assert (await http.get(f"http://{address}/metrics")).status_code == 404
@@ -214,4 +237,5 @@ async def test_sqlite_writers_waiting_for_the_lock_are_counted(sqlite_mapi: Api)
     after = await scrape(mapi)
     assert after.value("uidhub_sqlite_busy_waits_total") - before.value("uidhub_sqlite_busy_waits_total") >= 1
     assert after.value("uidhub_sqlite_write_lock_wait_seconds_count") > before.value(
-        "uidhub_sqlite_write_lock_wait_seconds_count")
+        "uidhub_sqlite_write_lock_wait_seconds_count"
+    )

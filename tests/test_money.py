@@ -11,13 +11,29 @@ from tests.conftest import Api
 from tests.quota_support import SET_AMOUNT, link, quota, snapshot
 
 LITERAL = 'mutation {{ setQuotaAmount(input: {{uid: "U1", amount: {}}}) {{ quota {{ amount }} }} }}'
-VARIABLE = "mutation($a: Money!) { setQuotaAmount(input: {uid: \"U1\", amount: $a}) { quota { amount } } }"
+VARIABLE = 'mutation($a: Money!) { setQuotaAmount(input: {uid: "U1", amount: $a}) { quota { amount } } }'
 
 
 @pytest.mark.parametrize(
     "literal",
-    ["1.5", "0.1", "1e3", '"1e3"', '"NaN"', '"Infinity"', '"-Infinity"', '"1.234"', '"1000000000000"',
-     "1000000000000", '"1,5"', '" "', "true", '"0x10"', '"1."', '".5"'],
+    [
+        "1.5",
+        "0.1",
+        "1e3",
+        '"1e3"',
+        '"NaN"',
+        '"Infinity"',
+        '"-Infinity"',
+        '"1.234"',
+        '"1000000000000"',
+        "1000000000000",
+        '"1,5"',
+        '" "',
+        "true",
+        '"0x10"',
+        '"1."',
+        '".5"',
+    ],
 )
 async def test_bad_literal_is_a_validation_error_naming_the_argument(api: Api, literal: str) -> None:
     await link(api, "U1", "5.00")
@@ -53,8 +69,16 @@ async def test_bad_value_inside_an_input_variable_names_the_field(api: Api) -> N
 
 @pytest.mark.parametrize(
     ("literal", "out"),
-    [("7", "7.00"), ('"7"', "7.00"), ('"7.5"', "7.50"), ('"0.05"', "0.05"), ('"999999999999.99"', "999999999999.99"),
-     ("999999999999", "999999999999.00"), ('"0"', "0.00"), ('"00012.30"', "12.30")],
+    [
+        ("7", "7.00"),
+        ('"7"', "7.00"),
+        ('"7.5"', "7.50"),
+        ('"0.05"', "0.05"),
+        ('"999999999999.99"', "999999999999.99"),
+        ("999999999999", "999999999999.00"),
+        ('"0"', "0.00"),
+        ('"00012.30"', "12.30"),
+    ],
 )
 async def test_accepted_values_come_back_with_two_decimals(api: Api, literal: str, out: str) -> None:
     await link(api, "U1")
@@ -101,8 +125,15 @@ def test_parse_and_format_round_trip() -> None:
 
 @pytest.mark.parametrize(
     ("amount", "percent", "level"),
-    [(1000, 15, 150), (1, 50, 1), (3, 50, 2), (5, 10, 1), (4, 10, 0), (99999, 33, 33000),
-     (10**14 - 1, 100, 10**14 - 1)],
+    [
+        (1000, 15, 150),
+        (1, 50, 1),
+        (3, 50, 2),
+        (5, 10, 1),
+        (4, 10, 0),
+        (99999, 33, 33000),
+        (10**14 - 1, 100, 10**14 - 1),
+    ],
 )
 def test_percent_of_rounds_half_up(amount: int, percent: int, level: int) -> None:
     assert percent_of(amount, percent) == level

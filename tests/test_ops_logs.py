@@ -112,8 +112,9 @@ async def test_a_request_is_one_operation_span_with_its_database_spans(
 
     async for api in make_api(db, tmp_path):
         spans.clear()  # the fixture's own inserts
-        response = await api.post("query ListPage { endUsers(first: 5) { totalCount edges { node { uid } } } }",
-                                  token=api.tokens["admin"])
+        response = await api.post(
+            "query ListPage { endUsers(first: 5) { totalCount edges { node { uid } } } }", token=api.tokens["admin"]
+        )
         assert "errors" not in response.json()
     finished = spans.get_finished_spans()
     servers = [s for s in finished if s.kind is SpanKind.SERVER]

@@ -40,7 +40,10 @@ def serve(env: dict[str, str], log: Path) -> Iterator[str]:
     with open(log, "wb") as err:
         process = subprocess.Popen(
             [sys.executable, "-m", "uidhub.cli", "serve", "--workers", "2", "--port", str(port)],
-            cwd=ROOT_DIR, env=full, stdout=subprocess.DEVNULL, stderr=err,
+            cwd=ROOT_DIR,
+            env=full,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
         )
         try:
             deadline = time.monotonic() + 60  # a hang guard for a loaded machine
@@ -73,7 +76,8 @@ async def _probe(address: str, token: str, n: int) -> None:
     # A client (a connection) per request, so that requests spread over the workers.
     async with httpx.AsyncClient(timeout=30) as client:
         response = await client.post(
-            f"http://{address}/graphql", json={"query": PROBE},
+            f"http://{address}/graphql",
+            json={"query": PROBE},
             headers={"Authorization": f"Bearer {token}", "X-Request-Id": f"test-req-{n:04d}"},
         )
     assert response.status_code == 200 and "errors" not in response.json(), response.text
@@ -102,8 +106,9 @@ def _per_worker(directory: Path, tmp_path: Path) -> list[float]:
         shutil.copy(path, alone / path.name)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(alone))
-        counts.append(Scrape(generate_latest(registry).decode()).value(
-            "uidhub_graphql_requests_total", operation="Probe"))
+        counts.append(
+            Scrape(generate_latest(registry).decode()).value("uidhub_graphql_requests_total", operation="Probe")
+        )
     return counts
 
 
@@ -113,9 +118,14 @@ async def test_two_workers_metrics_add_up_and_logs_are_json_lines(sqlite_templat
     token = await _token(url)
     prom = tmp_path / "prom"
     log = tmp_path / "server.log"
-    env = {"UIDHUB_DATABASE_URL": url, "UIDHUB_REDIS_URL": str(REDIS_URL), "UIDHUB_METRICS": "true",
-           "UIDHUB_LOG_FORMAT": "json", "UIDHUB_EXPORT_DIR": str(tmp_path / "exports"),
-           "PROMETHEUS_MULTIPROC_DIR": str(prom)}
+    env = {
+        "UIDHUB_DATABASE_URL": url,
+        "UIDHUB_REDIS_URL": str(REDIS_URL),
+        "UIDHUB_METRICS": "true",
+        "UIDHUB_LOG_FORMAT": "json",
+        "UIDHUB_EXPORT_DIR": str(tmp_path / "exports"),
+        "PROMETHEUS_MULTIPROC_DIR": str(prom),
+    }
     with serve(env, log) as address:
         await _probes(address, token)
         scrapes = []
@@ -149,8 +159,11 @@ async def test_two_workers_text_logs_have_time_level_logger_and_request_id(
     url = sqlite_url_for(sqlite_template, tmp_path)
     token = await _token(url)
     log = tmp_path / "server.log"
-    env = {"UIDHUB_DATABASE_URL": url, "UIDHUB_REDIS_URL": str(REDIS_URL),
-           "UIDHUB_EXPORT_DIR": str(tmp_path / "exports")}
+    env = {
+        "UIDHUB_DATABASE_URL": url,
+        "UIDHUB_REDIS_URL": str(REDIS_URL),
+        "UIDHUB_EXPORT_DIR": str(tmp_path / "exports"),
+    }
     with serve(env, log) as address:
         await _probe(address, token, 7)
     text = log.read_text()

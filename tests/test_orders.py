@@ -152,8 +152,9 @@ async def test_order_matrix(api: Api) -> None:
         # The instances that existed before the condition.
         for instance in await _instances(api, uid):
             wanted = INSTANCES[condition][instance["billingMethod"]]
-            expect(f"{label} existing {instance['billingMethod']}", (instance["status"], instance["stopReasons"]),
-                   wanted)
+            expect(
+                f"{label} existing {instance['billingMethod']}", (instance["status"], instance["stopReasons"]), wanted
+            )
 
         # SUBSCRIPTION_WITHIN last: when allowed it charges the pool.
         for kind_of_order in ("PAYG", "SUBSCRIPTION_ABOVE", "SUBSCRIPTION_WITHIN"):
@@ -175,24 +176,30 @@ async def test_order_matrix(api: Api) -> None:
             placed = await order(api, uid, method, AMOUNTS[kind_of_order], description=olabel)
             expect(f"{olabel} placeOrder", placed["decision"], wanted_decision)
             quota_after = (await state(api, uid))["quota"]
-            orders_logged = [e for e in await entries(api.db, uid, "ORDER_PLACED")
-                             if e.after["description"] == olabel]
+            orders_logged = [e for e in await entries(api.db, uid, "ORDER_PLACED") if e.after["description"] == olabel]
             if wanted.reasons:
                 expect(f"{olabel} no instance", placed["instance"], None)
                 expect(f"{olabel} pool unchanged", quota_after, quota_before)
                 expect(f"{olabel} no ORDER_PLACED", len(orders_logged), 0)
             else:
                 instance = placed["instance"] or {}
-                expect(f"{olabel} instance", (instance.get("billingMethod"), instance.get("description"),
-                                              instance.get("account")), (method, olabel, {"uid": uid}))
+                expect(
+                    f"{olabel} instance",
+                    (instance.get("billingMethod"), instance.get("description"), instance.get("account")),
+                    (method, olabel, {"uid": uid}),
+                )
                 # A new instance is in the state its account's policy gives it.
                 wanted_state = INSTANCES[condition][method]
-                expect(f"{olabel} new instance state", (instance.get("status"), instance.get("stopReasons")),
-                       wanted_state)
+                expect(
+                    f"{olabel} new instance state", (instance.get("status"), instance.get("stopReasons")), wanted_state
+                )
                 expect(f"{olabel} ORDER_PLACED", len(orders_logged), 1)
                 charged = AMOUNTS[kind_of_order] if method == "SUBSCRIPTION" else "0.00"
-                expect(f"{olabel} charged", _cents(quota_before["available"]) - _cents(quota_after["available"]),
-                       _cents(charged))
+                expect(
+                    f"{olabel} charged",
+                    _cents(quota_before["available"]) - _cents(quota_after["available"]),
+                    _cents(charged),
+                )
     assert not failures, "\n".join(failures)
 
 
@@ -271,7 +278,8 @@ async def test_subscription_order_charges_the_pool_with_a_ledger_entry_and_audit
         ledger = (await session.scalars(select(LedgerEntry))).all()
         sub_id = await session.scalar(select(Account.id).where(Account.uid == "S"))
     assert [(x.kind.value, x.amount_cents, x.account_id, x.idempotency_key) for x in ledger] == [
-        ("SUBSCRIPTION_ORDER", 1234, sub_id, "sub-1")]
+        ("SUBSCRIPTION_ORDER", 1234, sub_id, "sub-1")
+    ]
     [entry] = await entries(api.db, "S", "ORDER_PLACED")
     assert entry.after["billingMethod"] == "SUBSCRIPTION" and entry.after["amount"] == "12.34"
     assert entry.operator_uid is not None
@@ -344,8 +352,13 @@ async def test_instance_node_respects_visibility(api: Api) -> None:
         "query($id: ID!) { node(id: $id) { id ... on Instance { billingMethod status description account { uid } } } }"
     )
     mine = await api.gql(query, {"id": instance["id"]})
-    assert mine["node"] == {"id": instance["id"], "billingMethod": "PAYG", "status": "RUNNING", "description": "vm",
-                            "account": {"uid": "S"}}
+    assert mine["node"] == {
+        "id": instance["id"],
+        "billingMethod": "PAYG",
+        "status": "RUNNING",
+        "description": "vm",
+        "account": {"uid": "S"},
+    }
     assert (await api.gql(query, {"id": instance["id"]}, as_="other"))["node"] is None
     # An END_USER token of the sub-account sees it, one of an unrelated account does not.
     await link(api, "X", quota="1.00")
@@ -369,24 +382,31 @@ async def test_blocking_master_is_hidden_from_a_sub_accounts_end_user(api: Api) 
     assert decision["blockingAccount"] is None  # the master is not visible to the sub-account's own token
 
 
-@pytest.mark.parametrize(("role", "order_ok", "check_ok"), [
-    (Role.BILLING, True, True),
-    (Role.OPERATOR, True, True),
-    (Role.VIEWER, False, True),
-    (Role.END_USER, False, True),
-])
+@pytest.mark.parametrize(
+    ("role", "order_ok", "check_ok"),
+    [
+        (Role.BILLING, True, True),
+        (Role.OPERATOR, True, True),
+        (Role.VIEWER, False, True),
+        (Role.END_USER, False, True),
+    ],
+)
 async def test_order_permissions(api: Api, role: Role, order_ok: bool, check_ok: bool) -> None:
     await link(api, "A", quota="10.00")
     tok = await token(api, role, account_uid="A" if role is Role.END_USER else None)
     body = await api.gql(
         'mutation { placeOrder(input: {uid: "A", billingMethod: PAYG, amount: "0", idempotencyKey: "p"}) '
-        "{ decision { allowed } } }", token=tok, errors=True)
+        "{ decision { allowed } } }",
+        token=tok,
+        errors=True,
+    )
     if order_ok:
         assert body["data"]["placeOrder"]["decision"]["allowed"] is True, body
     else:
         assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN"
-    body = await api.gql('{ purchaseCheck(uid: "A", billingMethod: PAYG, amount: "0") { allowed } }',
-                         token=tok, errors=True)
+    body = await api.gql(
+        '{ purchaseCheck(uid: "A", billingMethod: PAYG, amount: "0") { allowed } }', token=tok, errors=True
+    )
     assert ("errors" not in body) is check_ok, body
 
 
@@ -396,7 +416,10 @@ async def test_agency_may_not_order(api: Api) -> None:
     await api.gql('mutation { linkAccount(input: {uid: "AG"}) { userErrors { code } } }', token=tok)
     body = await api.gql(
         'mutation { placeOrder(input: {uid: "AG", billingMethod: PAYG, amount: "0", idempotencyKey: "p"}) '
-        "{ decision { allowed } } }", token=tok, errors=True)
+        "{ decision { allowed } } }",
+        token=tok,
+        errors=True,
+    )
     assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN"
     async with api.db.read() as session:
         assert (await session.scalars(select(Instance))).all() == []

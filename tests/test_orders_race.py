@@ -61,12 +61,13 @@ async def test_no_payg_order_commits_after_the_masters_freeze(api: Api) -> None:
     async with api.db.read() as session:
         master_id = await session.scalar(select(Account.id).where(Account.uid == "RM"))
         freeze_id = await session.scalar(
-            select(AuditEntry.id).where(AuditEntry.account_id == master_id,
-                                        AuditEntry.action == AuditAction.PAYG_FROZEN)
+            select(AuditEntry.id).where(
+                AuditEntry.account_id == master_id, AuditEntry.action == AuditAction.PAYG_FROZEN
+            )
         )
-        order_ids = (await session.scalars(
-            select(AuditEntry.id).where(AuditEntry.action == AuditAction.ORDER_PLACED)
-        )).all()
+        order_ids = (
+            await session.scalars(select(AuditEntry.id).where(AuditEntry.action == AuditAction.ORDER_PLACED))
+        ).all()
         instances = await session.scalar(
             select(func.count(Instance.id)).where(Instance.billing_method == BillingMethod.PAYG)
         )

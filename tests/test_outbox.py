@@ -688,8 +688,13 @@ async def test_no_final_reply_after_data_is_retried_once_with_the_same_message_i
 ) -> None:
     """The server stores the message and never answers: maybe sent, so one retry, then FAILED for good."""
     [row_id] = await add_notifications(db)
-    settings = make_settings(silent_smtp.port, smtp_timeout_seconds=0.5, smtp_data_timeout_seconds=1.0,
-                             smtp_backoff_seconds=0.05, smtp_max_attempts=6)
+    settings = make_settings(
+        silent_smtp.port,
+        smtp_timeout_seconds=0.5,
+        smtp_data_timeout_seconds=1.0,
+        smtp_backoff_seconds=0.05,
+        smtp_max_attempts=6,
+    )
     sender = OutboxSender(db, settings)
 
     assert await sender.run_once() == 1

@@ -125,8 +125,7 @@ async def _credit_entries(api: Api, uid: str) -> list[tuple[str, str]]:
         ("NO_STOP", None, ["NORMAL", "ARREARS_NOT_SHUTDOWN", "ARREARS_NOT_SHUTDOWN", "ARREARS_NOT_SHUTDOWN"]),
     ],
 )
-async def test_credit_control_table_and_recovery(api: Api, policy: str, delay: str | None,
-                                                 expected: list[str]) -> None:
+async def test_credit_control_table_and_recovery(api: Api, policy: str, delay: str | None, expected: list[str]) -> None:
     await link(api, "M", quota="100.00")
     await link(api, "S1", master="M")
     await link(api, "S2", master="M")
@@ -167,12 +166,15 @@ async def test_policy_change_recomputes_credit_control(api: Api) -> None:
     await shutdown_policy(api, "M", "NO_STOP")
     assert await _credit(api, "M") == "ARREARS_NOT_SHUTDOWN"
     assert await _credit_entries(api, "S") == [
-        ("NORMAL", "SHUTDOWN"), ("SHUTDOWN", "ARREARS_NOT_SHUTDOWN"), ("ARREARS_NOT_SHUTDOWN", "SHUTDOWN"),
+        ("NORMAL", "SHUTDOWN"),
+        ("SHUTDOWN", "ARREARS_NOT_SHUTDOWN"),
+        ("ARREARS_NOT_SHUTDOWN", "SHUTDOWN"),
         ("SHUTDOWN", "ARREARS_NOT_SHUTDOWN"),
     ]
     # A credit control change is written in the same transaction as the policy change that caused it.
-    [policy_entry] = [e for e in await entries(api.db, "M", "SHUTDOWN_POLICY_CHANGED")
-                      if e.after["shutdownPolicy"] == "NO_STOP"]
+    [policy_entry] = [
+        e for e in await entries(api.db, "M", "SHUTDOWN_POLICY_CHANGED") if e.after["shutdownPolicy"] == "NO_STOP"
+    ]
     credit_entry = (await entries(api.db, "M", "CREDIT_CONTROL_CHANGED"))[-1]
     assert credit_entry.id == policy_entry.id + 1 or credit_entry.occurred_at >= policy_entry.occurred_at
 
@@ -243,7 +245,9 @@ async def test_freeze_applies_with_cascade_entries_and_unfreeze_keeps_own_freeze
     assert sorted(a["uid"] for a in applied["affectedAccounts"]) == ["M", "S1"]
     assert applied["affectedPaygInstances"] == 1
     assert applied["results"][0]["endUser"]["policy"] == {
-        "paygFreezeStatus": "FROZEN", "effectivePaygFreezeStatus": "FROZEN"}
+        "paygFreezeStatus": "FROZEN",
+        "effectivePaygFreezeStatus": "FROZEN",
+    }
 
     [own] = await entries(api.db, "M", "PAYG_FROZEN")
     assert own.reason == "overdue invoice" and own.cascade_from_id is None
@@ -290,8 +294,7 @@ async def test_bulk_freeze_reports_per_uid(api: Api) -> None:
     payload = await freeze(api, ["A", "B", "GONE", "THEIRS", "A", "NOPE"], reason="bulk")
     assert payload["applied"] is True
     codes = {r["uid"]: [e["code"] for e in r["userErrors"]] for r in payload["results"]}
-    assert codes == {"A": [], "B": [], "GONE": ["ACCOUNT_NOT_ACTIVE"], "THEIRS": ["NOT_FOUND"],
-                     "NOPE": ["NOT_FOUND"]}
+    assert codes == {"A": [], "B": [], "GONE": ["ACCOUNT_NOT_ACTIVE"], "THEIRS": ["NOT_FOUND"], "NOPE": ["NOT_FOUND"]}
     assert sorted(a["uid"] for a in payload["affectedAccounts"]) == ["A", "B"]
     assert len(await entries(api.db, "A", "PAYG_FROZEN")) == 1
     assert await entries(api.db, "GONE", "PAYG_FROZEN") == []
@@ -369,9 +372,9 @@ async def test_policy_changes_need_an_editor(api: Api, role: Role) -> None:
     await link(api, "M", quota="1.00")
     tok = await token(api, role, account_uid="M" if role is Role.END_USER else None)
     for query, variables in (
-        ("mutation { freezePayg(input: {uids: [\"M\"], confirm: false}) { applied } }", None),
-        ("mutation { setPurchaseControl(input: {uid: \"M\", status: BANNED}) { endUser { uid } } }", None),
-        ("mutation { setShutdownPolicy(input: {uid: \"M\", policy: NO_STOP}) { endUser { uid } } }", None),
+        ('mutation { freezePayg(input: {uids: ["M"], confirm: false}) { applied } }', None),
+        ('mutation { setPurchaseControl(input: {uid: "M", status: BANNED}) { endUser { uid } } }', None),
+        ('mutation { setShutdownPolicy(input: {uid: "M", policy: NO_STOP}) { endUser { uid } } }', None),
     ):
         body = await api.gql(query, variables, token=tok, errors=True)
         assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN", body
@@ -384,8 +387,9 @@ async def test_agency_may_not_change_policy(api: Api) -> None:
     await api.gql('mutation { linkAccount(input: {uid: "AG"}) { userErrors { code } } }', token=tok)
     body = await api.gql('mutation { unfreezePayg(input: {uids: ["AG"]}) { applied } }', token=tok, errors=True)
     assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN"
-    body = await api.gql('{ purchaseCheck(uid: "AG", billingMethod: PAYG, amount: "0") { allowed } }',
-                         token=tok, errors=True)
+    body = await api.gql(
+        '{ purchaseCheck(uid: "AG", billingMethod: PAYG, amount: "0") { allowed } }', token=tok, errors=True
+    )
     assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN"
 
 

@@ -70,8 +70,9 @@ async def test_costly_document_is_refused_at_once_while_healthz_answers(live: tu
 
         async def attack() -> tuple[httpx.Response, float]:
             start = time.monotonic()
-            response = await client.post("/graphql", json={"query": HEAVY[name]},
-                                         headers={"Authorization": f"Bearer {token}"})
+            response = await client.post(
+                "/graphql", json={"query": HEAVY[name]}, headers={"Authorization": f"Bearer {token}"}
+            )
             return response, time.monotonic() - start
 
         async def health() -> float:
@@ -101,8 +102,11 @@ async def test_sigterm_under_a_flood_of_costly_documents_stops_the_server(sqlite
     env = {k: v for k, v in os.environ.items() if not k.startswith("UIDHUB_")}
     env.update({"UIDHUB_DATABASE_URL": sqlite_db.url, "UIDHUB_EXPORT_DIR": str(tmp_path / "exports")})
     process = subprocess.Popen(  # noqa: ASYNC220  (started once; waited on in a thread below)
-        [sys.executable, "-m", "uidhub.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "uidhub.cli", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
@@ -115,8 +119,9 @@ async def test_sigterm_under_a_flood_of_costly_documents_stops_the_server(sqlite
             async def flood() -> None:
                 while True:
                     with contextlib.suppress(httpx.HTTPError):
-                        await client.post("/graphql", json={"query": fan_out(13)},
-                                          headers={"Authorization": f"Bearer {token}"})
+                        await client.post(
+                            "/graphql", json={"query": fan_out(13)}, headers={"Authorization": f"Bearer {token}"}
+                        )
 
             floods = [asyncio.create_task(flood()) for _ in range(4)]
             await asyncio.sleep(0.5)
@@ -142,8 +147,13 @@ def test_selection_count_is_linear_and_memoized() -> None:
     cyclic = "query { viewer { ...A } } fragment A on Viewer { method ...B } fragment B on Viewer { ...A }"
     assert measure(build_parse(cyclic)).selections == 2  # viewer and method
     # GraphiQL's full introspection query stays well within the bound.
-    full = get_introspection_query(descriptions=True, specified_by_url=True, directive_is_repeatable=True,
-                                   schema_description=True, input_value_deprecation=True)
+    full = get_introspection_query(
+        descriptions=True,
+        specified_by_url=True,
+        directive_is_repeatable=True,
+        schema_description=True,
+        input_value_deprecation=True,
+    )
     assert measure(build_parse(full)).selections < MAX_SELECTIONS
 
 
@@ -154,8 +164,13 @@ def build_parse(query: str):  # type: ignore[no-untyped-def]
 
 
 async def test_introspection_and_ordinary_queries_pass_the_limits(sqlite_api: Api) -> None:
-    full = get_introspection_query(descriptions=True, specified_by_url=True, directive_is_repeatable=True,
-                                   schema_description=True, input_value_deprecation=True)
+    full = get_introspection_query(
+        descriptions=True,
+        specified_by_url=True,
+        directive_is_repeatable=True,
+        schema_description=True,
+        input_value_deprecation=True,
+    )
     data = await sqlite_api.gql(full)
     assert data["__schema"]["queryType"]["name"] == "Query"
     wide = "{ " + " ".join(f"v{i}: viewer {{ method }}" for i in range(50)) + " }"
@@ -199,7 +214,8 @@ async def test_request_past_its_time_budget_is_cancelled_with_a_code(
 
     monkeypatch.setattr(uidhub.resolvers.accounts, "summary", stuck)
     response = await asyncio.wait_for(
-        budget_api.post("{ summary { accounts } }", token=budget_api.tokens["admin"]), 20  # a hang guard
+        budget_api.post("{ summary { accounts } }", token=budget_api.tokens["admin"]),
+        20,  # a hang guard
     )
     assert response.status_code == 503
     [error] = response.json()["errors"]
@@ -213,26 +229,37 @@ async def test_request_past_its_time_budget_is_cancelled_with_a_code(
 
 async def test_several_operations_need_an_operation_name(sqlite_api: Api) -> None:
     api = sqlite_api
-    document = ('mutation Link { linkAccount(input: {uid: "OPS-1"}) { userErrors { code } } } '
-                "query Who { viewer { method } }")
-    response = await api.client.post("/graphql", json={"query": document},
-                                      headers={"Authorization": f"Bearer {api.tokens['admin']}"})
+    document = (
+        'mutation Link { linkAccount(input: {uid: "OPS-1"}) { userErrors { code } } } query Who { viewer { method } }'
+    )
+    response = await api.client.post(
+        "/graphql", json={"query": document}, headers={"Authorization": f"Bearer {api.tokens['admin']}"}
+    )
     assert response.status_code == 400, response.text
     assert response.json()["errors"][0]["extensions"]["code"] == "OPERATION_NAME_REQUIRED"
     assert await one(api, "OPS-1") is None, "the first operation did not run"
-    response = await api.client.post("/graphql", json={"query": document, "operationName": "Who"},
-                                      headers={"Authorization": f"Bearer {api.tokens['admin']}"})
+    response = await api.client.post(
+        "/graphql",
+        json={"query": document, "operationName": "Who"},
+        headers={"Authorization": f"Bearer {api.tokens['admin']}"},
+    )
     assert response.json() == {"data": {"viewer": {"method": "PLATFORM"}}}
-    response = await api.client.post("/graphql", json={"query": document, "operationName": "Nope"},
-                                      headers={"Authorization": f"Bearer {api.tokens['admin']}"})
+    response = await api.client.post(
+        "/graphql",
+        json={"query": document, "operationName": "Nope"},
+        headers={"Authorization": f"Bearer {api.tokens['admin']}"},
+    )
     assert response.status_code == 400 and response.json()["errors"][0]["extensions"]["code"]
 
 
-@pytest.mark.parametrize(("content_type", "body"), [
-    ("text/plain", b'{"query": "{ viewer { method } }"}'),
-    ("application/x-www-form-urlencoded", b"query=%7B%20viewer%20%7B%20method%20%7D%20%7D"),
-    (None, b'{"query": "{ viewer { method } }"}'),
-])
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/plain", b'{"query": "{ viewer { method } }"}'),
+        ("application/x-www-form-urlencoded", b"query=%7B%20viewer%20%7B%20method%20%7D%20%7D"),
+        (None, b'{"query": "{ viewer { method } }"}'),
+    ],
+)
 async def test_unsupported_content_type_is_415(sqlite_api: Api, content_type: str | None, body: bytes) -> None:
     headers = {"Authorization": f"Bearer {sqlite_api.tokens['admin']}"}
     if content_type:
@@ -247,9 +274,10 @@ async def test_every_error_carries_a_code(sqlite_api: Api) -> None:
     cases = {
         "{ viewer { method }": "GRAPHQL_PARSE_FAILED",
         "{ viewer { nope } }": "GRAPHQL_VALIDATION_FAILED",
-        '{ endUsers(first: 1000) { totalCount } }': "BAD_USER_INPUT",
-        'mutation { linkAccount(input: {uid: "C1", quotaAmount: "1e3"}) { userErrors { code } } }':
-            "GRAPHQL_VALIDATION_FAILED",
+        "{ endUsers(first: 1000) { totalCount } }": "BAD_USER_INPUT",
+        'mutation { linkAccount(input: {uid: "C1", quotaAmount: "1e3"}) { userErrors { code } } }': (
+            "GRAPHQL_VALIDATION_FAILED"
+        ),
         "{ " + "viewer { method } " * 600 + "}": "QUERY_TOO_COMPLEX",
         "{ viewer { method } }" + " " + "{ __typename }" * 2: "OPERATION_NAME_REQUIRED",
     }
@@ -258,8 +286,11 @@ async def test_every_error_carries_a_code(sqlite_api: Api) -> None:
         errors = response.json()["errors"]
         assert [e["extensions"]["code"] for e in errors] == [code] * len(errors), (query[:60], errors)
     # Request errors strawberry answered in plain text are JSON in the GraphQL-over-HTTP shape.
-    response = await api.client.post("/graphql", json={"query": "{ viewer { method } }", "variables": [1]},
-                                     headers={"Authorization": f"Bearer {api.tokens['admin']}"})
+    response = await api.client.post(
+        "/graphql",
+        json={"query": "{ viewer { method } }", "variables": [1]},
+        headers={"Authorization": f"Bearer {api.tokens['admin']}"},
+    )
     assert response.status_code == 400
     assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
     response = await api.client.get("/graphql", params={"query": "{ viewer { method } }"})
@@ -267,22 +298,24 @@ async def test_every_error_carries_a_code(sqlite_api: Api) -> None:
     assert response.json()["errors"][0]["extensions"]["code"]
 
 
-async def test_client_mistakes_are_logged_without_tracebacks(sqlite_api: Api, caplog: pytest.LogCaptureFixture,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_client_mistakes_are_logged_without_tracebacks(
+    sqlite_api: Api, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     api = sqlite_api
     viewer_token = await make_token(api.db, await _partner(api), Role.VIEWER)
     mistakes = [
         ("{ viewer { method }", None),  # syntax
         ("{ viewer { nope } }", None),  # validation
-        ('{ endUsers(first: 1000) { totalCount } }', None),  # BAD_USER_INPUT
+        ("{ endUsers(first: 1000) { totalCount } }", None),  # BAD_USER_INPUT
         ('mutation { linkAccount(input: {uid: "L1", quotaAmount: "x"}) { userErrors { code } } }', None),  # Money
-        ("query($a: Money!) { purchaseCheck(uid: \"L1\", billingMethod: PAYG, amount: $a) { allowed } }", None),
+        ('query($a: Money!) { purchaseCheck(uid: "L1", billingMethod: PAYG, amount: $a) { allowed } }', None),
         ('mutation { linkAccount(input: {uid: "L1"}) { userErrors { code } } }', viewer_token),  # FORBIDDEN
     ]
     with caplog.at_level(logging.DEBUG):
         for query, token in mistakes:
             response = await api.client.post(
-                "/graphql", json={"query": query, "variables": {"a": "1e3"}},
+                "/graphql",
+                json={"query": query, "variables": {"a": "1e3"}},
                 headers={"Authorization": f"Bearer {token or api.tokens['admin']}"},
             )
             assert response.json()["errors"], query
@@ -337,8 +370,11 @@ async def test_query_over_websocket_is_a_coded_error_logged_without_traceback(
     with caplog.at_level(logging.DEBUG):
         async with (
             serve_in_loop(app) as (address, _server),
-            connect(f"ws://{address}/graphql", subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-                    open_timeout=10) as ws,
+            connect(
+                f"ws://{address}/graphql",
+                subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+                open_timeout=10,
+            ) as ws,
         ):
             await ws.send(json.dumps(init))
             assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "connection_ack"

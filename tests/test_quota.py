@@ -73,15 +73,26 @@ async def test_create_adjust_and_same_amount(api: Api) -> None:
     assert page["totalCount"] == 2
     newest, first = (e["node"] for e in page["edges"])
     assert (first["operationType"], first["before"], first["value"], first["after"]) == (
-        "QUOTA_CREATE", "0.00", "100.00", "100.00")
+        "QUOTA_CREATE",
+        "0.00",
+        "100.00",
+        "100.00",
+    )
     assert (newest["operationType"], newest["before"], newest["value"], newest["after"]) == (
-        "QUOTA_ADJUSTMENT", "100.00", "-19.50", "80.50")
+        "QUOTA_ADJUSTMENT",
+        "100.00",
+        "-19.50",
+        "80.50",
+    )
     for node in (first, newest):
         assert node["method"] == "PLATFORM"
         assert node["operator"] == {"uid": "P-MAIN", "name": "Partner P-MAIN", "isRamAccount": False, "role": "ADMIN"}
         assert datetime.fromisoformat(node["operationTime"]) > datetime.now(UTC) - timedelta(minutes=5)
     assert [a for a in await audit_actions(api, "U1") if a != "CREDIT_CONTROL_CHANGED"] == [
-        "QUOTA_ADJUSTED", "QUOTA_CREATED", "ACCOUNT_LINKED"]
+        "QUOTA_ADJUSTED",
+        "QUOTA_CREATED",
+        "ACCOUNT_LINKED",
+    ]
 
 
 async def test_link_with_quota_is_the_create_record(api: Api) -> None:
@@ -107,8 +118,9 @@ async def test_first_amount_zero_on_a_never_set_pool_is_a_create(api: Api) -> No
 async def test_api_token_and_ram_operator_are_recorded(api: Api) -> None:
     await link(api, "U1", "10.00")
     partner = await partner_row(api.db)
-    token = await make_token(api.db, partner, Role.OPERATOR, method=OperationMethod.API, is_ram=True,
-                             operator_uid="RAM-7")
+    token = await make_token(
+        api.db, partner, Role.OPERATOR, method=OperationMethod.API, is_ram=True, operator_uid="RAM-7"
+    )
     payload = await set_amount(api, "U1", "20.00", token=token)
     assert payload["userErrors"] == []
     node = (await adjustments(api, "U1"))["edges"][0]["node"]
@@ -165,7 +177,7 @@ async def test_adjustments_pagination_and_filters(api: Api) -> None:
 async def test_adjustment_node_is_only_visible_to_its_partner(api: Api) -> None:
     await link(api, "U1", "1.00")
     node_id = (await adjustments(api, "U1"))["edges"][0]["node"]["id"]
-    query = 'query($id: ID!) { node(id: $id) { id ... on QuotaAdjustment { after } } }'
+    query = "query($id: ID!) { node(id: $id) { id ... on QuotaAdjustment { after } } }"
     assert (await api.gql(query, {"id": node_id}))["node"] == {"id": node_id, "after": "1.00"}
     assert (await api.gql(query, {"id": node_id}, as_="other"))["node"] is None
 
@@ -213,10 +225,15 @@ async def test_record_deduct_repay(api: Api) -> None:
     assert entry["before"]["consumedDeducted"] == "12.00" and entry["before"]["outstandingAmount"] == "2.00"
     assert entry["after"]["consumedDeducted"] == "10.00" and entry["after"]["outstandingAmount"] == "0.00"
     async with api.db.read() as session:
-        kinds = [(e.kind, e.amount_cents, e.idempotency_key) for e in await session.scalars(
-            select(LedgerEntry).order_by(LedgerEntry.id))]
-    assert kinds == [(LedgerKind.CONSUMPTION, 1200, "r1"), (LedgerKind.DEDUCTION, 1200, "d1"),
-                     (LedgerKind.REPAYMENT, 200, "p1")]
+        kinds = [
+            (e.kind, e.amount_cents, e.idempotency_key)
+            for e in await session.scalars(select(LedgerEntry).order_by(LedgerEntry.id))
+        ]
+    assert kinds == [
+        (LedgerKind.CONSUMPTION, 1200, "r1"),
+        (LedgerKind.DEDUCTION, 1200, "d1"),
+        (LedgerKind.REPAYMENT, 200, "p1"),
+    ]
 
 
 async def test_billing_role_records_and_deducts_but_may_not_repay_or_set(api: Api) -> None:
@@ -226,12 +243,22 @@ async def test_billing_role_records_and_deducts_but_may_not_repay_or_set(api: Ap
     assert (await balance(api, "deduct", "U1", "1.00", "b2", token=token))["userErrors"] == []
     before = await snapshot(api)
     for body in (
-        await api.gql('mutation { repayOutstanding(input: {uid: "U1", amount: "1", idempotencyKey: "b3"}) '
-                      "{ userErrors { code } } }", token=token, errors=True),
-        await api.gql('mutation { setQuotaAmount(input: {uid: "U1", amount: "1"}) { userErrors { code } } }',
-                      token=token, errors=True),
-        await api.gql('mutation { setWarningThreshold(input: {uid: "U1", percent: 5}) { userErrors { code } } }',
-                      token=token, errors=True),
+        await api.gql(
+            'mutation { repayOutstanding(input: {uid: "U1", amount: "1", idempotencyKey: "b3"}) '
+            "{ userErrors { code } } }",
+            token=token,
+            errors=True,
+        ),
+        await api.gql(
+            'mutation { setQuotaAmount(input: {uid: "U1", amount: "1"}) { userErrors { code } } }',
+            token=token,
+            errors=True,
+        ),
+        await api.gql(
+            'mutation { setWarningThreshold(input: {uid: "U1", percent: 5}) { userErrors { code } } }',
+            token=token,
+            errors=True,
+        ),
     ):
         assert body["data"] is None
         assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN"
@@ -241,8 +268,9 @@ async def test_billing_role_records_and_deducts_but_may_not_repay_or_set(api: Ap
 @pytest.mark.parametrize("role", [Role.VIEWER, Role.END_USER])
 async def test_read_only_roles_are_forbidden(api: Api, role: Role) -> None:
     await link(api, "U1", "10.00")
-    token = await make_token(api.db, await partner_row(api.db), role,
-                             account_uid="U1" if role is Role.END_USER else None)
+    token = await make_token(
+        api.db, await partner_row(api.db), role, account_uid="U1" if role is Role.END_USER else None
+    )
     before = await snapshot(api)
     for mutation in (
         'setQuotaAmount(input: {uid: "U1", amount: "1"})',
@@ -298,10 +326,20 @@ ERROR_CASES: list[tuple[str, str, dict[str, Any], str, list[str]]] = [
     ("sub-account", "set", {"uid": "S1", "amount": "1"}, "QUOTA_MANAGED_BY_MASTER", ["input", "uid"]),
     ("terminated", "set", {"uid": "T1", "amount": "1"}, "ACCOUNT_NOT_ACTIVE", ["input", "uid"]),
     ("deleted", "set", {"uid": "D1", "amount": "1"}, "ACCOUNT_NOT_ACTIVE", ["input", "uid"]),
-    ("key conflict", "set", {"uid": "U1", "amount": "11", "idempotencyKey": "used-set"}, "IDEMPOTENCY_CONFLICT",
-     ["input", "idempotencyKey"]),
-    ("empty key", "set", {"uid": "U1", "amount": "11", "idempotencyKey": ""}, "INVALID_INPUT",
-     ["input", "idempotencyKey"]),
+    (
+        "key conflict",
+        "set",
+        {"uid": "U1", "amount": "11", "idempotencyKey": "used-set"},
+        "IDEMPOTENCY_CONFLICT",
+        ["input", "idempotencyKey"],
+    ),
+    (
+        "empty key",
+        "set",
+        {"uid": "U1", "amount": "11", "idempotencyKey": ""},
+        "INVALID_INPUT",
+        ["input", "idempotencyKey"],
+    ),
     ("threshold 0", "threshold", {"uid": "U1", "percent": 0}, "INVALID_INPUT", ["input", "percent"]),
     ("threshold 101", "threshold", {"uid": "U1", "percent": 101}, "INVALID_INPUT", ["input", "percent"]),
     ("threshold -5", "threshold", {"uid": "U1", "percent": -5}, "INVALID_INPUT", ["input", "percent"]),
@@ -312,28 +350,74 @@ ERROR_CASES: list[tuple[str, str, dict[str, Any], str, list[str]]] = [
 for op in ("record", "deduct", "repay"):
     ERROR_CASES += [
         (f"{op} zero", op, {"uid": "U1", "amount": "0", "idempotencyKey": "n1"}, "INVALID_INPUT", ["input", "amount"]),
-        (f"{op} negative", op, {"uid": "U1", "amount": "-1", "idempotencyKey": "n1"}, "INVALID_INPUT",
-         ["input", "amount"]),
+        (
+            f"{op} negative",
+            op,
+            {"uid": "U1", "amount": "-1", "idempotencyKey": "n1"},
+            "INVALID_INPUT",
+            ["input", "amount"],
+        ),
         (f"{op} unknown", op, {"uid": "NOPE", "amount": "1", "idempotencyKey": "n1"}, "NOT_FOUND", ["input", "uid"]),
-        (f"{op} other partner", op, {"uid": "X1", "amount": "1", "idempotencyKey": "n1"}, "NOT_FOUND",
-         ["input", "uid"]),
-        (f"{op} terminated", op, {"uid": "T1", "amount": "1", "idempotencyKey": "n1"}, "ACCOUNT_NOT_ACTIVE",
-         ["input", "uid"]),
-        (f"{op} deleted", op, {"uid": "D1", "amount": "1", "idempotencyKey": "n1"}, "ACCOUNT_NOT_ACTIVE",
-         ["input", "uid"]),
-        (f"{op} key used by another op/input", op, {"uid": "U1", "amount": "0.01", "idempotencyKey": "used-record"}
-         if op != "record" else {"uid": "U1", "amount": "0.02", "idempotencyKey": "used-record"},
-         "IDEMPOTENCY_CONFLICT", ["input", "idempotencyKey"]),
-        (f"{op} key too long", op, {"uid": "U1", "amount": "1", "idempotencyKey": "k" * 201}, "INVALID_INPUT",
-         ["input", "idempotencyKey"]),
+        (
+            f"{op} other partner",
+            op,
+            {"uid": "X1", "amount": "1", "idempotencyKey": "n1"},
+            "NOT_FOUND",
+            ["input", "uid"],
+        ),
+        (
+            f"{op} terminated",
+            op,
+            {"uid": "T1", "amount": "1", "idempotencyKey": "n1"},
+            "ACCOUNT_NOT_ACTIVE",
+            ["input", "uid"],
+        ),
+        (
+            f"{op} deleted",
+            op,
+            {"uid": "D1", "amount": "1", "idempotencyKey": "n1"},
+            "ACCOUNT_NOT_ACTIVE",
+            ["input", "uid"],
+        ),
+        (
+            f"{op} key used by another op/input",
+            op,
+            {"uid": "U1", "amount": "0.01", "idempotencyKey": "used-record"}
+            if op != "record"
+            else {"uid": "U1", "amount": "0.02", "idempotencyKey": "used-record"},
+            "IDEMPOTENCY_CONFLICT",
+            ["input", "idempotencyKey"],
+        ),
+        (
+            f"{op} key too long",
+            op,
+            {"uid": "U1", "amount": "1", "idempotencyKey": "k" * 201},
+            "INVALID_INPUT",
+            ["input", "idempotencyKey"],
+        ),
     ]
 ERROR_CASES += [
-    ("deduct more than undeducted", "deduct", {"uid": "U1", "amount": "2.01", "idempotencyKey": "n2"},
-     "INVALID_INPUT", ["input", "amount"]),
-    ("repay more than deducted", "repay", {"uid": "U1", "amount": "1.01", "idempotencyKey": "n3"},
-     "INVALID_INPUT", ["input", "amount"]),
-    ("deduct via sub more than undeducted", "deduct", {"uid": "S1", "amount": "5", "idempotencyKey": "n4"},
-     "INVALID_INPUT", ["input", "amount"]),
+    (
+        "deduct more than undeducted",
+        "deduct",
+        {"uid": "U1", "amount": "2.01", "idempotencyKey": "n2"},
+        "INVALID_INPUT",
+        ["input", "amount"],
+    ),
+    (
+        "repay more than deducted",
+        "repay",
+        {"uid": "U1", "amount": "1.01", "idempotencyKey": "n3"},
+        "INVALID_INPUT",
+        ["input", "amount"],
+    ),
+    (
+        "deduct via sub more than undeducted",
+        "deduct",
+        {"uid": "S1", "amount": "5", "idempotencyKey": "n4"},
+        "INVALID_INPUT",
+        ["input", "amount"],
+    ),
 ]
 
 MUTATION = {
@@ -354,7 +438,7 @@ async def test_user_error_changes_nothing(
     input_type, mutation = MUTATION[op]
     data = await api.gql(
         f"mutation($i: {input_type}!) {{ {mutation}(input: $i) {{ quota {{ amount }} userErrors {{ code field }} }} }}",
-        {"i": input_}
+        {"i": input_},
     )
     assert data[mutation] == {"quota": None, "userErrors": [{"code": code, "field": field}]}, name
     assert await snapshot(api) == before
@@ -419,7 +503,8 @@ async def test_purge_removes_keys_older_than_the_ttl(api: Api) -> None:
     await balance(api, "record", "U1", "1.00", "new")
     async with api.db.write() as session:
         await session.execute(
-            update(IdempotencyRecord).where(IdempotencyRecord.key == "old")
+            update(IdempotencyRecord)
+            .where(IdempotencyRecord.key == "old")
             .values(created_at=datetime.now(UTC) - timedelta(hours=api.settings.idempotency_ttl_hours + 1))
         )
     assert await purge_expired(api.db, api.settings) == 1
@@ -517,8 +602,12 @@ async def test_below_warning_filter_available_order_and_summary(api: Api) -> Non
     await balance(api, "record", "B", "60.00", "b")
     await balance(api, "record", "C", "15.00", "c")
 
-    async def uids(filter_: dict[str, Any] | None = None, order: dict[str, Any] | None = None,
-                   first: int = 20, after: str | None = None) -> tuple[list[str], Any]:
+    async def uids(
+        filter_: dict[str, Any] | None = None,
+        order: dict[str, Any] | None = None,
+        first: int = 20,
+        after: str | None = None,
+    ) -> tuple[list[str], Any]:
         data = await api.gql(
             "query($f: EndUserFilter, $o: EndUserOrder, $first: Int, $after: String) { endUsers(filter: $f, "
             "orderBy: $o, first: $first, after: $after) { totalCount pageInfo { endCursor hasNextPage } "
@@ -548,9 +637,7 @@ async def test_below_warning_filter_available_order_and_summary(api: Api) -> Non
         after = conn["pageInfo"]["endCursor"]
     assert paged == asc
 
-    data = await api.gql(
-        "{ summary { accounts belowWarningLevel totalQuota totalAvailable totalOutstanding } }"
-    )
+    data = await api.gql("{ summary { accounts belowWarningLevel totalQuota totalAvailable totalOutstanding } }")
     assert data["summary"] == {
         "accounts": 4,
         "belowWarningLevel": 2,  # B and BS (accounts, not pools)

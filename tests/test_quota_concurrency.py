@@ -34,8 +34,9 @@ SET = f"mutation($i: SetQuotaAmountInput!) {{ setQuotaAmount(input: $i) {{ {PAYL
 
 
 async def post(client: httpx.AsyncClient, token: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-    response = await client.post("/graphql", json={"query": query, "variables": variables},
-                                 headers={"Authorization": f"Bearer {token}"})
+    response = await client.post(
+        "/graphql", json={"query": query, "variables": variables}, headers={"Authorization": f"Bearer {token}"}
+    )
     body = response.json()
     assert "errors" not in body, body
     (payload,) = body["data"].values()
@@ -47,18 +48,28 @@ async def consume(clients: list[httpx.AsyncClient], token: str, per_client: int,
 
     async def one(n: int, client: httpx.AsyncClient) -> None:
         for i in range(per_client):
-            payload = await post(client, token, RECORD,
-                                 {"i": {"uid": "U1", "amount": "0.01", "idempotencyKey": f"{prefix}-{n}-{i}"}})
+            payload = await post(
+                client, token, RECORD, {"i": {"uid": "U1", "amount": "0.01", "idempotencyKey": f"{prefix}-{n}-{i}"}}
+            )
             assert payload["userErrors"] == []
 
     await asyncio.gather(*(one(n, c) for n, c in enumerate(clients)))
 
 
 async def repeats(clients: list[httpx.AsyncClient], token: str, n: int) -> list[dict[str, Any]]:
-    return list(await asyncio.gather(*(
-        post(clients[i % len(clients)], token, RECORD, {"i": {"uid": "U1", "amount": "1.00", "idempotencyKey": "once"}})
-        for i in range(n)
-    )))
+    return list(
+        await asyncio.gather(
+            *(
+                post(
+                    clients[i % len(clients)],
+                    token,
+                    RECORD,
+                    {"i": {"uid": "U1", "amount": "1.00", "idempotencyKey": "once"}},
+                )
+                for i in range(n)
+            )
+        )
+    )
 
 
 async def mixed(clients: list[httpx.AsyncClient], token: str) -> int:
@@ -73,19 +84,22 @@ async def mixed(clients: list[httpx.AsyncClient], token: str) -> int:
     async def spend(n: int, client: httpx.AsyncClient) -> None:
         nonlocal deducted
         for i in range(5):
-            payload = await post(client, token, RECORD,
-                                 {"i": {"uid": "U1", "amount": "0.03", "idempotencyKey": f"mr-{n}-{i}"}})
+            payload = await post(
+                client, token, RECORD, {"i": {"uid": "U1", "amount": "0.03", "idempotencyKey": f"mr-{n}-{i}"}}
+            )
             assert payload["userErrors"] == []
-            payload = await post(client, token, DEDUCT,
-                                 {"i": {"uid": "U1", "amount": "0.02", "idempotencyKey": f"md-{n}-{i}"}})
+            payload = await post(
+                client, token, DEDUCT, {"i": {"uid": "U1", "amount": "0.02", "idempotencyKey": f"md-{n}-{i}"}}
+            )
             if payload["userErrors"]:
                 assert payload["userErrors"][0]["code"] == "INVALID_INPUT"
             else:
                 deducted += 1
 
     half = len(clients) // 2
-    await asyncio.gather(*(adjust(n, c) for n, c in enumerate(clients[:half])),
-                         *(spend(n, c) for n, c in enumerate(clients[half:])))
+    await asyncio.gather(
+        *(adjust(n, c) for n, c in enumerate(clients[:half])), *(spend(n, c) for n, c in enumerate(clients[half:]))
+    )
     return deducted
 
 
@@ -94,8 +108,11 @@ async def check_pool_and_chain(db: Database) -> tuple[int, int, int]:
     async with db.read() as session:
         pool = await session.scalar(select(QuotaPool).join(LedgerEntry, LedgerEntry.pool_id == QuotaPool.id).limit(1))
         assert pool is not None
-        records = list(await session.scalars(
-            select(QuotaAdjustment).where(QuotaAdjustment.pool_id == pool.id).order_by(QuotaAdjustment.id)))
+        records = list(
+            await session.scalars(
+                select(QuotaAdjustment).where(QuotaAdjustment.pool_id == pool.id).order_by(QuotaAdjustment.id)
+            )
+        )
     assert records[0].operation_type.value == "QUOTA_CREATE" and records[0].before_cents == 0
     for previous, record in itertools.pairwise(records):
         assert record.before_cents == previous.after_cents, (previous.id, record.id)
@@ -170,14 +187,31 @@ def _free_port() -> int:
 
 @pytest.fixture
 def two_servers(pg_database_url: str, tmp_path: Path) -> Iterator[list[str]]:
-    env = {**os.environ, "UIDHUB_DATABASE_URL": pg_database_url, "UIDHUB_EXPORT_DIR": str(tmp_path / "exports"),
-           "UIDHUB_REDIS_URL": ""}
+    env = {
+        **os.environ,
+        "UIDHUB_DATABASE_URL": pg_database_url,
+        "UIDHUB_EXPORT_DIR": str(tmp_path / "exports"),
+        "UIDHUB_REDIS_URL": "",
+    }
     ports = [_free_port(), _free_port()]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "uidhub.asgi:app", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning"],
-            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=(tmp_path / f"server-{port}.log").open("wb"),
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "uidhub.asgi:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / f"server-{port}.log").open("wb"),
         )
         for port in ports
     ]
@@ -214,9 +248,12 @@ async def test_two_server_processes_on_postgres(pg_database_url: str, two_server
         token = await make_token(db, partner)
         clients = [httpx.AsyncClient(base_url=two_servers[n % 2], timeout=60) for n in range(20)]
         try:
-            link_payload = await post(clients[0], token,
-                                      'mutation { linkAccount(input: {uid: "U1", quotaAmount: "50.00"}) '
-                                      "{ userErrors { code } } }", {})
+            link_payload = await post(
+                clients[0],
+                token,
+                'mutation { linkAccount(input: {uid: "U1", quotaAmount: "50.00"}) { userErrors { code } } }',
+                {},
+            )
             assert link_payload["userErrors"] == []
             await consume(clients, token, 10, "two")
             async with db.read() as session:
@@ -235,7 +272,11 @@ async def test_two_server_processes_on_postgres(pg_database_url: str, two_server
         assert deducted + undeducted == 300 + 8 * 5 * 3
         async with db.read() as session:
             assert await session.scalar(select(func.count()).select_from(QuotaAdjustment)) == 1 + 8 * 5
-            assert await session.scalar(select(func.sum(LedgerEntry.amount_cents)).where(
-                LedgerEntry.kind == "CONSUMPTION")) == 300 + 8 * 5 * 3
+            assert (
+                await session.scalar(
+                    select(func.sum(LedgerEntry.amount_cents)).where(LedgerEntry.kind == "CONSUMPTION")
+                )
+                == 300 + 8 * 5 * 3
+            )
     finally:
         await db.dispose()

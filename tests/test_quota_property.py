@@ -82,11 +82,26 @@ async def _run(url: str, ops: list[tuple[str, object]]) -> None:
             partner = Partner(uid="P", name="P", kind=PartnerKind.DISTRIBUTOR, alert_emails=["a@example.com"])
             session.add(partner)
             await session.flush()
-            actor = Actor(partner_id=partner.id, partner_uid="P", partner_kind=PartnerKind.DISTRIBUTOR,
-                          role=Role.ADMIN, method=OperationMethod.PLATFORM, operator_uid="P", operator_name="P",
-                          is_ram=False)
-            await accounts.link_account(session, actor, uid="U1", account_type=AccountType.END_USER, nickname=None,
-                                        email=None, master_uid=None, quota_amount_cents=None)
+            actor = Actor(
+                partner_id=partner.id,
+                partner_uid="P",
+                partner_kind=PartnerKind.DISTRIBUTOR,
+                role=Role.ADMIN,
+                method=OperationMethod.PLATFORM,
+                operator_uid="P",
+                operator_name="P",
+                is_ram=False,
+            )
+            await accounts.link_account(
+                session,
+                actor,
+                uid="U1",
+                account_type=AccountType.END_USER,
+                nickname=None,
+                email=None,
+                master_uid=None,
+                quota_amount_cents=None,
+            )
         model = Model()
         keys: list[str] = []
         for step, (op, raw) in enumerate(ops):
@@ -119,8 +134,10 @@ async def _run(url: str, ops: list[tuple[str, object]]) -> None:
                 ok = False
             assert ok is expected_ok, (op, value, model)
             if ok:
-                got = tuple(cents(Decimal(c) / 100) for c in (
-                    result.pool.amount_cents, result.pool.deducted_cents, result.pool.undeducted_cents))
+                got = tuple(
+                    cents(Decimal(c) / 100)
+                    for c in (result.pool.amount_cents, result.pool.deducted_cents, result.pool.undeducted_cents)
+                )
                 assert got == expected_state
                 if op != "repeat":
                     keys.append(key)
@@ -128,8 +145,9 @@ async def _run(url: str, ops: list[tuple[str, object]]) -> None:
             async with db.read() as session:
                 pool = await session.scalar(select(QuotaPool))
                 assert pool is not None
-                stored = tuple(cents(Decimal(c) / 100) for c in (
-                    pool.amount_cents, pool.deducted_cents, pool.undeducted_cents))
+                stored = tuple(
+                    cents(Decimal(c) / 100) for c in (pool.amount_cents, pool.deducted_cents, pool.undeducted_cents)
+                )
                 assert stored == model.state()
                 assert pool.deducted_cents >= 0 and pool.undeducted_cents >= 0
                 assert pool.available_cents == pool.amount_cents - pool.deducted_cents - pool.undeducted_cents

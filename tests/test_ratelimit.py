@@ -34,8 +34,12 @@ NO_REFILL = 0.0001
 
 
 def _settings(db: Database, tmp_path: Path, **values: Any) -> Settings:
-    return Settings(_env_file=None, database_url=db.url, export_dir=str(tmp_path / "exports"),  # type: ignore[call-arg]
-                    **values)
+    return Settings(
+        _env_file=None,
+        database_url=db.url,
+        export_dir=str(tmp_path / "exports"),  # type: ignore[call-arg]
+        **values,
+    )
 
 
 async def _tokens(db: Database) -> dict[str, str]:
@@ -70,8 +74,9 @@ def _assert_rate_limited(response: httpx.Response, words: str) -> None:
 
 async def test_a_burst_beyond_the_token_limit_gets_429_with_retry_after(sqlite_db: Database, tmp_path: Path) -> None:
     tokens = await _tokens(sqlite_db)
-    app = create_app(_settings(sqlite_db, tmp_path, rate_limit_token_burst=5, rate_limit_token_per_second=NO_REFILL),
-                     db=sqlite_db)
+    app = create_app(
+        _settings(sqlite_db, tmp_path, rate_limit_token_burst=5, rate_limit_token_per_second=NO_REFILL), db=sqlite_db
+    )
     async with _client(app) as client:
         for _ in range(5):
             assert (await _post(client, tokens["admin"])).status_code == 200
@@ -84,8 +89,9 @@ async def test_a_burst_beyond_the_token_limit_gets_429_with_retry_after(sqlite_d
 
 async def test_a_burst_from_one_address_is_limited_whatever_the_token(sqlite_db: Database, tmp_path: Path) -> None:
     tokens = await _tokens(sqlite_db)
-    app = create_app(_settings(sqlite_db, tmp_path, rate_limit_ip_burst=6, rate_limit_ip_per_second=NO_REFILL),
-                     db=sqlite_db)
+    app = create_app(
+        _settings(sqlite_db, tmp_path, rate_limit_ip_burst=6, rate_limit_ip_per_second=NO_REFILL), db=sqlite_db
+    )
     async with _client(app, "192.0.2.10") as client, _client(app, "192.0.2.11") as neighbour:
         for n in range(6):
             assert (await _post(client, tokens["admin" if n % 2 else "other"])).status_code == 200
@@ -110,8 +116,9 @@ async def test_wrong_token_guesses_are_limited_per_address(sqlite_db: Database, 
             assert response.status_code == 401
             assert response.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
         # Wrong tokens on the download route count too: the fourth guess.
-        assert (await guesser.get("/exports/1/download", headers={"Authorization": "Bearer uh_guess-3"})).status_code \
-            == 401
+        assert (
+            await guesser.get("/exports/1/download", headers={"Authorization": "Bearer uh_guess-3"})
+        ).status_code == 401
         # From now on every request from that address is refused before its token is looked at.
         for n in range(4, 10):
             _assert_rate_limited(await _post(guesser, f"uh_guess-{n}"), "failed authentication")
@@ -223,8 +230,11 @@ async def test_wrong_tokens_over_websockets_block_the_address(sqlite_db: Databas
         reason = await _refused(address, tokens["admin"])
         assert "failed authentication" in reason
         async with httpx.AsyncClient() as http:
-            response = await http.post(f"http://{address}/graphql", json={"query": VIEWER},
-                                       headers={"Authorization": f"Bearer {tokens['admin']}"})
+            response = await http.post(
+                f"http://{address}/graphql",
+                json={"query": VIEWER},
+                headers={"Authorization": f"Bearer {tokens['admin']}"},
+            )
         _assert_rate_limited(response, "failed authentication")
 
 
@@ -235,14 +245,24 @@ async def test_wrong_tokens_over_websockets_block_the_address(sqlite_db: Databas
 async def test_redis_counters_are_shared_by_two_app_instances(sqlite_db: Database, tmp_path: Path) -> None:
     tokens = await _tokens(sqlite_db)
     assert REDIS_URL is not None
-    shared = {"redis_url": REDIS_URL, "rate_limit_redis_prefix": f"test-{uuid.uuid4().hex}:",
-              "rate_limit_token_burst": 4, "rate_limit_token_per_second": NO_REFILL, "auth_failures_per_ip": 3,
-              "ws_max_connections_per_token": 1}
-    async with _server(sqlite_db, tmp_path, **shared) as one, _server(sqlite_db, tmp_path, **shared) as two, \
-            httpx.AsyncClient() as http:
+    shared = {
+        "redis_url": REDIS_URL,
+        "rate_limit_redis_prefix": f"test-{uuid.uuid4().hex}:",
+        "rate_limit_token_burst": 4,
+        "rate_limit_token_per_second": NO_REFILL,
+        "auth_failures_per_ip": 3,
+        "ws_max_connections_per_token": 1,
+    }
+    async with (
+        _server(sqlite_db, tmp_path, **shared) as one,
+        _server(sqlite_db, tmp_path, **shared) as two,
+        httpx.AsyncClient() as http,
+    ):
+
         async def post(address: str, token: str) -> httpx.Response:
-            return await http.post(f"http://{address}/graphql", json={"query": VIEWER},
-                                   headers={"Authorization": f"Bearer {token}"})
+            return await http.post(
+                f"http://{address}/graphql", json={"query": VIEWER}, headers={"Authorization": f"Bearer {token}"}
+            )
 
         for address in (one, two, one, two):
             assert (await post(address, tokens["admin"])).status_code == 200
@@ -284,8 +304,16 @@ async def test_a_failing_redis_lets_requests_through(sqlite_db: Database, tmp_pa
     server = await asyncio.start_server(silent, "127.0.0.1", 0) if failure == "hung" else None
     port = server.sockets[0].getsockname()[1] if server else free_port()
     tokens = await _tokens(sqlite_db)
-    app = create_app(_settings(sqlite_db, tmp_path, redis_url=f"redis://127.0.0.1:{port}/0",
-                               rate_limit_token_burst=1, rate_limit_token_per_second=NO_REFILL), db=sqlite_db)
+    app = create_app(
+        _settings(
+            sqlite_db,
+            tmp_path,
+            redis_url=f"redis://127.0.0.1:{port}/0",
+            rate_limit_token_burst=1,
+            rate_limit_token_per_second=NO_REFILL,
+        ),
+        db=sqlite_db,
+    )
     try:
         async with asyncio.timeout(60), _client(app) as client:  # hang guard only
             for _ in range(5):

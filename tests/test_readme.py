@@ -34,7 +34,7 @@ def readme_operations() -> list[str]:
         document = parse(block)
         for definition in document.definitions:
             assert definition.loc is not None
-            operations.append(block[definition.loc.start:definition.loc.end])
+            operations.append(block[definition.loc.start : definition.loc.end])
     return operations
 
 
@@ -88,8 +88,7 @@ async def test_readme_examples_work_in_order_against_the_demo_data(demo: tuple[h
             if errors:
                 failures.append(f"{source}\n  -> {[e.message for e in errors]}")
             continue
-        response = await client.post("/graphql", json={"query": source},
-                                      headers={"Authorization": f"Bearer {token}"})
+        response = await client.post("/graphql", json={"query": source}, headers={"Authorization": f"Bearer {token}"})
         body = response.json()
         problems = [e.get("message") for e in body.get("errors") or []] + user_errors(body.get("data"))
         if response.status_code != 200 or problems:

@@ -92,7 +92,7 @@ CC = CreditControlStatus
         (ShutdownPolicy.DELAY_STOP, -1, 0, CC.SHUTDOWN),
         (ShutdownPolicy.NO_STOP, 0, 0, CC.NORMAL),
         (ShutdownPolicy.NO_STOP, -1, 0, CC.ARREARS_NOT_SHUTDOWN),
-        (ShutdownPolicy.NO_STOP, -10**12, 0, CC.ARREARS_NOT_SHUTDOWN),
+        (ShutdownPolicy.NO_STOP, -(10**12), 0, CC.ARREARS_NOT_SHUTDOWN),
     ],
 )
 def test_credit_control_table(policy: ShutdownPolicy, available: int, delay: int, expected: CC) -> None:
@@ -110,8 +110,15 @@ def test_effective_settings() -> None:
     assert R.effective_purchase_control(OK, None) is OK
     assert R.effective_purchase_control(OK, B) is B
     assert R.effective_purchase_control(B, OK) is B
-    view = R.PolicyView(own_freeze=N, own_purchase=OK, master_freeze=F, master_purchase=None,
-                        policy=ShutdownPolicy.NO_STOP, delay_credit_cents=0, credit=CC.SHUTDOWN)
+    view = R.PolicyView(
+        own_freeze=N,
+        own_purchase=OK,
+        master_freeze=F,
+        master_purchase=None,
+        policy=ShutdownPolicy.NO_STOP,
+        delay_credit_cents=0,
+        credit=CC.SHUTDOWN,
+    )
     assert view.freeze is F and view.purchase is OK
     assert view.stop_reasons(BillingMethod.PAYG) == [StopReason.PAYG_FREEZE, StopReason.CREDIT_SHUTDOWN]
     assert view.stop_reasons(BillingMethod.SUBSCRIPTION) == []
@@ -121,20 +128,42 @@ def test_effective_settings() -> None:
 
 def test_purchase_denials() -> None:
     D = PurchaseDenialReason
-    base = {"status": S.NORMAL, "purchase_control": PurchaseControl.NORMAL, "freeze": PaygFreezeStatus.NORMAL,
-            "credit": CC.NORMAL, "amount_cents": 100, "available_cents": 100}
+    base = {
+        "status": S.NORMAL,
+        "purchase_control": PurchaseControl.NORMAL,
+        "freeze": PaygFreezeStatus.NORMAL,
+        "credit": CC.NORMAL,
+        "amount_cents": 100,
+        "available_cents": 100,
+    }
     assert R.purchase_denials(billing_method=BillingMethod.SUBSCRIPTION, **base) == []
     assert R.purchase_denials(billing_method=BillingMethod.PAYG, **base) == []
     assert R.purchase_denials(billing_method=BillingMethod.SUBSCRIPTION, **{**base, "amount_cents": 101}) == [
-        D.INSUFFICIENT_QUOTA]
+        D.INSUFFICIENT_QUOTA
+    ]
     assert R.purchase_denials(billing_method=BillingMethod.PAYG, **{**base, "available_cents": 0}) == [
-        D.INSUFFICIENT_QUOTA]
-    everything = {**base, "status": S.IN_PROCESS, "purchase_control": PurchaseControl.BANNED,
-                  "freeze": PaygFreezeStatus.FROZEN, "credit": CC.SHUTDOWN, "available_cents": -1}
+        D.INSUFFICIENT_QUOTA
+    ]
+    everything = {
+        **base,
+        "status": S.IN_PROCESS,
+        "purchase_control": PurchaseControl.BANNED,
+        "freeze": PaygFreezeStatus.FROZEN,
+        "credit": CC.SHUTDOWN,
+        "available_cents": -1,
+    }
     assert R.purchase_denials(billing_method=BillingMethod.PAYG, **everything) == [
-        D.ACCOUNT_NOT_ACTIVE, D.PURCHASE_BANNED, D.PAYG_FROZEN, D.CREDIT_SHUTDOWN, D.INSUFFICIENT_QUOTA]
+        D.ACCOUNT_NOT_ACTIVE,
+        D.PURCHASE_BANNED,
+        D.PAYG_FROZEN,
+        D.CREDIT_SHUTDOWN,
+        D.INSUFFICIENT_QUOTA,
+    ]
     assert R.purchase_denials(billing_method=BillingMethod.SUBSCRIPTION, **everything) == [
-        D.ACCOUNT_NOT_ACTIVE, D.PURCHASE_BANNED, D.INSUFFICIENT_QUOTA]
+        D.ACCOUNT_NOT_ACTIVE,
+        D.PURCHASE_BANNED,
+        D.INSUFFICIENT_QUOTA,
+    ]
 
 
 # ---------------------------------------------------------------- money
@@ -142,16 +171,42 @@ def test_purchase_denials() -> None:
 
 @pytest.mark.parametrize(
     ("value", "cents"),
-    [("0", 0), ("0.1", 10), ("0.10", 10), ("12.5", 1250), ("-3.10", -310), (7, 700),
-     ("999999999999.99", 99999999999999)],
+    [
+        ("0", 0),
+        ("0.1", 10),
+        ("0.10", 10),
+        ("12.5", 1250),
+        ("-3.10", -310),
+        (7, 700),
+        ("999999999999.99", 99999999999999),
+    ],
 )
 def test_parse_money(value: object, cents: int) -> None:
     assert parse_money(value) == cents
 
 
 @pytest.mark.parametrize(
-    "value", [0.1, 1.0, True, "1e3", "NaN", "Infinity", "1.001", "", "abc", "1,00", "1000000000000", 10**12, None,
-              "+1", ".5", "1.", " 1.00 ", "1.00\n"],  # padding is refused (issue 17), not stripped
+    "value",
+    [
+        0.1,
+        1.0,
+        True,
+        "1e3",
+        "NaN",
+        "Infinity",
+        "1.001",
+        "",
+        "abc",
+        "1,00",
+        "1000000000000",
+        10**12,
+        None,
+        "+1",
+        ".5",
+        "1.",
+        " 1.00 ",
+        "1.00\n",
+    ],  # padding is refused (issue 17), not stripped
 )
 def test_parse_money_refuses(value: object) -> None:
     with pytest.raises(MoneyError):
@@ -173,8 +228,16 @@ def test_money_round_trip(cents: int) -> None:
 
 @pytest.mark.parametrize(
     ("amount", "percent", "level"),
-    [(1000, 50, 500), (999, 50, 500), (997, 50, 499), (1, 50, 1), (1, 49, 0), (100_00, 100, 100_00), (0, 80, 0),
-     (333, 33, 110)],
+    [
+        (1000, 50, 500),
+        (999, 50, 500),
+        (997, 50, 499),
+        (1, 50, 1),
+        (1, 49, 0),
+        (100_00, 100, 100_00),
+        (0, 80, 0),
+        (333, 33, 110),
+    ],
 )
 def test_percent_of_rounds_half_up(amount: int, percent: int, level: int) -> None:
     assert percent_of(amount, percent) == level

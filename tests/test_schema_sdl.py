@@ -23,7 +23,9 @@ def test_committed_sdl_is_current() -> None:
 def test_contract_check_passes() -> None:
     result = subprocess.run(
         [sys.executable, str(CONTRACT_CHECK), str(ROOT / "schema" / "schema.graphql")],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "contract: ok" in result.stdout

@@ -256,12 +256,24 @@ async def mutate(api: Api, query: str, i: dict[str, Any], *, token: str | None =
     assert payload["userErrors"] == [], payload
 
 
-async def link(api: Api, marker: str, *, master: str | None = None, quota: str | None = None,
-               as_: str = "admin") -> None:
-    await mutate(api, LINK, {"uid": UID[marker], "nickname": f"nick-{marker}", "email": f"mail-{marker}@example.com",
-                             "masterUid": UID[master] if master else None, "quotaAmount": quota}, as_=as_)
-    await mutate(api, BASIC, {"uid": UID[marker], "remarks": f"remarks-{marker}", "businessManager": f"bm-{marker}"},
-                 as_=as_)
+async def link(
+    api: Api, marker: str, *, master: str | None = None, quota: str | None = None, as_: str = "admin"
+) -> None:
+    await mutate(
+        api,
+        LINK,
+        {
+            "uid": UID[marker],
+            "nickname": f"nick-{marker}",
+            "email": f"mail-{marker}@example.com",
+            "masterUid": UID[master] if master else None,
+            "quotaAmount": quota,
+        },
+        as_=as_,
+    )
+    await mutate(
+        api, BASIC, {"uid": UID[marker], "remarks": f"remarks-{marker}", "businessManager": f"bm-{marker}"}, as_=as_
+    )
 
 
 @dataclass
@@ -287,17 +299,36 @@ async def build_world(api: Api) -> World:
         "viewer": await make_token(api.db, main, Role.VIEWER),
     }
     for marker in ("MASTERONE", "SUBONE", "SUBTWO", "MASTERTWO", "SUBTHREE"):
-        await mutate(api, ORDER, {"uid": UID[marker], "billingMethod": "PAYG", "amount": "1.00",
-                                  "description": f"order-{marker}", "idempotencyKey": f"o-{marker}"})
+        await mutate(
+            api,
+            ORDER,
+            {
+                "uid": UID[marker],
+                "billingMethod": "PAYG",
+                "amount": "1.00",
+                "description": f"order-{marker}",
+                "idempotencyKey": f"o-{marker}",
+            },
+        )
     for marker in ("MASTERONE", "MASTERTWO"):
         await mutate(api, WARNING, {"uid": UID[marker], "percent": 50})
-        await mutate(api, CREDIT, {"uid": UID[marker], "enabled": True, "threshold": "90.00",
-                                   "email": f"alert-{marker}@example.com"})
+        await mutate(
+            api,
+            CREDIT,
+            {"uid": UID[marker], "enabled": True, "threshold": "90.00", "email": f"alert-{marker}@example.com"},
+        )
     # The master's END_USER token acts on its sub-account: the sub's entry names the master as operator.
-    await mutate(api, CREDIT, {"uid": UID["SUBONE"], "enabled": True, "threshold": "95.00",
-                               "email": f"alert-{'SUBONE'}@example.com"}, token=world.tokens["eu_master"])
-    await mutate(api, CREDIT, {"uid": UID["SUBTHREE"], "enabled": True, "threshold": "95.00",
-                               "email": "alert-SUBTHREE@example.com"})
+    await mutate(
+        api,
+        CREDIT,
+        {"uid": UID["SUBONE"], "enabled": True, "threshold": "95.00", "email": f"alert-{'SUBONE'}@example.com"},
+        token=world.tokens["eu_master"],
+    )
+    await mutate(
+        api,
+        CREDIT,
+        {"uid": UID["SUBTHREE"], "enabled": True, "threshold": "95.00", "email": "alert-SUBTHREE@example.com"},
+    )
     for marker in ("MASTERONE", "MASTERTWO"):  # warning and credit alerts BREACHED, emails queued
         await mutate(api, CONSUME, {"uid": UID[marker], "amount": "60.00", "idempotencyKey": f"c-{marker}"})
     for status in ("TO_BE_CONFIRMED", "NORMAL"):  # cascades: the subs' entries name their master (cascadeFrom)
@@ -336,8 +367,7 @@ async def node_ids(api: Api) -> dict[str, list[str]]:
             for item in value:
                 collect(item)
 
-    for marker, as_ in (("SUBONE", "admin"), ("MASTERONE", "admin"), ("MASTERTWO", "admin"),
-                        ("OTHERPARTNER", "other")):
+    for marker, as_ in (("SUBONE", "admin"), ("MASTERONE", "admin"), ("MASTERTWO", "admin"), ("OTHERPARTNER", "other")):
         collect(await api.gql(query, {"uid": UID[marker]}, as_=as_))
     return {k: sorted(v) for k, v in ids.items()}
 
@@ -351,8 +381,11 @@ def root_variants(path: Path, ids: dict[str, list[str]]) -> list[dict[str, Any]]
     if not required:
         return [{}]
     if required == {"id"} and root.name == "node":
-        node_type = TARGET if path.target[1].endswith(f"(...on {TARGET})") else (path.steps[1].on if len(
-            path.steps) > 1 else None)
+        node_type = (
+            TARGET
+            if path.target[1].endswith(f"(...on {TARGET})")
+            else (path.steps[1].on if len(path.steps) > 1 else None)
+        )
         assert node_type is not None, path.describe()
         return [{"id": i} for i in ids.get(node_type, [])]
     if required == {"uid"}:
@@ -410,7 +443,10 @@ async def test_end_user_tokens_never_see_outside_their_scope_on_any_end_user_fie
                 body = await api.gql(query, variables, token=token, errors=True)
                 for error in body.get("errors") or []:  # END_USER: a refusal or an unknown UID, nothing else
                     assert who != "viewer" and error.get("extensions", {}).get("code") in {"FORBIDDEN", "NOT_FOUND"}, (
-                        path.describe(), query, body)
+                        path.describe(),
+                        query,
+                        body,
+                    )
                 seen.record(who, path, body.get("data"), f"{path.describe()} {variant}")
 
     await walk_end_user_mutations(api, world, schema, seen)
@@ -448,13 +484,19 @@ async def walk_end_user_mutations(api: Api, world: World, schema: GraphQLSchema,
     field_ = mutation.fields["setCreditAlert"]
     payload = get_named_type(field_.type)
     assert isinstance(payload, GraphQLObjectType)
-    path = Path("Mutation", (Step("setCreditAlert", field_), Step("endUser", payload.fields["endUser"])),
-                ("EndUserPayload", "endUser"))
-    query = f"mutation($i: SetCreditAlertInput!) {{ setCreditAlert(input: $i) {{ userErrors {{ code }} " \
-            f"endUser {{ {leaf(schema, TARGET, LEAF_DEPTH)} }} }} }}"
+    path = Path(
+        "Mutation",
+        (Step("setCreditAlert", field_), Step("endUser", payload.fields["endUser"])),
+        ("EndUserPayload", "endUser"),
+    )
+    query = (
+        f"mutation($i: SetCreditAlertInput!) {{ setCreditAlert(input: $i) {{ userErrors {{ code }} "
+        f"endUser {{ {leaf(schema, TARGET, LEAF_DEPTH)} }} }} }}"
+    )
     for who, marker, threshold in (("eu_sub", "SUBONE", "95.00"), ("eu_master", "MASTERONE", "90.00")):
-        variables = {"i": {"uid": UID[marker], "enabled": True, "threshold": threshold,
-                           "email": f"alert-{marker}@example.com"}}
+        variables = {
+            "i": {"uid": UID[marker], "enabled": True, "threshold": threshold, "email": f"alert-{marker}@example.com"}
+        }
         data = await api.gql(query, variables, token=world.tokens[who])
         assert data["setCreditAlert"]["userErrors"] == [] and data["setCreditAlert"]["endUser"]["uid"] == UID[marker]
         seen.record(who, path, data, f"setCreditAlert({marker})")
@@ -472,8 +514,11 @@ async def walk_subscriptions(api: Api, world: World, schema: GraphQLSchema, path
     async with serve_in_loop(app) as (address, _server):
         for who, token in world.tokens.items():
             counts = await api.gql(counts_query, token=token)
-            audit = counts["a"]["totalCount"] + counts["b"]["totalCount"] if who == "viewer" else counts[
-                "auditEntries"]["totalCount"]
+            audit = (
+                counts["a"]["totalCount"] + counts["b"]["totalCount"]
+                if who == "viewer"
+                else counts["auditEntries"]["totalCount"]
+            )
             replay = {"accountEvents": audit, "quotaThresholdBreached": counts["alertEvents"]["totalCount"]}
             client = await WsClient.open(address, token)
             try:
@@ -491,17 +536,30 @@ async def walk_subscriptions(api: Api, world: World, schema: GraphQLSchema, path
                 # One live change: MASTERONE and its two subs get an entry each (the subs' with cascadeFrom).
                 await mutate(api, STATUS, {"uid": UID["MASTERONE"], "status": "TO_BE_CONFIRMED"})
                 live = {"eu_sub": 1, "eu_master": 3, "viewer": 2}[who]
-                await receive_all(client, ops, {op: live if p.steps[0].name == "accountEvents" else 0
-                                                for op, p in ops.items()}, seen, who, "live")
+                await receive_all(
+                    client,
+                    ops,
+                    {op: live if p.steps[0].name == "accountEvents" else 0 for op, p in ops.items()},
+                    seen,
+                    who,
+                    "live",
+                )
                 await mutate(api, STATUS, {"uid": UID["MASTERONE"], "status": "NORMAL"})
-                await receive_all(client, ops, {op: live if p.steps[0].name == "accountEvents" else 0
-                                                for op, p in ops.items()}, seen, who, "live")
+                await receive_all(
+                    client,
+                    ops,
+                    {op: live if p.steps[0].name == "accountEvents" else 0 for op, p in ops.items()},
+                    seen,
+                    who,
+                    "live",
+                )
             finally:
                 await client.close()
 
 
-async def receive_all(client: WsClient, ops: dict[str, Path], expected: dict[str, int], seen: Seen, who: str,
-                      phase: str) -> None:
+async def receive_all(
+    client: WsClient, ops: dict[str, Path], expected: dict[str, int], seen: Seen, who: str, phase: str
+) -> None:
     remaining = dict(expected)
     while any(remaining.values()):
         message = await client.receive(timeout=30)
@@ -554,7 +612,7 @@ async def test_python_and_sql_scope_agree(api: Api) -> None:
 
 async def test_partner_alert_emails_are_hidden_from_end_user_tokens(api: Api) -> None:
     world = await build_world(api)
-    query = "{ viewer { partner { id alertEmails } } endUser(uid: \"uid-SUBONE\") { partner { alertEmails } } }"
+    query = '{ viewer { partner { id alertEmails } } endUser(uid: "uid-SUBONE") { partner { alertEmails } } }'
     by_id = "query($id: ID!) { node(id: $id) { ... on Partner { alertEmails } } }"
     for who, expected in (("eu_sub", []), ("eu_master", []), ("viewer", ["ops@example.com"])):
         data = await api.gql(query, token=world.tokens[who])
@@ -576,14 +634,27 @@ async def test_the_sub_account_token_still_sees_its_own_account_in_full(api: Api
       auditEntries(first: 100) { edges { node { action after operator { uid role } cascadeFrom { uid } } } } } }"""
     data = (await api.gql(query, {"uid": UID[marker]}, token=world.tokens["eu_sub"]))["endUser"]
     assert (data["uid"], data["nickname"], data["email"], data["remarks"]) == (
-        UID[marker], f"nick-{marker}", f"mail-{marker}@example.com", f"remarks-{marker}")
+        UID[marker],
+        f"nick-{marker}",
+        f"mail-{marker}@example.com",
+        f"remarks-{marker}",
+    )
     assert data["master"] is None
     assert data["creditAlert"] == {"email": "alert-SUBONE@example.com"}
     assert data["instances"] == [{"description": "order-SUBONE", "account": {"uid": UID[marker]}}]
     assert data["quota"]["amount"] == "100.00"  # the pool it spends from, numbers included
-    assert data["quota"]["account"] == {"id": to_global_id("EndUser", 0), "uid": "", "nickname": None, "email": None,
-                                        "remarks": None, "subAccounts": [], "auditEntries": {"totalCount": 0},
-                                        "instances": [], "creditAlert": None, "master": None}
+    assert data["quota"]["account"] == {
+        "id": to_global_id("EndUser", 0),
+        "uid": "",
+        "nickname": None,
+        "email": None,
+        "remarks": None,
+        "subAccounts": [],
+        "auditEntries": {"totalCount": 0},
+        "instances": [],
+        "creditAlert": None,
+        "master": None,
+    }
     entries = [e["node"] for e in data["auditEntries"]["edges"]]
     linked = next(e for e in entries if e["action"] == "ACCOUNT_LINKED")
     assert linked["after"]["masterUid"] is None and linked["after"]["uid"] == UID[marker]
@@ -595,6 +666,8 @@ async def test_the_sub_account_token_still_sees_its_own_account_in_full(api: Api
     data = (await api.gql(query, {"uid": UID[marker]}, token=world.tokens["eu_master"]))["endUser"]
     entries = [e["node"] for e in data["auditEntries"]["edges"]]
     assert next(e for e in entries if e["action"] == "CREDIT_ALERT_CHANGED")["operator"] == {
-        "uid": UID["MASTERONE"], "role": "END_USER"}
+        "uid": UID["MASTERONE"],
+        "role": "END_USER",
+    }
     assert {e["cascadeFrom"]["uid"] for e in entries if e["action"] == "ACCOUNT_STATUS_CHANGED"} == {UID["MASTERONE"]}
     assert data["master"] == {"uid": UID["MASTERONE"]}

@@ -108,15 +108,15 @@ async def test_http_over_real_server(served: Served) -> None:
     async with httpx.AsyncClient(base_url=served.base, timeout=10) as client:
         assert (await client.get("/healthz")).status_code == 200
         assert (await client.get("/readyz")).status_code == 200
-        response = await client.post("/graphql", json={"query": "{ viewer { method } }"},
-                                     headers={"Authorization": f"Bearer {served.token}"})
+        response = await client.post(
+            "/graphql", json={"query": "{ viewer { method } }"}, headers={"Authorization": f"Bearer {served.token}"}
+        )
         assert response.status_code == 200 and response.json()["data"]["viewer"]["method"] == "PLATFORM"
         response = await client.post("/graphql", json={"query": "{ viewer { method } }"})
         assert response.status_code == 401
         response = await client.post("/graphql", content=b"{", headers={"Content-Type": "application/json"})
         assert response.status_code == 400
-        response = await client.post("/graphql", content=b"x" * 1_100_000,
-                                     headers={"Content-Type": "application/json"})
+        response = await client.post("/graphql", content=b"x" * 1_100_000, headers={"Content-Type": "application/json"})
         assert response.status_code == 413
 
 
@@ -128,8 +128,9 @@ async def test_readyz_503_when_database_unreachable(tmp_path: Path) -> None:
         ready = await client.get("/readyz")
         assert ready.status_code == 503
         # GraphQL without the database: no traceback, no 200 with data.
-        response = await client.post("/graphql", json={"query": "{ viewer { method } }"},
-                                     headers={"Authorization": "Bearer x"})
+        response = await client.post(
+            "/graphql", json={"query": "{ viewer { method } }"}, headers={"Authorization": "Bearer x"}
+        )
         assert response.status_code == 503
         assert response.json()["errors"][0]["extensions"]["code"] == "SERVICE_UNAVAILABLE"
         assert "Traceback" not in response.text and "refused" not in response.text

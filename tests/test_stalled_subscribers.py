@@ -165,8 +165,9 @@ async def test_stalled_subscribers_hold_no_session_and_requests_are_answered(
 ) -> None:
     db = small_pool_db
     # 30 sockets of one token from one address: above the default per-token websocket cap (20).
-    settings = Settings(database_url=db.url, export_dir=str(tmp_path / "exports"),
-                        ws_max_connections_per_token=SUBSCRIBERS + 5)
+    settings = Settings(
+        database_url=db.url, export_dir=str(tmp_path / "exports"), ws_max_connections_per_token=SUBSCRIBERS + 5
+    )
     app = create_app(settings, db=db)
     partner = await make_partner(db, "P-MAIN")
     token = await make_token(db, partner, Role.ADMIN)
@@ -186,14 +187,22 @@ async def test_stalled_subscribers_hold_no_session_and_requests_are_answered(
                 clients.append(await RawSubscriber.open(address, token))
             for client in clients:
                 # Replay the whole backlog, and never read it.
-                await client.send({"id": "1", "type": "subscribe", "payload": {
-                    "query": HEAVY_BREACHES, "variables": {"afterId": to_global_id("QuotaAlertEvent", 0)}}})
+                await client.send(
+                    {
+                        "id": "1",
+                        "type": "subscribe",
+                        "payload": {
+                            "query": HEAVY_BREACHES,
+                            "variables": {"afterId": to_global_id("QuotaAlertEvent", 0)},
+                        },
+                    }
+                )
 
             # As many blocked senders as the pool has connections: on the old code they held all of them,
             # and this request waited for the pool.
             await wait_stalled(server, POOL_SIZE)
             async with asyncio.timeout(REQUEST_GUARD):
-                data = await gql(address, token, "{ endUser(uid: \"U-STALL\") { uid } }")
+                data = await gql(address, token, '{ endUser(uid: "U-STALL") { uid } }')
             assert data["endUser"]["uid"] == "U-STALL"
 
             # Every subscriber blocked on its socket: no transaction stays open, requests are still served.
@@ -202,7 +211,7 @@ async def test_stalled_subscribers_hold_no_session_and_requests_are_answered(
             assert await idle_in_transaction(pg_db.engine, name) == []
             async with asyncio.timeout(REQUEST_GUARD):
                 for _ in range(3):
-                    data = await gql(address, token, "{ endUser(uid: \"U-STALL\") { uid } }")
+                    data = await gql(address, token, '{ endUser(uid: "U-STALL") { uid } }')
                     assert data["endUser"]["uid"] == "U-STALL"
             async with asyncio.timeout(REQUEST_GUARD):
                 async with httpx.AsyncClient() as http:

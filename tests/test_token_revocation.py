@@ -33,26 +33,66 @@ def _cli(tmp_path: Path, *args: str, db_url: str, env: dict[str, str]) -> subpro
     """`uidhub` against the test's database, with extra settings (test_cli.run without them)."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("UIDHUB_")}
     full.update(env, UIDHUB_DATABASE_URL=db_url)
-    return subprocess.run([str(UIDHUB), *args], cwd=tmp_path, env=full, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [str(UIDHUB), *args], cwd=tmp_path, env=full, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def _token_lines(stdout: str) -> dict[str, list[str]]:
     """list-tokens' rows by id, split on runs of spaces."""
     lines = stdout.strip().splitlines()
-    assert lines[0].split() == ["ID", "PREFIX", "PARTNER", "ROLE", "METHOD", "OPERATOR", "ACCOUNT", "CREATED",
-                                "REVOKED"]
+    assert lines[0].split() == [
+        "ID",
+        "PREFIX",
+        "PARTNER",
+        "ROLE",
+        "METHOD",
+        "OPERATOR",
+        "ACCOUNT",
+        "CREATED",
+        "REVOKED",
+    ]
     return {line.split()[0]: re.split(r"\s{2,}", line.strip()) for line in lines[1:]}
 
 
 async def test_list_tokens_shows_everything_but_the_secret_and_revoke_by_prefix_or_id(tmp_path: Path) -> None:
-    assert run(tmp_path, "create-partner", "--uid", "P1", "--name", "Partner One", "--kind", "DISTRIBUTOR",
-               "--alert-email", "ops@p1.example").returncode == 0
-    assert run(tmp_path, "create-partner", "--uid", "P2", "--name", "Partner Two", "--kind", "RESELLER",
-               "--parent", "P1").returncode == 0
+    assert (
+        run(
+            tmp_path,
+            "create-partner",
+            "--uid",
+            "P1",
+            "--name",
+            "Partner One",
+            "--kind",
+            "DISTRIBUTOR",
+            "--alert-email",
+            "ops@p1.example",
+        ).returncode
+        == 0
+    )
+    assert (
+        run(
+            tmp_path, "create-partner", "--uid", "P2", "--name", "Partner Two", "--kind", "RESELLER", "--parent", "P1"
+        ).returncode
+        == 0
+    )
     admin = run(tmp_path, "create-token", "--partner", "P1", "--role", "ADMIN").stdout.strip()
-    bot = run(tmp_path, "create-token", "--partner", "P1", "--role", "OPERATOR", "--method", "API",
-              "--operator-uid", "RAM-7", "--operator-name", "Ops Bot", "--ram").stdout.strip()
+    bot = run(
+        tmp_path,
+        "create-token",
+        "--partner",
+        "P1",
+        "--role",
+        "OPERATOR",
+        "--method",
+        "API",
+        "--operator-uid",
+        "RAM-7",
+        "--operator-name",
+        "Ops Bot",
+        "--ram",
+    ).stdout.strip()
     other = run(tmp_path, "create-token", "--partner", "P2", "--role", "VIEWER").stdout.strip()
     for token in (admin, bot, other):
         assert (await graphql(tmp_path, token, "{ viewer { method } }")).status_code == 200
@@ -61,7 +101,7 @@ async def test_list_tokens_shows_everything_but_the_secret_and_revoke_by_prefix_
     assert listed.returncode == 0, listed.stderr
     for token in (admin, bot, other):
         assert token not in listed.stdout
-        assert token[PREFIX_LENGTH:PREFIX_LENGTH + 6] not in listed.stdout  # nothing past the prefix
+        assert token[PREFIX_LENGTH : PREFIX_LENGTH + 6] not in listed.stdout  # nothing past the prefix
     rows = _token_lines(listed.stdout)
     assert rows["1"][1:7] == [admin[:PREFIX_LENGTH] + "…", "P1", "ADMIN", "PLATFORM", "P1 (Partner One)", "-"]
     assert rows["2"][1:7] == [bot[:PREFIX_LENGTH] + "…", "P1", "OPERATOR", "API", "RAM-7 (RAM)", "-"]
@@ -114,8 +154,9 @@ async def test_an_ambiguous_prefix_revokes_nothing(tmp_path: Path) -> None:
         assert (await graphql(tmp_path, token, "{ viewer { method } }")).status_code == 200
 
 
-async def _revocation_closes_open_websockets(db: Database, tmp_path: Path, settings: Settings,
-                                             cli_env: dict[str, str]) -> None:
+async def _revocation_closes_open_websockets(
+    db: Database, tmp_path: Path, settings: Settings, cli_env: dict[str, str]
+) -> None:
     main = await make_partner(db, "P-MAIN")
     admin = await make_token(db, main, Role.ADMIN)
     doomed = await make_token(db, main, Role.VIEWER)
@@ -146,8 +187,11 @@ async def _revocation_closes_open_websockets(db: Database, tmp_path: Path, setti
             await late.receive(timeout=GUARD)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
         async with httpx.AsyncClient(timeout=GUARD) as http:
-            response = await http.post(f"http://{address}/graphql", json={"query": "{ viewer { method } }"},
-                                       headers={"Authorization": f"Bearer {doomed}"})
+            response = await http.post(
+                f"http://{address}/graphql",
+                json={"query": "{ viewer { method } }"},
+                headers={"Authorization": f"Bearer {doomed}"},
+            )
         assert response.status_code == 401
         await link(address, admin, "U-2")
         for _ in range(2):
@@ -166,6 +210,7 @@ async def test_revoked_token_websockets_close_4403_on_the_periodic_recheck(db: D
 async def test_revoked_token_websockets_close_4403_at_once_through_redis(db: Database, tmp_path: Path) -> None:
     """With Redis the CLI's wake-up reaches the server: closed long before the (here, hour-long) re-check."""
     assert REDIS_URL is not None
-    settings = Settings(database_url=db.url, export_dir=str(tmp_path / "exports"), redis_url=REDIS_URL,
-                        token_recheck_seconds=3600)
+    settings = Settings(
+        database_url=db.url, export_dir=str(tmp_path / "exports"), redis_url=REDIS_URL, token_recheck_seconds=3600
+    )
     await _revocation_closes_open_websockets(db, tmp_path, settings, {"UIDHUB_REDIS_URL": REDIS_URL})

@@ -537,8 +537,9 @@ async def test_only_admins_manage_webhooks_and_only_their_own(wapi: Api, receive
     operator = await token_for(wapi, Role.OPERATOR)
     denied = await wapi.gql("{ webhookEndpoints { id } }", token=operator, errors=True)
     assert denied["errors"][0]["extensions"]["code"] == "FORBIDDEN"
-    denied = await wapi.gql(CREATE, {"input": {"url": receiver.url(), "eventKinds": ["TEST"]}}, token=operator,
-                            errors=True)
+    denied = await wapi.gql(
+        CREATE, {"input": {"url": receiver.url(), "eventKinds": ["TEST"]}}, token=operator, errors=True
+    )
     assert denied["errors"][0]["extensions"]["code"] == "FORBIDDEN"
     listed = await wapi.gql("{ webhookEndpoints { id url enabled } }")
     assert listed["webhookEndpoints"] == [{"id": endpoint_id, "url": receiver.url(), "enabled": True}]
@@ -575,9 +576,7 @@ async def test_test_events_and_redelivery(wapi: Api, receiver: Receiver) -> None
     assert delivery["attemptCount"] == 2 and len(delivery["attempts"]) == 2
 
 
-async def test_the_delivery_log_costs_the_same_statements_whatever_the_page_size(
-    wapi: Api, receiver: Receiver
-) -> None:
+async def test_the_delivery_log_costs_the_same_statements_whatever_the_page_size(wapi: Api, receiver: Receiver) -> None:
     created = await create(wapi, receiver.url())
     for i in range(8):
         await link(wapi, f"20000000000003{i:02d}")

@@ -43,15 +43,19 @@ class LiveServer:
     async def breach(self, uid: str, key: str) -> None:
         """Link `uid` with 100.00, warning at 50 %, consume 60.00: exactly one BREACHED event."""
         await link(self.address, self.tokens["admin"], uid)
-        data = await self.gql('mutation($uid: String!) { setWarningThreshold(input: {uid: $uid, percent: 50}) '
-                              "{ userErrors { code } } }", {"uid": uid})
+        data = await self.gql(
+            "mutation($uid: String!) { setWarningThreshold(input: {uid: $uid, percent: 50}) { userErrors { code } } }",
+            {"uid": uid},
+        )
         assert data["setWarningThreshold"]["userErrors"] == []
         await self.consume(uid, key)
 
     async def consume(self, uid: str, key: str) -> None:
-        data = await self.gql('mutation($uid: String!, $key: String!) { recordConsumption(input: '
-                              '{uid: $uid, amount: "60.00", idempotencyKey: $key}) { userErrors { code } } }',
-                              {"uid": uid, "key": key})
+        data = await self.gql(
+            "mutation($uid: String!, $key: String!) { recordConsumption(input: "
+            '{uid: $uid, amount: "60.00", idempotencyKey: $key}) { userErrors { code } } }',
+            {"uid": uid, "key": key},
+        )
         assert data["recordConsumption"]["userErrors"] == []
 
 
@@ -233,10 +237,12 @@ async def test_soak_500_subscribe_complete_cycles_leave_tasks_and_topics_flat(se
     gc.collect()
     after, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    print(f"\nsoak: 500 cycles in {elapsed:.1f}s; asyncio tasks {baseline} -> {after_tasks}; "
-          f"traced memory {before / 1024:.0f} -> {halfway / 1024:.0f} (250) -> {after / 1024:.0f} KiB (500), "
-          f"peak {peak / 1024:.0f} KiB; "
-          f"bus topics {sorted(bus._events)}")
+    print(
+        f"\nsoak: 500 cycles in {elapsed:.1f}s; asyncio tasks {baseline} -> {after_tasks}; "
+        f"traced memory {before / 1024:.0f} -> {halfway / 1024:.0f} (250) -> {after / 1024:.0f} KiB (500), "
+        f"peak {peak / 1024:.0f} KiB; "
+        f"bus topics {sorted(bus._events)}"
+    )
     assert after_tasks <= baseline
     # Background workers (outbox sender, exports) wait on topics of their own; subscriptions left none.
     assert not [t for t in bus._events if t.startswith(("alerts:", "audit:"))]

@@ -41,15 +41,20 @@ async def _tokens(url: str) -> dict[str, str]:
     try:
         main = await make_partner(database, "P-MAIN")
         other = await make_partner(database, "P-OTHER")
-        return {"admin": await make_token(database, main, Role.ADMIN),
-                "other": await make_token(database, other, Role.ADMIN)}
+        return {
+            "admin": await make_token(database, main, Role.ADMIN),
+            "other": await make_token(database, other, Role.ADMIN),
+        }
     finally:
         await database.dispose()
 
 
 def _env(url: str, tmp_path: Path, *, redis: bool, resync: float) -> dict[str, str]:
-    env = {"UIDHUB_DATABASE_URL": url, "UIDHUB_EXPORT_DIR": str(tmp_path / "exports"),
-           "UIDHUB_RESYNC_SECONDS": str(resync)}
+    env = {
+        "UIDHUB_DATABASE_URL": url,
+        "UIDHUB_EXPORT_DIR": str(tmp_path / "exports"),
+        "UIDHUB_RESYNC_SECONDS": str(resync),
+    }
     if redis:
         assert REDIS_URL is not None
         env["UIDHUB_REDIS_URL"] = REDIS_URL
@@ -59,11 +64,20 @@ def _env(url: str, tmp_path: Path, *, redis: bool, resync: float) -> dict[str, s
 async def _breach(address: str, token: str, uid: str) -> float:
     """Link, warn at 50 %, consume 60 %; the monotonic time just before the breaching commit."""
     await link(address, token, uid)
-    await gql(address, token, 'mutation($u: String!) { setWarningThreshold(input: {uid: $u, percent: 50}) '
-              "{ userErrors { code } } }", {"u": uid})
+    await gql(
+        address,
+        token,
+        "mutation($u: String!) { setWarningThreshold(input: {uid: $u, percent: 50}) { userErrors { code } } }",
+        {"u": uid},
+    )
     started = time.monotonic()
-    data = await gql(address, token, 'mutation($u: String!) { recordConsumption(input: {uid: $u, amount: "60.00", '
-                     'idempotencyKey: $u}) { userErrors { code } } }', {"u": uid})
+    data = await gql(
+        address,
+        token,
+        'mutation($u: String!) { recordConsumption(input: {uid: $u, amount: "60.00", '
+        "idempotencyKey: $u}) { userErrors { code } } }",
+        {"u": uid},
+    )
     assert data["recordConsumption"]["userErrors"] == []
     return started
 
@@ -113,8 +127,7 @@ async def test_a_lost_redis_message_delays_delivery_to_the_resync_poll_only(shar
         await subscriber.nothing_for(0.3)
         started = await _breach(one.address, tokens["admin"], "L1")
         await _breach(one.address, tokens["admin"], "L2")
-        uids = [(await subscriber.next_data(timeout=3.0))["quotaThresholdBreached"]["account"]["uid"]
-                for _ in range(2)]
+        uids = [(await subscriber.next_data(timeout=3.0))["quotaThresholdBreached"]["account"]["uid"] for _ in range(2)]
         elapsed = time.monotonic() - started
         assert uids == ["L1", "L2"]
         assert elapsed < 1.0 + 1.5, f"took {elapsed:.2f}s with a 1 s resync"

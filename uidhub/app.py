@@ -67,8 +67,9 @@ class AppState:
 
 def _error(status: int, message: str, code: str, **headers: str) -> JSONResponse:
     """A request error in the GraphQL-over-HTTP shape: `{"errors": [{"message", "extensions": {"code"}}]}`."""
-    return JSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]},
-                        status_code=status, headers=headers or None)
+    return JSONResponse(
+        {"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=status, headers=headers or None
+    )
 
 
 #: extensions.code of strawberry's own HTTP errors, by status.
@@ -138,8 +139,9 @@ class UidhubGraphQL(GraphQL):
 
     def __init__(self, state: AppState, **kwargs: Any) -> None:
         super().__init__(
-            build_schema(introspection=state.settings.introspection,
-                         extra_extensions=state.observability.schema_extensions()),
+            build_schema(
+                introspection=state.settings.introspection, extra_extensions=state.observability.schema_extensions()
+            ),
             graphql_ide="graphiql" if state.settings.graphiql else None,
             allow_queries_via_get=False,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
@@ -274,8 +276,11 @@ class GraphQLEndpoint:
             # request's session is closed (a mutation rolled back) as the cancellation unwinds.
             log.warning("request %s cancelled after its time budget of %ss", request_id, budget)
             if not started:
-                response = _error(503, f"The request took longer than {budget:g} s and was cancelled "
-                                  f"(request id {request_id}).", "REQUEST_TIMEOUT")
+                response = _error(
+                    503,
+                    f"The request took longer than {budget:g} s and was cancelled (request id {request_id}).",
+                    "REQUEST_TIMEOUT",
+                )
                 await response(scope, receive, send)
 
     async def _check(self, scope: Scope, receive: Receive, request_id: str) -> Response | bytes:
@@ -299,8 +304,9 @@ class GraphQLEndpoint:
         body = b"".join(chunks)
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
-            return _error(415, "POST /graphql takes a JSON body (Content-Type: application/json).",
-                          "UNSUPPORTED_MEDIA_TYPE")
+            return _error(
+                415, "POST /graphql takes a JSON body (Content-Type: application/json).", "UNSUPPORTED_MEDIA_TYPE"
+            )
         try:
             parsed = json.loads(body)
         except (ValueError, UnicodeDecodeError):
@@ -311,8 +317,9 @@ class GraphQLEndpoint:
             return _error(400, 'The body must be a JSON object with a "query" string.', "BAD_REQUEST")
         if not _valid_strings(parsed):
             # JSON's "\\ud800" escape decodes to a lone surrogate that no database or encoder accepts.
-            return _error(400, "The request body holds a lone UTF-16 surrogate: strings must be valid Unicode.",
-                          "BAD_REQUEST")
+            return _error(
+                400, "The request body holds a lone UTF-16 surrogate: strings must be valid Unicode.", "BAD_REQUEST"
+            )
         token = bearer(headers.get("authorization"))
 
         async def read_actor() -> Any:
@@ -326,8 +333,12 @@ class GraphQLEndpoint:
             # No connection within the pool timeout, or the database down: retryable, so say when.
             log.warning("request %s: database unavailable: %s", request_id, exc)
             retry_after = str(self.state.settings.retry_after_seconds)
-            return _error(503, f"The database is busy or unavailable; retry in {retry_after} s "
-                          f"(request id {request_id}).", "SERVICE_UNAVAILABLE", **{"Retry-After": retry_after})
+            return _error(
+                503,
+                f"The database is busy or unavailable; retry in {retry_after} s (request id {request_id}).",
+                "SERVICE_UNAVAILABLE",
+                **{"Retry-After": retry_after},
+            )
         if actor is None:
             return _error(401, "A valid bearer token is required.", "UNAUTHENTICATED", **{"WWW-Authenticate": "Bearer"})
         scope.setdefault("state", {})

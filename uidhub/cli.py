@@ -46,8 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="migrate, then serve HTTP and websockets")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default: %(default)s)")
-    serve.add_argument("--workers", type=int, default=1,
-                       help="worker processes (default: %(default)s; above 1 needs UIDHUB_REDIS_URL)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes (default: %(default)s; above 1 needs UIDHUB_REDIS_URL)"
+    )
     serve.add_argument("--demo", action="store_true", help="load the demo data set first (if the database is empty)")
 
     sub.add_parser("migrate", help="bring the database to the latest schema and say what changed")
@@ -57,14 +58,19 @@ def _parser() -> argparse.ArgumentParser:
     partner.add_argument("--name", required=True, help="the partner's display name")
     partner.add_argument("--kind", required=True, choices=[k.value for k in PartnerKind], help="the partner kind")
     partner.add_argument("--parent", help="UID of the DISTRIBUTOR a RESELLER belongs to")
-    partner.add_argument("--alert-email", action="append", default=[],
-                         help="an address that receives quota alerts (repeat for several)")
+    partner.add_argument(
+        "--alert-email", action="append", default=[], help="an address that receives quota alerts (repeat for several)"
+    )
 
     token = sub.add_parser("create-token", help="create an operator token; prints only the token")
     token.add_argument("--partner", required=True, help="UID of the partner the token acts for")
     token.add_argument("--role", required=True, choices=[r.value for r in Role], help="what the token may do")
-    token.add_argument("--method", default="PLATFORM", choices=["PLATFORM", "API"],
-                       help="the operation method recorded in the audit log (default: %(default)s)")
+    token.add_argument(
+        "--method",
+        default="PLATFORM",
+        choices=["PLATFORM", "API"],
+        help="the operation method recorded in the audit log (default: %(default)s)",
+    )
     token.add_argument("--operator-uid", help="operator UID recorded in the audit log (default: the partner's UID)")
     token.add_argument("--operator-name", help="operator name recorded in the audit log (default: the partner's name)")
     token.add_argument("--ram", action="store_true", help="the operator is a RAM (sub-)user")
@@ -93,8 +99,9 @@ def _add_token_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     )
     which = revoke.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", type=int, help="the token's id, as list-tokens prints it")
-    which.add_argument("--prefix", help="the token's prefix as list-tokens prints it (at least 7 characters), "
-                                        "or the whole token")
+    which.add_argument(
+        "--prefix", help="the token's prefix as list-tokens prints it (at least 7 characters), or the whole token"
+    )
 
 
 async def _create_partner(db: Database, args: argparse.Namespace) -> str:
@@ -117,8 +124,13 @@ async def _create_partner(db: Database, args: argparse.Namespace) -> str:
                 raise CliError("only a RESELLER may have a parent, and the parent must be a DISTRIBUTOR")
             parent_id = parent.id
         session.add(
-            Partner(uid=args.uid, name=args.name, kind=PartnerKind(args.kind), parent_id=parent_id,
-                    alert_emails=list(args.alert_email))
+            Partner(
+                uid=args.uid,
+                name=args.name,
+                kind=PartnerKind(args.kind),
+                parent_id=parent_id,
+                alert_emails=list(args.alert_email),
+            )
         )
     return args.uid
 
@@ -138,8 +150,14 @@ async def _create_token(db: Database, args: argparse.Namespace) -> str:
                 raise CliError(f"no account {args.account} linked to partner {args.partner}")
         try:
             return await create_token(
-                session, partner=partner, role=role, method=OperationMethod(args.method),
-                operator_uid=args.operator_uid, operator_name=args.operator_name, is_ram=args.ram, account=account,
+                session,
+                partner=partner,
+                role=role,
+                method=OperationMethod(args.method),
+                operator_uid=args.operator_uid,
+                operator_name=args.operator_name,
+                is_ram=args.ram,
+                account=account,
             )
         except ValueError as exc:
             raise CliError(str(exc)) from None
@@ -154,9 +172,15 @@ def _format_tokens(rows: Sequence[TokenRow], tz: tzinfo) -> str:
     header = ("ID", "PREFIX", "PARTNER", "ROLE", "METHOD", "OPERATOR", "ACCOUNT", "CREATED", "REVOKED")
     table = [header] + [
         (
-            str(r.id), f"{r.prefix}…" if r.prefix else "-", r.partner_uid, r.role.value, r.method.value,
-            f"{r.operator_uid} ({'RAM' if r.is_ram else r.operator_name})", r.account_uid or "-",
-            when(r.created_at), when(r.revoked_at),
+            str(r.id),
+            f"{r.prefix}…" if r.prefix else "-",
+            r.partner_uid,
+            r.role.value,
+            r.method.value,
+            f"{r.operator_uid} ({'RAM' if r.is_ram else r.operator_name})",
+            r.account_uid or "-",
+            when(r.created_at),
+            when(r.revoked_at),
         )
         for r in rows
     ]
@@ -306,7 +330,11 @@ def _run_server(settings: Settings, args: argparse.Namespace, banner: str) -> No
     from uidhub.app import MAX_WS_MESSAGE_CHARS
 
     options: dict[str, Any] = {
-        "host": args.host, "port": args.port, "workers": args.workers, "log_level": "info", "lifespan": "on",
+        "host": args.host,
+        "port": args.port,
+        "workers": args.workers,
+        "log_level": "info",
+        "lifespan": "on",
         # Requests are cancelled at their time budget and never block the loop, so on SIGTERM
         # in-flight requests finish within the budget; past it (plus a margin) uvicorn cancels them.
         "timeout_graceful_shutdown": settings.request_timeout_seconds + 2,

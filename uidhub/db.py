@@ -91,8 +91,12 @@ class PoolConfig:
 
     @classmethod
     def from_settings(cls, settings: Any) -> PoolConfig:
-        return cls(size=settings.db_pool_size, overflow=settings.db_max_overflow,
-                   timeout=settings.db_pool_timeout_seconds, recycle=settings.db_pool_recycle_seconds)
+        return cls(
+            size=settings.db_pool_size,
+            overflow=settings.db_max_overflow,
+            timeout=settings.db_pool_timeout_seconds,
+            recycle=settings.db_pool_recycle_seconds,
+        )
 
     @classmethod
     def background_from_settings(cls, settings: Any) -> PoolConfig:
@@ -102,8 +106,13 @@ class PoolConfig:
         return replace(self, size=size, recycle=self.recycle if recycle is None else recycle)
 
     def engine_options(self) -> dict[str, Any]:
-        return {"pool_size": self.size, "max_overflow": self.overflow, "pool_timeout": self.timeout,
-                "pool_recycle": self.recycle, "pool_pre_ping": False}
+        return {
+            "pool_size": self.size,
+            "max_overflow": self.overflow,
+            "pool_timeout": self.timeout,
+            "pool_recycle": self.recycle,
+            "pool_pre_ping": False,
+        }
 
 
 #: Background loops wait longer for a connection than a request (nobody is waiting on them) and never overflow.
@@ -124,8 +133,9 @@ def create_engine(
         database = parsed.database or ""
         if database in ("", ":memory:"):
             raise ValueError("uidhub needs a file-backed SQLite database (WAL is per file)")
-        engine = create_async_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-                                     **pool.engine_options())
+        engine = create_async_engine(
+            url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **pool.engine_options()
+        )
         _sqlite_setup(engine)
         return engine
     return create_async_engine(

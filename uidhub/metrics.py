@@ -77,18 +77,22 @@ class Metrics:
         from prometheus_client import Counter, Gauge, Histogram
 
         self.requests = Counter(
-            "uidhub_graphql_requests", "GraphQL operations executed over HTTP, by operation type and name.",
+            "uidhub_graphql_requests",
+            "GraphQL operations executed over HTTP, by operation type and name.",
             ["type", "operation"],
         )
         self.duration = Histogram(
-            "uidhub_graphql_request_duration_seconds", "Time from parsing to result of a GraphQL operation over HTTP.",
-            ["type", "operation"], buckets=_LATENCY_BUCKETS,
+            "uidhub_graphql_request_duration_seconds",
+            "Time from parsing to result of a GraphQL operation over HTTP.",
+            ["type", "operation"],
+            buckets=_LATENCY_BUCKETS,
         )
         self.errors = Counter(
             "uidhub_graphql_errors", "GraphQL errors in results (HTTP and websocket), by extensions.code.", ["code"]
         )
         self.http = Counter(
-            "uidhub_http_responses", "HTTP responses by route and status (rejections before GraphQL included).",
+            "uidhub_http_responses",
+            "HTTP responses by route and status (rejections before GraphQL included).",
             ["route", "status"],
         )
         self.ws_connections = Gauge(
@@ -110,11 +114,15 @@ class Metrics:
         self.emails_sent = Counter("uidhub_emails_sent", "Emails accepted by the SMTP server.")
         self.exports = Counter("uidhub_export_tasks_finished", "Export tasks finished, by status.", ["status"])
         self.export_duration = Histogram(
-            "uidhub_export_duration_seconds", "Export task run time, from start to finish.", ["status"],
+            "uidhub_export_duration_seconds",
+            "Export task run time, from start to finish.",
+            ["status"],
             buckets=_EXPORT_BUCKETS,
         )
         self.pool = Gauge(
-            "uidhub_db_pool_connections", "Database pool connections by state (in_use, idle).", ["state"],
+            "uidhub_db_pool_connections",
+            "Database pool connections by state (in_use, idle).",
+            ["state"],
             multiprocess_mode="livesum",
         )
         self.sqlite_busy = Counter(
@@ -122,7 +130,8 @@ class Metrics:
             f"SQLite write transactions that waited over {SQLITE_BUSY_THRESHOLD}s for the lock.",
         )
         self.sqlite_lock_wait = Histogram(
-            "uidhub_sqlite_write_lock_wait_seconds", "Time a SQLite BEGIN IMMEDIATE waited for the write lock.",
+            "uidhub_sqlite_write_lock_wait_seconds",
+            "Time a SQLite BEGIN IMMEDIATE waited for the write lock.",
             buckets=(0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0),
         )
         self._names: set[str] = set()
@@ -355,9 +364,7 @@ async def read_snapshot(db: Database) -> Snapshot:
             ).all():
                 snapshot.emails[getattr(status, "value", str(status))] = int(count)
             oldest = await session.scalar(
-                select(func.min(EmailNotification.created_at)).where(
-                    EmailNotification.status == _pending_status()
-                )
+                select(func.min(EmailNotification.created_at)).where(EmailNotification.status == _pending_status())
             )
             for status, count in (
                 await session.execute(select(ExportTask.status, func.count()).group_by(ExportTask.status))

@@ -229,8 +229,9 @@ class RedisBackend:
 
         self.prefix = prefix
         # Short timeouts: a hung Redis must cost a request at most this, and then the limiter steps aside.
-        self.client = Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_SECONDS,
-                                     socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+        self.client = Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+        )
         self._take = self.client.register_script(_TAKE)
         self._acquire = self.client.register_script(_ACQUIRE)
         self._renew = self.client.register_script(_RENEW)
@@ -380,10 +381,13 @@ class RateLimiter:
         lease = Lease()
         refusal = await self.check_request(ip, None)
         if refusal is None:
-            refusal = await self._acquire(lease, [
-                ("ws:all", self.ws_total, "Too many open websocket connections in total."),
-                (f"ws:ip:{ip}", self.ws_per_ip, "Too many open websocket connections from your address."),
-            ])
+            refusal = await self._acquire(
+                lease,
+                [
+                    ("ws:all", self.ws_total, "Too many open websocket connections in total."),
+                    (f"ws:ip:{ip}", self.ws_per_ip, "Too many open websocket connections from your address."),
+                ],
+            )
         return lease, refusal
 
     async def socket_token(self, ip: str, lease: Lease, token: str) -> Refusal | None:

@@ -31,8 +31,9 @@ def content_disposition(file_name: str, ascii_fallback: str) -> str:
 
 def _coded(status: int, message: str, code: str, **headers: str) -> Response:
     """The GraphQL-over-HTTP error shape, as /graphql answers its request errors."""
-    return JSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]},
-                        status_code=status, headers=headers or None)
+    return JSONResponse(
+        {"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=status, headers=headers or None
+    )
 
 
 def _not_found() -> Response:
@@ -50,8 +51,9 @@ def extra_routes(state: AppState) -> list[BaseRoute]:
         async with state.db.read() as session:
             actor = await authenticate(session, token)
             if actor is None:
-                return _coded(401, "A valid bearer token is required.", "UNAUTHENTICATED",
-                              **{"WWW-Authenticate": "Bearer"})
+                return _coded(
+                    401, "A valid bearer token is required.", "UNAUTHENTICATED", **{"WWW-Authenticate": "Bearer"}
+                )
             if not actor.can(Permission.EXPORT):
                 return _not_found()
             from uidhub.schema.exports import parse_task_id  # schema imports resolvers, never the reverse

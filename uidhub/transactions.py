@@ -108,8 +108,9 @@ async def retry_transaction(
             if number >= attempts or not retryable(error):
                 raise
             delay = random.uniform(0, RETRY_BACKOFF_SECONDS * 2 ** (number - 1))
-            log.info("%s failed (%s); attempt %d of %d in %.0f ms", what, _short(error), number + 1, attempts,
-                     delay * 1000)
+            log.info(
+                "%s failed (%s); attempt %d of %d in %.0f ms", what, _short(error), number + 1, attempts, delay * 1000
+            )
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
