@@ -31,14 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 from sqlalchemy import event, select, text
 from sqlalchemy.engine import make_url
+
+from uidhub.db import Database
+from uidhub.migrate import upgrade
 from uidhub.models import Partner, QuotaPool
 from uidhub.models.enums import AccountType, OperationMethod, PartnerKind, Role
 from uidhub.resolvers import accounts
 from uidhub.resolvers.actor import Actor
 from uidhub.resolvers.auth import create_token
-
-from uidhub.db import Database
-from uidhub.migrate import upgrade
 
 RECORD = (
     "mutation($i: AmountInput!) { recordConsumption(input: $i) "

@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 from sqlalchemy import insert, select
-from uidhub.models import Account, AuditEntry, Partner, QuotaPool
-from uidhub.models.enums import AccountStatus, AccountType, AuditAction, OperationMethod, PartnerKind, Role
-from uidhub.resolvers.auth import create_token
 
 from uidhub.db import Database
 from uidhub.migrate import upgrade
+from uidhub.models import Account, AuditEntry, Partner, QuotaPool
+from uidhub.models.enums import AccountStatus, AccountType, AuditAction, OperationMethod, PartnerKind, Role
+from uidhub.resolvers.auth import create_token
 
 ACCOUNTS = 10_000
 GRAPHQL = """{ endUsers(first: 100) { totalCount edges { cursor node {

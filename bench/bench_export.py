@@ -61,6 +61,8 @@ def peak_rss_kb() -> int:
 
 def build(url: str, sizes: list[int]) -> None:
     from sqlalchemy import create_engine, insert
+
+    from uidhub.migrate import upgrade_sync
     from uidhub.models import Account, Partner, QuotaPool
     from uidhub.models.enums import (
         AccountStatus,
@@ -71,8 +73,6 @@ def build(url: str, sizes: list[int]) -> None:
         PurchaseControl,
         ShutdownPolicy,
     )
-
-    from uidhub.migrate import upgrade_sync
 
     upgrade_sync(url)
     engine = create_engine(url.replace("+aiosqlite", ""))
@@ -136,11 +136,11 @@ def build(url: str, sizes: list[int]) -> None:
 
 async def measure_worker(url: str, size: int, fmt: str, out: Path, trace: bool) -> dict[str, Any]:
     from sqlalchemy import select
+
+    from uidhub.db import Database
     from uidhub.models import ExportTask, Partner
     from uidhub.models.enums import ExportFormat, ExportKind, ExportStatus, Language
     from uidhub.resolvers.exports import ExportWorker
-
-    from uidhub.db import Database
     from uidhub.settings import Settings
 
     db = Database(url)

@@ -32,6 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 from sqlalchemy import func, insert, or_, select, text
+
+from uidhub.db import Database
+from uidhub.migrate import upgrade
 from uidhub.models import Account, Instance, Partner, QuotaPool
 from uidhub.models.enums import (
     AccountStatus,
@@ -45,9 +48,6 @@ from uidhub.models.enums import (
 from uidhub.resolvers.actor import Actor
 from uidhub.resolvers.auth import create_token
 from uidhub.resolvers.policy import change_freeze
-
-from uidhub.db import Database
-from uidhub.migrate import upgrade
 
 MASTERS = 1_000
 SUBS = 10

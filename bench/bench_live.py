@@ -176,10 +176,9 @@ async def measure_baseline(address: str, n: int, events: int, payload: str) -> l
 
 
 async def prepare(database_url: str) -> str:
-    from uidhub.models.enums import Role
-
     from tests.conftest import make_partner, make_token
     from uidhub.db import Database
+    from uidhub.models.enums import Role
 
     db = Database(database_url)
     try:

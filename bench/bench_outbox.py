@@ -35,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiosmtplib
 from aiosmtpd.controller import Controller
 from sqlalchemy import delete, func, select
+
+from uidhub.db import Database
 from uidhub.models import Base, EmailNotification, Partner
 from uidhub.models.enums import AlertKind, AlertState, NotificationStatus, PartnerKind
 from uidhub.notifications.emails import queue_email
 from uidhub.notifications.outbox import ClaimedEmail, OutboxSender, build_message
-
-from uidhub.db import Database
 from uidhub.settings import Settings
 
 SENDER = "alerts@uidhub.localhost"

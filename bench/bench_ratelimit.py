@@ -24,13 +24,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
-from uidhub.models import Partner
-from uidhub.models.enums import PartnerKind, Role
-from uidhub.resolvers.auth import create_token
 
 from uidhub.app import create_app
 from uidhub.db import Database
 from uidhub.migrate import upgrade
+from uidhub.models import Partner
+from uidhub.models.enums import PartnerKind, Role
+from uidhub.resolvers.auth import create_token
 from uidhub.settings import Settings
 
 OFF = {

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from graphql import parse, specified_rules
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 from strawberry.schema.schema import validate_document
+
 from uidhub.schema import build_schema
 from uidhub.schema.limits import MAX_ALIASES, MAX_DEPTH, MAX_TOKENS, Limiter
 

@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 from sqlalchemy import delete, func, select
+
+from uidhub.db import Database
+from uidhub.migrate import upgrade
 from uidhub.models import Partner
 from uidhub.models.enums import PartnerKind, WebhookDeliveryStatus
 from uidhub.models.tables import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from uidhub.notifications.webhooks import WebhookSender, delivery_values, new_secret, signature_header
-
-from uidhub.db import Database
-from uidhub.migrate import upgrade
 from uidhub.settings import Settings
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+
 from uidhub.models.base import Base, BigId, UTCDateTime, utcnow
 from uidhub.models.enums import (
     AccountStatus,

@@ -27,7 +27,6 @@ from uidhub.models.tables import EmailNotification
 
 if TYPE_CHECKING:
     from uidhub.models.tables import AlertEvent
-
     from uidhub.settings import Settings
 
 CURRENCY = "USD"

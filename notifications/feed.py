@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+
 from uidhub.notifications.bus import Wakeup
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
+
 from uidhub.models import AlertEvent, AuditEntry, EmailNotification
 
 if TYPE_CHECKING:

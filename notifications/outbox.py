@@ -66,16 +66,15 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from aiosmtplib.response import SMTPResponse
 from aiosmtplib.typing import Default, SMTPStatus
 from sqlalchemy import func, or_, select, update
+
+from uidhub.metrics import email_attempted
 from uidhub.models.enums import NotificationStatus
 from uidhub.models.tables import EmailNotification
 from uidhub.notifications.bus import Wakeup
 
-from uidhub.metrics import email_attempted
-
 if TYPE_CHECKING:
-    from uidhub.notifications.bus import Bus
-
     from uidhub.db import Database
+    from uidhub.notifications.bus import Bus
     from uidhub.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -12,14 +12,14 @@ sent twice.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from uidhub.notifications.feed import FeedFetch
 
 from uidhub.metrics import event_handed_over
+from uidhub.notifications.feed import FeedFetch
 
 if TYPE_CHECKING:
     from uidhub.schema.context import Context
@@ -53,7 +53,7 @@ async def follow(
     accept: Accept,
     convert: Callable[[Any], T],
     batch: int = DEFAULT_BATCH,
-) -> AsyncIterator[T]:
+) -> AsyncGenerator[T, None]:
     """Yield `convert(row)` for every row after `after_id`, forever, in id order.
 
     `fetch` is this subscriber's own query (used to replay after `after_id`

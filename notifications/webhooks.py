@@ -57,7 +57,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -66,6 +66,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
+
 from uidhub.models import Account, AlertEvent, AuditEntry, EmailNotification, Partner
 from uidhub.models.enums import AuditAction, NotificationStatus, WebhookDeliveryStatus, WebhookEventKind
 from uidhub.models.money import format_money
@@ -75,9 +76,8 @@ from uidhub.notifications.bus import Wakeup
 from uidhub.notifications.emails import new_message_id, sender_domain
 
 if TYPE_CHECKING:
-    from uidhub.notifications.bus import Bus
-
     from uidhub.db import Database
+    from uidhub.notifications.bus import Bus
     from uidhub.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,13 @@ AUDIT_KINDS: dict[AuditAction, WebhookEventKind] = {
     AuditAction.OUTSTANDING_REPAID: WebhookEventKind.QUOTA_CHANGED,
     AuditAction.ORDER_PLACED: WebhookEventKind.ORDER_PLACED,
 }
+
+
+#: The stored logs the dispatcher reads, each with its cursor's name.
+LOG_SOURCES: tuple[tuple[str, type[AuditEntry] | type[AlertEvent]], ...] = (
+    ("audit", AuditEntry),
+    ("alerts", AlertEvent),
+)
 
 
 def _utcnow() -> datetime:
@@ -363,7 +370,7 @@ async def skip_unwatched_history(session: AsyncSession) -> None:
     """
     if await session.scalar(select(exists().where(WebhookEndpoint.enabled.is_(True)))):
         return
-    for source, model in (("audit", AuditEntry), ("alerts", AlertEvent)):
+    for source, model in LOG_SOURCES:
         cursor = await _cursor(session, source)
         if cursor is not None:
             cursor.last_id = max(cursor.last_id, int(await session.scalar(select(func.max(model.id))) or 0))
@@ -384,7 +391,7 @@ async def dispatch_once(session: AsyncSession, *, batch: int = DISPATCH_BATCH) -
     """
     endpoints = await _endpoints_by_partner(session)
     queued = 0
-    for source, model in (("audit", AuditEntry), ("alerts", AlertEvent)):
+    for source, model in LOG_SOURCES:
         cursor = await _cursor(session, source)
         if cursor is None:
             continue
@@ -398,7 +405,8 @@ async def dispatch_once(session: AsyncSession, *, batch: int = DISPATCH_BATCH) -
         conditions = [model.id > cursor.last_id, model.id <= top, model.partner_id.in_(sorted(endpoints))]
         if model is AuditEntry:
             conditions.append(AuditEntry.action.in_(list(AUDIT_KINDS)))
-        rows = list((await session.scalars(select(model).where(*conditions).order_by(model.id).limit(batch))).all())
+        found = await session.scalars(select(model).where(*conditions).order_by(model.id).limit(batch))
+        rows = cast("list[AuditEntry | AlertEvent]", list(found.all()))
         cursor.last_id = rows[-1].id if len(rows) >= batch else top
         if rows:
             queued += await _queue_rows(session, rows, endpoints)

@@ -11,7 +11,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import InstrumentedAttribute, aliased
+
 from uidhub.models import Account, Partner, QuotaPool
 from uidhub.models import rules as R
 from uidhub.models.enums import (
@@ -493,7 +494,7 @@ def filter_conditions(actor: Actor, f: EndUserQuery) -> list[ColumnElement[bool]
     return conditions
 
 
-def sort_expr(sort_field: str) -> ColumnElement[Any]:
+def sort_expr(sort_field: str) -> ColumnElement[Any] | InstrumentedAttribute[Any]:
     if sort_field == "LINKED_AT":
         return Account.linked_at
     if sort_field == "UID":

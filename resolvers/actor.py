@@ -7,6 +7,7 @@ from enum import Enum, auto
 from typing import Any
 
 from sqlalchemy import ColumnElement, or_
+
 from uidhub.models import Account
 from uidhub.models.enums import OperationMethod, PartnerKind, Role
 from uidhub.resolvers.errors import Forbidden

@@ -41,6 +41,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+
 from uidhub.models import Account, AlertEvent, CreditAlert, EmailNotification, Partner, QuotaPool
 from uidhub.models import rules as R
 from uidhub.models.base import utcnow
@@ -54,7 +55,6 @@ from uidhub.resolvers.actor import Actor, Permission
 from uidhub.resolvers.errors import UserError, UserErrors
 from uidhub.resolvers.locks import lock_partner, lock_pool
 from uidhub.resolvers.pagination import Page, check_list, newest_first
-
 from uidhub.settings import Settings
 
 EVENT_CURSOR = "alert"

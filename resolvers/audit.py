@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+
 from uidhub.models import Account, AuditEntry
 from uidhub.models.enums import AuditAction, OperationMethod
 from uidhub.notifications import log

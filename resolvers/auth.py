@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
+
 from uidhub.models import Account, ApiToken, Partner
 from uidhub.models.base import utcnow
 from uidhub.models.enums import OperationMethod, Role

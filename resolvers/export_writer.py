@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import xlsxwriter
+from xlsxwriter.format import Format
+from xlsxwriter.worksheet import Worksheet
+
 from uidhub.models.enums import ExportFormat, ExportKind, Language
 from uidhub.models.money import cents_to_decimal, format_money
 from uidhub.resolvers import i18n
-from xlsxwriter.format import Format
-from xlsxwriter.worksheet import Worksheet
 
 ColumnKind = Literal["text", "enum", "datetime", "money", "int", "signed_money"]
 COLUMN_KINDS: frozenset[str] = frozenset({"text", "enum", "datetime", "money", "int", "signed_money"})

@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Select, case, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from uidhub import metrics
 from uidhub.models import Account, ExportTask, Partner, QuotaAdjustment, QuotaPool
 from uidhub.models.base import utcnow
 from uidhub.models.enums import (
@@ -70,12 +72,9 @@ from uidhub.resolvers.export_writer import COLUMNS_BY_KIND, write_export
 from uidhub.resolvers.pagination import Page, newest_first
 from uidhub.resolvers.quota import SIX_MONTHS
 
-from uidhub import metrics
-
 if TYPE_CHECKING:
-    from uidhub.notifications.bus import Bus
-
     from uidhub.db import Database
+    from uidhub.notifications.bus import Bus
     from uidhub.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,6 +93,8 @@ FETCH_BATCH = 1000
 PROGRESS_STEPS = 50
 SWEEP_SECONDS = 60.0
 FINISHED = frozenset({ExportStatus.SUCCEEDED, ExportStatus.FAILED})
+#: A SELECT of any number of columns (SQLAlchemy types a select by its column tuple).
+AnySelect = Select[*tuple[Any, ...]]
 UNFINISHED = (ExportStatus.PENDING, ExportStatus.RUNNING)
 #: Default of `start_export`'s limit (the app passes the setting export_max_queued_per_partner).
 MAX_QUEUED_PER_PARTNER = 20
@@ -304,7 +305,7 @@ END_USER_SELECT = (
 )
 
 
-def end_user_queries(task: ExportTask) -> tuple[Select[Any], Select[Any]]:
+def end_user_queries(task: ExportTask) -> tuple[Select[Any], AnySelect]:
     """(count, rows) for an END_USERS task: the query `endUsers` pages through, with master and pool joined in."""
     actor = scope_actor(task)
     query = accounts.EndUserQuery.from_json(task.params.get("filter") or {})
@@ -315,8 +316,8 @@ def end_user_queries(task: ExportTask) -> tuple[Select[Any], Select[Any]]:
     # The master's UID only where the exporter may see the master: an END_USER token of a
     # sub-account may not (its effective freeze and purchase control still read the master).
     master_uid = case((actor.account_scope(M), M.uid), else_=None).label("master_uid")
-    rows = accounts.filtered_query(actor, query, sort).with_only_columns(*END_USER_SELECT, master_uid)
-    count = accounts.counted(actor, query)
+    rows: AnySelect = accounts.filtered_query(actor, query, sort).with_only_columns(*END_USER_SELECT, master_uid)
+    count: Select[Any] = accounts.counted(actor, query)
     return count, rows
 
 
@@ -349,7 +350,7 @@ def end_user_row(r: Any) -> dict[str, Any]:
     }
 
 
-def adjustment_queries(task: ExportTask) -> tuple[Select[Any], Select[Any]]:
+def adjustment_queries(task: ExportTask) -> tuple[Select[Any], AnySelect]:
     """(count, rows) for a QUOTA_ADJUSTMENTS task: the pool's records in the window, newest first."""
     params = task.params
     conditions = [
@@ -358,7 +359,7 @@ def adjustment_queries(task: ExportTask) -> tuple[Select[Any], Select[Any]]:
     ]
     if params.get("until"):
         conditions.append(QuotaAdjustment.occurred_at < datetime.fromisoformat(params["until"]))
-    rows = (
+    rows: AnySelect = (
         select(
             QuotaAdjustment.operation_type,
             QuotaAdjustment.occurred_at,
@@ -373,7 +374,7 @@ def adjustment_queries(task: ExportTask) -> tuple[Select[Any], Select[Any]]:
         .where(*conditions)
         .order_by(QuotaAdjustment.id.desc())
     )
-    count = select(func.count()).select_from(QuotaAdjustment).where(*conditions)
+    count: Select[Any] = select(func.count()).select_from(QuotaAdjustment).where(*conditions)
     return count, rows
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+
 from uidhub.models import IdempotencyRecord
 from uidhub.models.base import utcnow
 from uidhub.models.enums import ErrorCode

@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
+
 from uidhub.models import Account, Partner, QuotaPool
 
 S = TypeVar("S", bound=Select[Any])

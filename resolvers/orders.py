@@ -30,6 +30,7 @@ from typing import Any
 from graphql import GraphQLError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+
 from uidhub.models import Account, Instance, LedgerEntry, QuotaPool
 from uidhub.models import rules as R
 from uidhub.models.base import utcnow
@@ -171,8 +172,8 @@ async def place_order(
     found = await account_ops.get(session, actor, uid, "input", "uid")
     if claim.replay is not None:
         replay = claim.replay
-        instance = await session.get(Instance, replay["instanceId"]) if replay.get("instanceId") else None
-        return OrderOutcome(Decision.from_json(replay["decision"]), instance, found)
+        replayed = await session.get(Instance, replay["instanceId"]) if replay.get("instanceId") else None
+        return OrderOutcome(Decision.from_json(replay["decision"]), replayed, found)
 
     locked = await lock_accounts(session, [found.id] + ([found.master_id] if found.master_id else []))
     account = locked[found.id]

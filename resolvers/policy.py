@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
+
 from uidhub.models import Account, Instance, QuotaPool
 from uidhub.models import rules as R
 from uidhub.models.enums import (

@@ -11,6 +11,7 @@ the state the pool is now in. The pool is step 4 of the lock order of
 from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
+
 from uidhub.models import QuotaPool
 from uidhub.resolvers.actor import Actor
 from uidhub.resolvers.locks import lock_pool

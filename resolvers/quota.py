@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
+
 from uidhub.models import Account, LedgerEntry, QuotaAdjustment, QuotaPool
 from uidhub.models.base import utcnow
 from uidhub.models.enums import AuditAction, ErrorCode, LedgerKind, QuotaOperationType

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+
 from uidhub.models import Partner
 from uidhub.models.enums import ErrorCode, WebhookDeliveryStatus, WebhookEventKind
 from uidhub.models.tables import WebhookAttempt, WebhookDelivery, WebhookEndpoint

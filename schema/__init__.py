@@ -10,6 +10,7 @@ from graphql import GraphQLError
 from strawberry.extensions import DisableIntrospection
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
+
 from uidhub.schema import enums as _enums  # noqa: F401  (registers enum descriptions)
 from uidhub.schema.execution import ReleaseBeforeSend, SharedResultExecutionContext
 from uidhub.schema.extensions import MaskInternalErrors, RequestLifecycle, log_errors

@@ -8,6 +8,8 @@ from enum import Enum
 from typing import Annotated, Any
 
 import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from uidhub.models import Account
 from uidhub.models.enums import (
     AccountStatus,
@@ -20,6 +22,7 @@ from uidhub.models.enums import (
 )
 from uidhub.models.rules import PolicyView
 from uidhub.resolvers import accounts as ops
+from uidhub.resolvers.actor import Actor
 from uidhub.resolvers.audit import CURSOR_KIND as AUDIT_CURSOR
 from uidhub.resolvers.pagination import Page, check_first, check_list, decode_id_cursor, page_of_rows
 from uidhub.schema.audit import AuditEntryConnection
@@ -382,7 +385,7 @@ class AccountQueries:
     ) -> EndUserConnection:
         session = await info.context.session()
         sort = (
-            ops.EndUserSort(field=order_by.field.value, descending=order_by.direction is OrderDirection.DESC)
+            ops.EndUserSort(field=order_by.field.name, descending=order_by.direction is OrderDirection.DESC)
             if order_by
             else ops.EndUserSort()
         )
@@ -427,7 +430,7 @@ class AccountQueries:
 class AccountMutations:
     @strawberry.mutation(description="Link a UID (optionally as a sub-account of a master, with an initial quota).")
     async def link_account(self, info: Info, input: Annotated[LinkAccountInput, INPUT_ARG]) -> EndUserPayload:
-        async def op(session, actor) -> EndUserPayload:  # type: ignore[no-untyped-def]
+        async def op(session: AsyncSession, actor: Actor) -> EndUserPayload:
             row = await ops.link_account(
                 session,
                 actor,
@@ -454,7 +457,7 @@ class AccountMutations:
             if value is not strawberry.UNSET
         }
 
-        async def op(session, actor) -> EndUserPayload:  # type: ignore[no-untyped-def]
+        async def op(session: AsyncSession, actor: Actor) -> EndUserPayload:
             row = await ops.update_basic_info(session, actor, input.uid, changes)
             return EndUserPayload(end_user=EndUser.of(row), user_errors=[])
 
@@ -464,7 +467,7 @@ class AccountMutations:
     async def change_account_status(
         self, info: Info, input: Annotated[ChangeAccountStatusInput, INPUT_ARG]
     ) -> EndUserPayload:
-        async def op(session, actor) -> EndUserPayload:  # type: ignore[no-untyped-def]
+        async def op(session: AsyncSession, actor: Actor) -> EndUserPayload:
             row = await ops.change_status(session, actor, input.uid, input.status)
             return EndUserPayload(end_user=EndUser.of(row), user_errors=[])
 

@@ -11,11 +11,14 @@ from typing import Annotated, Any
 
 import strawberry
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from uidhub.models import Account, AlertEvent
 from uidhub.models import EmailNotification as EmailRow
 from uidhub.models.enums import AlertKind, AlertState, NotificationStatus
 from uidhub.resolvers import accounts as account_ops
 from uidhub.resolvers import alerts as ops
+from uidhub.resolvers.actor import Actor
 from uidhub.resolvers.pagination import Page
 from uidhub.schema.accounts import ARG_AFTER, ARG_FIRST, EndUser, EndUserPayload, end_user_errors, required_end_user
 from uidhub.schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
@@ -255,7 +258,7 @@ class AlertMutations:
         "OPERATOR and ADMIN on any of theirs). Evaluated at once against the pool's available."
     )
     async def set_credit_alert(self, info: Info, input: Annotated[SetCreditAlertInput, INPUT_ARG]) -> EndUserPayload:
-        async def op(session, actor) -> EndUserPayload:  # type: ignore[no-untyped-def]
+        async def op(session: AsyncSession, actor: Actor) -> EndUserPayload:
             row = await ops.set_credit_alert(
                 session,
                 actor,
@@ -270,7 +273,7 @@ class AlertMutations:
 
     @strawberry.mutation(description="Replace where quota warning emails go (ADMIN only).")
     async def set_alert_emails(self, info: Info, input: Annotated[SetAlertEmailsInput, INPUT_ARG]) -> PartnerPayload:
-        async def op(session, actor) -> PartnerPayload:  # type: ignore[no-untyped-def]
+        async def op(session: AsyncSession, actor: Actor) -> PartnerPayload:
             row = await ops.set_alert_emails(session, actor, input.emails)
             return PartnerPayload(partner=Partner.of(row), user_errors=[])
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 from strawberry.scalars import JSON
+
 from uidhub.models import Account
 from uidhub.models import AuditEntry as AuditRow
 from uidhub.models.enums import AuditAction, OperationMethod, Role

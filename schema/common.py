@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
+
 from uidhub.models.enums import ErrorCode
 from uidhub.notifications import log
 from uidhub.resolvers.actor import Actor
@@ -16,7 +17,6 @@ from uidhub.resolvers.errors import UserError as DomainUserError
 from uidhub.resolvers.errors import UserErrors
 from uidhub.resolvers.pagination import MAX_ID, InvalidArgument, Page
 from uidhub.schema.context import Info
-
 from uidhub.transactions import is_retryable, retry_transaction
 
 P = TypeVar("P")

@@ -20,12 +20,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info as StrawberryInfo
+
+from uidhub.db import Database
 from uidhub.models import Account
 from uidhub.notifications.feed import Feeds, SharedScope
 from uidhub.resolvers.actor import Actor
 from uidhub.schema.dataloaders import Loaders, ScopedAccounts
-
-from uidhub.db import Database
 from uidhub.settings import Settings
 
 

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.dataloader import DataLoader
+
 from uidhub.models import Account, AuditEntry, CreditAlert, Instance, LedgerEntry, Partner, QuotaAdjustment, QuotaPool
 from uidhub.models.enums import AuditAction, LedgerKind, QuotaOperationType
 from uidhub.resolvers.quota import adjustment_conditions
@@ -65,7 +66,8 @@ def _newest_pages(
             shapes[(first, after_id, shape)].append(group_id)
         for (first, after_id, shape), group_ids in shapes.items():
             conditions = [group.in_(group_ids), *where(shape)]
-            counts = dict((await session.execute(select(group, func.count()).where(*conditions).group_by(group))).all())
+            counted = await session.execute(select(group, func.count()).where(*conditions).group_by(group))
+            counts: dict[Any, int] = {key: int(n) for key, n in counted.all()}
             if after_id is not None:
                 conditions.append(model.id < after_id)
             ranked = (

@@ -21,6 +21,7 @@ from typing import Any
 from graphql import ExecutionResult, OperationType, print_ast
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
 from uidhub.schema.context import current_shared_scope, end_event_transaction
 
 
@@ -82,8 +83,8 @@ async def _compute(future: asyncio.Future[ExecutionResult | None], result: Any, 
 async def _reuse(shared: asyncio.Future[ExecutionResult | None], executor: Any, serially: bool | None) -> Any:
     result = await asyncio.shield(shared)
     if result is None:  # not shareable (it had errors): execute for this subscriber
-        result = StrawberryGraphQLCoreExecutionContext.execute_operation(executor, serially)
-        if executor.is_awaitable(result):
-            result = await result
-        return result
+        own: Any = StrawberryGraphQLCoreExecutionContext.execute_operation(executor, serially)
+        if executor.is_awaitable(own):
+            own = await own
+        return own
     return ExecutionResult(data=result.data, errors=None, extensions=result.extensions)

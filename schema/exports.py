@@ -12,12 +12,14 @@ from typing import Annotated
 
 import strawberry
 from graphql import GraphQLError
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from uidhub.models import ExportTask as TaskRow
 from uidhub.models.base import utcnow
 from uidhub.models.enums import ExportFormat, ExportKind, ExportStatus, Language
 from uidhub.resolvers import accounts as account_ops
 from uidhub.resolvers import exports as ops
-from uidhub.resolvers.actor import Permission
+from uidhub.resolvers.actor import Actor, Permission
 from uidhub.resolvers.pagination import Page
 from uidhub.schema.accounts import ARG_AFTER, ARG_FIRST, EndUserFilter, EndUserOrder, OrderDirection
 from uidhub.schema.common import INPUT_ARG, Node, PageInfo, UserError, from_global_id, mutate, parse_pk, to_global_id
@@ -163,13 +165,13 @@ class ExportMutations:
     async def start_export(self, info: Info, input: Annotated[StartExportInput, INPUT_ARG]) -> ExportPayload:
         sort = (
             account_ops.EndUserSort(
-                field=input.order_by.field.value, descending=input.order_by.direction is OrderDirection.DESC
+                field=input.order_by.field.name, descending=input.order_by.direction is OrderDirection.DESC
             )
             if input.order_by is not None
             else None
         )
 
-        async def op(session, actor) -> ExportPayload:  # type: ignore[no-untyped-def]
+        async def op(session: AsyncSession, actor: Actor) -> ExportPayload:
             row = await ops.start_export(
                 session,
                 actor,

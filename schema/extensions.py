@@ -25,9 +25,9 @@ from graphql import (
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionContext
+
 from uidhub.schema.context import Context
 from uidhub.schema.limits import OPERATION_NAME_REQUIRED, PARSE_FAILED, TOO_COMPLEX, VALIDATION_FAILED
-
 from uidhub.transactions import is_unavailable
 
 log = logging.getLogger("uidhub.graphql")
@@ -85,7 +85,7 @@ def log_errors(errors: list[GraphQLError], execution_context: ExecutionContext |
         if is_client_error(error):
             code = (error.extensions or {}).get("code") or _client_code(error)
             log.info("client error in request %s: %s: %s", request_id, code, error.message)
-        elif is_unavailable(error.original_error):
+        elif error.original_error is not None and is_unavailable(error.original_error):
             # Answered SERVICE_UNAVAILABLE (503, retryable): the database's state, not a fault of ours.
             log.warning("request %s at %s: database unavailable: %s", request_id, error.path, error.original_error)
         else:
@@ -124,7 +124,7 @@ class RequestLifecycle(SchemaExtension):
 class MaskInternalErrors(SchemaExtension):
     """Unexpected exceptions reach the client as a generic message with the request id; the log has the rest."""
 
-    def on_operation(self):  # type: ignore[no-untyped-def]
+    def on_operation(self):
         yield
         result = self.execution_context.result
         errors = getattr(result, "errors", None)
@@ -165,7 +165,7 @@ class MaskInternalErrors(SchemaExtension):
                     extensions={"code": "INTERNAL_SERVER_ERROR", "requestId": request_id},
                 )
             )
-        result.errors = masked  # type: ignore[union-attr]
+        result.errors = masked
 
 
 def _unavailable(error: GraphQLError, request_id: str, context: Any) -> GraphQLError:

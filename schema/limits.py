@@ -246,7 +246,7 @@ class Limiter:
         """
         cacheable = len(query) <= MAX_CACHED_QUERY_CHARS
         if cacheable and (hit := self.parsed.get_fresh(query)) is not None:
-            return hit  # type: ignore[no-any-return]
+            return hit
         self.parse_runs += 1
         if len(query) > THREAD_PARSE_CHARS:
             parsed = await asyncio.to_thread(_parse_and_measure, query)

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import strawberry
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+
 from uidhub.models import Account, AlertEvent
 from uidhub.models import AuditEntry as AuditRow
 from uidhub.models.enums import AlertState

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import strawberry
+
 from uidhub.models import Partner as PartnerRow
 from uidhub.models.enums import OperationMethod, PartnerKind, Role
 from uidhub.resolvers.actor import Actor

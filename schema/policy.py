@@ -6,6 +6,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from uidhub.models import Account
 from uidhub.models import Instance as InstanceRow
 from uidhub.models.enums import (
@@ -21,6 +23,7 @@ from uidhub.models.enums import (
 from uidhub.models.rules import PolicyView, instance_status
 from uidhub.resolvers import orders as order_ops
 from uidhub.resolvers import policy as policy_ops
+from uidhub.resolvers.actor import Actor
 from uidhub.schema.common import INPUT_ARG, Node, UserError, mutate, to_global_id, user_errors
 from uidhub.schema.context import Info
 from uidhub.schema.registry import register_node
@@ -254,7 +257,7 @@ class PolicyQueries:
 async def _freeze(info: Info, input: FreezeInput, target: PaygFreezeStatus) -> PolicyChangePayload:
     from uidhub.schema.accounts import EndUser
 
-    async def op(session, actor) -> PolicyChangePayload:  # type: ignore[no-untyped-def]
+    async def op(session: AsyncSession, actor: Actor) -> PolicyChangePayload:
         outcome = await policy_ops.change_freeze(
             session, actor, input.uids, target=target, confirm=input.confirm, reason=input.reason
         )
@@ -298,7 +301,7 @@ class PolicyMutations:
     ) -> Annotated[EndUserPayload, LazyEndUser]:
         from uidhub.schema.accounts import EndUser, EndUserPayload, end_user_errors
 
-        async def op(session, actor) -> EndUserPayload:  # type: ignore[no-untyped-def]
+        async def op(session: AsyncSession, actor: Actor) -> EndUserPayload:
             row = await policy_ops.set_purchase_control(session, actor, input.uid, input.status, input.reason)
             return EndUserPayload(end_user=EndUser.of(row), user_errors=[])
 
@@ -314,7 +317,7 @@ class PolicyMutations:
 
         credit = int(input.shutdown_delay_credit) if input.shutdown_delay_credit is not None else None
 
-        async def op(session, actor) -> EndUserPayload:  # type: ignore[no-untyped-def]
+        async def op(session: AsyncSession, actor: Actor) -> EndUserPayload:
             row = await policy_ops.set_shutdown_policy(session, actor, input.uid, input.policy, credit)
             return EndUserPayload(end_user=EndUser.of(row), user_errors=[])
 
@@ -325,7 +328,7 @@ class PolicyMutations:
         "SUBSCRIPTION amount is charged to the pool. Idempotent by key."
     )
     async def place_order(self, info: Info, input: Annotated[PlaceOrderInput, INPUT_ARG]) -> PlaceOrderPayload:
-        async def op(session, actor) -> PlaceOrderPayload:  # type: ignore[no-untyped-def]
+        async def op(session: AsyncSession, actor: Actor) -> PlaceOrderPayload:
             outcome = await order_ops.place_order(
                 session,
                 actor,

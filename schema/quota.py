@@ -7,11 +7,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from uidhub.models import Account, QuotaPool, rules
 from uidhub.models import QuotaAdjustment as AdjustmentRow
 from uidhub.models import forecast as forecasts
 from uidhub.models.enums import OperationMethod, QuotaOperationType
 from uidhub.resolvers import quota as quota_ops
+from uidhub.resolvers.actor import Actor
 from uidhub.resolvers.pagination import InvalidArgument, Page, check_first, decode_id_cursor, page_of_rows
 from uidhub.schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
 from uidhub.schema.context import Info
@@ -259,7 +262,7 @@ class QuotaMutations:
         "nothing for the same amount."
     )
     async def set_quota_amount(self, info: Info, input: Annotated[SetQuotaAmountInput, INPUT_ARG]) -> QuotaPayload:
-        async def op(session, actor) -> QuotaPayload:  # type: ignore[no-untyped-def]
+        async def op(session: AsyncSession, actor: Actor) -> QuotaPayload:
             return quota_payload(
                 await quota_ops.set_quota_amount(session, actor, input.uid, input.amount, input.idempotency_key)
             )
@@ -270,7 +273,7 @@ class QuotaMutations:
     async def set_warning_threshold(
         self, info: Info, input: Annotated[SetWarningThresholdInput, INPUT_ARG]
     ) -> QuotaPayload:
-        async def op(session, actor) -> QuotaPayload:  # type: ignore[no-untyped-def]
+        async def op(session: AsyncSession, actor: Actor) -> QuotaPayload:
             return quota_payload(await quota_ops.set_warning_threshold(session, actor, input.uid, input.percent))
 
         return await mutate(info, op, quota_errors)
@@ -289,7 +292,7 @@ class QuotaMutations:
 
 
 async def _balance(info: Info, balance_op: quota_ops.BalanceOp, input: AmountInput) -> QuotaPayload:
-    async def op(session, actor) -> QuotaPayload:  # type: ignore[no-untyped-def]
+    async def op(session: AsyncSession, actor: Actor) -> QuotaPayload:
         return quota_payload(
             await quota_ops.change_balance(session, actor, balance_op, input.uid, input.amount, input.idempotency_key)
         )

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 import strawberry
+
 from uidhub.models.enums import AuditAction
 from uidhub.resolvers import accounts as account_ops
 from uidhub.resolvers import audit as audit_ops

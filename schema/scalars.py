@@ -12,6 +12,7 @@ from typing import Any, NewType
 
 import strawberry
 from graphql import IntValueNode, StringValueNode, ValueNode
+
 from uidhub.models.money import MoneyError, format_money, parse_money
 
 

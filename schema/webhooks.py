@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import strawberry
+
 from uidhub.models.enums import ErrorCode, WebhookDeliveryStatus, WebhookEventKind
 from uidhub.models.tables import WebhookAttempt as AttemptRow
 from uidhub.models.tables import WebhookDelivery as DeliveryRow

@@ -20,13 +20,13 @@ import httpx
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from uidhub.models import Base, Partner
-from uidhub.models.enums import OperationMethod, PartnerKind, Role
-from uidhub.resolvers.auth import create_token
 
 from uidhub.app import create_app
 from uidhub.db import Database
 from uidhub.migrate import upgrade_sync
+from uidhub.models import Base, Partner
+from uidhub.models.enums import OperationMethod, PartnerKind, Role
+from uidhub.resolvers.auth import create_token
 from uidhub.settings import Settings
 
 PG_URL = os.environ.get("UIDHUB_TEST_POSTGRES_URL")
@@ -214,6 +214,7 @@ async def make_token(
     operator_uid: str | None = None,
 ) -> str:
     from sqlalchemy import select
+
     from uidhub.models import Account
 
     async with db.write() as session:

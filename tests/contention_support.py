@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 from sqlalchemy import func, select, text
-from uidhub.models import Account, AuditEntry, Instance, LedgerEntry, QuotaAdjustment, QuotaPool
 
 from uidhub.db import Database
+from uidhub.models import Account, AuditEntry, Instance, LedgerEntry, QuotaAdjustment, QuotaPool
 
 ERRORS = "userErrors { code message field }"
 QUOTA = f"quota {{ amount consumedUndeducted consumedDeducted available }} {ERRORS}"

@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 from sqlalchemy import select
+
+from tests.conftest import Api
 from uidhub.models import Account, QuotaAdjustment, QuotaPool
 from uidhub.models.base import utcnow
 from uidhub.models.enums import (
@@ -21,8 +23,6 @@ from uidhub.models.enums import (
     ShutdownPolicy,
 )
 from uidhub.resolvers.exports import ExportWorker
-
-from tests.conftest import Api
 
 TASK_FIELDS = "id kind format language status progress rowCount fileName downloadUrl error createdAt finishedAt"
 

@@ -22,12 +22,12 @@ from typing import Any
 
 import httpx
 import uvicorn
-from uidhub.models import AlertEvent, Partner
-from uidhub.models.enums import AlertKind, AlertState
-from uidhub.notifications.log import add_alert
 from websockets.asyncio.client import ClientConnection, connect
 
 from uidhub.db import Database
+from uidhub.models import AlertEvent, Partner
+from uidhub.models.enums import AlertKind, AlertState
+from uidhub.notifications.log import add_alert
 
 PROTOCOL = "graphql-transport-ws"
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,6 +246,7 @@ async def store_breach(
 async def account_ids(db: Database, uid: str) -> tuple[int, int, int]:
     """(partner_id, account_id, pool_id) of an account."""
     from sqlalchemy import select
+
     from uidhub.models import Account
 
     async with db.read() as session:

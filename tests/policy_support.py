@@ -6,11 +6,11 @@ import itertools
 from typing import Any
 
 from sqlalchemy import func, select
-from uidhub.models import Account, AuditEntry, IdempotencyRecord, Instance, LedgerEntry, Partner, QuotaPool
-from uidhub.models.enums import AccountType, BillingMethod, Role
 
 from tests.conftest import Api, make_token
 from uidhub.db import Database
+from uidhub.models import Account, AuditEntry, IdempotencyRecord, Instance, LedgerEntry, Partner, QuotaPool
+from uidhub.models.enums import AccountType, BillingMethod, Role
 
 _keys = itertools.count(1)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, select
-from uidhub.models import AuditEntry, IdempotencyRecord, LedgerEntry, QuotaAdjustment, QuotaPool
 
 from tests.conftest import Api
 from uidhub.db import Database
+from uidhub.models import AuditEntry, IdempotencyRecord, LedgerEntry, QuotaAdjustment, QuotaPool
 
 QUOTA_FIELDS = (
     "amount consumedDeducted consumedUndeducted available outstandingAmount "

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from uidhub.models import Account, AuditEntry, QuotaPool
 
 from tests.conftest import Api
 from tests.test_accounts_support import (
@@ -19,6 +18,7 @@ from tests.test_accounts_support import (
     set_pool,
     update_info,
 )
+from uidhub.models import Account, AuditEntry, QuotaPool
 
 
 async def counts(api: Api) -> tuple[int, int, int]:

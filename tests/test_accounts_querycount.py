@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
-from uidhub.models import Account, AuditEntry, Partner, QuotaAdjustment, QuotaPool
-from uidhub.models.enums import AccountStatus, AccountType, AuditAction, OperationMethod, QuotaOperationType, Role
 
 from tests.conftest import Api, StatementCounter
+from uidhub.models import Account, AuditEntry, Partner, QuotaAdjustment, QuotaPool
+from uidhub.models.enums import AccountStatus, AccountType, AuditAction, OperationMethod, QuotaOperationType, Role
 
 QUERY = """query($first: Int!) { endUsers(first: $first) { totalCount
   edges { cursor node {

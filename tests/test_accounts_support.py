@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select, update
-from uidhub.models import Account, Partner, QuotaPool
-from uidhub.models.enums import OperationMethod, Role
 
 from tests.conftest import Api, make_token
+from uidhub.models import Account, Partner, QuotaPool
+from uidhub.models.enums import OperationMethod, Role
 
 LINK = """
 mutation($input: LinkAccountInput!) {

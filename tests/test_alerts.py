@@ -6,9 +6,6 @@ import asyncio
 
 import pytest
 from sqlalchemy import func, select, update
-from uidhub.models import Account, AlertEvent, AuditEntry, CreditAlert, EmailNotification, QuotaPool
-from uidhub.models.enums import AuditAction, Role
-from uidhub.resolvers.pools import after_pool_change, lock_pool
 
 from tests.conftest import Api
 from tests.test_alerts_support import (
@@ -25,6 +22,9 @@ from tests.test_alerts_support import (
     set_percent,
     token,
 )
+from uidhub.models import Account, AlertEvent, AuditEntry, CreditAlert, EmailNotification, QuotaPool
+from uidhub.models.enums import AuditAction, Role
+from uidhub.resolvers.pools import after_pool_change, lock_pool
 
 # ---------------------------------------------------------------- QUOTA_WARNING
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select, update
+
+from tests.conftest import Api, make_token
 from uidhub.models import Account, AlertEvent, EmailNotification, Partner, QuotaPool
 from uidhub.models.enums import OperationMethod, PartnerKind, Role
 from uidhub.resolvers.actor import Actor
 from uidhub.resolvers.pools import after_pool_change, lock_pool
 from uidhub.resolvers.quota import apply_quota_amount
-
-from tests.conftest import Api, make_token
 
 LINK = """
 mutation($input: LinkAccountInput!) {

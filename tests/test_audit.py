@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
+
+from tests.conftest import Api
+from tests.test_accounts_support import audit_of, change_status, link, token_for, update_info
 from uidhub.models import Account
 from uidhub.models import AuditEntry as AuditRow
 from uidhub.models.enums import AuditAction, OperationMethod, Role
 from uidhub.resolvers import audit as audit_ops
 from uidhub.resolvers.auth import authenticate
-
-from tests.conftest import Api
-from tests.test_accounts_support import audit_of, change_status, link, token_for, update_info
 
 ENTRY = (
     "id action occurredAt method before after reason cascadeFrom { uid } account { uid } "

@@ -5,9 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import update
-from uidhub.models import ApiToken
-from uidhub.models.enums import PartnerKind, Role
-from uidhub.resolvers.auth import hash_token
 
 from tests.conftest import Api, make_partner, make_token
 from tests.test_accounts_support import (
@@ -21,6 +18,9 @@ from tests.test_accounts_support import (
     token_for,
     update_info,
 )
+from uidhub.models import ApiToken
+from uidhub.models.enums import PartnerKind, Role
+from uidhub.resolvers.auth import hash_token
 
 
 def forbidden(body: dict, field: str) -> None:

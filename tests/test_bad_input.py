@@ -17,11 +17,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from uidhub.models import Base
-from uidhub.models.enums import Role
-from uidhub.resolvers.audit import CURSOR_KIND as AUDIT_CURSOR
-from uidhub.resolvers.pagination import encode_cursor
-from uidhub.resolvers.quota import ADJUSTMENT_CURSOR
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -30,6 +25,11 @@ from tests.live_support import PROTOCOL, serve_in_loop
 from tests.test_accounts_support import link
 from uidhub.app import create_app
 from uidhub.db import Database
+from uidhub.models import Base
+from uidhub.models.enums import Role
+from uidhub.resolvers.audit import CURSOR_KIND as AUDIT_CURSOR
+from uidhub.resolvers.pagination import encode_cursor
+from uidhub.resolvers.quota import ADJUSTMENT_CURSOR
 from uidhub.settings import Settings
 
 HUGE = 2**63

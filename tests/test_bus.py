@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from uidhub.notifications.bus import CHANNEL, Bus, RedisBus, Wakeup
 
 from tests.conftest import REDIS_URL, needs_redis
+from uidhub.notifications.bus import CHANNEL, Bus, RedisBus, Wakeup
 
 
 async def test_a_publish_during_the_pass_ends_the_next_wait_at_once() -> None:

@@ -257,9 +257,8 @@ async def test_pending_emails_without_smtp_are_one_line_per_start(
 ) -> None:
     import logging
 
-    from uidhub.notifications.outbox import OutboxSender
-
     from tests.test_outbox import add_notifications, make_settings
+    from uidhub.notifications.outbox import OutboxSender
 
     ids = await add_notifications(db, 5)
     with caplog.at_level(logging.INFO, logger="uidhub.notifications.outbox"):

@@ -25,14 +25,14 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text
 from starlette.responses import Response
-from uidhub.models import AuditEntry, LedgerEntry
-from uidhub.models.enums import AuditAction
 
 from tests import contention_support as C
 from tests.conftest import REDIS_URL, Api, _truncate, make_api, needs_postgres
 from tests.live_support import ServerProcess, free_port, serve_in_loop
 from uidhub.app import create_app
 from uidhub.db import Database, PoolConfig
+from uidhub.models import AuditEntry, LedgerEntry
+from uidhub.models.enums import AuditAction
 
 CLIENTS = 15
 

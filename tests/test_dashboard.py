@@ -20,12 +20,12 @@ from typing import Any
 
 import httpx
 import pytest
-from uidhub.models.enums import Role
 
 from tests.conftest import Api, make_partner, make_token, sqlite_url_for
 from tests.live_support import ServerProcess, free_port, gql
 from uidhub.app import create_app
 from uidhub.db import Database
+from uidhub.models.enums import Role
 from uidhub.settings import Settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -18,11 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
-from uidhub.models.enums import Role
 
 from tests.conftest import make_partner, make_token
 from uidhub.app import create_app
 from uidhub.db import Database
+from uidhub.models.enums import Role
 from uidhub.settings import Settings
 
 #: The bound the issue sets for "/readyz says not ready" (a hang guard, measured around the whole request).

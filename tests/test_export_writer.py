@@ -18,6 +18,7 @@ from typing import Any
 import openpyxl
 import pytest
 from openpyxl.worksheet.worksheet import Worksheet
+
 from uidhub.models import enums
 from uidhub.models.enums import (
     AccountStatus,

@@ -13,13 +13,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
-from uidhub.models import Account, ExportTask
-from uidhub.models.base import utcnow
-from uidhub.models.enums import ExportFormat, ExportKind, ExportStatus, Language, Role
-from uidhub.resolvers.auth import authenticate
-from uidhub.schema import build_schema
-from uidhub.schema.common import from_global_id
-from uidhub.schema.context import Context, Services
 
 from tests.conftest import Api, make_partner, make_token
 from tests.exports_support import (
@@ -35,6 +28,13 @@ from tests.exports_support import (
     task,
     worker,
 )
+from uidhub.models import Account, ExportTask
+from uidhub.models.base import utcnow
+from uidhub.models.enums import ExportFormat, ExportKind, ExportStatus, Language, Role
+from uidhub.resolvers.auth import authenticate
+from uidhub.schema import build_schema
+from uidhub.schema.common import from_global_id
+from uidhub.schema.context import Context, Services
 
 TASKS = (
     f"query($status: ExportStatus, $after: String, $first: Int) {{ exportTasks(status: $status, after: $after, "

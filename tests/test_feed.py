@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 
 from sqlalchemy import text
-from uidhub.notifications.feed import SharedScope
 
 from uidhub.db import Database
+from uidhub.notifications.feed import SharedScope
 
 # A query that keeps SQLite / PostgreSQL busy long enough to be cancelled in the middle of it.
 SLOW = {

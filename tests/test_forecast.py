@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
-from uidhub.models import Account, LedgerEntry
-from uidhub.models.enums import LedgerKind, OperationMethod
-from uidhub.models.forecast import forecast
 
 from tests.conftest import Api, StatementCounter
 from tests.test_accounts_support import link, set_pool
+from uidhub.models import Account, LedgerEntry
+from uidhub.models.enums import LedgerKind, OperationMethod
+from uidhub.models.forecast import forecast
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

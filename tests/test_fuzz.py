@@ -27,12 +27,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis_graphql import Mode, mutations, nodes, queries
-from uidhub.schema import build_schema
 
 from uidhub import logs
 from uidhub.app import create_app
 from uidhub.db import Database
 from uidhub.demo import load_demo
+from uidhub.schema import build_schema
 from uidhub.settings import Settings
 
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import uidhub.resolvers.accounts
 
+import uidhub.resolvers.accounts
 from tests.conftest import Api, make_api, sqlite_url_for
 from tests.test_accounts_support import link, one
 from uidhub.db import Database

@@ -12,14 +12,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
+from tests.conftest import Api, make_partner, make_token
+from tests.live_support import ACCOUNT_EVENTS, BREACHES
 from uidhub.models.enums import Role
 from uidhub.resolvers.auth import authenticate
 from uidhub.schema import build_schema
 from uidhub.schema.common import to_global_id
 from uidhub.schema.context import Context, Services
-
-from tests.conftest import Api, make_partner, make_token
-from tests.live_support import ACCOUNT_EVENTS, BREACHES
 
 
 class Sub:
@@ -157,6 +157,7 @@ async def test_breaches_after_id_and_end_user_scope(api: Api, subscribe: Any) ->
     partner = await make_partner(api.db, "P-EU")  # unused partner: its end user sees nothing of P-MAIN
     del partner
     from sqlalchemy import select
+
     from uidhub.models import Partner
 
     async with api.db.read() as session:

@@ -14,9 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import text, update
-from uidhub.models import EmailNotification
-from uidhub.models.enums import Role
-from uidhub.notifications.outbox import OutboxSender
 
 from tests.conftest import Api, make_api, make_partner, make_token
 from tests.exports_support import drain, start_ok
@@ -25,6 +22,9 @@ from tests.ops_support import Scrape, breach, scrape, smtp_server
 from uidhub import metrics
 from uidhub.app import create_app
 from uidhub.db import Database
+from uidhub.models import EmailNotification
+from uidhub.models.enums import Role
+from uidhub.notifications.outbox import OutboxSender
 from uidhub.settings import Settings
 
 

@@ -7,10 +7,10 @@ from typing import Any
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
-from uidhub.models import Base
 
 from uidhub.db import Database
 from uidhub.migrate import upgrade
+from uidhub.models import Base
 
 
 def _diff(connection: Any) -> list[Any]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from uidhub.models.money import MoneyError, format_money, parse_money, percent_of
 
 from tests.conftest import Api
 from tests.quota_support import SET_AMOUNT, link, quota, snapshot
+from uidhub.models.money import MoneyError, format_money, parse_money, percent_of
 
 LITERAL = 'mutation {{ setQuotaAmount(input: {{uid: "U1", amount: {}}}) {{ quota {{ amount }} }} }}'
 VARIABLE = 'mutation($a: Money!) { setQuotaAmount(input: {uid: "U1", amount: $a}) { quota { amount } } }'

@@ -20,13 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from uidhub.models.enums import Role
 
 from tests.conftest import REDIS_URL, make_partner, make_token, needs_redis, sqlite_url_for
 from tests.live_support import ROOT as ROOT_DIR
 from tests.live_support import free_port
 from tests.ops_support import Scrape
 from uidhub.db import Database
+from uidhub.models.enums import Role
 
 REQUESTS = 60
 PROBE = "query Probe { viewer { method } }"

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import select
-from uidhub.models import Account, AuditEntry, Instance, LedgerEntry
-from uidhub.models.enums import PartnerKind, Role
 
 from tests.conftest import Api, StatementCounter, make_partner, make_token
 from tests.policy_support import (
@@ -25,6 +23,8 @@ from tests.policy_support import (
     state,
     token,
 )
+from uidhub.models import Account, AuditEntry, Instance, LedgerEntry
+from uidhub.models.enums import PartnerKind, Role
 
 # ---------------------------------------------------------------- the matrix
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 
 from sqlalchemy import func, select
-from uidhub.models import Account, AuditEntry, Instance
-from uidhub.models.enums import AuditAction, BillingMethod
 
 from tests.conftest import Api
 from tests.policy_support import freeze, link, order
+from uidhub.models import Account, AuditEntry, Instance
+from uidhub.models.enums import AuditAction, BillingMethod
 
 SUBS = 8
 WORKERS = 16

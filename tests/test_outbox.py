@@ -28,6 +28,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
+
+from uidhub.db import Database
 from uidhub.models import Base, EmailNotification, Partner
 from uidhub.models.enums import AlertKind, AlertState, NotificationStatus, PartnerKind
 from uidhub.notifications.bus import Bus
@@ -38,8 +40,6 @@ from uidhub.notifications.emails import (
     sender_domain,
 )
 from uidhub.notifications.outbox import OutboxSender
-
-from uidhub.db import Database
 from uidhub.settings import Settings
 
 TZ8 = timezone(timedelta(hours=8))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import update
-from uidhub.models import Account
-from uidhub.models.enums import AccountStatus, PartnerKind, Role
 
 from tests.conftest import Api, StatementCounter, make_partner, make_token
 from tests.policy_support import (
@@ -22,6 +20,8 @@ from tests.policy_support import (
     state,
     token,
 )
+from uidhub.models import Account
+from uidhub.models.enums import AccountStatus, PartnerKind, Role
 
 # ---------------------------------------------------------------- the state and its defaults
 

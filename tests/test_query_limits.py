@@ -20,19 +20,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uidhub.resolvers.accounts
 from graphql import get_introspection_query
-from uidhub.models.enums import Role
-from uidhub.schema import build_schema
-from uidhub.schema.limits import MAX_SELECTIONS, measure
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+import uidhub.resolvers.accounts
 from tests.conftest import Api, make_api, make_partner, make_token
 from tests.live_support import ROOT, ServerProcess, free_port, serve_in_loop
 from tests.test_accounts_support import one
 from uidhub.app import create_app
 from uidhub.db import Database
+from uidhub.models.enums import Role
+from uidhub.schema import build_schema
+from uidhub.schema.limits import MAX_SELECTIONS, measure
 from uidhub.settings import Settings
 
 #: The issue's bound for refusing a fan-out document; measured at a few milliseconds on an idle machine.
@@ -336,6 +336,7 @@ async def test_client_mistakes_are_logged_without_tracebacks(
 
 async def _partner(api: Api):  # type: ignore[no-untyped-def]
     from sqlalchemy import select
+
     from uidhub.models import Partner
 
     async with api.db.read() as session:

@@ -7,9 +7,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
-from uidhub.models import IdempotencyRecord, LedgerEntry, QuotaAdjustment
-from uidhub.models.enums import LedgerKind, OperationMethod, PartnerKind, Role
-from uidhub.resolvers.quota import purge_expired
 
 from tests.conftest import Api, make_partner, make_token
 from tests.quota_support import (
@@ -23,6 +20,9 @@ from tests.quota_support import (
     set_amount,
     snapshot,
 )
+from uidhub.models import IdempotencyRecord, LedgerEntry, QuotaAdjustment
+from uidhub.models.enums import LedgerKind, OperationMethod, PartnerKind, Role
+from uidhub.resolvers.quota import purge_expired
 
 ADJUSTMENTS = """
 query($uid: String!, $first: Int, $after: String, $since: DateTime, $until: DateTime, $op: QuotaOperationType) {

@@ -22,11 +22,11 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select
-from uidhub.models import LedgerEntry, QuotaAdjustment, QuotaPool
 
 from tests.conftest import Api, _truncate, make_partner, make_token, needs_postgres
 from tests.quota_support import PAYLOAD, counts, link, quota
 from uidhub.db import Database
+from uidhub.models import LedgerEntry, QuotaAdjustment, QuotaPool
 
 RECORD = f"mutation($i: AmountInput!) {{ recordConsumption(input: $i) {{ {PAYLOAD} }} }}"
 DEDUCT = f"mutation($i: AmountInput!) {{ deductConsumption(input: $i) {{ {PAYLOAD} }} }}"

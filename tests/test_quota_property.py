@@ -12,14 +12,14 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
+
+from uidhub.db import Database
 from uidhub.models import Partner, QuotaPool
 from uidhub.models.enums import AccountType, OperationMethod, PartnerKind, Role
 from uidhub.models.money import parse_money
 from uidhub.resolvers import accounts, quota
 from uidhub.resolvers.actor import Actor
 from uidhub.resolvers.errors import UserErrors
-
-from uidhub.db import Database
 
 CENT = Decimal("0.01")
 # Small whole amounts make the edges (deduct exactly what is undeducted, repay all) frequent;

@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from uidhub.models.enums import Role
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -25,6 +24,7 @@ from tests.conftest import REDIS_URL, make_partner, make_token, needs_redis
 from tests.live_support import PROTOCOL, WsClient, serve_in_loop
 from uidhub.app import create_app
 from uidhub.db import Database
+from uidhub.models.enums import Role
 from uidhub.ratelimit import WS_RATE_LIMITED
 from uidhub.settings import Settings
 

@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 from graphql import OperationDefinitionNode, OperationType, parse, validate
-from uidhub.schema import build_schema
 
 from uidhub.app import create_app
 from uidhub.db import Database
 from uidhub.demo import load_demo
+from uidhub.schema import build_schema
 from uidhub.settings import Settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"

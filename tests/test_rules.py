@@ -7,6 +7,7 @@ import itertools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from uidhub.models import rules as R
 from uidhub.models.enums import AccountStatus as S
 from uidhub.models.enums import (

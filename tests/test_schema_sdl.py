@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from graphql import GraphQLEnumType, GraphQLInputObjectType, GraphQLObjectType, build_schema
+
 from uidhub.schema import build_schema as build_served
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +89,7 @@ def test_custom_scalars_are_specified_by_a_url() -> None:
 def test_every_node_type_resolves_through_the_one_registry() -> None:
     """node(id:) has one mechanism: each type implementing Node registers its resolver, none is left out."""
     from graphql import GraphQLObjectType
+
     from uidhub.schema import build_schema
     from uidhub.schema.registry import registered_types
 

@@ -35,16 +35,16 @@ from graphql import (
     is_leaf_type,
 )
 from sqlalchemy import select
-from uidhub.models import Account
-from uidhub.models.enums import Role
-from uidhub.resolvers.auth import authenticate
-from uidhub.schema import MAX_DEPTH, build_schema
-from uidhub.schema.common import from_global_id, to_global_id
 
 from tests.conftest import Api, make_token
 from tests.exports_support import drain, start_ok, task
 from tests.live_support import WsClient, serve_in_loop
 from uidhub.app import create_app
+from uidhub.models import Account
+from uidhub.models.enums import Role
+from uidhub.resolvers.auth import authenticate
+from uidhub.schema import MAX_DEPTH, build_schema
+from uidhub.schema.common import from_global_id, to_global_id
 
 TARGET = "EndUser"
 

@@ -28,14 +28,14 @@ import pytest
 from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
-from uidhub.models import Account
-from uidhub.models.enums import Role
-from uidhub.schema.common import to_global_id
 
 from tests.conftest import make_partner, make_token
 from tests.live_support import PROTOCOL, account_ids, gql, link, serve_in_loop, store_breach
 from uidhub.app import create_app
 from uidhub.db import Database
+from uidhub.models import Account
+from uidhub.models.enums import Role
+from uidhub.schema.common import to_global_id
 from uidhub.settings import Settings
 
 SUBSCRIBERS = 30

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from uidhub.models.enums import Role
-from uidhub.resolvers.auth import PREFIX_LENGTH
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import REDIS_URL, make_partner, make_token, needs_redis
@@ -23,6 +21,8 @@ from tests.live_support import ACCOUNT_EVENTS, WsClient, link, serve_in_loop
 from tests.test_cli import UIDHUB, assert_one_line_failure, graphql, run
 from uidhub.app import create_app
 from uidhub.db import Database
+from uidhub.models.enums import Role
+from uidhub.resolvers.auth import PREFIX_LENGTH
 from uidhub.settings import Settings
 
 #: A hang guard for a loaded CI machine, not a speed assertion.
@@ -141,6 +141,7 @@ async def test_an_ambiguous_prefix_revokes_nothing(tmp_path: Path) -> None:
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}")
     try:
         from sqlalchemy import update
+
         from uidhub.models import ApiToken
 
         async with db.write() as session:  # two tokens sharing a prefix (48 random bits: rare, but possible)

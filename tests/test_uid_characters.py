@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import func, select
-from uidhub.models import Account
 
 from tests.conftest import Api
 from tests.test_accounts_support import link
+from uidhub.models import Account
 
 REFUSED = [
     pytest.param("a b", id="inner-space"),

@@ -17,16 +17,16 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from uidhub.models import EmailNotification
-from uidhub.models.enums import Role, WebhookDeliveryStatus
-from uidhub.models.tables import WebhookDelivery, WebhookEndpoint
-from uidhub.notifications import webhooks
-from uidhub.notifications.webhooks import UnsafeUrl, WebhookSender, check_url, resolve_target
 
 from tests.conftest import Api, StatementCounter, make_api
 from tests.live_support import serve_in_loop
 from tests.test_accounts_support import change_status, link, token_for
 from uidhub.db import Database
+from uidhub.models import EmailNotification
+from uidhub.models.enums import Role, WebhookDeliveryStatus
+from uidhub.models.tables import WebhookDelivery, WebhookEndpoint
+from uidhub.notifications import webhooks
+from uidhub.notifications.webhooks import UnsafeUrl, WebhookSender, check_url, resolve_target
 
 ROOT = Path(__file__).resolve().parent.parent
 

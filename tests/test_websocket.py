@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from uidhub.models.enums import Role
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -25,6 +24,7 @@ from tests.conftest import make_partner, make_token
 from tests.live_support import ACCOUNT_EVENTS, BREACHES, PROTOCOL, WsClient, gql, latest_ids, link, serve_in_loop
 from uidhub.app import create_app
 from uidhub.db import Database
+from uidhub.models.enums import Role
 from uidhub.settings import Settings
 
 

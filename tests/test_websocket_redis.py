@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from uidhub.models.enums import Role
 
 from tests.conftest import REDIS_URL, _truncate, make_partner, make_token, needs_postgres, needs_redis, sqlite_url_for
 from tests.live_support import ACCOUNT_EVENTS, BREACHES, ServerProcess, WsClient, gql, latest_ids, link
 from uidhub.db import Database
+from uidhub.models.enums import Role
 
 pytestmark = needs_redis
 

@@ -135,7 +135,7 @@ def _valid_strings(value: object) -> bool:
 class UidhubGraphQL(GraphQL):
     """Strawberry's ASGI view with our context, websocket authentication and coded request errors."""
 
-    websocket_adapter_class = LimitedWebSocketAdapter  # type: ignore[assignment]
+    websocket_adapter_class = LimitedWebSocketAdapter
 
     def __init__(self, state: AppState, **kwargs: Any) -> None:
         super().__init__(
@@ -168,7 +168,7 @@ class UidhubGraphQL(GraphQL):
             response = _error(error.status_code, error.reason, code)
         await response(scope, receive, send)
 
-    async def execute_single(  # type: ignore[override]
+    async def execute_single(
         self, request: Any, request_adapter: Any, sub_response: Any, context: Any, root_value: Any, request_data: Any
     ) -> ExecutionResult:
         """strawberry's, with subscriptions refused over HTTP (it would execute them as queries) and coded errors."""

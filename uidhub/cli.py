@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_token_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_token_commands(sub: argparse._SubParsersAction) -> None:
     listing = sub.add_parser(
         "list-tokens",
         help="list tokens: id, prefix, partner, role, method, operator, account, created, revoked (never the secret)",

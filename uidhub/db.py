@@ -230,8 +230,11 @@ class Database:
     ) -> None:
         self.url = url
         self.pool = pool or PoolConfig()
-        self._timeouts = {"statement_timeout": statement_timeout, "connect_timeout": connect_timeout}
-        self.engine = engine or create_engine(url, echo=echo, pool=self.pool, **self._timeouts)
+        self._statement_timeout = statement_timeout
+        self._connect_timeout = connect_timeout
+        self.engine = engine or create_engine(
+            url, echo=echo, pool=self.pool, statement_timeout=statement_timeout, connect_timeout=connect_timeout
+        )
         self._ping_task: asyncio.Task[bool] | None = None
         self.dialect = self.engine.dialect.name
         self._parent = parent
@@ -271,7 +274,13 @@ class Database:
         if self._parent is not None:
             return self
         if self._background is None:
-            self._background = Database(self.url, pool=self._background_pool, parent=self, **self._timeouts)
+            self._background = Database(
+                self.url,
+                pool=self._background_pool,
+                parent=self,
+                statement_timeout=self._statement_timeout,
+                connect_timeout=self._connect_timeout,
+            )
         return self._background
 
     @property

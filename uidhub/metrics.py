@@ -227,7 +227,7 @@ class MetricsExtension(SchemaExtension):
     the client sees (after MaskInternalErrors).
     """
 
-    def on_operation(self):  # type: ignore[no-untyped-def]
+    def on_operation(self):
         m = _metrics
         start = time.perf_counter()
         context = self.execution_context.context
@@ -248,7 +248,7 @@ class MetricsExtension(SchemaExtension):
         m.duration.labels(type=kind, operation=label).observe(time.perf_counter() - start)
         _count_errors(m, getattr(self.execution_context.result, "errors", None))
 
-    def on_stream_result(self, result: Any):  # type: ignore[no-untyped-def]
+    def on_stream_result(self, result: Any):
         m = _metrics
         if m is not None:
             m.events.inc()
@@ -366,10 +366,10 @@ async def read_snapshot(db: Database) -> Snapshot:
             oldest = await session.scalar(
                 select(func.min(EmailNotification.created_at)).where(EmailNotification.status == _pending_status())
             )
-            for status, count in (
+            for export_status, count in (
                 await session.execute(select(ExportTask.status, func.count()).group_by(ExportTask.status))
             ).all():
-                snapshot.exports[getattr(status, "value", str(status))] = int(count)
+                snapshot.exports[getattr(export_status, "value", str(export_status))] = int(count)
     except Exception as exc:  # a scrape still answers with the process metrics
         log.warning("metrics: could not read the database (%s)", type(exc).__name__)
         snapshot.ok = False
@@ -416,8 +416,8 @@ class SnapshotCollector:
         age.add_metric([], s.oldest_pending_age)
         yield age
         exports = GaugeMetricFamily("uidhub_export_tasks", "Export tasks by status.", labels=["status"])
-        for status in ExportStatus:
-            exports.add_metric([status.value], float(s.exports.get(status.value, 0)))
+        for export_status in ExportStatus:
+            exports.add_metric([export_status.value], float(s.exports.get(export_status.value, 0)))
         yield exports
 
 
@@ -437,7 +437,7 @@ def exposition(snapshot: Snapshot) -> tuple[bytes, str]:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
     extra = CollectorRegistry(auto_describe=False)
-    collector: Collector = SnapshotCollector(snapshot)  # type: ignore[assignment]
+    collector: Collector = SnapshotCollector(snapshot)
     extra.register(collector)
     return generate_latest(process_registry()) + generate_latest(extra), CONTENT_TYPE_LATEST
 

@@ -28,7 +28,7 @@ class LogContext(SchemaExtension):
     _partner: Token[str | None] | None = None
     _operation: Token[str | None] | None = None
 
-    def on_operation(self):  # type: ignore[no-untyped-def]
+    def on_operation(self):
         actor = getattr(self.execution_context.context, "actor", None)
         self._partner = logs.partner_var.set(actor.partner_uid if actor is not None else None)
         self._operation = logs.operation_var.set(self.execution_context.operation_name)
@@ -40,7 +40,7 @@ class LogContext(SchemaExtension):
                 logs.operation_var.reset(self._operation)
                 logs.partner_var.reset(self._partner)
 
-    def on_execute(self):  # type: ignore[no-untyped-def]
+    def on_execute(self):
         # Parsed by now: a document's only operation is named even when the request did not name it.
         logs.operation_var.set(metrics._operation(self.execution_context)[1])
         yield

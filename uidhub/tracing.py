@@ -132,7 +132,7 @@ class TracingMiddleware:
 class TracingExtension(SchemaExtension):
     """Names the request's span after the operation and records its type, name, partner and error codes."""
 
-    def on_operation(self):  # type: ignore[no-untyped-def]
+    def on_operation(self):
         yield
         from opentelemetry import trace
 

@@ -6,9 +6,9 @@ import asyncio
 
 from alembic import context
 from sqlalchemy.engine import Connection
-from uidhub.models import Base
 
 from uidhub.db import null_pool_engine
+from uidhub.models import Base
 
 config = context.config
 target_metadata = Base.metadata
