@@ -67,10 +67,10 @@ from aiosmtplib.response import SMTPResponse
 from aiosmtplib.typing import Default, SMTPStatus
 from sqlalchemy import func, or_, select, update
 
-from uidhub.metrics import email_attempted
 from uidhub.models.enums import NotificationStatus
 from uidhub.models.tables import EmailNotification
 from uidhub.notifications.bus import Wakeup
+from uidhub.notifications.signals import email_attempted
 
 if TYPE_CHECKING:
     from uidhub.db import Database

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from uidhub.metrics import event_handed_over
 from uidhub.notifications.feed import FeedFetch
+from uidhub.notifications.signals import event_handed_over
 
 if TYPE_CHECKING:
     from uidhub.schema.context import Context

@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, Select, case, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from uidhub import metrics
 from uidhub.models import Account, ExportTask, Partner, QuotaAdjustment, QuotaPool
 from uidhub.models.base import utcnow
 from uidhub.models.enums import (
@@ -63,7 +62,7 @@ from uidhub.models.enums import (
 )
 from uidhub.models.rules import PolicyView
 from uidhub.notifications import log as event_log
-from uidhub.notifications import webhooks
+from uidhub.notifications import signals, webhooks
 from uidhub.notifications.bus import Wakeup
 from uidhub.resolvers import accounts, i18n
 from uidhub.resolvers.actor import Actor, Permission
@@ -600,7 +599,7 @@ class ExportWorker:
                 log.exception("export task %d failed", task_id)
                 message = f"The export failed because of an internal error ({type(exc).__name__}); please retry."
             await self._update(task_id, status=ExportStatus.FAILED, error=message, finished_at=utcnow(), file_path=None)
-            metrics.export_finished(ExportStatus.FAILED.value, task.started_at)
+            signals.export_finished(ExportStatus.FAILED.value, task.started_at)
             return
         now = utcnow()
         await self._update(
@@ -614,7 +613,7 @@ class ExportWorker:
             expires_at=now + timedelta(hours=self.settings.export_ttl_hours),
             error=None,
         )
-        metrics.export_finished(ExportStatus.SUCCEEDED.value, task.started_at)
+        signals.export_finished(ExportStatus.SUCCEEDED.value, task.started_at)
 
     async def _write(self, task: ExportTask, path: Path) -> int:
         if task.kind is ExportKind.END_USERS:

@@ -35,6 +35,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from uidhub.notifications.log import commit
+
 WRITE_OPTION = "uidhub_write"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: Defaults of UIDHUB_DB_STATEMENT_TIMEOUT_SECONDS and UIDHUB_DB_CONNECT_TIMEOUT_SECONDS (PostgreSQL).
@@ -303,8 +305,6 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A write transaction that commits on success and rolls back on any error."""
-        from uidhub.notifications.log import commit  # local: notifications depends on models only
-
         async with self.session(write=True) as session:
             try:
                 yield session

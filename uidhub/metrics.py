@@ -41,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.extensions import SchemaExtension
 
 from uidhub.models.tables import EmailNotification, ExportTask
+from uidhub.notifications import signals
 
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector, CollectorRegistry
@@ -155,6 +156,10 @@ def enable() -> Metrics:
     global _metrics
     if _metrics is None:
         _metrics = Metrics()
+        # Background work reports through notifications.signals, which knows nothing of Prometheus.
+        signals.LISTENERS.email_attempted = email_attempted
+        signals.LISTENERS.export_finished = export_finished
+        signals.LISTENERS.event_handed_over = event_handed_over
     return _metrics
 
 
