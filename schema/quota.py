@@ -22,6 +22,7 @@ from schema.scalars import Money
 
 if TYPE_CHECKING:
     from schema.accounts import EndUser
+    from schema.tempcredit import TemporaryCredit
 
 
 @strawberry.type(description="One change of a pool's quota amount.")
@@ -35,6 +36,11 @@ class QuotaAdjustment(Node):
     after: Money = strawberry.field(description="The amount after.")
     method: OperationMethod = strawberry.field(description="PLATFORM or API.")
     operator: Operator | None = strawberry.field(description="Who changed it.")
+    reason: str | None = strawberry.field(
+        default=None,
+        description="Why, when the change has one: a temporary credit's grant or revert says so here with the "
+        "operator's reason; null for other changes.",
+    )
 
     @classmethod
     def of(cls, row: AdjustmentRow) -> QuotaAdjustment:
@@ -47,6 +53,7 @@ class QuotaAdjustment(Node):
             after=Money(row.after_cents),
             method=row.method,
             operator=Operator.from_columns(row.operator_uid, row.operator_name, row.operator_is_ram, row.operator_role),
+            reason=row.reason,
         )
 
 
@@ -167,6 +174,17 @@ class Quota:
             runs_out_at=result.runs_out_at,
             basis_days=result.basis_days,
         )
+
+    @strawberry.field(
+        description="The ACTIVE temporary credits included in `amount`, soonest end first (at most 20 per pool)."
+    )
+    async def temporary_credits(
+        self, info: Info
+    ) -> list[Annotated[TemporaryCredit, strawberry.lazy("schema.tempcredit")]]:
+        from schema.tempcredit import TemporaryCredit
+
+        rows = await info.context.loaders.temporary_credits.load(self._pool.id)
+        return [TemporaryCredit.of(row) for row in rows]
 
     @strawberry.field(description="Newest first; `since` defaults to six months before now.")
     async def adjustments(

@@ -23,6 +23,7 @@ from schema.live import LiveSubscriptions
 from schema.partners import Operator, Partner, Viewer
 from schema.policy import PolicyMutations, PolicyQueries
 from schema.quota import QuotaMutations
+from schema.tempcredit import TemporaryCreditMutations
 from schema.webhooks import WebhookMutations, WebhookQueries
 
 
@@ -90,7 +91,15 @@ class Query(AccountQueries, PolicyQueries, AlertQueries, ExportQueries, WebhookQ
 
 
 @strawberry.type(description="Changes. Business-rule failures come back as userErrors and change nothing.")
-class Mutation(AccountMutations, QuotaMutations, PolicyMutations, AlertMutations, ExportMutations, WebhookMutations):
+class Mutation(
+    AccountMutations,
+    QuotaMutations,
+    PolicyMutations,
+    AlertMutations,
+    ExportMutations,
+    WebhookMutations,
+    TemporaryCreditMutations,
+):
     pass
 
 
