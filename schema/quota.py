@@ -14,6 +14,7 @@ from models import forecast as forecasts
 from models.enums import OperationMethod, QuotaOperationType
 from resolvers import quota as quota_ops
 from resolvers.pagination import InvalidArgument, Page, check_first, decode_id_cursor, page_of_rows
+from resolvers.tempcredit import MAX_ACTIVE_PER_POOL as MAX_ACTIVE_CREDITS
 from schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
 from schema.context import Info
 from schema.partners import Operator
@@ -176,7 +177,8 @@ class Quota:
         )
 
     @strawberry.field(
-        description="The ACTIVE temporary credits included in `amount`, soonest end first (at most 20 per pool)."
+        description="The ACTIVE temporary credits included in `amount`, soonest end first (at most "
+        f"{MAX_ACTIVE_CREDITS} per pool)."
     )
     async def temporary_credits(
         self, info: Info

@@ -134,8 +134,10 @@ def _payload(credit: CreditRow, pool: quota_ops.PoolResult) -> TemporaryCreditPa
 class TemporaryCreditMutations:
     @strawberry.mutation(
         description="Grant a temporary credit (OPERATOR, ADMIN): the pool's amount goes up now and down by the "
-        "same amount at `until`, by the system (method SYSTEM). Both moments write a quota record and an audit "
-        "entry with the reason and re-evaluate credit control and every threshold."
+        "same amount at `until`, by the system (method SYSTEM), exactly once. The revert subtracts the grant from "
+        "the amount as it is then, never below 0.00, so an operator's change in between is kept. Both moments "
+        "write a quota record and an audit entry with the reason and re-evaluate credit control and every "
+        "threshold."
     )
     async def grant_temporary_credit(
         self, info: Info, input: Annotated[GrantTemporaryCreditInput, INPUT_ARG]
