@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
     #: Connections older than this are replaced on checkout (instead of a pre-ping on every checkout).
     db_pool_recycle_seconds: float = Field(default=1800.0, gt=0)
-    #: The outbox sender, export worker, live feeds and housekeeping share this many connections.
+    #: The outbox sender, export worker, live feeds, housekeeping and the temporary credit worker share these.
     db_background_pool_size: int = Field(default=3, ge=1)
     #: The Retry-After of a 503 SERVICE_UNAVAILABLE answer.
     retry_after_seconds: int = Field(default=1, ge=1)
