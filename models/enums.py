@@ -89,6 +89,14 @@ class QuotaOperationType(StrEnum):
     QUOTA_ADJUSTMENT = "QUOTA_ADJUSTMENT"
 
 
+class TemporaryCreditStatus(StrEnum):
+    """Where a temporary credit grant stands (resolvers.tempcredit)."""
+
+    ACTIVE = "ACTIVE"
+    EXPIRED = "EXPIRED"
+    REVOKED = "REVOKED"
+
+
 class LedgerKind(StrEnum):
     CONSUMPTION = "CONSUMPTION"
     DEDUCTION = "DEDUCTION"

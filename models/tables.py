@@ -43,6 +43,7 @@ from uidhub.models.enums import (
     QuotaOperationType,
     Role,
     ShutdownPolicy,
+    TemporaryCreditStatus,
     WebhookDeliveryStatus,
 )
 
@@ -165,6 +166,50 @@ class QuotaAdjustment(Base):
     operator_name: Mapped[str | None] = mapped_column(String(200))
     operator_is_ram: Mapped[bool] = mapped_column(Boolean, default=False)
     operator_role: Mapped[Role | None] = mapped_column(enum_col(Role))
+    #: Why, when the change has one: a temporary credit's grant or revert (resolvers.tempcredit).
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class TemporaryCredit(Base):
+    """A raise of a pool's amount that the system lowers again at `ends_at` (resolvers.tempcredit).
+
+    The durable schedule: the background worker reverts ACTIVE rows whose
+    `ends_at` has passed, exactly once (the status moves away from ACTIVE in
+    the revert's own transaction, under the pool's lock).
+    """
+
+    __tablename__ = "temporary_credits"
+    __table_args__ = (
+        # The worker's due scan, and the pool's active grants (Quota.temporaryCredits).
+        Index("ix_temporary_credits_status_ends", "status", "ends_at"),
+        Index("ix_temporary_credits_pool_status", "pool_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"))
+    pool_id: Mapped[int] = mapped_column(ForeignKey("quota_pools.id"))
+    #: The pool owner the grant was made on (the audit entries' account).
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    amount_cents: Mapped[int] = mapped_column(Cents)
+    ends_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[TemporaryCreditStatus] = mapped_column(
+        enum_col(TemporaryCreditStatus), default=TemporaryCreditStatus.ACTIVE
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    method: Mapped[OperationMethod] = mapped_column(enum_col(OperationMethod))
+    operator_uid: Mapped[str | None] = mapped_column(String(64))
+    operator_name: Mapped[str | None] = mapped_column(String(200))
+    operator_is_ram: Mapped[bool] = mapped_column(Boolean, default=False)
+    operator_role: Mapped[Role | None] = mapped_column(enum_col(Role))
+    #: Set by the revert: when, how much it took off (less than the amount when the amount was lowered
+    #: meanwhile), and who revoked it early (NULL for the automatic revert).
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reverted_cents: Mapped[int | None] = mapped_column(Cents)
+    ended_by_uid: Mapped[str | None] = mapped_column(String(64))
+    ended_by_name: Mapped[str | None] = mapped_column(String(200))
+    ended_by_is_ram: Mapped[bool] = mapped_column(Boolean, default=False)
+    ended_by_role: Mapped[Role | None] = mapped_column(enum_col(Role))
 
 
 class LedgerEntry(Base):

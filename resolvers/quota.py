@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from uidhub.models import Account, LedgerEntry, QuotaAdjustment, QuotaPool
 from uidhub.models.base import utcnow
-from uidhub.models.enums import AuditAction, ErrorCode, LedgerKind, QuotaOperationType
+from uidhub.models.enums import AuditAction, ErrorCode, LedgerKind, OperationMethod, QuotaOperationType
 from uidhub.models.money import format_money
 from uidhub.resolvers import accounts, audit, idempotency
 from uidhub.resolvers.actor import Actor, Permission
@@ -29,9 +29,30 @@ async def apply_quota_amount(
 ) -> tuple[QuotaPool, QuotaAdjustment | None]:
     """Set the pool's amount. The first amount ever set is QUOTA_CREATE; the same amount writes nothing."""
     pool = await lock_pool(session, account.pool_id)
+    return pool, await write_quota_amount(session, actor, account, pool, amount_cents)
+
+
+async def write_quota_amount(
+    session: AsyncSession,
+    actor: Actor | None,
+    account: Account,
+    pool: QuotaPool,
+    amount_cents: int,
+    *,
+    reason: str | None = None,
+    audit_extra: dict[str, Any] | None = None,
+) -> QuotaAdjustment | None:
+    """Move the locked `pool`'s amount to `amount_cents`: the quota record, the audit entry, then every control.
+
+    The one place an amount changes (setQuotaAmount, linking with a quota,
+    temporary credit grants and reverts), so that each change writes the same
+    record and re-evaluates credit control and thresholds. `actor=None` is the
+    system (method SYSTEM, no operator); `reason` goes on the record and the
+    audit entry, `audit_extra` into the entry's `after`.
+    """
     before = pool.amount_cents
     if pool.quota_created and before == amount_cents:
-        return pool, None
+        return None
     operation = QuotaOperationType.QUOTA_ADJUSTMENT if pool.quota_created else QuotaOperationType.QUOTA_CREATE
     pool.amount_cents = amount_cents
     pool.quota_created = True
@@ -41,8 +62,9 @@ async def apply_quota_amount(
         before_cents=before,
         value_cents=amount_cents - before,
         after_cents=amount_cents,
-        method=actor.method,
-        **actor.operator_fields(),
+        method=actor.method if actor is not None else OperationMethod.SYSTEM,
+        reason=reason,
+        **(actor.operator_fields() if actor is not None else {}),
     )
     session.add(record)
     audit.record(
@@ -51,11 +73,12 @@ async def apply_quota_amount(
         account,
         AuditAction.QUOTA_CREATED if operation is QuotaOperationType.QUOTA_CREATE else AuditAction.QUOTA_ADJUSTED,
         before={"amount": format_money(before)},
-        after={"amount": format_money(amount_cents)},
+        after={"amount": format_money(amount_cents), **(audit_extra or {})},
+        reason=reason,
     )
     await session.flush()
     await after_pool_change(session, pool, actor)
-    return pool, record
+    return record
 
 
 SIX_MONTHS = timedelta(days=183)

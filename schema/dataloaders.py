@@ -11,8 +11,18 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.dataloader import DataLoader
 
-from uidhub.models import Account, AuditEntry, CreditAlert, Instance, LedgerEntry, Partner, QuotaAdjustment, QuotaPool
-from uidhub.models.enums import AuditAction, LedgerKind, QuotaOperationType
+from uidhub.models import (
+    Account,
+    AuditEntry,
+    CreditAlert,
+    Instance,
+    LedgerEntry,
+    Partner,
+    QuotaAdjustment,
+    QuotaPool,
+    TemporaryCredit,
+)
+from uidhub.models.enums import AuditAction, LedgerKind, QuotaOperationType, TemporaryCreditStatus
 from uidhub.resolvers.quota import adjustment_conditions
 
 T = TypeVar("T")
@@ -31,10 +41,14 @@ def _by_key(model: Any, column: Any, session_getter: SessionGetter) -> DataLoade
     return DataLoader(load_fn=load)
 
 
-def _grouped(model: Any, column: Any, session_getter: SessionGetter, order: Any) -> DataLoader[Any, list[Any]]:
+def _grouped(
+    model: Any, column: Any, session_getter: SessionGetter, order: Any, *where: Any
+) -> DataLoader[Any, list[Any]]:
     async def load(keys: Sequence[Any]) -> list[list[Any]]:
         session: AsyncSession = await session_getter()
-        rows = (await session.scalars(select(model).where(column.in_(list(keys))).order_by(order))).all()
+        orders = order if isinstance(order, list | tuple) else [order]
+        query = select(model).where(column.in_(list(keys)), *where).order_by(*orders)
+        rows = (await session.scalars(query)).all()
         grouped: dict[Any, list[Any]] = defaultdict(list)
         for row in rows:
             grouped[getattr(row, column.key)].append(row)
@@ -193,6 +207,14 @@ class Loaders:
             QuotaAdjustment, QuotaAdjustment.pool_id, _adjustment_where, session_getter
         )
         self.recent_spend = _recent_spend(session_getter)
+        #: A pool's ACTIVE temporary credits, soonest end first (Quota.temporaryCredits).
+        self.temporary_credits = _grouped(
+            TemporaryCredit,
+            TemporaryCredit.pool_id,
+            session_getter,
+            [TemporaryCredit.ends_at, TemporaryCredit.id],
+            TemporaryCredit.status == TemporaryCreditStatus.ACTIVE,
+        )
 
     def prime_accounts(self, accounts: Sequence[Account]) -> None:
         for account in accounts:

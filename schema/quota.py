@@ -16,6 +16,7 @@ from uidhub.models.enums import OperationMethod, QuotaOperationType
 from uidhub.resolvers import quota as quota_ops
 from uidhub.resolvers.actor import Actor
 from uidhub.resolvers.pagination import InvalidArgument, Page, check_first, decode_id_cursor, page_of_rows
+from uidhub.resolvers.tempcredit import MAX_ACTIVE_PER_POOL as MAX_ACTIVE_CREDITS
 from uidhub.schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
 from uidhub.schema.context import Info
 from uidhub.schema.partners import Operator
@@ -24,6 +25,7 @@ from uidhub.schema.scalars import Money
 
 if TYPE_CHECKING:
     from uidhub.schema.accounts import EndUser
+    from uidhub.schema.tempcredit import TemporaryCredit
 
 
 @strawberry.type(description="One change of a pool's quota amount.")
@@ -37,6 +39,11 @@ class QuotaAdjustment(Node):
     after: Money = strawberry.field(description="The amount after.")
     method: OperationMethod = strawberry.field(description="PLATFORM or API.")
     operator: Operator | None = strawberry.field(description="Who changed it.")
+    reason: str | None = strawberry.field(
+        default=None,
+        description="Why, when the change has one: a temporary credit's grant or revert says so here with the "
+        "operator's reason; null for other changes.",
+    )
 
     @classmethod
     def of(cls, row: AdjustmentRow) -> QuotaAdjustment:
@@ -49,6 +56,7 @@ class QuotaAdjustment(Node):
             after=Money(row.after_cents),
             method=row.method,
             operator=Operator.from_columns(row.operator_uid, row.operator_name, row.operator_is_ram, row.operator_role),
+            reason=row.reason,
         )
 
 
@@ -169,6 +177,18 @@ class Quota:
             runs_out_at=result.runs_out_at,
             basis_days=result.basis_days,
         )
+
+    @strawberry.field(
+        description="The ACTIVE temporary credits included in `amount`, soonest end first (at most "
+        f"{MAX_ACTIVE_CREDITS} per pool)."
+    )
+    async def temporary_credits(
+        self, info: Info
+    ) -> list[Annotated[TemporaryCredit, strawberry.lazy("uidhub.schema.tempcredit")]]:
+        from uidhub.schema.tempcredit import TemporaryCredit
+
+        rows = await info.context.loaders.temporary_credits.load(self._pool.id)
+        return [TemporaryCredit.of(row) for row in rows]
 
     @strawberry.field(description="Newest first; `since` defaults to six months before now.")
     async def adjustments(

@@ -21,6 +21,7 @@ from uidhub.schema.partners import Operator, Partner, Viewer
 from uidhub.schema.policy import PolicyMutations, PolicyQueries
 from uidhub.schema.quota import QuotaMutations
 from uidhub.schema.registry import resolve_registered_node
+from uidhub.schema.tempcredit import TemporaryCreditMutations
 from uidhub.schema.webhooks import WebhookMutations, WebhookQueries
 
 
@@ -78,7 +79,15 @@ class Query(AccountQueries, PolicyQueries, AlertQueries, ExportQueries, WebhookQ
 
 
 @strawberry.type(description="Changes. Business-rule failures come back as userErrors and change nothing.")
-class Mutation(AccountMutations, QuotaMutations, PolicyMutations, AlertMutations, ExportMutations, WebhookMutations):
+class Mutation(
+    AccountMutations,
+    QuotaMutations,
+    PolicyMutations,
+    AlertMutations,
+    ExportMutations,
+    WebhookMutations,
+    TemporaryCreditMutations,
+):
     pass
 
 

@@ -1,4 +1,4 @@
-"""Background services of a server process: the email sender and housekeeping.
+"""Background services of a server process: the email sender, housekeeping and temporary credit reverts.
 
 They run on `Database.background`, a small pool of their own: a burst of requests cannot starve them of
 connections, and they cannot starve requests.
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from uidhub.notifications.outbox import OutboxSender
 from uidhub.notifications.webhooks import WebhookSender
 from uidhub.resolvers.quota import purge_expired
+from uidhub.resolvers.tempcredit import TemporaryCreditWorker
 
 if TYPE_CHECKING:
     from uidhub.app import AppState
@@ -61,3 +62,13 @@ async def start_housekeeping(state: AppState) -> Stop:
             await task
 
     return stop
+
+
+async def start_temporary_credits(state: AppState) -> Stop:
+    """Reverts lapsed temporary credits: its first pass runs now (those that lapsed while the server was down).
+
+    Every worker runs one; each revert claims its grant under the pool lock, so none is reverted twice.
+    """
+    worker = TemporaryCreditWorker(state.db.background, poll_seconds=state.settings.temporary_credit_poll_seconds)
+    worker.start()
+    return worker.stop

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     resync_seconds: float = Field(default=1.0, gt=0)
     #: The longest a revoked token's open websocket stays open without a Redis wake-up (uidhub.tokenwatch).
     token_recheck_seconds: float = Field(default=5.0, gt=0)
+    #: How often each worker looks for lapsed temporary credits to revert (resolvers.tempcredit).
+    temporary_credit_poll_seconds: float = Field(default=1.0, gt=0)
     idempotency_ttl_hours: float = Field(default=48.0, ge=24)
     console_url: str = "http://127.0.0.1:8000"
     # A hung database must not hang the server: every statement and every new connection is bounded.
@@ -77,7 +79,7 @@ class Settings(BaseSettings):
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
     #: Connections older than this are replaced on checkout (instead of a pre-ping on every checkout).
     db_pool_recycle_seconds: float = Field(default=1800.0, gt=0)
-    #: The outbox sender, export worker, live feeds and housekeeping share this many connections.
+    #: The outbox sender, export worker, live feeds, housekeeping and the temporary credit worker share these.
     db_background_pool_size: int = Field(default=3, ge=1)
     #: The Retry-After of a 503 SERVICE_UNAVAILABLE answer.
     retry_after_seconds: int = Field(default=1, ge=1)
