@@ -37,15 +37,38 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
-from models import Account, AlertEvent, CreditAlert, EmailNotification, Partner, QuotaPool
+from models import (
+    Account,
+    AlertEvent,
+    CreditAlert,
+    EmailNotification,
+    LedgerEntry,
+    Partner,
+    PendingAction,
+    QuotaPool,
+    QuotaThreshold,
+)
+from models import forecast as forecasts
 from models import rules as R
 from models.base import utcnow
-from models.enums import AlertKind, AlertState, AuditAction, ErrorCode, NotificationStatus
+from models.enums import (
+    AlertKind,
+    AlertState,
+    AuditAction,
+    ErrorCode,
+    LedgerKind,
+    NotificationStatus,
+    PendingActionStatus,
+    ThresholdAction,
+    ThresholdKind,
+)
 from models.money import format_money, percent_of
 from notifications import log
 from notifications.emails import queue_email_for_event
@@ -58,6 +81,8 @@ from resolvers.pagination import Page, check_list, newest_first
 from uidhub.settings import Settings
 
 EVENT_CURSOR = "alert"
+#: Ledger entries that lower a pool's available amount: what a forecast extrapolates.
+SPEND_KINDS = (LedgerKind.CONSUMPTION, LedgerKind.SUBSCRIPTION_ORDER)
 NOTIFICATION_CURSOR = "mail"
 MAX_ALERT_EMAILS = 100
 
@@ -87,35 +112,124 @@ class _Crossing:
     event: AlertEvent
     account: Account
     recipients: Sequence[str]
+    threshold: QuotaThreshold | None = None
 
 
-async def evaluate_pool(session: AsyncSession, pool: QuotaPool) -> list[AlertEvent]:
+#: Days of spend the RUNS_OUT_WITHIN_DAYS thresholds forecast from (the default of `Quota.forecast`).
+FORECAST_BASIS_DAYS = forecasts.DEFAULT_BASIS_DAYS
+
+
+async def recent_spend(session: AsyncSession, pool_id: int, now: datetime, days: int = FORECAST_BASIS_DAYS) -> int:
+    """Cents the pool spent (consumption and subscription orders) in the `days` before `now`: one SUM."""
+    total = await session.scalar(
+        select(func.coalesce(func.sum(LedgerEntry.amount_cents), 0)).where(
+            LedgerEntry.pool_id == pool_id,
+            LedgerEntry.kind.in_(SPEND_KINDS),
+            LedgerEntry.occurred_at >= now - timedelta(days=days),
+            LedgerEntry.occurred_at <= now,
+        )
+    )
+    return int(total or 0)
+
+
+class _PoolFacts:
+    """What the thresholds of one pool are compared with; the forecast is read only if a threshold needs it."""
+
+    def __init__(self, session: AsyncSession, pool: QuotaPool, now: datetime) -> None:
+        self.session = session
+        self.pool = pool
+        self.now = now
+        self._spent: int | None = None
+
+    async def forecast(self) -> tuple[forecasts.Forecast | None, int]:
+        if self._spent is None:
+            self._spent = await recent_spend(self.session, self.pool.id, self.now)
+        spent = self._spent
+        return forecasts.forecast(self.pool.available_cents, spent, FORECAST_BASIS_DAYS, self.now), spent
+
+    async def compare(self, threshold: QuotaThreshold) -> tuple[bool, int, int | None]:
+        """(below now, the level in cents for the event, days left for RUNS_OUT_WITHIN_DAYS)."""
+        pool = self.pool
+        available = pool.available_cents
+        if threshold.kind is ThresholdKind.PERCENT_OF_QUOTA:
+            return R.below_warning(available, pool.amount_cents, threshold.value), percent_of(
+                pool.amount_cents, threshold.value
+            ), None
+        if threshold.kind is ThresholdKind.AVAILABLE_BELOW:
+            return available < threshold.value, threshold.value, None
+        result, spent = await self.forecast()
+        if result is None:
+            return False, 0, None
+        # The level: what lasts `value` days at the current burn (exact ratio, rounded half up to cents).
+        level = (spent * threshold.value * 2 + FORECAST_BASIS_DAYS) // (2 * FORECAST_BASIS_DAYS)
+        return result.days_left <= threshold.value, level, result.days_left
+
+
+async def _flip(session: AsyncSession, threshold: QuotaThreshold, below: bool) -> bool:
+    """Move the threshold to its new side, guarded on the old one: False when another transaction already did.
+
+    The pool row is locked, so this never loses in practice; the guard makes "exactly once" hold even for a
+    caller that evaluates without that lock.
+    """
+    flipped = await session.scalar(
+        update(QuotaThreshold)
+        .where(QuotaThreshold.id == threshold.id, QuotaThreshold.below == (not below))
+        .values(below=below)
+        .returning(QuotaThreshold.id)
+        .execution_options(synchronize_session=False)
+    )
+    if flipped is None:
+        return False
+    set_committed_value(threshold, "below", below)
+    return True
+
+
+async def evaluate_pool(session: AsyncSession, pool: QuotaPool, now: datetime | None = None) -> list[AlertEvent]:
     """Store BREACHED/RECOVERED events (and BREACHED emails) for the thresholds `pool` crossed.
 
     `pool` must be locked and up to date (see resolvers.pools). Costs one
-    query for the credit alerts of the pool, plus, only when something
-    crossed, one for the owner account and one for the partner.
+    query for the pool's thresholds and one for the credit alerts of the pool,
+    one SUM of recent spend only when the pool has a RUNS_OUT_WITHIN_DAYS
+    threshold, plus, only when something crossed, one for the owner account,
+    one for the partner and one guarded UPDATE per crossing. A BREACHED
+    crossing of a threshold with an action applies it (or stores it for
+    approval) in this transaction.
     """
     available = pool.available_cents
-    now = utcnow()
+    now = now or utcnow()
     crossings: list[_Crossing] = []
+    facts = _PoolFacts(session, pool, now)
+    owner_partner: tuple[Account | None, Partner | None] | None = None
 
-    # The partner's warning threshold (percent of the amount).
-    if pool.warning_percent is None:
-        if pool.warning_below:
-            pool.warning_below = False  # no level, nothing to be below: forget the side silently
-    else:
-        level = percent_of(pool.amount_cents, pool.warning_percent)
+    async def owner_and_partner() -> tuple[Account | None, Partner | None]:
+        nonlocal owner_partner
+        if owner_partner is None:
+            owner = await session.scalar(
+                select(Account).where(Account.pool_id == pool.id, Account.master_id.is_(None)).limit(1)
+            )
+            partner = await session.get(Partner, pool.partner_id) if owner is not None else None
+            owner_partner = (owner, partner)
+        return owner_partner
+
+    thresholds = (
+        await session.scalars(
+            select(QuotaThreshold)
+            .where(QuotaThreshold.pool_id == pool.id)
+            .order_by(QuotaThreshold.id)
+            .execution_options(populate_existing=True)
+        )
+    ).all()
+    warning = next((t for t in thresholds if t.kind is ThresholdKind.PERCENT_OF_QUOTA), None)
+
+    # A warning percent stored without its threshold row (data written around the resolvers): the old rule.
+    if warning is None and pool.warning_percent is not None:
         state = _crossing(
             bool(pool.warning_below), R.below_warning(available, pool.amount_cents, pool.warning_percent)
         )
         if state is not None:
             pool.warning_below = state is AlertState.BREACHED
-            owner = await session.scalar(
-                select(Account).where(Account.pool_id == pool.id, Account.master_id.is_(None)).limit(1)
-            )
+            owner, partner = await owner_and_partner()
             if owner is not None:
-                partner = await session.get(Partner, pool.partner_id)
                 event = AlertEvent(
                     partner_id=pool.partner_id,
                     account_id=owner.id,
@@ -123,10 +237,41 @@ async def evaluate_pool(session: AsyncSession, pool: QuotaPool) -> list[AlertEve
                     kind=AlertKind.QUOTA_WARNING,
                     state=state,
                     available_cents=available,
-                    threshold_cents=level,
+                    threshold_cents=percent_of(pool.amount_cents, pool.warning_percent),
                     occurred_at=now,
                 )
                 crossings.append(_Crossing(event, owner, list(partner.alert_emails or []) if partner else []))
+    elif warning is None and pool.warning_below:
+        pool.warning_below = False  # no level, nothing to be below: forget the side silently
+
+    for threshold in thresholds:
+        below_now, level, days_left = await facts.compare(threshold)
+        state = _crossing(bool(threshold.below), below_now)
+        if state is None or not await _flip(session, threshold, below_now):
+            continue
+        if threshold is warning:
+            pool.warning_below = below_now  # the mirror read by the warning filters
+        owner, partner = await owner_and_partner()
+        if owner is None:
+            continue
+        recipients = threshold.recipients if threshold.recipients is not None else (
+            list(partner.alert_emails or []) if partner else []
+        )
+        event = AlertEvent(
+            partner_id=pool.partner_id,
+            account_id=owner.id,
+            pool_id=pool.id,
+            kind=AlertKind.QUOTA_WARNING,
+            state=state,
+            available_cents=available,
+            threshold_cents=level,
+            occurred_at=now,
+            threshold_id=threshold.id,
+            threshold_kind=threshold.kind,
+            severity=threshold.severity,
+            days_left=days_left,
+        )
+        crossings.append(_Crossing(event, owner, list(recipients), threshold))
 
     # Each end user's own absolute credit alert, for every account spending from this pool.
     rows = (
@@ -172,7 +317,55 @@ async def evaluate_pool(session: AsyncSession, pool: QuotaPool) -> list[AlertEve
             except ValueError:  # no recipient (a partner without alert emails): the event alone
                 email = None
         log.add_alert(session, crossing.event, email)
+    for crossing in crossings:
+        threshold = crossing.threshold
+        if threshold is not None and threshold.action is not None and crossing.event.state is AlertState.BREACHED:
+            await _breach_action(session, pool, crossing.account, threshold)
     return [c.event for c in crossings]
+
+
+def action_reason(threshold: QuotaThreshold) -> str:
+    """The reason written on the audit entries of an automatic action."""
+    return f"Automatic action of alert threshold {threshold.id} ({threshold.kind.value}, {threshold.severity.value})."
+
+
+async def _breach_action(session: AsyncSession, pool: QuotaPool, owner: Account, threshold: QuotaThreshold) -> None:
+    """Apply the threshold's action now (SYSTEM), or store it for an operator's approval.
+
+    Only the BREACHED crossing itself gets here, so an operator who undoes the
+    action (unban, unfreeze) is not overruled until the threshold recovers and
+    is breached again.
+    """
+    from resolvers import policy  # a later layer: policy imports resolvers.pools, which imports this lazily
+
+    assert threshold.action is not None
+    if threshold.requires_approval:
+        pending = PendingAction(
+            partner_id=pool.partner_id,
+            pool_id=pool.id,
+            account_id=owner.id,
+            threshold_id=threshold.id,
+            action=threshold.action,
+            severity=threshold.severity,
+            status=PendingActionStatus.PENDING,
+        )
+        session.add(pending)
+        await session.flush()
+        audit.record(
+            session,
+            None,
+            owner,
+            AuditAction.PENDING_ACTION_CREATED,
+            after={"pendingActionId": pending.id, "action": threshold.action.value, "thresholdId": threshold.id},
+            reason=action_reason(threshold),
+        )
+        return
+    # Out of the usual order: the accounts are locked after the pool (a breach is only known once the pool
+    # changed). A deadlock this rarely causes is retried whole by uidhub.db.retry_transaction.
+    if threshold.action is ThresholdAction.BAN_PURCHASES:
+        await policy.ban_owner(session, None, owner.id, action_reason(threshold))
+    else:
+        await policy.freeze_owner(session, None, owner.id, action_reason(threshold))
 
 
 # ---------------------------------------------------------------- mutations

@@ -11,7 +11,17 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.dataloader import DataLoader
 
-from models import Account, AuditEntry, CreditAlert, Instance, LedgerEntry, Partner, QuotaAdjustment, QuotaPool
+from models import (
+    Account,
+    AuditEntry,
+    CreditAlert,
+    Instance,
+    LedgerEntry,
+    Partner,
+    QuotaAdjustment,
+    QuotaPool,
+    QuotaThreshold,
+)
 from models.enums import AuditAction, LedgerKind, QuotaOperationType
 from resolvers.quota import adjustment_conditions
 
@@ -192,6 +202,8 @@ class Loaders:
             QuotaAdjustment, QuotaAdjustment.pool_id, _adjustment_where, session_getter
         )
         self.recent_spend = _recent_spend(session_getter)
+        #: A pool's alert thresholds: one query for every pool of a list.
+        self.thresholds = _grouped(QuotaThreshold, QuotaThreshold.pool_id, session_getter, QuotaThreshold.id)
 
     def prime_accounts(self, accounts: Sequence[Account]) -> None:
         for account in accounts:

@@ -99,6 +99,26 @@ describe(E.AlertState, "Direction of a crossing.", {
     "BREACHED": "Available fell below the threshold.",
     "RECOVERED": "Available came back to the threshold or above.",
 })
+describe(E.ThresholdKind, "What an alert threshold compares.", {
+    "PERCENT_OF_QUOTA": "Available below `value` percent (1..100) of the quota amount.",
+    "AVAILABLE_BELOW": "Available below an absolute amount (`amount`).",
+    "RUNS_OUT_WITHIN_DAYS": "The run-out forecast (7 days of spend) has `daysLeft` at or below `value` days "
+    "(1..365); no forecast (no recent spend) counts as not breached.",
+})
+describe(E.AlertSeverity, "How serious a threshold's breach is; shown in its events and emails.", {
+    "INFO": "For information.",
+    "WARNING": "Needs attention soon.",
+    "CRITICAL": "Needs attention now.",
+})
+describe(E.ThresholdAction, "What the system does to the pool owner (cascading to its sub-accounts) on a breach.", {
+    "BAN_PURCHASES": "Set purchase control to BANNED, like setPurchaseControl.",
+    "FREEZE_PAYG": "Freeze PAYG, like freezePayg with confirm.",
+})
+describe(E.PendingActionStatus, "Where an automatic action waiting for approval stands.", {
+    "PENDING": "Waiting for an operator to approve or dismiss it.",
+    "APPROVED": "Approved and applied.",
+    "DISMISSED": "Dismissed; nothing was applied.",
+})
 describe(E.NotificationStatus, "Delivery state of an email.", {
     "PENDING": "Queued; waiting to be sent or retried (or for SMTP to be configured).",
     "SENT": "Accepted by the SMTP server.",
@@ -119,6 +139,12 @@ describe(E.AuditAction, "What an audit entry records.", {
     "CREDIT_ALERT_CHANGED": "The end user's credit alert changed.",
     "OUTSTANDING_REPAID": "Outstanding consumption repaid.",
     "ORDER_PLACED": "An order was placed and an instance created.",
+    "THRESHOLD_ADDED": "An alert threshold was added to the pool.",
+    "THRESHOLD_CHANGED": "An alert threshold of the pool changed.",
+    "THRESHOLD_REMOVED": "An alert threshold was removed from the pool.",
+    "PENDING_ACTION_CREATED": "A threshold breach stored an automatic action waiting for approval (by the system).",
+    "PENDING_ACTION_APPROVED": "An operator approved a pending automatic action; it was applied.",
+    "PENDING_ACTION_DISMISSED": "An operator dismissed a pending automatic action; nothing was applied.",
 })
 describe(E.ExportKind, "What an export contains.", {
     "END_USERS": "The UID list matching a filter.",
@@ -151,6 +177,7 @@ describe(E.ErrorCode, "Why a mutation did not change anything.", {
     "IDEMPOTENCY_CONFLICT": "The idempotency key was used before with a different input.",
     "ALREADY_LINKED": "The UID is already linked.",
     "TOO_MANY_EXPORTS": "Your partner has as many exports queued or running as it may; wait for one to finish.",
+    "TOO_MANY_THRESHOLDS": "The pool has as many alert thresholds as it may (10); remove one first.",
 })
 describe(E.WebhookEventKind, "What a webhook endpoint receives; each event of the stored log has one kind.", {
     "ALERT_BREACHED": "A quota warning or credit alert threshold was crossed downwards.",

@@ -23,6 +23,7 @@ from schema.live import LiveSubscriptions
 from schema.partners import Operator, Partner, Viewer
 from schema.policy import PolicyMutations, PolicyQueries
 from schema.quota import QuotaMutations
+from schema.thresholds import ThresholdMutations, ThresholdQueries
 from schema.webhooks import WebhookMutations, WebhookQueries
 
 
@@ -51,7 +52,7 @@ async def resolve_node(info: Info, global_id: str) -> Node | None:
 
 
 @strawberry.type(description="Read operations.")
-class Query(AccountQueries, PolicyQueries, AlertQueries, ExportQueries, WebhookQueries):
+class Query(AccountQueries, PolicyQueries, AlertQueries, ThresholdQueries, ExportQueries, WebhookQueries):
     @strawberry.field(description="Any object by its global id; null when it does not exist or is not yours.")
     async def node(
         self, info: Info, id: Annotated[strawberry.ID, strawberry.argument(description="A global id.")]
@@ -90,7 +91,15 @@ class Query(AccountQueries, PolicyQueries, AlertQueries, ExportQueries, WebhookQ
 
 
 @strawberry.type(description="Changes. Business-rule failures come back as userErrors and change nothing.")
-class Mutation(AccountMutations, QuotaMutations, PolicyMutations, AlertMutations, ExportMutations, WebhookMutations):
+class Mutation(
+    AccountMutations,
+    QuotaMutations,
+    PolicyMutations,
+    AlertMutations,
+    ThresholdMutations,
+    ExportMutations,
+    WebhookMutations,
+):
     pass
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from notifications.outbox import OutboxSender
 from notifications.webhooks import WebhookSender
 from resolvers.quota import purge_expired
+from resolvers.thresholds import evaluate_forecasts
 
 if TYPE_CHECKING:
     from uidhub.app import AppState
@@ -54,6 +55,33 @@ async def start_housekeeping(state: AppState) -> Stop:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
 
     task = asyncio.create_task(loop(), name="uidhub-housekeeping")
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return stop
+
+
+async def start_forecast_alerts(state: AppState) -> Stop:
+    """Re-evaluates RUNS_OUT_WITHIN_DAYS thresholds every `forecast_alert_seconds`.
+
+    Every worker runs it: each pool is evaluated under its row lock with guarded crossings
+    (resolvers.thresholds.evaluate_forecasts), so a crossing is stored once however many workers look.
+    """
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(state.settings.forecast_alert_seconds)
+            try:
+                stored = await evaluate_forecasts(state.db.background)
+                if stored:
+                    log.info("forecast pass stored %d alert events", stored)
+            except Exception:
+                log.exception("forecast pass failed; retrying later")
+
+    task = asyncio.create_task(loop(), name="uidhub-forecast-alerts")
 
     async def stop() -> None:
         task.cancel()

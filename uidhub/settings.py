@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     resync_seconds: float = Field(default=1.0, gt=0)
     #: The longest a revoked token's open websocket stays open without a Redis wake-up (uidhub.tokenwatch).
     token_recheck_seconds: float = Field(default=5.0, gt=0)
+    #: How often the background pass re-evaluates RUNS_OUT_WITHIN_DAYS thresholds (time alone moves a forecast).
+    forecast_alert_seconds: float = Field(default=300.0, gt=0)
     idempotency_ttl_hours: float = Field(default=48.0, ge=24)
     console_url: str = "http://127.0.0.1:8000"
     # A hung database must not hang the server: every statement and every new connection is bounded.
