@@ -247,6 +247,8 @@ WARNING = "mutation($i: SetWarningThresholdInput!) { setWarningThreshold(input: 
 ORDER = "mutation($i: PlaceOrderInput!) { placeOrder(input: $i) { userErrors { code message } } }"
 CONSUME = "mutation($i: AmountInput!) { recordConsumption(input: $i) { userErrors { code message } } }"
 STATUS = "mutation($i: ChangeAccountStatusInput!) { changeAccountStatus(input: $i) { userErrors { code message } } }"
+THRESHOLD = ("mutation($i: AddQuotaThresholdInput!) { addQuotaThreshold(input: $i) "
+             "{ userErrors { code message } } }")
 PURCHASE = "mutation($i: SetPurchaseControlInput!) { setPurchaseControl(input: $i) { userErrors { code message } } }"
 
 
@@ -291,6 +293,9 @@ async def build_world(api: Api) -> World:
                                   "description": f"order-{marker}", "idempotencyKey": f"o-{marker}"})
     for marker in ("MASTERONE", "MASTERTWO"):
         await mutate(api, WARNING, {"uid": UID[marker], "percent": 50})
+        # A breach that waits for approval: a pending action naming the master.
+        await mutate(api, THRESHOLD, {"uid": UID[marker], "threshold": {
+            "kind": "AVAILABLE_BELOW", "amount": "50.00", "action": "FREEZE_PAYG", "requiresApproval": True}})
         await mutate(api, CREDIT, {"uid": UID[marker], "enabled": True, "threshold": "90.00",
                                    "email": f"alert-{marker}@example.com"})
     # The master's END_USER token acts on its sub-account: the sub's entry names the master as operator.
