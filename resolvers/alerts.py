@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -60,6 +60,7 @@ from models import rules as R
 from models.base import utcnow
 from models.enums import (
     AlertKind,
+    AlertSeverity,
     AlertState,
     AuditAction,
     ErrorCode,
@@ -107,47 +108,86 @@ def _crossing(below_before: bool, below_now: bool) -> AlertState | None:
     return AlertState.BREACHED if below_now else AlertState.RECOVERED
 
 
+@dataclass(slots=True)
+class ThresholdState:
+    """The columns of a QuotaThreshold that an evaluation reads: plain tuples, not ORM rows.
+
+    Every consumption evaluates every threshold of its pool; building ten full ORM objects (timestamps,
+    identity map) per consumption was most of what ten thresholds cost over one.
+    """
+
+    id: int
+    kind: ThresholdKind
+    value: int
+    severity: AlertSeverity
+    recipients: list[str] | None
+    action: ThresholdAction | None
+    requires_approval: bool
+    below: bool
+
+
+_STATE_COLUMNS = (
+    QuotaThreshold.id,
+    QuotaThreshold.kind,
+    QuotaThreshold.value,
+    QuotaThreshold.severity,
+    QuotaThreshold.recipients,
+    QuotaThreshold.action,
+    QuotaThreshold.requires_approval,
+    QuotaThreshold.below,
+)
+
+
 @dataclass
 class _Crossing:
     event: AlertEvent
     account: Account
     recipients: Sequence[str]
-    threshold: QuotaThreshold | None = None
+    threshold: ThresholdState | None = None
 
 
 #: Days of spend the RUNS_OUT_WITHIN_DAYS thresholds forecast from (the default of `Quota.forecast`).
 FORECAST_BASIS_DAYS = forecasts.DEFAULT_BASIS_DAYS
 
 
-async def recent_spend(session: AsyncSession, pool_id: int, now: datetime, days: int = FORECAST_BASIS_DAYS) -> int:
-    """Cents the pool spent (consumption and subscription orders) in the `days` before `now`: one SUM."""
-    total = await session.scalar(
-        select(func.coalesce(func.sum(LedgerEntry.amount_cents), 0)).where(
+def recent_spend_query(pool_id: int, now: datetime, days: int = FORECAST_BASIS_DAYS) -> Any:
+    """Cents the pool spent (consumption and subscription orders) in the `days` before `now`, as a scalar subquery."""
+    return (
+        select(func.coalesce(func.sum(LedgerEntry.amount_cents), 0))
+        .where(
             LedgerEntry.pool_id == pool_id,
             LedgerEntry.kind.in_(SPEND_KINDS),
             LedgerEntry.occurred_at >= now - timedelta(days=days),
             LedgerEntry.occurred_at <= now,
         )
+        .scalar_subquery()
     )
-    return int(total or 0)
 
 
 class _PoolFacts:
-    """What the thresholds of one pool are compared with; the forecast is read only if a threshold needs it."""
+    """What the thresholds of one pool are compared with.
 
-    def __init__(self, session: AsyncSession, pool: QuotaPool, now: datetime) -> None:
-        self.session = session
+    The recent spend comes with the thresholds, in the same statement, and only on the rows of
+    RUNS_OUT_WITHIN_DAYS thresholds (a CASE around an uncorrelated subquery, which both databases run at
+    most once and only when a row needs it): a pool without such a threshold never sums its ledger.
+    """
+
+    def __init__(self, pool: QuotaPool, spent: int | None) -> None:
         self.pool = pool
-        self.now = now
-        self._spent: int | None = None
+        self.spent = spent or 0
 
-    async def forecast(self) -> tuple[forecasts.Forecast | None, int]:
-        if self._spent is None:
-            self._spent = await recent_spend(self.session, self.pool.id, self.now)
-        spent = self._spent
-        return forecasts.forecast(self.pool.available_cents, spent, FORECAST_BASIS_DAYS, self.now), spent
+    def days_left(self) -> int | None:
+        """The forecast's daysLeft, or None without recent spend.
 
-    async def compare(self, threshold: QuotaThreshold) -> tuple[bool, int, int | None]:
+        The same number as `models.forecast.forecast(...).days_left` (whole days at the exact pace), computed
+        without the run-out date, which a pool with a huge line and a tiny burn could not even represent.
+        """
+        if self.spent <= 0:
+            return None
+        available = self.pool.available_cents
+        return 0 if available <= 0 else available * FORECAST_BASIS_DAYS // self.spent
+
+    def compare(self, threshold: ThresholdState) -> tuple[bool, int, int | None]:
         """(below now, the level in cents for the event, days left for RUNS_OUT_WITHIN_DAYS)."""
         pool = self.pool
         available = pool.available_cents
@@ -157,15 +197,15 @@ class _PoolFacts:
             ), None
         if threshold.kind is ThresholdKind.AVAILABLE_BELOW:
             return available < threshold.value, threshold.value, None
-        result, spent = await self.forecast()
-        if result is None:
+        days_left = self.days_left()
+        if days_left is None:
             return False, 0, None
         # The level: what lasts `value` days at the current burn (exact ratio, rounded half up to cents).
-        level = (spent * threshold.value * 2 + FORECAST_BASIS_DAYS) // (2 * FORECAST_BASIS_DAYS)
-        return result.days_left <= threshold.value, level, result.days_left
+        level = (self.spent * threshold.value * 2 + FORECAST_BASIS_DAYS) // (2 * FORECAST_BASIS_DAYS)
+        return days_left <= threshold.value, level, days_left
 
 
-async def _flip(session: AsyncSession, threshold: QuotaThreshold, below: bool) -> bool:
+async def _flip(session: AsyncSession, threshold: ThresholdState, below: bool) -> bool:
     """Move the threshold to its new side, guarded on the old one: False when another transaction already did.
 
     The pool row is locked, so this never loses in practice; the guard makes "exactly once" hold even for a
@@ -180,7 +220,11 @@ async def _flip(session: AsyncSession, threshold: QuotaThreshold, below: bool) -
     )
     if flipped is None:
         return False
-    set_committed_value(threshold, "below", below)
+    threshold.below = below
+    # A row of it this session already holds (a threshold mutation's) must not show the old side.
+    loaded = session.identity_map.get(session.identity_key(QuotaThreshold, threshold.id))
+    if loaded is not None:
+        set_committed_value(loaded, "below", below)
     return True
 
 
@@ -188,17 +232,16 @@ async def evaluate_pool(session: AsyncSession, pool: QuotaPool, now: datetime | 
     """Store BREACHED/RECOVERED events (and BREACHED emails) for the thresholds `pool` crossed.
 
     `pool` must be locked and up to date (see resolvers.pools). Costs one
-    query for the pool's thresholds and one for the credit alerts of the pool,
-    one SUM of recent spend only when the pool has a RUNS_OUT_WITHIN_DAYS
-    threshold, plus, only when something crossed, one for the owner account,
-    one for the partner and one guarded UPDATE per crossing. A BREACHED
+    query for the pool's thresholds (with the recent spend when one of them is
+    RUNS_OUT_WITHIN_DAYS) and one for the credit alerts of the pool, plus,
+    only when something crossed, one for the owner account, one for the
+    partner and one guarded UPDATE per crossing. A BREACHED
     crossing of a threshold with an action applies it (or stores it for
     approval) in this transaction.
     """
     available = pool.available_cents
     now = now or utcnow()
     crossings: list[_Crossing] = []
-    facts = _PoolFacts(session, pool, now)
     owner_partner: tuple[Account | None, Partner | None] | None = None
 
     async def owner_and_partner() -> tuple[Account | None, Partner | None]:
@@ -211,14 +254,16 @@ async def evaluate_pool(session: AsyncSession, pool: QuotaPool, now: datetime | 
             owner_partner = (owner, partner)
         return owner_partner
 
-    thresholds = (
-        await session.scalars(
-            select(QuotaThreshold)
-            .where(QuotaThreshold.pool_id == pool.id)
-            .order_by(QuotaThreshold.id)
-            .execution_options(populate_existing=True)
+    spent_column = case(
+        (QuotaThreshold.kind == ThresholdKind.RUNS_OUT_WITHIN_DAYS, recent_spend_query(pool.id, now)), else_=None
+    )
+    rows = (
+        await session.execute(
+            select(*_STATE_COLUMNS, spent_column).where(QuotaThreshold.pool_id == pool.id).order_by(QuotaThreshold.id)
         )
     ).all()
+    thresholds = [ThresholdState(*row[:-1]) for row in rows]
+    facts = _PoolFacts(pool, next((int(row[-1]) for row in rows if row[-1] is not None), None))
     warning = next((t for t in thresholds if t.kind is ThresholdKind.PERCENT_OF_QUOTA), None)
 
     # A warning percent stored without its threshold row (data written around the resolvers): the old rule.
@@ -245,7 +290,7 @@ async def evaluate_pool(session: AsyncSession, pool: QuotaPool, now: datetime | 
         pool.warning_below = False  # no level, nothing to be below: forget the side silently
 
     for threshold in thresholds:
-        below_now, level, days_left = await facts.compare(threshold)
+        below_now, level, days_left = facts.compare(threshold)
         state = _crossing(bool(threshold.below), below_now)
         if state is None or not await _flip(session, threshold, below_now):
             continue
@@ -324,12 +369,12 @@ async def evaluate_pool(session: AsyncSession, pool: QuotaPool, now: datetime | 
     return [c.event for c in crossings]
 
 
-def action_reason(threshold: QuotaThreshold) -> str:
+def action_reason(threshold: ThresholdState) -> str:
     """The reason written on the audit entries of an automatic action."""
     return f"Automatic action of alert threshold {threshold.id} ({threshold.kind.value}, {threshold.severity.value})."
 
 
-async def _breach_action(session: AsyncSession, pool: QuotaPool, owner: Account, threshold: QuotaThreshold) -> None:
+async def _breach_action(session: AsyncSession, pool: QuotaPool, owner: Account, threshold: ThresholdState) -> None:
     """Apply the threshold's action now (SYSTEM), or store it for an operator's approval.
 
     Only the BREACHED crossing itself gets here, so an operator who undoes the

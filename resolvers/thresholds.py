@@ -181,6 +181,7 @@ async def sync_warning(session: AsyncSession, pool: QuotaPool) -> None:
         .where(QuotaThreshold.pool_id == pool.id, QuotaThreshold.kind == ThresholdKind.PERCENT_OF_QUOTA)
         .order_by(QuotaThreshold.id)
         .limit(1)
+        .execution_options(populate_existing=True)
     )
     pool.warning_percent = first.value if first is not None else None
     pool.warning_below = bool(first.below) if first is not None else False
