@@ -1,9 +1,11 @@
 """Threshold alerts: crossing detection, events and the emails they queue.
 
 The crossing rule (RULES.md, "Alerts"). A pool remembers on which side of each
-threshold it was at the last evaluation (`QuotaPool.warning_below` for the
-partner's QUOTA_WARNING, `CreditAlert.below` for each end user's
-CREDIT_ALERT). `evaluate_pool` runs after every change to a pool, in the
+threshold it was at the last evaluation (`QuotaThreshold.below` for each of
+the partner's pool thresholds — QUOTA_WARNING events, the first
+PERCENT_OF_QUOTA one being the warning mirrored by `QuotaPool.warning_below`
+— and `CreditAlert.below` for each end user's CREDIT_ALERT; see
+resolvers.thresholds for the thresholds themselves). `evaluate_pool` runs after every change to a pool, in the
 change's transaction, with the pool row locked: it compares the pool's
 available quota with each threshold and, only when the side differs from the
 remembered one, flips the flag and stores one event (BREACHED when going
@@ -27,6 +29,10 @@ Decisions this module documents:
   no alert emails the event is stored and no email is queued (an outbox row
   without a recipient could never be delivered). RECOVERED events queue no
   email.
+* A pool threshold's BREACHED email goes to its own recipients, or the
+  partner's alert emails when it has none, and names its severity. A
+  BREACHED crossing of a threshold with an action applies it (SYSTEM) or
+  stores it as a pending action, in the same transaction.
 * QUOTA_WARNING events carry the pool owner (the master or standalone
   account) as their account; CREDIT_ALERT events carry the account that set
   the alert, which may be a sub-account spending from its master's pool.

@@ -131,9 +131,15 @@ class QuotaThreshold(Node):
     def severity(self) -> AlertSeverity:
         return self._row.severity
 
-    @strawberry.field(description="Who gets the BREACHED emails; null means the partner's alert emails.")
-    def recipients(self) -> list[str] | None:
-        return list(self._row.recipients) if self._row.recipients is not None else None
+    @strawberry.field(
+        description="Who gets the BREACHED emails; null means the partner's alert emails. Always null for "
+        "END_USER tokens: the partner's people's addresses are the partner's business."
+    )
+    def recipients(self, info: Info) -> list[str] | None:
+        actor = info.context.require_actor()
+        if actor.is_end_user or self._row.recipients is None:
+            return None
+        return list(self._row.recipients)
 
     @strawberry.field(description="What the system does to the pool owner (and its sub-accounts) on a breach.")
     def action(self) -> ThresholdAction | None:

@@ -307,6 +307,11 @@ async def test_permissions(api: Api) -> None:
     end_user = await token(api, Role.END_USER, account_uid="M1")
     body = await api.gql(REMOVE, {"id": t["id"]}, token=end_user, errors=True)
     assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    # An end user sees its pool's thresholds, but not the partner's people's addresses.
+    await add(api, "M1", kind="AVAILABLE_BELOW", amount="1.00", recipients=["boss@partner.example"])
+    seen = await api.gql('{ endUser(uid: "M1") { quota { thresholds { kind recipients } } } }', token=end_user)
+    assert seen["endUser"]["quota"]["thresholds"] == [
+        {"kind": "PERCENT_OF_QUOTA", "recipients": None}, {"kind": "AVAILABLE_BELOW", "recipients": None}]
     agency = await make_partner(api.db, "P-AGENCY", PartnerKind.AGENCY)
     agency_token = await make_token(api.db, agency, Role.ADMIN)
     assert (await api.gql('mutation { linkAccount(input: {uid: "A1"}) { userErrors { code } } }',
@@ -317,7 +322,7 @@ async def test_permissions(api: Api) -> None:
     data = await api.gql(REMOVE, {"id": t["id"]}, as_="other")
     assert data["removeQuotaThreshold"]["userErrors"][0]["code"] == "NOT_FOUND"
     assert (await api.gql(PENDING, as_="other"))["pendingActions"]["totalCount"] == 0
-    assert await threshold_count(api) == 1
+    assert await threshold_count(api) == 2
 
 
 async def test_thresholds_of_a_list_cost_one_query(api: Api) -> None:
@@ -357,3 +362,33 @@ async def test_the_subscription_payload_carries_threshold_and_severity(api: Api,
     assert (event["thresholdId"], event["severity"], event["thresholdKind"]) == (t["id"], "CRITICAL",
                                                                                   "AVAILABLE_BELOW")
     assert len(await event_rows(api)) == 1
+
+
+async def test_the_upgrade_gives_each_warning_percent_its_threshold_row(tmp_path: Path) -> None:
+    """A pool with a warning percent (and its side) before 0003_alerts keeps it, as its first threshold."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from uidhub.db import Database
+    from uidhub.migrate import alembic_config
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "0002_tenancy")
+    db = Database(url)
+    try:
+        async with db.engine.begin() as conn:
+            await conn.execute(text("INSERT INTO partners (id, uid, name, kind, alert_emails, created_at) "
+                                    "VALUES (1, 'P', 'P', 'DISTRIBUTOR', '[]', '2026-01-01 00:00:00')"))
+            for pool_id, percent, below in ((1, 30, True), (2, None, False)):
+                await conn.execute(text(
+                    "INSERT INTO quota_pools (id, partner_id, amount_cents, deducted_cents, undeducted_cents, "
+                    "quota_created, warning_percent, warning_below, shutdown_policy, delay_credit_cents, "
+                    "credit_control_status, updated_at) VALUES (:id, 1, 100, 0, 0, 1, :p, :b, 'IMMEDIATE_STOP', 0, "
+                    "'NORMAL', '2026-01-01 00:00:00')"), {"id": pool_id, "p": percent, "b": below})
+        await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
+        async with db.engine.connect() as conn:
+            rows = (await conn.execute(text(
+                "SELECT pool_id, kind, value, severity, below, requires_approval FROM quota_thresholds"))).all()
+        assert [tuple(r) for r in rows] == [(1, "PERCENT_OF_QUOTA", 30, "WARNING", 1, 0)]
+    finally:
+        await db.dispose()
