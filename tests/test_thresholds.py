@@ -392,3 +392,27 @@ async def test_the_upgrade_gives_each_warning_percent_its_threshold_row(tmp_path
         assert [tuple(r) for r in rows] == [(1, "PERCENT_OF_QUOTA", 30, "WARNING", 1, 0)]
     finally:
         await db.dispose()
+
+
+async def test_a_crossing_is_stored_once_even_by_evaluations_without_the_pool_lock(api: Api) -> None:
+    """The guarded side update (WHERE below = old) alone keeps two concurrent evaluations to one event."""
+    from sqlalchemy import select
+
+    from models import Account, QuotaPool
+    from resolvers.alerts import evaluate_pool
+
+    await link(api, "T1", quotaAmount="100.00")
+    await add(api, "T1", kind="RUNS_OUT_WITHIN_DAYS", value=5)
+    await backdated_spend(api, "T1", 7_000, timedelta(days=6))  # 3 days left, not yet evaluated
+
+    async def evaluate_unlocked() -> int:
+        async with api.db.write() as session:
+            account = await session.scalar(select(Account).where(Account.uid == "T1"))
+            assert account is not None
+            pool = await session.get(QuotaPool, account.pool_id)  # read, not locked
+            assert pool is not None
+            return len(await evaluate_pool(session, pool))
+
+    stored = await asyncio.gather(evaluate_unlocked(), evaluate_unlocked())
+    assert sorted(stored) == [0, 1]
+    assert [e.state.value for e in await event_rows(api)] == ["BREACHED"]
