@@ -22,7 +22,8 @@ from models import (
     QuotaPool,
     QuotaThreshold,
 )
-from models.enums import AuditAction, LedgerKind, QuotaOperationType
+from models.enums import AuditAction, QuotaOperationType
+from resolvers.alerts import SPEND_KINDS  # the forecast's spend, shared with RUNS_OUT_WITHIN_DAYS thresholds
 from resolvers.quota import adjustment_conditions
 
 T = TypeVar("T")
@@ -110,8 +111,6 @@ def _adjustment_where(shape: tuple[datetime | None, datetime | None, QuotaOperat
     return adjustment_conditions(*shape)
 
 
-#: Ledger entries that lower a pool's available amount: what a forecast extrapolates.
-SPEND_KINDS = (LedgerKind.CONSUMPTION, LedgerKind.SUBSCRIPTION_ORDER)
 
 
 def _recent_spend(session_getter: SessionGetter) -> DataLoader[tuple[int, int], tuple[int, datetime]]:
