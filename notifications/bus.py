@@ -160,6 +160,9 @@ class RedisBus(Bus):
         self._has_outgoing = asyncio.Event()
         self._publisher: asyncio.Task[None] | None = None
         self._failing = False
+        #: Set while nothing is queued or being sent (what `close` waits for).
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def publish(self, *topics: str) -> None:
         """Wake local waiters now; queue the Redis publish for the publisher task and return at once."""
@@ -167,6 +170,7 @@ class RedisBus(Bus):
         if not topics:
             return
         self._outgoing.update(topics)
+        self._idle.clear()
         self._has_outgoing.set()
         if self._publisher is None or self._publisher.done():
             self._publisher = asyncio.create_task(self._publish_loop(), name="uidhub-redis-publisher")
@@ -192,6 +196,9 @@ class RedisBus(Bus):
                     log.warning("redis publish failed (%s); other processes' subscribers fall back to polling",
                                 exc or type(exc).__name__)
                 self._failing = True
+            finally:
+                if not self._outgoing:
+                    self._idle.set()
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="uidhub-redis-listener")
@@ -211,7 +218,20 @@ class RedisBus(Bus):
                 log.warning("redis listener lost its connection (%s); retrying", exc)
                 await asyncio.sleep(1.0)
 
+    async def _drain(self) -> None:
+        """Let queued wake-ups go out, for at most one publish round.
+
+        A process that publishes and then exits (`uidhub revoke-token` waking
+        the servers' websocket checks) would otherwise cancel its own wake-up.
+        """
+        if self._publisher is None or self._publisher.done():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._publish_timeout):
+                await self._idle.wait()
+
     async def close(self) -> None:
+        await self._drain()
         for task in (self._listener, self._publisher):
             if task is not None:
                 task.cancel()

@@ -65,7 +65,7 @@ import aiosmtplib
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from aiosmtplib.response import SMTPResponse
 from aiosmtplib.typing import Default, SMTPStatus
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 
 from models.enums import NotificationStatus
 from models.tables import EmailNotification
@@ -88,7 +88,6 @@ LEASE_MARGIN = timedelta(seconds=30)
 # A send starts only while the lease has a whole send budget plus this left,
 # so its outcome is recorded before the lease can run out.
 START_MARGIN = timedelta(seconds=15)
-_UNCONFIGURED_LOG_BATCH = 100
 
 
 def _utcnow() -> datetime:
@@ -522,28 +521,31 @@ class OutboxSender:
             log.warning("could not release %d outbox rows (%s); they wait for their lease", len(ids), exc)
 
     async def _report_unconfigured(self) -> None:
-        """Say once that SMTP is off, and log each notification that stays PENDING because of it."""
+        """Say once that SMTP is off, and sum up in one line the notifications that stay PENDING because of it.
+
+        One line per pass, never one per email: a demo restart has dozens queued, and a line each buried the
+        server's start-up (and the token printed after it).
+        """
         if not self._told_unconfigured:
             self._told_unconfigured = True
             log.info("SMTP is not configured (UIDHUB_SMTP_HOST unset): alert emails stay PENDING in the outbox")
-        stmt = (
-            select(EmailNotification.id, EmailNotification.recipients, EmailNotification.subject)
-            .where(
-                EmailNotification.status == NotificationStatus.PENDING,
-                EmailNotification.id > self._last_logged_id,
-            )
-            .order_by(EmailNotification.id)
-            .limit(_UNCONFIGURED_LOG_BATCH)
-        )
+        stmt = select(
+            func.count(EmailNotification.id), func.min(EmailNotification.id), func.max(EmailNotification.id)
+        ).where(EmailNotification.status == NotificationStatus.PENDING, EmailNotification.id > self._last_logged_id)
         try:
             async with self.db.read() as session:
-                rows = (await session.execute(stmt)).all()
+                count, first, last = (await session.execute(stmt)).one()
         except Exception as exc:
             log.warning("could not list pending notifications: %s", exc)
             return
-        for row_id, recipients, subject in rows:
-            log.info("notification %d kept PENDING (no SMTP): to %s: %s", row_id, ", ".join(recipients or []), subject)
-            self._last_logged_id = row_id
+        if not count:
+            return
+        if count == 1:
+            log.info("notification %d kept PENDING (no SMTP); the notifications query lists it", first)
+        else:
+            log.info("%d notifications kept PENDING (no SMTP), ids %d to %d; the notifications query lists them",
+                     count, first, last)
+        self._last_logged_id = last
 
     # -- the loop ------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -94,11 +95,19 @@ def check_text(
 
 
 def check_uid(value: str, name: str) -> UserError | None:
-    if not value or not value.strip() or len(value) > UID_MAX or R.text_problem(value) or value != value.strip():
+    """A UID is an identifier: no whitespace (U+3000 and tabs included) and no control or format character anywhere."""
+    if not value or len(value) > UID_MAX or any(_not_in_uid(c) for c in value):
         return UserError(
-            ErrorCode.INVALID_INPUT, f"{name} must be 1 to {UID_MAX} characters without spaces.", ("input", name)
+            ErrorCode.INVALID_INPUT,
+            f"{name} must be 1 to {UID_MAX} characters without spaces or control characters.",
+            ("input", name),
         )
     return None
+
+
+def _not_in_uid(char: str) -> bool:
+    """Whitespace, or a control (Cc), format (Cf, e.g. zero-width space) or surrogate (Cs) character."""
+    return char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Cs")
 
 
 def check_email(value: str, *field_path: str) -> UserError | None:
@@ -144,10 +153,8 @@ async def link_account(
     if email is not None and (problem := check_email(email, "input", "email")) is not None:
         errors.append(problem)
     if quota_amount_cents is not None:
-        if actor.partner_kind.value == "AGENCY":
-            errors.append(
-                UserError(ErrorCode.FORBIDDEN, "Agency partners may not set quotas.", ("input", "quotaAmount"))
-            )
+        if (denial := actor.denial(Permission.QUOTA)) is not None:
+            errors.append(UserError(ErrorCode.FORBIDDEN, denial, ("input", "quotaAmount")))
         elif quota_amount_cents < 0:
             errors.append(
                 UserError(ErrorCode.INVALID_INPUT, "quotaAmount must not be negative.", ("input", "quotaAmount"))
@@ -224,14 +231,8 @@ async def update_basic_info(session: AsyncSession, actor: Actor, uid: str, chang
     """`changes` holds only the fields the input gave (None clears a field)."""
     actor.require(Permission.EDIT_BASIC_INFO)
     errors: list[UserError] = []
-    if "businessManager" in changes and actor.partner_kind.value == "AGENCY":
-        errors.append(
-            UserError(
-                ErrorCode.FORBIDDEN,
-                "Agency partners may edit nickname and remarks only.",
-                ("input", "businessManager"),
-            )
-        )
+    if "businessManager" in changes and (denial := actor.denial(Permission.BUSINESS_MANAGER)) is not None:
+        errors.append(UserError(ErrorCode.FORBIDDEN, denial, ("input", "businessManager")))
     check_text(errors, changes.get("nickname"), "nickname", max_bytes=R.NICKNAME_MAX_BYTES)
     check_text(errors, changes.get("businessManager"), "businessManager", max_chars=R.BUSINESS_MANAGER_MAX_CHARS)
     check_text(errors, changes.get("remarks"), "remarks", max_bytes=R.REMARKS_MAX_BYTES)

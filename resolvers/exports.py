@@ -404,6 +404,22 @@ def display_file_name(task: ExportTask, tz: Any, now: datetime) -> str:
     return f"{base}_{now.astimezone(tz):%Y%m%d_%H%M%S}.{EXTENSIONS[task.format]}"
 
 
+#: What each kind is called in the ASCII `filename=` fallback (clients without RFC 5987, such as `curl -OJ`).
+ASCII_KIND_NAMES = {ExportKind.END_USERS: "uid-list", ExportKind.QUOTA_ADJUSTMENTS: "quota-adjustments"}
+
+
+def ascii_file_name(task: ExportTask, tz: Any) -> str:
+    """The file name in plain ASCII that still says what the file is: `uid-list-20261201-075328.xlsx`.
+
+    It carries the same local time as the display name (both come from `finished_at`), so the two names match.
+    """
+    base = ASCII_KIND_NAMES[ExportKind(task.kind)]
+    if task.kind is ExportKind.QUOTA_ADJUSTMENTS and task.params.get("uid"):
+        base += "-" + re.sub(r"[^A-Za-z0-9._-]", "_", str(task.params["uid"]))
+    when = task.finished_at or utcnow()
+    return f"{base}-{when.astimezone(tz):%Y%m%d-%H%M%S}.{EXTENSIONS[task.format]}"
+
+
 # ---------------------------------------------------------------- the worker
 
 

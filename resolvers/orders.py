@@ -38,7 +38,6 @@ from models.enums import (
     AuditAction,
     BillingMethod,
     LedgerKind,
-    PartnerKind,
     PaygFreezeStatus,
     PurchaseControl,
     PurchaseDenialReason,
@@ -47,7 +46,7 @@ from models.money import MAX_CENTS, format_money
 from resolvers import accounts as account_ops
 from resolvers import audit, idempotency
 from resolvers.actor import Actor, Permission
-from resolvers.errors import Forbidden, invalid
+from resolvers.errors import invalid
 from resolvers.locks import lock_accounts, lock_pool
 from resolvers.pagination import InvalidArgument
 from resolvers.pools import after_pool_change
@@ -120,17 +119,11 @@ def decide(
     )
 
 
-def _forbid_agency(actor: Actor) -> None:
-    if actor.partner_kind is PartnerKind.AGENCY:
-        raise Forbidden("Agency partners may not check or place orders.")
-
-
 async def purchase_check(
     session: AsyncSession, actor: Actor, uid: str, billing_method: BillingMethod, amount_cents: int
 ) -> Decision:
     """Would this order be allowed? Reads only: no lock, no write."""
-    actor.require(Permission.READ)
-    _forbid_agency(actor)
+    actor.require(Permission.PURCHASE_CHECK)
     if amount_cents < 0:
         raise InvalidArgument("`amount` must not be negative.")
     account = await account_ops.find(session, actor, uid)

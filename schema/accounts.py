@@ -30,6 +30,7 @@ from schema.dataloaders import MISSING, peek
 from schema.partners import Partner
 from schema.policy import Instance, ShutdownPolicyState, load_policy_view
 from schema.quota import Quota
+from schema.registry import register_node
 from schema.scalars import Money
 
 ARG_FIRST = strawberry.argument(description="Page size, at most 100.")
@@ -469,3 +470,16 @@ class AccountMutations:
             return EndUserPayload(end_user=EndUser.of(row), user_errors=[])
 
         return await mutate(info, op, end_user_errors)
+
+
+# ---------------------------------------------------------------- node(id:)
+
+
+async def _resolve_end_user(info: Info, pk: int) -> EndUser | None:
+    actor = info.context.require_actor()
+    session = await info.context.session()
+    row = await session.get(Account, pk)
+    return EndUser.of(row) if row is not None and ops.visible(actor, row) else None
+
+
+register_node("EndUser", _resolve_end_user)

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import strawberry
 from strawberry.scalars import JSON
 
+from models import Account
 from models import AuditEntry as AuditRow
 from models.enums import AuditAction, OperationMethod, Role
 from resolvers.pagination import Page
 from schema.common import Node, PageInfo, to_global_id
 from schema.context import Info
 from schema.partners import Operator
+from schema.registry import register_node
 
 if TYPE_CHECKING:
     from schema.accounts import EndUser
@@ -126,3 +128,17 @@ class AuditEntryConnection:
             page_info=PageInfo.of(page),
             total_count=await page.count(),
         )
+
+
+async def _resolve_audit_entry(info: Info, pk: int) -> AuditEntry | None:
+    """Visible when the viewer may see the entry's account."""
+    actor = info.context.require_actor()
+    session = await info.context.session()
+    entry = await session.get(AuditRow, pk)
+    if entry is None:
+        return None
+    account = await session.get(Account, entry.account_id)
+    return AuditEntry.of(entry) if account is not None and actor.sees(account) else None
+
+
+register_node("AuditEntry", _resolve_audit_entry)

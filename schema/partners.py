@@ -9,6 +9,7 @@ from models.enums import OperationMethod, PartnerKind, Role
 from resolvers.actor import Actor
 from schema.common import Node, to_global_id
 from schema.context import Info
+from schema.registry import register_node
 
 
 @strawberry.type(description="The channel partner the viewer acts for.")
@@ -56,3 +57,15 @@ class Viewer:
     operator: Operator = strawberry.field(description="Who is acting.")
     partner: Partner = strawberry.field(description="For which partner.")
     method: OperationMethod = strawberry.field(description="PLATFORM (console) or API, from the token.")
+
+
+async def _resolve_partner(info: Info, pk: int) -> Partner | None:
+    """Only the viewer's own partner."""
+    actor = info.context.require_actor()
+    if pk != actor.partner_id:
+        return None
+    row = await info.context.loaders.partner.load(pk)
+    return Partner.of(row) if row is not None else None
+
+
+register_node("Partner", _resolve_partner)

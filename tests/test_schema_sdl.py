@@ -82,3 +82,19 @@ def test_custom_scalars_are_specified_by_a_url() -> None:
     for name in ("Money", "DateTime"):
         url = schema.type_map[name].specified_by_url  # type: ignore[union-attr]
         assert url and url.startswith("https://"), name
+
+
+def test_every_node_type_resolves_through_the_one_registry() -> None:
+    """node(id:) has one mechanism: each type implementing Node registers its resolver, none is left out."""
+    from graphql import GraphQLObjectType
+
+    from schema import build_schema
+    from schema.registry import registered_types
+
+    graphql_schema = build_schema()._schema
+    node_types = {
+        name
+        for name, type_ in graphql_schema.type_map.items()
+        if isinstance(type_, GraphQLObjectType) and any(i.name == "Node" for i in type_.interfaces)
+    }
+    assert node_types == registered_types()

@@ -164,7 +164,9 @@ async def test_stalled_subscribers_hold_no_session_and_requests_are_answered(
     small_pool_db: Database, pg_db: Database, tmp_path: Path
 ) -> None:
     db = small_pool_db
-    settings = Settings(database_url=db.url, export_dir=str(tmp_path / "exports"))
+    # 30 sockets of one token from one address: above the default per-token websocket cap (20).
+    settings = Settings(database_url=db.url, export_dir=str(tmp_path / "exports"),
+                        ws_max_connections_per_token=SUBSCRIBERS + 5)
     app = create_app(settings, db=db)
     partner = await make_partner(db, "P-MAIN")
     token = await make_token(db, partner, Role.ADMIN)

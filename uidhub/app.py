@@ -13,6 +13,7 @@ from typing import Any
 from cross_web import HTTPException
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -35,6 +36,7 @@ from uidhub import observe
 from uidhub.dashboard import routes as dashboard_routes
 from uidhub.db import Database, PoolConfig
 from uidhub.logs import current_request_id
+from uidhub.ratelimit import RateLimiter, RateLimitMiddleware
 from uidhub.settings import Settings
 from uidhub.tokenwatch import TokenWatch
 from uidhub.transactions import retry_transaction
@@ -352,6 +354,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     database.settings = settings
     state = AppState(settings, database, bus)
     endpoint = GraphQLEndpoint(state)
+    limiter = RateLimiter(settings)
 
     async def readyz(_request: Request) -> Response:
         # Answered within readyz_timeout_seconds even when the database hangs: a probe must not hang.
@@ -375,6 +378,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
                 with contextlib.suppress(Exception):
                     await stop()
             await bus.close()
+            await limiter.close()
             await database.dispose()
 
     from uidhub import routes  # domain HTTP routes (downloads) register themselves
@@ -389,7 +393,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
             *dashboard_routes(),  # GET /dashboard: the live operations page
             *state.observability.routes(),
         ],
-        middleware=state.observability.middleware(),
+        # Observability outside the rate limiter: refused requests are counted and carry a request id too.
+        middleware=[*state.observability.middleware(), Middleware(RateLimitMiddleware, limiter=limiter)],
         lifespan=lifespan,
     )
     app.state.uidhub = state

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from datetime import datetime, tzinfo
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -44,34 +44,37 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="migrate, then serve HTTP and websockets")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default: %(default)s)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes (default: %(default)s; above 1 needs UIDHUB_REDIS_URL)")
     serve.add_argument("--demo", action="store_true", help="load the demo data set first (if the database is empty)")
 
-    sub.add_parser("migrate", help="bring the database to the latest schema")
+    sub.add_parser("migrate", help="bring the database to the latest schema and say what changed")
 
     partner = sub.add_parser("create-partner", help="create a partner; prints its UID")
-    partner.add_argument("--uid", required=True)
-    partner.add_argument("--name", required=True)
-    partner.add_argument("--kind", required=True, choices=[k.value for k in PartnerKind])
-    partner.add_argument("--parent")
-    partner.add_argument("--alert-email", action="append", default=[])
+    partner.add_argument("--uid", required=True, help="the partner's UID (1 to 64 characters, unique)")
+    partner.add_argument("--name", required=True, help="the partner's display name")
+    partner.add_argument("--kind", required=True, choices=[k.value for k in PartnerKind], help="the partner kind")
+    partner.add_argument("--parent", help="UID of the DISTRIBUTOR a RESELLER belongs to")
+    partner.add_argument("--alert-email", action="append", default=[],
+                         help="an address that receives quota alerts (repeat for several)")
 
     token = sub.add_parser("create-token", help="create an operator token; prints only the token")
-    token.add_argument("--partner", required=True)
-    token.add_argument("--role", required=True, choices=[r.value for r in Role])
-    token.add_argument("--method", default="PLATFORM", choices=["PLATFORM", "API"])
-    token.add_argument("--operator-uid")
-    token.add_argument("--operator-name")
-    token.add_argument("--ram", action="store_true")
-    token.add_argument("--account")
+    token.add_argument("--partner", required=True, help="UID of the partner the token acts for")
+    token.add_argument("--role", required=True, choices=[r.value for r in Role], help="what the token may do")
+    token.add_argument("--method", default="PLATFORM", choices=["PLATFORM", "API"],
+                       help="the operation method recorded in the audit log (default: %(default)s)")
+    token.add_argument("--operator-uid", help="operator UID recorded in the audit log (default: the partner's UID)")
+    token.add_argument("--operator-name", help="operator name recorded in the audit log (default: the partner's name)")
+    token.add_argument("--ram", action="store_true", help="the operator is a RAM (sub-)user")
+    token.add_argument("--account", help="UID of the linked account an END_USER token is for (END_USER only)")
 
     export = sub.add_parser("export-schema", help="print the served GraphQL schema (SDL)")
     export.add_argument("--output", help="write to this file instead of stdout")
 
     demo = sub.add_parser("demo", help="load the demo data set")
-    demo.add_argument("--accounts", type=int, default=300)
+    demo.add_argument("--accounts", type=int, default=300, help="how many accounts to link (default: %(default)s)")
     _add_token_commands(sub)
     return parser
 
@@ -190,7 +193,9 @@ async def _run_token_command(db: Database, settings: Settings, args: argparse.Na
 async def _run_db_command(settings: Settings, args: argparse.Namespace) -> str:
     from uidhub.migrate import upgrade
 
-    await upgrade(settings.database_url)
+    migration = await upgrade(settings.database_url)
+    if args.command == "migrate":
+        return migration.describe()
     db = Database(settings.database_url)
     try:
         if args.command == "create-partner":
@@ -203,8 +208,8 @@ async def _run_db_command(settings: Settings, args: argparse.Namespace) -> str:
             from uidhub.demo import load_demo
 
             result = await load_demo(db, settings, accounts=args.accounts)
-            return result.describe(settings)
-        return "database is at the latest schema"
+            return result.describe(settings, _uidhub_command(settings))
+        raise CliError(f"unknown command {args.command}")
     finally:
         await db.dispose()
 
@@ -243,8 +248,8 @@ async def connection_budget_warning(settings: Settings, workers: int) -> str | N
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
-    import uvicorn
-
+    """Check the port, migrate, load the demo data; then serve, printing the URL (and token) once listening."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines are set-up noise; one summary instead
     from uidhub.migrate import upgrade
 
     if args.workers < 1:
@@ -253,43 +258,106 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         logging.getLogger("uidhub").warning("several workers on SQLite: writes queue on one file lock")
     if args.workers > 1 and not settings.redis_url:
         raise CliError("--workers above 1 needs UIDHUB_REDIS_URL so that every worker delivers every event")
-    asyncio.run(upgrade(settings.database_url))
+    _check_port(args.host, args.port)
+    print(asyncio.run(upgrade(settings.database_url)).describe(), flush=True)
     warning = asyncio.run(connection_budget_warning(settings, args.workers))
     if warning:
         logging.getLogger("uidhub").warning("%s", warning)
     if "console_url" not in settings.model_fields_set:
         # Links printed and mailed point at where this server actually listens.
         settings = settings.model_copy(update={"console_url": f"http://{args.host}:{args.port}"})
+    banner = f"uidhub serving on http://{args.host}:{args.port}/graphql"
     if args.demo:
         from uidhub.demo import load_demo
 
         async def demo() -> str:
             db = Database(settings.database_url)
             try:
-                return (await load_demo(db, settings, accounts=300, only_if_empty=True)).describe(settings)
+                result = await load_demo(db, settings, accounts=300, only_if_empty=True)
             finally:
                 await db.dispose()
+            return result.banner(settings, _uidhub_command(settings))
 
-        print(asyncio.run(demo()), flush=True)
-    print(f"uidhub serving on http://{args.host}:{args.port}/graphql", flush=True)
+        banner = asyncio.run(demo())
+    _run_server(settings, args, banner)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind and release the address as uvicorn will (SO_REUSEADDR) before migrating, loading or printing anything.
+
+    A busy port then ends in one line and a non-zero exit, instead of "serving" followed by background work and a
+    failure further down the log.
+    """
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise CliError(f"--port {port} is not a TCP port (1 to 65535)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _run_server(settings: Settings, args: argparse.Namespace, banner: str) -> None:
+    """uvicorn with the request budget, websocket message cap, log config and metrics of `settings`."""
     from uidhub.app import MAX_WS_MESSAGE_CHARS
 
+    options: dict[str, Any] = {
+        "host": args.host, "port": args.port, "workers": args.workers, "log_level": "info", "lifespan": "on",
+        # Requests are cancelled at their time budget and never block the loop, so on SIGTERM
+        # in-flight requests finish within the budget; past it (plus a margin) uvicorn cancels them.
+        "timeout_graceful_shutdown": settings.request_timeout_seconds + 2,
+        # A websocket message above the HTTP body limit is refused (1009) before it is buffered whole.
+        "ws_max_size": MAX_WS_MESSAGE_CHARS,
+        "log_config": logs.logging_config(settings.log_format),  # applied in every worker process
+    }
     stack = contextlib.ExitStack()
     try:
         stack.enter_context(metrics.serving(settings, args.workers))
     except OSError as exc:
         raise CliError(f"cannot serve metrics on port {settings.metrics_port}: {exc.strerror or exc}") from None
     with stack:
-        uvicorn.run(
-            "uidhub.asgi:app", host=args.host, port=args.port, workers=args.workers,
-            # Requests are cancelled at their time budget and never block the loop, so on SIGTERM
-            # in-flight requests finish within the budget; past it (plus a margin) uvicorn cancels them.
-            timeout_graceful_shutdown=settings.request_timeout_seconds + 2,
-            # A websocket message above the HTTP body limit is refused (1009) before it is buffered whole.
-            ws_max_size=MAX_WS_MESSAGE_CHARS,
-            log_level="info", lifespan="on",
-            log_config=logs.logging_config(settings.log_format),  # applied in every worker process
-        )
+        _run_uvicorn(args, banner, options)
+
+
+def _run_uvicorn(args: argparse.Namespace, banner: str, options: dict[str, Any]) -> None:
+    """With one worker the banner comes right after uvicorn's own start-up lines, as the last thing shown."""
+    import uvicorn
+
+    if args.workers > 1:  # the supervisor cannot tell when its workers listen: print first
+        print(banner, flush=True)
+        uvicorn.run("uidhub.asgi:app", **options)
+        return
+
+    class BannerServer(uvicorn.Server):
+        async def startup(self, sockets: list[Any] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(banner, flush=True)
+
+    server = BannerServer(uvicorn.Config("uidhub.asgi:app", **options))
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        raise CliError(f"the server did not start on {args.host}:{args.port} (see the log above)")
+
+
+def _uidhub_command(settings: Settings) -> str:
+    """How the user ran `uidhub` (e.g. `.venv/bin/uidhub`), with the database it used, for commands we print."""
+    import shlex
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    program = sys.argv[0] if Path(sys.argv[0]).name == "uidhub" else "uidhub"
+    command = shlex.quote(program)
+    url = settings.database_url
+    if url != Settings.model_fields["database_url"].default and make_url(url).password is None:
+        command = f"UIDHUB_DATABASE_URL={shlex.quote(url)} {command}"
+    return command
 
 
 def _check_sqlite_path(settings: Settings) -> None:

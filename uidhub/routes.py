@@ -18,13 +18,15 @@ if TYPE_CHECKING:
     from uidhub.app import AppState
 
 
-def content_disposition(file_name: str) -> str:
-    """`attachment` with an ASCII `filename` fallback and, for non-ASCII names, RFC 5987 `filename*`."""
-    ascii_name = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in file_name)
-    value = f'attachment; filename="{ascii_name}"'
-    if ascii_name != file_name:
-        value += f"; filename*=UTF-8''{quote(file_name, safe='')}"
-    return value
+def content_disposition(file_name: str, ascii_fallback: str) -> str:
+    """`attachment` with the name as is when it is plain ASCII; else an ASCII `filename` plus RFC 5987 `filename*`.
+
+    Clients that ignore `filename*` (curl -OJ, some download managers) save under the fallback, so it must say
+    what the file is (`uid-list-20261201-075328.xlsx`), not be the localized name with every letter replaced.
+    """
+    if all(0x20 <= ord(c) < 0x7F and c not in '"\\' for c in file_name):
+        return f'attachment; filename="{file_name}"'
+    return f"attachment; filename=\"{ascii_fallback}\"; filename*=UTF-8''{quote(file_name, safe='')}"
 
 
 def _coded(status: int, message: str, code: str, **headers: str) -> Response:
@@ -61,11 +63,12 @@ def extra_routes(state: AppState) -> list[BaseRoute]:
             task = await exports.find_task(session, actor, pk) if pk is not None else None
         if task is None or not exports.is_downloadable(task) or task.file_path is None:
             return _not_found()
-        file_name = task.file_name or f"export-{task.id}.{exports.EXTENSIONS[task.format]}"
+        fallback = exports.ascii_file_name(task, state.settings.tz)
+        disposition = content_disposition(task.file_name or fallback, fallback)
         return FileResponse(
             task.file_path,
             media_type=exports.CONTENT_TYPES[task.format],
-            headers={"Content-Disposition": content_disposition(file_name), "Cache-Control": "no-store"},
+            headers={"Content-Disposition": disposition, "Cache-Control": "no-store"},
         )
 
     return [Route("/exports/{task_id}/download", download, methods=["GET"])]

@@ -86,6 +86,18 @@ class Settings(BaseSettings):
     #: How long the post-commit wake-up publish to Redis may take before it is dropped (in the background).
     redis_publish_timeout_seconds: float = Field(default=0.5, gt=0)
 
+    # Rate limits and websocket caps (uidhub/ratelimit.py). 0 switches a limit off.
+    rate_limit_token_per_second: float = Field(default=50.0, ge=0)
+    rate_limit_token_burst: int = Field(default=500, ge=0)
+    rate_limit_ip_per_second: float = Field(default=100.0, ge=0)
+    rate_limit_ip_burst: int = Field(default=1000, ge=0)
+    auth_failures_per_ip: int = Field(default=20, ge=0)
+    auth_failure_window_seconds: float = Field(default=600.0, gt=0)
+    ws_max_connections: int = Field(default=1000, ge=0)
+    ws_max_connections_per_ip: int = Field(default=100, ge=0)
+    ws_max_connections_per_token: int = Field(default=20, ge=0)
+    rate_limit_redis_prefix: str = "uidhub:ratelimit:"
+
     @field_validator("display_timezone")
     @classmethod
     def _valid_offset(cls, value: str) -> str:
