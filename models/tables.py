@@ -26,6 +26,7 @@ from uidhub.models.enums import (
     AccountStatus,
     AccountType,
     AlertKind,
+    AlertSeverity,
     AlertState,
     AuditAction,
     BillingMethod,
@@ -39,11 +40,14 @@ from uidhub.models.enums import (
     OperationMethod,
     PartnerKind,
     PaygFreezeStatus,
+    PendingActionStatus,
     PurchaseControl,
     QuotaOperationType,
     Role,
     ShutdownPolicy,
     TemporaryCreditStatus,
+    ThresholdAction,
+    ThresholdKind,
     WebhookDeliveryStatus,
 )
 
@@ -298,6 +302,63 @@ class AlertEvent(Base):
     available_cents: Mapped[int] = mapped_column(Cents)
     threshold_cents: Mapped[int] = mapped_column(Cents)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The pool threshold crossed (QUOTA_WARNING events since thresholds exist). No foreign key: a removed
+    #: threshold's events stay in the log with the id it had.
+    threshold_id: Mapped[int | None] = mapped_column(BigInteger)
+    threshold_kind: Mapped[ThresholdKind | None] = mapped_column(enum_col(ThresholdKind))
+    severity: Mapped[AlertSeverity | None] = mapped_column(enum_col(AlertSeverity))
+    #: RUNS_OUT_WITHIN_DAYS only: the forecast's days left at the crossing (None: no forecast).
+    days_left: Mapped[int | None] = mapped_column(Integer)
+
+
+class QuotaThreshold(Base):
+    """One of a pool's (at most 10) alert thresholds, with the side it was on at the last evaluation.
+
+    The first PERCENT_OF_QUOTA threshold (lowest id) is the pool's warning: `QuotaPool.warning_percent` and
+    `warning_below` mirror its value and side, so the SQL filters on the warning level keep working.
+    """
+
+    __tablename__ = "quota_thresholds"
+    __table_args__ = (Index("ix_quota_thresholds_pool", "pool_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"))
+    pool_id: Mapped[int] = mapped_column(ForeignKey("quota_pools.id"))
+    kind: Mapped[ThresholdKind] = mapped_column(enum_col(ThresholdKind))
+    #: Percent (1..100), cents (AVAILABLE_BELOW) or days (1..365), by kind.
+    value: Mapped[int] = mapped_column(BigInteger)
+    severity: Mapped[AlertSeverity] = mapped_column(enum_col(AlertSeverity))
+    #: None: the partner's alert emails at the time of the breach.
+    recipients: Mapped[list[str] | None] = mapped_column(JSON)
+    action: Mapped[ThresholdAction | None] = mapped_column(enum_col(ThresholdAction))
+    requires_approval: Mapped[bool] = mapped_column(Boolean, default=False)
+    below: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class PendingAction(Base):
+    """An automatic action a breach asked for, waiting for an operator (requiresApproval)."""
+
+    __tablename__ = "pending_actions"
+    __table_args__ = (Index("ix_pending_actions_partner", "partner_id", "status", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"))
+    pool_id: Mapped[int] = mapped_column(ForeignKey("quota_pools.id"))
+    #: The pool owner the action applies to (cascading to its sub-accounts).
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    threshold_id: Mapped[int | None] = mapped_column(BigInteger)
+    alert_event_id: Mapped[int | None] = mapped_column(BigInteger)
+    action: Mapped[ThresholdAction] = mapped_column(enum_col(ThresholdAction))
+    severity: Mapped[AlertSeverity] = mapped_column(enum_col(AlertSeverity))
+    status: Mapped[PendingActionStatus] = mapped_column(
+        enum_col(PendingActionStatus), default=PendingActionStatus.PENDING
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decided_by: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
 
 
 class EmailNotification(Base):

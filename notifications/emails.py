@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parseaddr
 from typing import TYPE_CHECKING
 
-from uidhub.models.enums import AlertKind, AlertState, NotificationStatus
+from uidhub.models.enums import AlertKind, AlertState, NotificationStatus, ThresholdKind
 from uidhub.models.money import format_money
 from uidhub.models.tables import EmailNotification
 
@@ -112,6 +112,8 @@ def render_alert_email(
     tz: timezone,
     console_url: str,
     product: str = PRODUCT,
+    severity: str | None = None,
+    detail: str | None = None,
 ) -> RenderedEmail:
     """Render one alert email.
 
@@ -121,7 +123,9 @@ def render_alert_email(
     repay, and to contact their partner. Both state the account (UID and
     nickname), the available quota, the level and the time with its offset.
     Every user-supplied string is HTML-escaped in the HTML part and flattened
-    to one line in the subject.
+    to one line in the subject. A pool threshold's `severity` is named in the
+    subject and the table, and `detail` (what the threshold is) in the table:
+    a reader must see at once how urgent it is and which threshold it was.
     """
     available = format_amount(available_cents)
     level = format_amount(threshold_cents)
@@ -174,6 +178,8 @@ def render_alert_email(
             )
             actions = ["Nothing needs to be done."]
 
+    if severity:
+        subject = f"[{severity}] {subject}"
     subject = _one_line(subject)
     if len(subject) > SUBJECT_MAX:
         subject = subject[: SUBJECT_MAX - 1] + "…"
@@ -186,6 +192,10 @@ def render_alert_email(
         (level_name, level),
         ("Time", when),
     ]
+    if detail:
+        rows.insert(4, ("Threshold", detail))
+    if severity:
+        rows.insert(0, ("Severity", severity))
     width = max(len(name) for name, _ in rows) + 2
     text_lines = [headline, "", summary, ""]
     text_lines += [f"{name + ':':<{width}}{value}" for name, value in rows]
@@ -242,6 +252,8 @@ def queue_email(
     console_url: str,
     sender: str,
     alert_event_id: int | None = None,
+    severity: str | None = None,
+    detail: str | None = None,
 ) -> EmailNotification:
     """Build (not add) the outbox row for one alert email.
 
@@ -264,6 +276,8 @@ def queue_email(
         occurred_at=occurred_at,
         tz=tz,
         console_url=console_url,
+        severity=severity,
+        detail=detail,
     )
     now = datetime.now(UTC)
     return EmailNotification(
@@ -308,4 +322,19 @@ def queue_email_for_event(
         console_url=settings.console_url,
         sender=settings.smtp_sender,
         alert_event_id=event.id,
+        severity=event.severity.value if event.severity is not None else None,
+        detail=threshold_detail(event),
     )
+
+
+def threshold_detail(event: AlertEvent) -> str | None:
+    """What a pool threshold's event is about, in words for the email; None for events without one."""
+    kind = event.threshold_kind
+    if kind is None:
+        return None
+    if kind == ThresholdKind.RUNS_OUT_WITHIN_DAYS:
+        left = "no forecast" if event.days_left is None else f"forecast {event.days_left} days left"
+        return f"Runs out within the set number of days at the recent pace ({left})"
+    if kind == ThresholdKind.AVAILABLE_BELOW:
+        return f"Available below {format_amount(event.threshold_cents)}"
+    return f"Available below {format_amount(event.threshold_cents)} (percent of the quota amount)"

@@ -118,6 +118,12 @@ AUDIT_KINDS: dict[AuditAction, WebhookEventKind] = {
     AuditAction.CREDIT_ALERT_CHANGED: WebhookEventKind.QUOTA_CHANGED,
     AuditAction.OUTSTANDING_REPAID: WebhookEventKind.QUOTA_CHANGED,
     AuditAction.ORDER_PLACED: WebhookEventKind.ORDER_PLACED,
+    AuditAction.THRESHOLD_ADDED: WebhookEventKind.QUOTA_CHANGED,
+    AuditAction.THRESHOLD_CHANGED: WebhookEventKind.QUOTA_CHANGED,
+    AuditAction.THRESHOLD_REMOVED: WebhookEventKind.QUOTA_CHANGED,
+    AuditAction.PENDING_ACTION_CREATED: WebhookEventKind.POLICY_CHANGED,
+    AuditAction.PENDING_ACTION_APPROVED: WebhookEventKind.POLICY_CHANGED,
+    AuditAction.PENDING_ACTION_DISMISSED: WebhookEventKind.POLICY_CHANGED,
 }
 
 

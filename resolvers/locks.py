@@ -16,7 +16,13 @@ locks before any other write of the transaction:
    a sub-account (the master, then the sub) lock in the same order.
 4. **The quota pool row** (`lock_pool`, or the atomic balance UPDATE of
    `resolvers.quota.balance_update`, which locks the row it updates).
-5. Rows only ever written under their pool's lock (credit alerts).
+5. Rows only ever written under their pool's lock (credit alerts, alert
+   thresholds; a threshold's side moves by a guarded UPDATE … WHERE below =
+   old, so a crossing is stored once even by an evaluation without the lock).
+   One exception to the order: a threshold's automatic action (resolvers.
+   alerts) locks the pool owner and its sub-accounts after the pool, because
+   the breach is only known once the pool changed; it happens on the
+   breaching change alone, and a deadlock it causes is retried whole.
 6. **The log's advisory lock** (`notifications.log.flush_log`): the last
    statement before COMMIT. Its holder only inserts log rows, so it never
    waits for a row lock and no cycle can pass through it.

@@ -157,6 +157,23 @@ async def change_freeze(
     if confirm:
         query = for_write(query)
     rows = (await session.scalars(query)).all()
+    return await _freeze_rows(session, actor, rows, wanted, target=target, confirm=confirm, reason=reason)
+
+
+async def _freeze_rows(
+    session: AsyncSession,
+    actor: Actor | None,
+    rows: Sequence[Account],
+    wanted: Sequence[str],
+    *,
+    target: PaygFreezeStatus,
+    confirm: bool,
+    reason: str | None,
+) -> FreezeOutcome:
+    """The freeze cascade over rows already read (locked when applying): the named UIDs, their masters and subs.
+
+    `actor=None` is the system (an automatic threshold action): the audit entries get method SYSTEM.
+    """
     by_id = {row.id: row for row in rows}
     by_uid = {row.uid: row for row in rows}
     subs_of: dict[int, list[Account]] = {}
@@ -281,8 +298,24 @@ async def set_purchase_control(
     locked = await lock_accounts(session, ids)
     account = locked[found.id]
     account_ops.require_active(account, "input", "uid")
+    await _apply_purchase_control(session, actor, locked, account, status, reason)
+    return account
+
+
+async def _apply_purchase_control(
+    session: AsyncSession,
+    actor: Actor | None,
+    locked: dict[int, Account],
+    account: Account,
+    status: PurchaseControl,
+    reason: str | None,
+) -> None:
+    """Set `account`'s purchase control with its cascade to the sub-accounts in `locked` (its subs, locked).
+
+    `actor=None` is the system (an automatic threshold action): the audit entries get method SYSTEM.
+    """
     if account.purchase_control is status:
-        return account
+        return
     master = locked.get(account.master_id) if account.master_id is not None else None
     master_own = master.purchase_control if master else None
     previous = account.purchase_control
@@ -316,7 +349,41 @@ async def set_purchase_control(
                     cascade_from=account,
                 )
     await session.flush()
-    return account
+
+
+# ---------------------------------------------------------------- automatic actions (system or approved)
+
+
+async def _owner_and_subs(session: AsyncSession, owner_id: int) -> list[Account]:
+    """The pool owner and its sub-accounts, locked in id order (step 3 of the lock order)."""
+    query = select(Account).where(or_(Account.id == owner_id, Account.master_id == owner_id)).order_by(Account.id)
+    return list((await session.scalars(for_write(query))).all())
+
+
+async def freeze_owner(session: AsyncSession, actor: Actor | None, owner_id: int, reason: str | None) -> bool:
+    """Freeze PAYG on a pool owner with the same cascade and audit as `freezePayg`; whether anything changed.
+
+    Used by threshold actions (`actor=None`: SYSTEM) and by an operator approving a pending one.
+    """
+    rows = await _owner_and_subs(session, owner_id)
+    owner = next((row for row in rows if row.id == owner_id), None)
+    if owner is None:
+        return False
+    outcome = await _freeze_rows(
+        session, actor, rows, [owner.uid], target=PaygFreezeStatus.FROZEN, confirm=True, reason=reason
+    )
+    return bool(outcome.affected)
+
+
+async def ban_owner(session: AsyncSession, actor: Actor | None, owner_id: int, reason: str | None) -> bool:
+    """Ban purchases on a pool owner with the same cascade and audit as `setPurchaseControl`; whether it changed."""
+    rows = await _owner_and_subs(session, owner_id)
+    locked = {row.id: row for row in rows}
+    owner = locked.get(owner_id)
+    if owner is None or not R.takes_changes(owner.status) or owner.purchase_control is PurchaseControl.BANNED:
+        return False
+    await _apply_purchase_control(session, actor, locked, owner, PurchaseControl.BANNED, reason)
+    return True
 
 
 # ---------------------------------------------------------------- shutdown policy

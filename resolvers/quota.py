@@ -196,10 +196,13 @@ async def set_warning_threshold(session: AsyncSession, actor: Actor, uid: str, p
             "uid",
         )
     accounts.require_active(account, "input", "uid")
+    from uidhub.resolvers import thresholds  # built on this module's PoolResult
+
     pool = await lock_pool(session, account.pool_id)
     before = pool.warning_percent
     if before != percent:
-        pool.warning_percent = percent
+        # The warning is the pool's first PERCENT_OF_QUOTA threshold; warning_percent mirrors it.
+        await thresholds.set_warning(session, pool, percent)
         audit.record(
             session,
             actor,

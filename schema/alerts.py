@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from uidhub.models import Account, AlertEvent
 from uidhub.models import EmailNotification as EmailRow
-from uidhub.models.enums import AlertKind, AlertState, NotificationStatus
+from uidhub.models.enums import AlertKind, AlertSeverity, AlertState, NotificationStatus, ThresholdKind
 from uidhub.resolvers import accounts as account_ops
 from uidhub.resolvers import alerts as ops
 from uidhub.resolvers.actor import Actor
@@ -57,13 +57,39 @@ class QuotaAlertEvent(Node):
     def available(self) -> Money:
         return Money(self._row.available_cents)
 
-    @strawberry.field(description="The threshold crossed: the warning level, or the credit alert's amount.")
+    @strawberry.field(
+        description="The level crossed: the warning or threshold level, the credit alert's amount; for "
+        "RUNS_OUT_WITHIN_DAYS, what lasts that many days at the recent daily burn."
+    )
     def threshold(self) -> Money:
         return Money(self._row.threshold_cents)
 
     @strawberry.field(description="When the crossing happened.")
     def occurred_at(self) -> datetime:
         return self._row.occurred_at
+
+    @strawberry.field(
+        description="The QuotaThreshold crossed (QUOTA_WARNING); null for credit alerts and older events. A "
+        "removed threshold's id stays here, resolving to no node."
+    )
+    def threshold_id(self) -> strawberry.ID | None:
+        row = self._row
+        return to_global_id("QuotaThreshold", row.threshold_id) if row.threshold_id is not None else None
+
+    @strawberry.field(description="What the crossed threshold compares; null for credit alerts and older events.")
+    def threshold_kind(self) -> ThresholdKind | None:
+        return self._row.threshold_kind
+
+    @strawberry.field(description="The crossed threshold's severity; null for credit alerts and older events.")
+    def severity(self) -> AlertSeverity | None:
+        return self._row.severity
+
+    @strawberry.field(
+        description="RUNS_OUT_WITHIN_DAYS: the forecast's days left at the crossing (null when there was no "
+        "forecast); null for other kinds."
+    )
+    def days_left(self) -> int | None:
+        return self._row.days_left
 
 
 @strawberry.type(description="An edge of a QuotaAlertEventConnection.")

@@ -20,9 +20,11 @@ from uidhub.models import (
     Partner,
     QuotaAdjustment,
     QuotaPool,
+    QuotaThreshold,
     TemporaryCredit,
 )
-from uidhub.models.enums import AuditAction, LedgerKind, QuotaOperationType, TemporaryCreditStatus
+from uidhub.models.enums import AuditAction, QuotaOperationType, TemporaryCreditStatus
+from uidhub.resolvers.alerts import SPEND_KINDS  # the forecast's spend, shared with RUNS_OUT_WITHIN_DAYS thresholds
 from uidhub.resolvers.quota import adjustment_conditions
 
 T = TypeVar("T")
@@ -113,10 +115,6 @@ def _audit_where(actions: tuple[AuditAction, ...]) -> list[Any]:
 
 def _adjustment_where(shape: tuple[datetime | None, datetime | None, QuotaOperationType | None]) -> list[Any]:
     return adjustment_conditions(*shape)
-
-
-#: Ledger entries that lower a pool's available amount: what a forecast extrapolates.
-SPEND_KINDS = (LedgerKind.CONSUMPTION, LedgerKind.SUBSCRIPTION_ORDER)
 
 
 def _recent_spend(session_getter: SessionGetter) -> DataLoader[tuple[int, int], tuple[int, datetime]]:
@@ -215,6 +213,8 @@ class Loaders:
             [TemporaryCredit.ends_at, TemporaryCredit.id],
             TemporaryCredit.status == TemporaryCreditStatus.ACTIVE,
         )
+        #: A pool's alert thresholds: one query for every pool of a list.
+        self.thresholds = _grouped(QuotaThreshold, QuotaThreshold.pool_id, session_getter, QuotaThreshold.id)
 
     def prime_accounts(self, accounts: Sequence[Account]) -> None:
         for account in accounts:

@@ -164,6 +164,42 @@ describe(
     },
 )
 describe(
+    E.ThresholdKind,
+    "What an alert threshold compares.",
+    {
+        "PERCENT_OF_QUOTA": "Available below `value` percent (1..100) of the quota amount.",
+        "AVAILABLE_BELOW": "Available below an absolute amount (`amount`).",
+        "RUNS_OUT_WITHIN_DAYS": "The run-out forecast (7 days of spend) has `daysLeft` at or below `value` days "
+        "(1..365); no forecast (no recent spend) counts as not breached.",
+    },
+)
+describe(
+    E.AlertSeverity,
+    "How serious a threshold's breach is; shown in its events and emails.",
+    {
+        "INFO": "For information.",
+        "WARNING": "Needs attention soon.",
+        "CRITICAL": "Needs attention now.",
+    },
+)
+describe(
+    E.ThresholdAction,
+    "What the system does to the pool owner (cascading to its sub-accounts) on a breach.",
+    {
+        "BAN_PURCHASES": "Set purchase control to BANNED, like setPurchaseControl.",
+        "FREEZE_PAYG": "Freeze PAYG, like freezePayg with confirm.",
+    },
+)
+describe(
+    E.PendingActionStatus,
+    "Where an automatic action waiting for approval stands.",
+    {
+        "PENDING": "Waiting for an operator to approve or dismiss it.",
+        "APPROVED": "Approved and applied.",
+        "DISMISSED": "Dismissed; nothing was applied.",
+    },
+)
+describe(
     E.NotificationStatus,
     "Delivery state of an email.",
     {
@@ -190,6 +226,12 @@ describe(
         "CREDIT_ALERT_CHANGED": "The end user's credit alert changed.",
         "OUTSTANDING_REPAID": "Outstanding consumption repaid.",
         "ORDER_PLACED": "An order was placed and an instance created.",
+        "THRESHOLD_ADDED": "An alert threshold was added to the pool.",
+        "THRESHOLD_CHANGED": "An alert threshold of the pool changed.",
+        "THRESHOLD_REMOVED": "An alert threshold was removed from the pool.",
+        "PENDING_ACTION_CREATED": "A threshold breach stored an automatic action waiting for approval (by the system).",
+        "PENDING_ACTION_APPROVED": "An operator approved a pending automatic action; it was applied.",
+        "PENDING_ACTION_DISMISSED": "An operator dismissed a pending automatic action; nothing was applied.",
     },
 )
 describe(
@@ -242,6 +284,7 @@ describe(
         "IDEMPOTENCY_CONFLICT": "The idempotency key was used before with a different input.",
         "ALREADY_LINKED": "The UID is already linked.",
         "TOO_MANY_EXPORTS": "Your partner has as many exports queued or running as it may; wait for one to finish.",
+        "TOO_MANY_THRESHOLDS": "The pool has as many alert thresholds as it may (10); remove one first.",
     },
 )
 describe(

@@ -11,13 +11,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from uidhub.models import Account, QuotaPool, rules
 from uidhub.models import QuotaAdjustment as AdjustmentRow
+from uidhub.models import QuotaThreshold as ThresholdRow
 from uidhub.models import forecast as forecasts
-from uidhub.models.enums import OperationMethod, QuotaOperationType
+from uidhub.models.enums import (
+    AlertSeverity,
+    OperationMethod,
+    QuotaOperationType,
+    ThresholdAction,
+    ThresholdKind,
+)
 from uidhub.resolvers import quota as quota_ops
+from uidhub.resolvers import thresholds as threshold_ops
 from uidhub.resolvers.actor import Actor
 from uidhub.resolvers.pagination import InvalidArgument, Page, check_first, decode_id_cursor, page_of_rows
 from uidhub.resolvers.tempcredit import MAX_ACTIVE_PER_POOL as MAX_ACTIVE_CREDITS
-from uidhub.schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
+from uidhub.schema.common import INPUT_ARG, Node, PageInfo, UserError, from_global_id, mutate, to_global_id
 from uidhub.schema.context import Info
 from uidhub.schema.partners import Operator
 from uidhub.schema.registry import register_node
@@ -101,6 +109,59 @@ class QuotaForecast:
         description="When available reaches zero at that pace; now when it already has."
     )
     basis_days: int = strawberry.field(description="How many days of spend the forecast averages.")
+
+
+@strawberry.type(
+    description="One alert threshold of a pool: crossing it stores a BREACHED event (and emails), coming back "
+    "stores RECOVERED; optionally it bans purchases or freezes PAYG on the breach."
+)
+class QuotaThreshold(Node):
+    _row: strawberry.Private[ThresholdRow]
+
+    @classmethod
+    def of(cls, row: ThresholdRow) -> QuotaThreshold:
+        return cls(id=to_global_id("QuotaThreshold", row.id), _row=row)
+
+    @strawberry.field(description="What the threshold compares.")
+    def kind(self) -> ThresholdKind:
+        return self._row.kind
+
+    @strawberry.field(
+        description="PERCENT_OF_QUOTA: the percent (1..100); RUNS_OUT_WITHIN_DAYS: the days (1..365); null for "
+        "AVAILABLE_BELOW."
+    )
+    def value(self) -> int | None:
+        return None if self._row.kind is ThresholdKind.AVAILABLE_BELOW else self._row.value
+
+    @strawberry.field(description="AVAILABLE_BELOW: the amount available must stay at or above; null otherwise.")
+    def amount(self) -> Money | None:
+        return Money(self._row.value) if self._row.kind is ThresholdKind.AVAILABLE_BELOW else None
+
+    @strawberry.field(description="How serious a breach is; shown in its events and emails.")
+    def severity(self) -> AlertSeverity:
+        return self._row.severity
+
+    @strawberry.field(
+        description="Who gets the BREACHED emails; null means the partner's alert emails. Always null for "
+        "END_USER tokens: the partner's people's addresses are the partner's business."
+    )
+    def recipients(self, info: Info) -> list[str] | None:
+        actor = info.context.require_actor()
+        if actor.is_end_user or self._row.recipients is None:
+            return None
+        return list(self._row.recipients)
+
+    @strawberry.field(description="What the system does to the pool owner (and its sub-accounts) on a breach.")
+    def action(self) -> ThresholdAction | None:
+        return self._row.action
+
+    @strawberry.field(description="True: a breach stores the action in pendingActions for an operator to approve.")
+    def requires_approval(self) -> bool:
+        return self._row.requires_approval
+
+    @strawberry.field(description="True while the pool is on the breached side (since the last crossing).")
+    def breached(self) -> bool:
+        return bool(self._row.below)
 
 
 @strawberry.type(description="A quota pool (credit line); sub-accounts share their master's.")
@@ -190,6 +251,14 @@ class Quota:
         rows = await info.context.loaders.temporary_credits.load(self._pool.id)
         return [TemporaryCredit.of(row) for row in rows]
 
+    @strawberry.field(
+        description="The pool's alert thresholds (at most 10), oldest first; the first PERCENT_OF_QUOTA one is "
+        "the warning of warningThresholdPercent."
+    )
+    async def thresholds(self, info: Info) -> list[QuotaThreshold]:
+        rows = await info.context.loaders.thresholds.load(self._pool.id)
+        return [QuotaThreshold.of(row) for row in rows]
+
     @strawberry.field(description="Newest first; `since` defaults to six months before now.")
     async def adjustments(
         self,
@@ -228,6 +297,22 @@ async def _resolve_adjustment(info: Info, pk: int) -> QuotaAdjustment | None:
 
 
 register_node("QuotaAdjustment", _resolve_adjustment)
+
+
+async def _resolve_threshold(info: Info, pk: int) -> QuotaThreshold | None:
+    """A threshold is visible when the viewer may see an account spending from its pool."""
+    session = await info.context.session()
+    actor = info.context.require_actor()
+    row = await session.get(ThresholdRow, pk)
+    if row is None:
+        return None
+    visible = await session.scalar(
+        select(Account.id).where(Account.pool_id == row.pool_id, actor.account_scope()).limit(1)
+    )
+    return QuotaThreshold.of(row) if visible is not None else None
+
+
+register_node("QuotaThreshold", _resolve_threshold)
 
 
 # ---------------------------------------------------------------- mutations
@@ -275,8 +360,99 @@ class AmountInput:
     )
 
 
+@strawberry.input(description="What an alert threshold is (adding and changing one take the whole of it).")
+class QuotaThresholdFields:
+    kind: ThresholdKind = strawberry.field(description="What the threshold compares.")
+    value: int | None = strawberry.field(
+        default=None,
+        description="PERCENT_OF_QUOTA: percent 1..100; RUNS_OUT_WITHIN_DAYS: days 1..365; omit for AVAILABLE_BELOW.",
+    )
+    amount: Money | None = strawberry.field(
+        default=None, description="AVAILABLE_BELOW only: alert when available falls below this amount."
+    )
+    severity: AlertSeverity = strawberry.field(
+        default=AlertSeverity.WARNING, description="Shown in the events and emails; WARNING by default."
+    )
+    recipients: list[str] | None = strawberry.field(
+        default=None, description="At most 100 addresses for the BREACHED emails; null: the partner's alert emails."
+    )
+    action: ThresholdAction | None = strawberry.field(
+        default=None, description="Applied to the pool owner and its sub-accounts on a breach (method SYSTEM)."
+    )
+    requires_approval: bool = strawberry.field(
+        default=False, description="Needs an action: a breach stores it in pendingActions instead of applying it."
+    )
+
+    def spec(self) -> threshold_ops.ThresholdSpec:
+        return threshold_ops.ThresholdSpec(
+            kind=self.kind,
+            value=self.value,
+            amount_cents=self.amount,
+            severity=self.severity,
+            recipients=self.recipients,
+            action=self.action,
+            requires_approval=self.requires_approval,
+        )
+
+
+@strawberry.input(description="Add an alert threshold to a pool.")
+class AddQuotaThresholdInput:
+    uid: str = strawberry.field(description="The pool owner (a sub-account is QUOTA_MANAGED_BY_MASTER).")
+    threshold: QuotaThresholdFields = strawberry.field(description="The threshold.")
+
+
+@strawberry.input(description="Change an alert threshold: everything it is, replaced.")
+class UpdateQuotaThresholdInput:
+    id: strawberry.ID = strawberry.field(description="The QuotaThreshold id.")
+    threshold: QuotaThresholdFields = strawberry.field(description="What it becomes; its breached side is kept.")
+
+
+@strawberry.input(description="Remove an alert threshold.")
+class RemoveQuotaThresholdInput:
+    id: strawberry.ID = strawberry.field(description="The QuotaThreshold id.")
+
+
+def _threshold_pk(global_id: str) -> int:
+    parsed = from_global_id(global_id)
+    if parsed is None or parsed[0] != "QuotaThreshold":
+        return 0  # no row has id 0: NOT_FOUND like any unknown id
+    return parsed[1]
+
+
 @strawberry.type
 class QuotaMutations:
+    @strawberry.mutation(
+        description="Add an alert threshold (OPERATOR, ADMIN; at most 10 per pool, TOO_MANY_THRESHOLDS beyond). "
+        "Evaluated at once: added on the breached side, it is BREACHED at once."
+    )
+    async def add_quota_threshold(
+        self, info: Info, input: Annotated[AddQuotaThresholdInput, INPUT_ARG]
+    ) -> QuotaPayload:
+        async def op(session: AsyncSession, actor: Actor) -> QuotaPayload:
+            return quota_payload(await threshold_ops.add_threshold(session, actor, input.uid, input.threshold.spec()))
+
+        return await mutate(info, op, quota_errors)
+
+    @strawberry.mutation(description="Change an alert threshold; the pool is re-evaluated at once.")
+    async def update_quota_threshold(
+        self, info: Info, input: Annotated[UpdateQuotaThresholdInput, INPUT_ARG]
+    ) -> QuotaPayload:
+        async def op(session: AsyncSession, actor: Actor) -> QuotaPayload:
+            return quota_payload(
+                await threshold_ops.change_threshold(session, actor, _threshold_pk(input.id), input.threshold.spec())
+            )
+
+        return await mutate(info, op, quota_errors)
+
+    @strawberry.mutation(description="Remove an alert threshold (no RECOVERED event: it is simply gone).")
+    async def remove_quota_threshold(
+        self, info: Info, input: Annotated[RemoveQuotaThresholdInput, INPUT_ARG]
+    ) -> QuotaPayload:
+        async def op(session: AsyncSession, actor: Actor) -> QuotaPayload:
+            return quota_payload(await threshold_ops.remove_threshold(session, actor, _threshold_pk(input.id)))
+
+        return await mutate(info, op, quota_errors)
+
     @strawberry.mutation(
         description="Set the quota amount: QUOTA_CREATE the first time, QUOTA_ADJUSTMENT afterwards, "
         "nothing for the same amount."

@@ -22,6 +22,7 @@ from uidhub.schema.policy import PolicyMutations, PolicyQueries
 from uidhub.schema.quota import QuotaMutations
 from uidhub.schema.registry import resolve_registered_node
 from uidhub.schema.tempcredit import TemporaryCreditMutations
+from uidhub.schema.thresholds import ThresholdMutations, ThresholdQueries
 from uidhub.schema.webhooks import WebhookMutations, WebhookQueries
 
 
@@ -40,7 +41,7 @@ async def resolve_node(info: Info, global_id: str) -> Node | None:
 
 
 @strawberry.type(description="Read operations.")
-class Query(AccountQueries, PolicyQueries, AlertQueries, ExportQueries, WebhookQueries):
+class Query(AccountQueries, PolicyQueries, AlertQueries, ThresholdQueries, ExportQueries, WebhookQueries):
     @strawberry.field(description="Any object by its global id; null when it does not exist or is not yours.")
     async def node(
         self, info: Info, id: Annotated[strawberry.ID, strawberry.argument(description="A global id.")]
@@ -84,6 +85,7 @@ class Mutation(
     QuotaMutations,
     PolicyMutations,
     AlertMutations,
+    ThresholdMutations,
     ExportMutations,
     WebhookMutations,
     TemporaryCreditMutations,

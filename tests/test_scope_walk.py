@@ -247,6 +247,7 @@ WARNING = "mutation($i: SetWarningThresholdInput!) { setWarningThreshold(input: 
 ORDER = "mutation($i: PlaceOrderInput!) { placeOrder(input: $i) { userErrors { code message } } }"
 CONSUME = "mutation($i: AmountInput!) { recordConsumption(input: $i) { userErrors { code message } } }"
 STATUS = "mutation($i: ChangeAccountStatusInput!) { changeAccountStatus(input: $i) { userErrors { code message } } }"
+THRESHOLD = "mutation($i: AddQuotaThresholdInput!) { addQuotaThreshold(input: $i) { userErrors { code message } } }"
 PURCHASE = "mutation($i: SetPurchaseControlInput!) { setPurchaseControl(input: $i) { userErrors { code message } } }"
 
 
@@ -312,6 +313,20 @@ async def build_world(api: Api) -> World:
         )
     for marker in ("MASTERONE", "MASTERTWO"):
         await mutate(api, WARNING, {"uid": UID[marker], "percent": 50})
+        # A breach that waits for approval: a pending action naming the master.
+        await mutate(
+            api,
+            THRESHOLD,
+            {
+                "uid": UID[marker],
+                "threshold": {
+                    "kind": "AVAILABLE_BELOW",
+                    "amount": "50.00",
+                    "action": "FREEZE_PAYG",
+                    "requiresApproval": True,
+                },
+            },
+        )
         await mutate(
             api,
             CREDIT,

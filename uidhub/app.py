@@ -374,14 +374,25 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        from uidhub.background import start_housekeeping, start_outbox, start_temporary_credits, start_webhooks
+        from uidhub.background import (
+            start_forecast_alerts,
+            start_housekeeping,
+            start_outbox,
+            start_temporary_credits,
+            start_webhooks,
+        )
 
         await bus.start()
         state.token_watch.start()
-        stops = [
-            await start(state)
-            for start in (start_outbox, start_webhooks, start_housekeeping, start_temporary_credits, *BACKGROUND)
-        ]
+        starters = (
+            start_outbox,
+            start_webhooks,
+            start_housekeeping,
+            start_temporary_credits,
+            start_forecast_alerts,
+            *BACKGROUND,
+        )
+        stops = [await start(state) for start in starters]
         stops.insert(0, state.token_watch.stop)
         try:
             async with state.observability.lifespan():

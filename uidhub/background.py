@@ -16,6 +16,7 @@ from uidhub.notifications.outbox import OutboxSender
 from uidhub.notifications.webhooks import WebhookSender
 from uidhub.resolvers.quota import purge_expired
 from uidhub.resolvers.tempcredit import TemporaryCreditWorker
+from uidhub.resolvers.thresholds import evaluate_forecasts
 
 if TYPE_CHECKING:
     from uidhub.app import AppState
@@ -72,3 +73,30 @@ async def start_temporary_credits(state: AppState) -> Stop:
     worker = TemporaryCreditWorker(state.db.background, poll_seconds=state.settings.temporary_credit_poll_seconds)
     worker.start()
     return worker.stop
+
+
+async def start_forecast_alerts(state: AppState) -> Stop:
+    """Re-evaluates RUNS_OUT_WITHIN_DAYS thresholds every `forecast_alert_seconds`.
+
+    Every worker runs it: each pool is evaluated under its row lock with guarded crossings
+    (resolvers.thresholds.evaluate_forecasts), so a crossing is stored once however many workers look.
+    """
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(state.settings.forecast_alert_seconds)
+            try:
+                stored = await evaluate_forecasts(state.db.background)
+                if stored:
+                    log.info("forecast pass stored %d alert events", stored)
+            except Exception:
+                log.exception("forecast pass failed; retrying later")
+
+    task = asyncio.create_task(loop(), name="uidhub-forecast-alerts")
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return stop

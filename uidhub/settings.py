@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     token_recheck_seconds: float = Field(default=5.0, gt=0)
     #: How often each worker looks for lapsed temporary credits to revert (resolvers.tempcredit).
     temporary_credit_poll_seconds: float = Field(default=1.0, gt=0)
+    #: How often the background pass re-evaluates RUNS_OUT_WITHIN_DAYS thresholds (time alone moves a forecast).
+    forecast_alert_seconds: float = Field(default=300.0, gt=0)
     idempotency_ttl_hours: float = Field(default=48.0, ge=24)
     console_url: str = "http://127.0.0.1:8000"
     # A hung database must not hang the server: every statement and every new connection is bounded.
