@@ -1,6 +1,7 @@
 """SQLAlchemy tables and the pure domain rules."""
 
 from models.base import Base
+from models.listing import AccountListing, PartnerAccountCounters
 from models.tables import (
     Account,
     AlertEvent,
@@ -19,6 +20,7 @@ from models.tables import (
 
 __all__ = [
     "Account",
+    "AccountListing",
     "AlertEvent",
     "ApiToken",
     "AuditEntry",
@@ -30,6 +32,7 @@ __all__ = [
     "Instance",
     "LedgerEntry",
     "Partner",
+    "PartnerAccountCounters",
     "QuotaAdjustment",
     "QuotaPool",
 ]

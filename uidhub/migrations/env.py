@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from models import Base
+from models.listing import include_in_schema_compare
 from uidhub.db import null_pool_engine
 
 config = context.config
@@ -20,6 +21,7 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters tables by copying them
         compare_type=True,
+        include_object=include_in_schema_compare,
     )
     with context.begin_transaction():
         context.run_migrations()
