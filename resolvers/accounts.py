@@ -7,12 +7,29 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    column,
+    false,
+    func,
+    or_,
+    select,
+    table,
+    true,
+    tuple_,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
 
-from models import Account, Partner, QuotaPool
+from models import Account, AccountListing, Partner, QuotaPool
 from models import rules as R
 from models.enums import (
     AccountStatus,
@@ -398,75 +415,180 @@ def joined(query: Select[Any]) -> Select[Any]:
     return query.join(QuotaPool, QuotaPool.id == Account.pool_id).outerjoin(Master, Master.id == Account.master_id)
 
 
-def counted(actor: Actor, f: EndUserQuery) -> Select[Any]:
-    """COUNT of the accounts matching `f`, joining the pool and the master only when a condition reads them.
+# The list reads `account_listing` (models.listing): one trigger-maintained row per account carrying the
+# pool's and the master's values the filters and orders need, indexed per order with the partner and the
+# `uid` tie-breaker. Every order walks an index and stops after the page; `after` seeks with a row-value
+# comparison on the same index, so a deep page costs what the first does.
 
-    The count runs on every list request with totalCount: without a policy or
-    quota condition it is a plain indexed count over the partner's accounts.
-    """
-    query = select(func.count(Account.id))
-    if f.credit_control_statuses or f.below_warning_level is not None:
-        query = query.join(QuotaPool, QuotaPool.id == Account.pool_id)
-    if f.payg_freeze_status is not None or f.purchase_control is not None:
-        query = query.outerjoin(Master, Master.id == Account.master_id)
-    return query.where(*filter_conditions(actor, f))
+L = AccountListing
+
+#: Search terms this long or longer go through the trigram indexes; shorter ones scan (see `SearchMatch`).
+TRIGRAM_MIN = 3
 
 
 def _escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def _scan_search(term: str) -> ColumnElement[bool]:
+    """UID prefix or nickname/remarks substring, case-insensitive: the reference semantics of `search`."""
+    like = _escape_like(term.lower())
+    return or_(
+        func.lower(Account.uid).like(f"{like}%", escape="\\"),
+        func.lower(Account.nickname).like(f"%{like}%", escape="\\"),
+        func.lower(Account.remarks).like(f"%{like}%", escape="\\"),
+    )
+
+
+class SearchMatch(ColumnElement[bool]):
+    """`search` through the database's trigram index, with the same results as `_scan_search`.
+
+    PostgreSQL: ILIKE on uid (prefix), nickname and remarks (substring), each served by a pg_trgm GIN
+    index. SQLite: the ids the FTS5 trigram table `account_search` matches (a superset: the term anywhere
+    in any of the three columns), narrowed by `_scan_search` to exactly its semantics. Terms shorter than
+    `TRIGRAM_MIN` have no trigram: they use `_scan_search` alone, which walks the partner's rows in list
+    order (cheap when a 1–2 character term matches often, as it almost always does; a full scan of the
+    partner when it matches nothing).
+    """
+
+    inherit_cache = False
+    type = Boolean()
+
+    def __init__(self, term: str) -> None:
+        self.term = term
+
+
+@compiles(SearchMatch)
+def _compile_search_default(element: SearchMatch, compiler: Any, **kw: Any) -> str:
+    term = element.term
+    if len(term) < TRIGRAM_MIN:
+        return f"({compiler.process(_scan_search(term), **kw)})"
+    if compiler.dialect.name == "postgresql":
+        like = _escape_like(term)
+        expr = or_(
+            Account.uid.ilike(f"{like}%", escape="\\"),
+            Account.nickname.ilike(f"%{like}%", escape="\\"),
+            Account.remarks.ilike(f"%{like}%", escape="\\"),
+        )
+        return f"({compiler.process(expr, **kw)})"
+    fts = table("account_search", column("rowid"), column("account_search"))
+    phrase = '"' + term.replace('"', '""') + '"'
+    candidates = select(fts.c.rowid).where(fts.c.account_search.op("MATCH")(bindparam(None, phrase, String())))
+    return f"({compiler.process(and_(L.account_id.in_(candidates), _scan_search(term)), **kw)})"
+
+
+def _flag(column: ColumnElement[bool], value: bool) -> ColumnElement[bool]:
+    # `= true` / `= 1`, never `IS TRUE`: the partial indexes' predicates are spelled that way.
+    return column == (true() if value else false())
+
+
+def needs_account(actor: Actor, f: EndUserQuery) -> bool:
+    """Whether the conditions read `accounts` (the rest live on the listing row)."""
+    return bool(
+        actor.account_id is not None or f.search or f.account_types or f.business_manager is not None
+    )
+
+
 def filter_conditions(actor: Actor, f: EndUserQuery) -> list[ColumnElement[bool]]:
     check_list(f.uids, "uids")
-    conditions: list[ColumnElement[bool]] = [actor.account_scope()]
+    conditions: list[ColumnElement[bool]] = [L.partner_id == actor.partner_id]
+    if actor.account_id is not None:
+        conditions.append(actor.account_scope())
     if f.search:
-        term = _escape_like(f.search.lower())
-        conditions.append(
-            or_(
-                func.lower(Account.uid).like(f"{term}%", escape="\\"),
-                func.lower(Account.nickname).like(f"%{term}%", escape="\\"),
-                func.lower(Account.remarks).like(f"%{term}%", escape="\\"),
-            )
-        )
+        conditions.append(SearchMatch(f.search))
     if f.uids is not None:
-        conditions.append(Account.uid.in_(list(f.uids)))
+        conditions.append(L.uid.in_(list(f.uids)))
     if f.account_types:
         conditions.append(Account.account_type.in_(list(f.account_types)))
     if f.account_statuses:
-        conditions.append(Account.status.in_(list(f.account_statuses)))
+        conditions.append(L.status.in_(list(f.account_statuses)))
     else:
-        conditions.append(Account.status != AccountStatus.DELETED)
+        conditions.append(L.status != AccountStatus.DELETED)
     if f.payg_freeze_status is not None:
-        frozen = frozen_expr()
-        conditions.append(frozen if f.payg_freeze_status is PaygFreezeStatus.FROZEN else ~frozen)
+        conditions.append(_flag(L.frozen, f.payg_freeze_status is PaygFreezeStatus.FROZEN))
     if f.purchase_control is not None:
-        banned = banned_expr()
-        conditions.append(banned if f.purchase_control is PurchaseControl.BANNED else ~banned)
+        conditions.append(_flag(L.banned, f.purchase_control is PurchaseControl.BANNED))
     if f.credit_control_statuses:
-        conditions.append(QuotaPool.credit_control_status.in_(list(f.credit_control_statuses)))
+        statuses = set(f.credit_control_statuses)
+        conditions.append(L.credit_control_status.in_(sorted(statuses)))
+        if statuses == {CreditControlStatus.SHUTDOWN}:
+            conditions.append(_flag(L.shutdown, True))  # implied; lets the partial index serve it
     if f.below_warning_level is not None:
-        below = below_warning_expr()
-        conditions.append(below if f.below_warning_level else ~below)
+        conditions.append(_flag(L.below_warning, f.below_warning_level))
     if f.business_manager is not None:
         conditions.append(Account.business_manager == f.business_manager)
     if f.linked_after is not None:
-        conditions.append(Account.linked_at >= f.linked_after)
+        conditions.append(L.linked_at >= f.linked_after)
     if f.linked_before is not None:
-        conditions.append(Account.linked_at < f.linked_before)
+        conditions.append(L.linked_at < f.linked_before)
     if not f.include_sub_accounts:
-        conditions.append(Account.master_id.is_(None))
+        conditions.append(L.master_id.is_(None))
     return conditions
+
+
+def counted(actor: Actor, f: EndUserQuery) -> Select[Any]:
+    """COUNT of the accounts matching `f` over the listing, joining `accounts` only when a condition reads it."""
+    query = select(func.count()).select_from(L)
+    if needs_account(actor, f):
+        query = query.join(Account, Account.id == L.account_id)
+    return query.where(*filter_conditions(actor, f))
+
+
+def counter_shape(actor: Actor, f: EndUserQuery) -> tuple[str, str | None] | None:
+    """(counter, counter to subtract) answering the count of `f` from the partner's counters, or None.
+
+    Unfiltered, masters only, and one effective flag (freeze, ban, credit SHUTDOWN, below warning) either way.
+    """
+    if actor.account_id is not None or f.search or f.uids is not None or f.account_types or f.account_statuses:
+        return None
+    if f.business_manager is not None or f.linked_after is not None or f.linked_before is not None:
+        return None
+    flags: list[tuple[str, bool]] = []
+    if f.payg_freeze_status is not None:
+        flags.append(("frozen", f.payg_freeze_status is PaygFreezeStatus.FROZEN))
+    if f.purchase_control is not None:
+        flags.append(("banned", f.purchase_control is PurchaseControl.BANNED))
+    if f.credit_control_statuses:
+        statuses = set(f.credit_control_statuses)
+        if statuses == {CreditControlStatus.SHUTDOWN}:
+            flags.append(("shutdown", True))
+        elif statuses == {CreditControlStatus.NORMAL, CreditControlStatus.ARREARS_NOT_SHUTDOWN}:
+            flags.append(("shutdown", False))
+        elif statuses != set(CreditControlStatus):
+            return None
+    if f.below_warning_level is not None:
+        flags.append(("below_warning", f.below_warning_level))
+    if not f.include_sub_accounts:
+        return ("owners", None) if not flags else None
+    if not flags:
+        return ("accounts", None)
+    if len(flags) > 1:
+        return None
+    name, value = flags[0]
+    return (name, None) if value else ("accounts", name)
+
+
+async def count_matching(session: AsyncSession, actor: Actor, f: EndUserQuery) -> int:
+    """totalCount: from the maintained counters when they answer the shape, else an indexed COUNT."""
+    from resolvers import counters  # a leaf module; imported here to keep this module's imports light
+
+    shape = counter_shape(actor, f)
+    if shape is None:
+        return int(await session.scalar(counted(actor, f)) or 0)
+    values = await counters.totals(session, actor.partner_id)
+    plus, minus = shape
+    return getattr(values, plus) - (getattr(values, minus) if minus else 0)
 
 
 def sort_expr(sort_field: str) -> ColumnElement[Any]:
     if sort_field == "LINKED_AT":
-        return Account.linked_at
+        return L.linked_at
     if sort_field == "UID":
-        return Account.uid
+        return L.uid
     if sort_field == "NICKNAME":
-        return func.coalesce(Account.nickname, "")
+        return L.nickname_key
     if sort_field == "AVAILABLE_QUOTA":
-        return available_expr()
+        return L.available_cents
     raise InvalidArgument(f"Unknown order field {sort_field}.")
 
 
@@ -481,7 +603,7 @@ def _parse_cursor_value(sort_field: str, value: Any) -> Any:
         if sort_field == "LINKED_AT":
             return datetime.fromisoformat(value)
         if sort_field == "AVAILABLE_QUOTA":
-            if not isinstance(value, int):
+            if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError
             return value
         if not isinstance(value, str):
@@ -491,11 +613,33 @@ def _parse_cursor_value(sort_field: str, value: Any) -> Any:
         raise InvalidArgument("`after` is not a valid cursor for this order.") from None
 
 
+def _order(sort: EndUserSort) -> list[ColumnElement[Any]]:
+    keys = [L.uid] if sort.field == "UID" else [sort_expr(sort.field), L.uid]
+    return [k.desc() for k in keys] if sort.descending else [k.asc() for k in keys]
+
+
+def _after(sort: EndUserSort, value: Any, uid: str) -> ColumnElement[bool]:
+    """Rows after the cursor: one row-value comparison, which both databases seek with the order's index."""
+    if sort.field == "UID":
+        return L.uid < uid if sort.descending else L.uid > uid
+    key = sort_expr(sort.field)
+    left = tuple_(key, L.uid)
+    right = tuple_(bindparam(None, value, type_=key.type), bindparam(None, uid, type_=L.uid.type))
+    return left < right if sort.descending else left > right
+
+
 def filtered_query(actor: Actor, f: EndUserQuery, sort: EndUserSort) -> Select[Any]:
     """Every account matching the filter, in list order (the export reads the same query)."""
     key = sort_expr(sort.field)
-    order = [key.desc(), Account.uid.desc()] if sort.descending else [key.asc(), Account.uid.asc()]
-    return joined(select(Account, key.label("sort_key"))).where(*filter_conditions(actor, f)).order_by(*order)
+    return (
+        select(Account, key.label("sort_key"))
+        .select_from(L)
+        .join(Account, Account.id == L.account_id)
+        .join(QuotaPool, QuotaPool.id == L.pool_id)
+        .outerjoin(Master, Master.id == L.master_id)
+        .where(*filter_conditions(actor, f))
+        .order_by(*_order(sort))
+    )
 
 
 async def list_end_users(
@@ -510,22 +654,17 @@ async def list_end_users(
     limit = check_first(first)
     cursor_kind = f"eu:{sort.field}:{'d' if sort.descending else 'a'}"
     position = decode_cursor(after, cursor_kind, 2)
-    key = sort_expr(sort.field)
-    # The pool and master are joined for filters and sorting anyway; selecting them
-    # lets nested fields answer without loading them again.
+    # The pool and master are joined anyway; selecting them lets nested fields answer without loading them again.
     query = (
         filtered_query(actor, f, sort)
         .add_columns(QuotaPool, Master, Partner)
-        .join(Partner, Partner.id == Account.partner_id)
+        .join(Partner, Partner.id == L.partner_id)
     )
     if position is not None:
         value, uid = _parse_cursor_value(sort.field, position[0]), position[1]
         if not isinstance(uid, str):
             raise InvalidArgument("`after` is not a valid cursor.")
-        if sort.descending:
-            query = query.where(or_(key < value, and_(key == value, Account.uid < uid)))
-        else:
-            query = query.where(or_(key > value, and_(key == value, Account.uid > uid)))
+        query = query.where(_after(sort, value, uid))
     rows = (await session.execute(query.limit(limit + 1))).all()
     items = [row[0] for row in rows[:limit]]
     cursors = [
@@ -533,7 +672,7 @@ async def list_end_users(
     ]
 
     async def count() -> int:
-        return int(await session.scalar(counted(actor, f)) or 0)
+        return await count_matching(session, actor, f)
 
     return Page(items=items, cursors=cursors, has_next=len(rows) > limit, has_previous=position is not None,
                 count=count, related=[(row[2], row[3], row[4]) for row in rows[:limit]])
@@ -555,7 +694,22 @@ class Summary:
 
 
 async def summary(session: AsyncSession, actor: Actor) -> Summary:
-    """Portfolio totals over the visible, non-deleted accounts; money over pools (owners only)."""
+    """Portfolio totals over the visible, non-deleted accounts; money over pools (owners only).
+
+    A partner-wide actor reads the counters the database maintains (one small indexed SUM, whatever the
+    number of accounts); an END_USER sees its own account and its subs, a handful of rows: aggregated.
+    """
+    if actor.account_id is not None:
+        return await aggregate_summary(session, actor)
+    from resolvers import counters
+
+    t = await counters.totals(session, actor.partner_id)
+    return Summary(t.accounts, t.frozen, t.banned, t.shutdown, t.below_warning, t.total_quota_cents,
+                   t.total_available_cents, t.total_outstanding_cents)
+
+
+async def aggregate_summary(session: AsyncSession, actor: Actor) -> Summary:
+    """The summary aggregated from the rows themselves: the definition the counters must always equal."""
 
     def count_if(cond: ColumnElement[bool]) -> Any:
         return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
@@ -576,4 +730,3 @@ async def summary(session: AsyncSession, actor: Actor) -> Summary:
     ).where(actor.account_scope(), Account.status != AccountStatus.DELETED)
     row = (await session.execute(query)).one()
     return Summary(*(int(v) for v in row))
-

@@ -113,7 +113,8 @@ END""",
   WHERE account_id = NEW.id;
 END""",
     """CREATE TRIGGER trg_accounts_listing_cascade AFTER UPDATE ON accounts
-WHEN NEW.master_id IS NULL AND (OLD.payg_freeze IS NOT NEW.payg_freeze OR OLD.purchase_control IS NOT NEW.purchase_control)
+WHEN NEW.master_id IS NULL
+  AND (OLD.payg_freeze IS NOT NEW.payg_freeze OR OLD.purchase_control IS NOT NEW.purchase_control)
 BEGIN
   UPDATE account_listing SET
     frozen = ((SELECT s.payg_freeze = 'FROZEN' FROM accounts s WHERE s.id = account_listing.account_id)
