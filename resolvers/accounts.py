@@ -132,20 +132,16 @@ def basic_info(account: Account) -> dict[str, Any]:
 # ---------------------------------------------------------------- link
 
 
-async def link_account(
-    session: AsyncSession,
+def link_input_errors(
     actor: Actor,
     *,
     uid: str,
-    account_type: AccountType,
     nickname: str | None,
     email: str | None,
     master_uid: str | None,
     quota_amount_cents: int | None,
-) -> Account:
-    from resolvers.quota import apply_quota_amount  # quota builds on accounts
-
-    actor.require(Permission.LINK_ACCOUNT)
+) -> list[UserError]:
+    """What is wrong with a link request before the database is read (linkAccount and import-accounts)."""
     errors: list[UserError] = []
     if (problem := check_uid(uid, "uid")) is not None:
         errors.append(problem)
@@ -169,17 +165,47 @@ async def link_account(
                     ("input", "quotaAmount"),
                 )
             )
+    return errors
+
+
+def master_problem(master: Account | None, master_uid: str) -> UserError | None:
+    """Why `master` (the actor's account named `master_uid`, or None) cannot take a new sub-account."""
+    try:
+        if master is None:
+            raise not_found("account", master_uid, "input", "masterUid")
+        if master.master_id is not None:
+            raise invalid("A sub-account cannot have sub-accounts (one level only).", "input", "masterUid")
+        require_active(master, "input", "masterUid")
+    except UserErrors as exc:
+        return exc.errors[0]
+    return None
+
+
+async def link_account(
+    session: AsyncSession,
+    actor: Actor,
+    *,
+    uid: str,
+    account_type: AccountType,
+    nickname: str | None,
+    email: str | None,
+    master_uid: str | None,
+    quota_amount_cents: int | None,
+) -> Account:
+    from resolvers.quota import apply_quota_amount  # quota builds on accounts
+
+    actor.require(Permission.LINK_ACCOUNT)
+    errors = link_input_errors(
+        actor, uid=uid, nickname=nickname, email=email, master_uid=master_uid, quota_amount_cents=quota_amount_cents
+    )
     if errors:
         raise UserErrors(errors)
 
     master: Account | None = None
     if master_uid is not None:
         master = await find(session, actor, master_uid, lock=True)
-        if master is None:
-            raise not_found("account", master_uid, "input", "masterUid")
-        if master.master_id is not None:
-            raise invalid("A sub-account cannot have sub-accounts (one level only).", "input", "masterUid")
-        require_active(master, "input", "masterUid")
+        if (problem := master_problem(master, master_uid)) is not None:
+            raise UserErrors([problem])
 
     if await session.scalar(select(Account.id).where(Account.uid == uid)) is not None:
         raise UserErrors.one(ErrorCode.ALREADY_LINKED, f"UID {uid} is already linked.", "input", "uid")
