@@ -54,7 +54,6 @@ class AccountListing(Base):
     __tablename__ = "account_listing"
     __table_args__ = (
         Index("ix_account_listing_pool", "pool_id"),
-        Index("ix_account_listing_master", "master_id"),
         _keyset("ix_account_listing_linked", "linked_at"),
         Index("ix_account_listing_uid", "partner_id", "uid"),
         _keyset("ix_account_listing_nickname", "nickname_key"),

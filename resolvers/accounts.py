@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
     ColumnElement,
     Select,
     String,
@@ -28,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
+from sqlalchemy.types import NullType
 
 from models import Account, AccountListing, Partner, QuotaPool
 from models import rules as R
@@ -478,7 +478,9 @@ class SearchMatch(ColumnElement[bool]):
     """
 
     inherit_cache = False
-    type = Boolean()
+    # Untyped on purpose: a Boolean-typed element would be rendered `(…) = 1` on SQLite, which hides the
+    # `account_id IN (…)` term from its planner.
+    type = NullType()
 
     def __init__(self, term: str) -> None:
         self.term = term

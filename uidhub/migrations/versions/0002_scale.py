@@ -121,7 +121,7 @@ BEGIN
               OR NEW.payg_freeze = 'FROZEN'),
     banned = ((SELECT s.purchase_control = 'BANNED' FROM accounts s WHERE s.id = account_listing.account_id)
               OR NEW.purchase_control = 'BANNED')
-  WHERE master_id = NEW.id;
+  WHERE account_id IN (SELECT s.id FROM accounts s WHERE s.master_id = NEW.id);
 END""",
     # quota_pools → the listing rows of the pool
     f"""CREATE TRIGGER trg_pools_listing_update AFTER UPDATE ON quota_pools
