@@ -683,17 +683,16 @@ async def list_end_users(
     cursor_kind = f"eu:{sort.field}:{'d' if sort.descending else 'a'}"
     position = decode_cursor(after, cursor_kind, 2)
     # The pool and master are joined anyway; selecting them lets nested fields answer without loading them again.
-    query = (
-        filtered_query(actor, f, sort)
-        .add_columns(QuotaPool, Master, Partner)
-        .join(Partner, Partner.id == L.partner_id)
-    )
+    query = filtered_query(actor, f, sort).add_columns(QuotaPool, Master)
     if position is not None:
         value, uid = _parse_cursor_value(sort.field, position[0]), position[1]
         if not isinstance(uid, str):
             raise InvalidArgument("`after` is not a valid cursor.")
         query = query.where(_after(sort, value, uid))
     rows = (await session.execute(query.limit(limit + 1))).all()
+    # Every row is the actor's partner's: loaded once, not joined (a join let SQLite put `partners` outermost and
+    # sort the partner's accounts instead of walking the order's index).
+    partner = await session.get(Partner, actor.partner_id) if rows else None
     items = [row[0] for row in rows[:limit]]
     cursors = [
         encode_cursor(cursor_kind, [_cursor_value(sort.field, row[1]), row[0].uid]) for row in rows[:limit]
@@ -703,7 +702,7 @@ async def list_end_users(
         return await count_matching(session, actor, f)
 
     return Page(items=items, cursors=cursors, has_next=len(rows) > limit, has_previous=position is not None,
-                count=count, related=[(row[2], row[3], row[4]) for row in rows[:limit]])
+                count=count, related=[(row[2], row[3], partner) for row in rows[:limit]])
 
 
 # ---------------------------------------------------------------- summary
