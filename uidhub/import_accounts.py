@@ -46,7 +46,7 @@ from models.enums import (
 )
 from models.money import MoneyError, format_money, parse_money
 from notifications import log
-from resolvers import accounts
+from resolvers import accounts, counters
 from resolvers.actor import Actor
 from resolvers.errors import UserError
 from uidhub.db import Database
@@ -216,8 +216,15 @@ async def _reserve_ids(session: Any, table: Any, count: int) -> list[int]:
 
 
 async def _insert(session: Any, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Multi-row INSERT … VALUES statements. On PostgreSQL one statement is one firing of the statement-level
+    triggers (one listing insert, one counters delta row), where an executemany would fire them per row."""
+    if session.get_bind().dialect.name != "postgresql":
+        if rows:  # SQLite's executemany is already one prepared statement stepped per row: the fastest path
+            await session.execute(insert(table), rows)
+        return
     if rows:
-        await session.execute(insert(table), rows)
+        # RETURNING makes SQLAlchemy batch the rows into multi-row VALUES ("insertmanyvalues"), compiled once.
+        await session.execute(insert(table).returning(table.c.id), rows)
 
 
 async def _link_batch(
@@ -306,10 +313,11 @@ async def import_accounts(
             # taken last and held only for these inserts and the commit.
             if db.is_postgres:
                 await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": log.LOG_LOCK_KEY})
-            for chunk in _chunks(audit, BATCH * 2):
-                await session.execute(insert(AuditEntry.__table__), list(chunk))
+            await _insert(session, AuditEntry.__table__, audit)
             if audit:
                 log.add_topic(session, f"audit:{partner.id}")
+        async with db.read() as session:
+            await counters.compact(session, partner.id)  # fold the import's delta rows (PostgreSQL)
     return len(rows)
 
 
