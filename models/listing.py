@@ -26,7 +26,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, BigId, UTCDateTime
 from models.enums import AccountStatus, CreditControlStatus
-from models.tables import Account, enum_col
+from models.tables import enum_col
 
 
 def _keyset(name: str, key: str, where: str | None = None, sqlite_where: str | None = None) -> Index:
@@ -114,23 +114,21 @@ class PartnerAccountCounters(Base):
     total_outstanding_cents: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-# Trigram indexes for `search` on PostgreSQL (pg_trgm, created by migration 0002_scale). SQLite searches
-# through the FTS5 table `account_search` instead, which is not part of this metadata.
-for _column in ("uid", "nickname", "remarks"):
-    Index(
-        f"ix_accounts_{_column}_trgm",
-        getattr(Account, _column),
-        postgresql_using="gin",
-        postgresql_ops={_column: "gin_trgm_ops"},
-    ).ddl_if(dialect="postgresql")
+# Search indexes on PostgreSQL: pg_trgm GIN indexes on accounts.uid, nickname and remarks, and a
+# varchar_pattern_ops index on uid for prefixes. SQLite searches through the FTS5 table `account_search`.
+# Migration 0002_scale creates them with raw DDL (the extension must exist first), so they are not part of
+# this metadata: `Base.metadata.create_all` stays usable on a database without pg_trgm.
+POSTGRES_ONLY_INDEXES = frozenset(
+    {"ix_accounts_uid_trgm", "ix_accounts_nickname_trgm", "ix_accounts_remarks_trgm", "ix_accounts_uid_pattern"}
+)
 
 
 def include_in_schema_compare(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
     """Alembic `include_object`: leave out what the models cannot describe on both databases.
 
-    The FTS5 table `account_search` and its shadow tables exist on SQLite only, and the trigram
-    indexes on PostgreSQL only; migration 0002_scale creates both with raw DDL.
+    The FTS5 table `account_search` and its shadow tables exist on SQLite only, and the trigram and
+    pattern indexes on PostgreSQL only; migration 0002_scale creates both with raw DDL.
     """
     if type_ == "table" and name is not None and name.startswith("account_search"):
         return False
-    return not (type_ == "index" and name is not None and name.startswith("ix_accounts_") and name.endswith("_trgm"))
+    return not (type_ == "index" and name in POSTGRES_ONLY_INDEXES)

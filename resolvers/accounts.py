@@ -494,7 +494,7 @@ def _compile_search_default(element: SearchMatch, compiler: Any, **kw: Any) -> s
     if compiler.dialect.name == "postgresql":
         like = _escape_like(term)
         expr = or_(
-            Account.uid.ilike(f"{like}%", escape="\\"),
+            _uid_prefix_pg(term),
             Account.nickname.ilike(f"%{like}%", escape="\\"),
             Account.remarks.ilike(f"%{like}%", escape="\\"),
         )
@@ -503,6 +503,40 @@ def _compile_search_default(element: SearchMatch, compiler: Any, **kw: Any) -> s
     phrase = '"' + term.replace('"', '""') + '"'
     candidates = select(fts.c.rowid).where(fts.c.account_search.op("MATCH")(bindparam(None, phrase, String())))
     return f"({compiler.process(and_(L.account_id.in_(candidates), _scan_search(term)), **kw)})"
+
+
+#: Case variants of a UID prefix searched through the pattern index before falling back to the trigram index.
+MAX_PREFIX_VARIANTS = 16
+
+
+def case_variants(term: str) -> list[str] | None:
+    """Every ASCII upper/lower spelling of `term`, or None when there are too many or it is not ASCII.
+
+    A case-insensitive prefix is then a handful of case-sensitive prefixes, each a range of the
+    `varchar_pattern_ops` index on `accounts.uid` (PostgreSQL): exact, and O(log n + matches).
+    """
+    if not term.isascii():
+        return None
+    variants = [""]
+    for ch in term:
+        spellings = sorted({ch.lower(), ch.upper()})
+        if len(variants) * len(spellings) > MAX_PREFIX_VARIANTS:
+            return None
+        variants = [v + c for v in variants for c in spellings]
+    return variants
+
+
+def _uid_prefix_pg(term: str) -> ColumnElement[bool]:
+    variants = case_variants(term)
+    if variants is None:
+        return Account.uid.ilike(f"{_escape_like(term)}%", escape="\\")  # the trigram index
+    # Inlined patterns (literal_execute): the planner sees a constant prefix on every execution, which is what
+    # lets it turn LIKE into an index range even under a generic prepared-statement plan.
+    return or_(*(
+        # (No ESCAPE clause: backslash is LIKE's default escape, and a constant pattern is what the planner needs.)
+        Account.uid.like(bindparam(None, f"{_escape_like(v)}%", String(), literal_execute=True))
+        for v in variants
+    ))
 
 
 def _flag(column: ColumnElement[bool], value: bool) -> ColumnElement[bool]:

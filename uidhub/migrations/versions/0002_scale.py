@@ -14,7 +14,8 @@ its own):
 - `partner_account_counters`: what `summary` and an unfiltered `totalCount`
   read. SQLite keeps one row per partner; PostgreSQL appends one delta row per
   statement (no hot row, no lock to wait for) and readers fold them.
-- search: pg_trgm GIN indexes on uid, nickname and remarks (PostgreSQL); an
+- search: a `varchar_pattern_ops` index on uid (prefixes) and pg_trgm GIN indexes on uid, nickname and
+  remarks (PostgreSQL); an
   FTS5 `trigram` table over the same columns of `accounts` (SQLite ≥ 3.34).
 
 Triggers: `accounts` INSERT/UPDATE → listing; `quota_pools` UPDATE → the
@@ -356,6 +357,8 @@ def upgrade() -> None:
         op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
         for column in ("uid", "nickname", "remarks"):
             op.execute(f"CREATE INDEX ix_accounts_{column}_trgm ON accounts USING gin ({column} gin_trgm_ops)")
+        # A UID prefix (each case spelling of it) as a range of this index, whatever the database collation.
+        op.execute("CREATE INDEX ix_accounts_uid_pattern ON accounts (uid varchar_pattern_ops)")
         for statement in PG_FUNCTIONS + PG_TRIGGERS:
             op.execute(statement)
     else:
@@ -377,6 +380,7 @@ def downgrade() -> None:
             op.execute(f"DROP FUNCTION IF EXISTS {name}()")
         for column in ("uid", "nickname", "remarks"):
             op.execute(f"DROP INDEX IF EXISTS ix_accounts_{column}_trgm")
+        op.execute("DROP INDEX IF EXISTS ix_accounts_uid_pattern")
     else:
         for name in SQLITE_TRIGGER_NAMES:
             op.execute(f"DROP TRIGGER IF EXISTS {name}")
