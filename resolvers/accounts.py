@@ -467,14 +467,15 @@ def _scan_search(term: str) -> ColumnElement[bool]:
 
 
 class SearchMatch(ColumnElement[bool]):
-    """`search` through the database's trigram index, with the same results as `_scan_search`.
+    """`search` through the database's indexes, with the same results as `_scan_search`.
 
-    PostgreSQL: ILIKE on uid (prefix), nickname and remarks (substring), each served by a pg_trgm GIN
-    index. SQLite: the ids the FTS5 trigram table `account_search` matches (a superset: the term anywhere
-    in any of the three columns), narrowed by `_scan_search` to exactly its semantics. Terms shorter than
-    `TRIGRAM_MIN` have no trigram: they use `_scan_search` alone, which walks the partner's rows in list
-    order (cheap when a 1–2 character term matches often, as it almost always does; a full scan of the
-    partner when it matches nothing).
+    PostgreSQL: the UID prefix as ranges of a `varchar_pattern_ops` index (one per case spelling, see
+    `case_variants`; ILIKE through a pg_trgm index past MAX_PREFIX_VARIANTS), nickname and remarks by
+    ILIKE through pg_trgm GIN indexes. SQLite: the ids the FTS5 trigram table `account_search` matches
+    (a superset: the term anywhere in any of the three columns), narrowed by `_scan_search` to exactly
+    its semantics. Terms shorter than `TRIGRAM_MIN` have no trigram: they use `_scan_search` alone,
+    which walks the partner's rows in list order (cheap when a 1–2 character term matches often, as it
+    almost always does; a full scan of the partner when it matches nothing).
     """
 
     inherit_cache = False
