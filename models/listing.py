@@ -58,9 +58,10 @@ class AccountListing(Base):
         Index("ix_account_listing_uid", "partner_id", "uid"),
         _keyset("ix_account_listing_nickname", "nickname_key"),
         _keyset("ix_account_listing_available", "available_cents"),
-        # includeSubAccounts: false by available quota, the list page's default. The other orders of masters walk
-        # their index above and skip sub-accounts (a few per master): each index here costs every write.
+        # includeSubAccounts: false by available quota (the list page's default) and by link time. By UID and
+        # nickname, masters walk the index above and skip sub-accounts: each index here costs every write.
         _keyset("ix_account_listing_owner_available", "available_cents", "master_id IS NULL"),
+        _keyset("ix_account_listing_owner_linked", "linked_at", "master_id IS NULL"),
         # The flag filters in the default order.
         *(_keyset(f"ix_account_listing_{flag}", "linked_at", flag, f"{flag} = 1") for flag in FLAG_COLUMNS),
     )
