@@ -201,14 +201,16 @@ async def time_shapes(url: str, token: str, runs: int, workdir: Path) -> dict[st
 async def floor(url: str, statements: list[tuple[str, Any]], runs: int) -> float:
     """Median ms of running the request's SELECTs back to back as plain driver SQL on one connection."""
     engine = null_pool_engine(url)
-    selects = [(s, p) for s, p in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))]
+    selects = [(s, p) for s, p in statements if s.lstrip().upper().startswith(("SELECT", "WITH", "SET LOCAL"))]
     times = []
     try:
         async with engine.connect() as conn:
             for i in range(runs + 2):
                 started = time.perf_counter()
                 for statement, params in selects:
-                    (await conn.exec_driver_sql(statement, params)).all()
+                    result = await conn.exec_driver_sql(statement, params)
+                    if result.returns_rows:
+                        result.all()
                 if i >= 2:
                     times.append(time.perf_counter() - started)
             await conn.rollback()
