@@ -38,6 +38,7 @@ from models.enums import (
     CreditControlStatus,
     ErrorCode,
     OperationMethod,
+    PartnerKind,
     PaygFreezeStatus,
     PurchaseControl,
     QuotaOperationType,
@@ -137,7 +138,10 @@ def parse_rows(handle: io.TextIOBase | Any, actor: Actor, problems: Problems) ->
                 problems.add(line, ErrorCode.INVALID_INPUT, f"quota_amount: {exc}")
         errors = accounts.link_input_errors(actor, uid=uid, nickname=nickname, email=None, master_uid=master_uid,
                                             quota_amount_cents=quota_cents)
-        # The limits updateBasicInfo applies to the two fields linkAccount does not take.
+        # What updateBasicInfo applies to the two fields linkAccount does not take.
+        if manager is not None and actor.partner_kind is PartnerKind.AGENCY:
+            errors.append(UserError(ErrorCode.FORBIDDEN, "Agency partners may edit nickname and remarks only.",
+                                    ("input", "businessManager")))
         accounts.check_text(errors, manager, "businessManager", max_chars=R.BUSINESS_MANAGER_MAX_CHARS)
         accounts.check_text(errors, remarks, "remarks", max_bytes=R.REMARKS_MAX_BYTES)
         problems.add_errors(line, errors)
