@@ -133,3 +133,16 @@ def test_cli_exit_codes_and_output(tmp_path: Path) -> None:
     assert "Traceback" not in second.stderr and "nothing was linked" in second.stderr
     missing = run(tmp_path, "import-accounts", "--partner", "NOPE", str(path))
     assert missing.returncode == 2 and "no partner NOPE" in missing.stderr
+
+
+async def test_agency_rules_are_linkaccounts(db: Database, tmp_path: Path) -> None:
+    """An agency may link, but not set quotas (linkAccount) nor business managers (updateBasicInfo)."""
+    await make_partner(db, "P-AG", PartnerKind.AGENCY)
+    path = write_csv(tmp_path / "agency.csv", [["G1", "", "Li", "", "", "", ""], ["G2", "", "", "", "", "5.00", ""],
+                                               ["G3", "nick", "", "remarks", "", "", ""]])
+    with pytest.raises(ImportFailed) as failed:
+        await import_accounts(db, "P-AG", path)
+    assert [line.split(" ")[:3] for line in failed.value.problems] == [
+        ["line", "2:", "FORBIDDEN"], ["line", "3:", "FORBIDDEN"]]
+    ok = write_csv(tmp_path / "agency-ok.csv", [["G3", "nick", "", "remarks", "", "", ""]])
+    assert await import_accounts(db, "P-AG", ok) == 1
