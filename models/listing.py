@@ -25,7 +25,7 @@ from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, BigId, UTCDateTime
-from models.enums import AccountStatus, CreditControlStatus
+from models.enums import AccountStatus, AccountType, CreditControlStatus
 from models.tables import enum_col
 
 
@@ -62,6 +62,8 @@ class AccountListing(Base):
         # nickname, masters walk the index above and skip sub-accounts: each index here costs every write.
         _keyset("ix_account_listing_owner_available", "available_cents", "master_id IS NULL"),
         _keyset("ix_account_listing_owner_linked", "linked_at", "master_id IS NULL"),
+        # One account type in the default order.
+        Index("ix_account_listing_type", "partner_id", "account_type", "linked_at", "uid"),
         # The flag filters in the default order.
         *(_keyset(f"ix_account_listing_{flag}", "linked_at", flag, f"{flag} = 1") for flag in FLAG_COLUMNS),
     )
@@ -73,6 +75,7 @@ class AccountListing(Base):
     pool_id: Mapped[int] = mapped_column(BigId)
     master_id: Mapped[int | None] = mapped_column(BigId)
     uid: Mapped[str] = mapped_column(String(64))
+    account_type: Mapped[AccountType] = mapped_column(enum_col(AccountType))
     status: Mapped[AccountStatus] = mapped_column(enum_col(AccountStatus))
     linked_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: coalesce(nickname, ''): the NICKNAME order (accounts without one first).

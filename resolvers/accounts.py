@@ -548,9 +548,7 @@ def _flag(column: ColumnElement[bool], value: bool) -> ColumnElement[bool]:
 
 def needs_account(actor: Actor, f: EndUserQuery) -> bool:
     """Whether the conditions read `accounts` (the rest live on the listing row)."""
-    return bool(
-        actor.account_id is not None or f.search or f.account_types or f.business_manager is not None
-    )
+    return bool(actor.account_id is not None or f.search or f.business_manager is not None)
 
 
 def filter_conditions(actor: Actor, f: EndUserQuery) -> list[ColumnElement[bool]]:
@@ -563,7 +561,7 @@ def filter_conditions(actor: Actor, f: EndUserQuery) -> list[ColumnElement[bool]
     if f.uids is not None:
         conditions.append(L.uid.in_(list(f.uids)))
     if f.account_types:
-        conditions.append(Account.account_type.in_(list(f.account_types)))
+        conditions.append(L.account_type.in_(list(f.account_types)))
     if f.account_statuses:
         conditions.append(L.status.in_(list(f.account_statuses)))
     else:

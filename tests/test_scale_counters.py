@@ -127,7 +127,7 @@ async def check_listing(db: Database) -> None:
         master = by_id[a.master_id][0] if a.master_id is not None else None
         r = listing[account_id]
         expected = (
-            a.partner_id, a.pool_id, a.master_id, a.uid, a.status, a.linked_at, a.nickname or "",
+            a.partner_id, a.pool_id, a.master_id, a.uid, a.account_type, a.status, a.linked_at, a.nickname or "",
             p.available_cents, p.amount_cents, p.credit_control_status,
             p.credit_control_status is CreditControlStatus.SHUTDOWN,
             R.below_warning(p.available_cents, p.amount_cents, p.warning_percent),
@@ -136,7 +136,7 @@ async def check_listing(db: Database) -> None:
             is PurchaseControl.BANNED,
         )
         got = (
-            r.partner_id, r.pool_id, r.master_id, r.uid, r.status, r.linked_at, r.nickname_key,
+            r.partner_id, r.pool_id, r.master_id, r.uid, r.account_type, r.status, r.linked_at, r.nickname_key,
             r.available_cents, r.amount_cents, r.credit_control_status, bool(r.shutdown), bool(r.below_warning),
             bool(r.frozen), bool(r.banned),
         )

@@ -41,7 +41,7 @@ depends_on = None
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 LISTING_COLUMNS = (
-    "account_id, partner_id, pool_id, master_id, uid, status, linked_at, nickname_key, available_cents, "
+    "account_id, partner_id, pool_id, master_id, uid, account_type, status, linked_at, nickname_key, available_cents, "
     "amount_cents, credit_control_status, shutdown, below_warning, frozen, banned"
 )
 COUNTER_COLUMNS = (
@@ -62,7 +62,8 @@ def below(p: str) -> str:
 def listing_select(a: str, source: str) -> str:
     """The listing row of account `a` (a table alias, or NEW in a SQLite trigger) with its pool `p` and master `m`."""
     return (
-        f"SELECT {a}.id, {a}.partner_id, {a}.pool_id, {a}.master_id, {a}.uid, {a}.status, {a}.linked_at, "
+        f"SELECT {a}.id, {a}.partner_id, {a}.pool_id, {a}.master_id, {a}.uid, {a}.account_type, {a}.status, "
+        f"{a}.linked_at, "
         f"coalesce({a}.nickname, ''), {available('p.')}, p.amount_cents, p.credit_control_status, "
         f"p.credit_control_status = 'SHUTDOWN', {below('p.')}, "
         f"({a}.payg_freeze = 'FROZEN' OR coalesce(m.payg_freeze = 'FROZEN', FALSE)), "
@@ -105,7 +106,8 @@ SQLITE_TRIGGERS = [
   INSERT INTO account_listing ({LISTING_COLUMNS}) {listing_select("NEW", "(SELECT 1)")};
 END""",
     """CREATE TRIGGER trg_accounts_listing_update AFTER UPDATE ON accounts BEGIN
-  UPDATE account_listing SET master_id = NEW.master_id, uid = NEW.uid, status = NEW.status,
+  UPDATE account_listing SET master_id = NEW.master_id, uid = NEW.uid, account_type = NEW.account_type,
+    status = NEW.status,
     linked_at = NEW.linked_at, nickname_key = coalesce(NEW.nickname, ''),
     frozen = (NEW.payg_freeze = 'FROZEN'
               OR coalesce((SELECT m.payg_freeze = 'FROZEN' FROM accounts m WHERE m.id = NEW.master_id), FALSE)),
@@ -209,7 +211,8 @@ BEGIN
 END $$""",
     """CREATE FUNCTION uidhub_accounts_listing_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  UPDATE account_listing l SET master_id = a.master_id, uid = a.uid, status = a.status, linked_at = a.linked_at,
+  UPDATE account_listing l SET master_id = a.master_id, uid = a.uid, account_type = a.account_type,
+    status = a.status, linked_at = a.linked_at,
     nickname_key = coalesce(a.nickname, ''),
     frozen = (a.payg_freeze = 'FROZEN' OR coalesce(m.payg_freeze = 'FROZEN', FALSE)),
     banned = (a.purchase_control = 'BANNED' OR coalesce(m.purchase_control = 'BANNED', FALSE))
@@ -303,6 +306,11 @@ def _create_tables() -> None:
         sa.Column("pool_id", BigId, nullable=False),
         sa.Column("master_id", BigId, nullable=True),
         sa.Column("uid", sa.String(length=64), nullable=False),
+        sa.Column(
+            "account_type",
+            sa.Enum("END_USER", "ENTERPRISE", "RESELLER", name="accounttype", native_enum=False, length=32),
+            nullable=False,
+        ),
         sa.Column(
             "status",
             sa.Enum("NORMAL", "TO_BE_CONFIRMED", "IN_PROCESS", "TERMINATED", "DELETED", name="accountstatus",
