@@ -16,6 +16,10 @@ from models.tables import (
     Partner,
     QuotaAdjustment,
     QuotaPool,
+    WebhookAttempt,
+    WebhookCursor,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 
 __all__ = [
@@ -35,4 +39,8 @@ __all__ = [
     "PartnerAccountCounters",
     "QuotaAdjustment",
     "QuotaPool",
+    "WebhookAttempt",
+    "WebhookCursor",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

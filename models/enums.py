@@ -152,6 +152,27 @@ class ExportStatus(StrEnum):
     FAILED = "FAILED"
 
 
+class WebhookEventKind(StrEnum):
+    """What a webhook endpoint may subscribe to; each stored log row maps to one kind."""
+
+    ALERT_BREACHED = "ALERT_BREACHED"
+    ALERT_RECOVERED = "ALERT_RECOVERED"
+    ACCOUNT_LINKED = "ACCOUNT_LINKED"
+    ACCOUNT_UPDATED = "ACCOUNT_UPDATED"
+    ACCOUNT_STATUS_CHANGED = "ACCOUNT_STATUS_CHANGED"
+    POLICY_CHANGED = "POLICY_CHANGED"
+    QUOTA_CHANGED = "QUOTA_CHANGED"
+    ORDER_PLACED = "ORDER_PLACED"
+    EXPORT_FINISHED = "EXPORT_FINISHED"
+    TEST = "TEST"
+
+
+class WebhookDeliveryStatus(StrEnum):
+    PENDING = "PENDING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
 class ErrorCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"
     FORBIDDEN = "FORBIDDEN"
@@ -163,3 +184,4 @@ class ErrorCode(StrEnum):
     POLICY_INHERITED = "POLICY_INHERITED"
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
     ALREADY_LINKED = "ALREADY_LINKED"
+    TOO_MANY_EXPORTS = "TOO_MANY_EXPORTS"

@@ -6,7 +6,9 @@ import re
 from decimal import Decimal
 
 MAX_CENTS = 10**14  # amounts are < 10^12 dollars
-_PATTERN = re.compile(r"^(-?)(\d{1,12})(?:\.(\d{1,2}))?$")
+#: ASCII digits only (re.ASCII): `\d` would also take "１２" or "١٢"; fullmatch, so no padding or trailing newline.
+_PATTERN = re.compile(r"(-?)(\d{1,12})(?:\.(\d{1,2}))?", re.ASCII)
+_TOO_LARGE = re.compile(r"-?\d{13,}(?:\.\d*)?", re.ASCII)
 
 
 class MoneyError(ValueError):
@@ -18,7 +20,9 @@ def parse_money(value: object) -> int:
 
     Floats are refused outright: `0.1` has no exact binary form, and the
     contract says money is never a binary float. Exponents, NaN, Infinity,
-    more than two fraction digits and magnitudes of 10^12 or more are refused.
+    more than two fraction digits and magnitudes of 10^12 or more are refused,
+    and so are non-ASCII digits and surrounding whitespace: the text must be
+    exactly `-?[0-9]+(.[0-9]{1,2})?`.
     """
     if isinstance(value, bool | float):
         raise MoneyError("money must be a decimal string such as \"12.50\", not a float")
@@ -28,12 +32,12 @@ def parse_money(value: object) -> int:
         return value * 100
     if not isinstance(value, str):
         raise MoneyError("money must be a decimal string such as \"12.50\"")
-    match = _PATTERN.match(value.strip())
+    match = _PATTERN.fullmatch(value)
     if match is None:
-        if re.match(r"^-?\d{13,}", value.strip()):
+        if _TOO_LARGE.fullmatch(value):
             raise MoneyError("money must be below 10^12")
         raise MoneyError(
-            f"{value!r} is not an amount of money: use a decimal string with at most two fraction digits"
+            f"{value[:40]!r} is not an amount of money: use a decimal string with at most two fraction digits"
         )
     sign, whole, frac = match.groups()
     cents = int(whole) * 100 + int((frac or "0").ljust(2, "0"))

@@ -43,6 +43,7 @@ from models.enums import (
     QuotaOperationType,
     Role,
     ShutdownPolicy,
+    WebhookDeliveryStatus,
 )
 
 
@@ -74,6 +75,9 @@ class ApiToken(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The token's first characters ("uh_" and 8 more, 48 random bits): shown by `uidhub list-tokens` and
+    #: accepted by `uidhub revoke-token`; too short to be used as the token. NULL for tokens older than it.
+    prefix: Mapped[str | None] = mapped_column(String(16), index=True)
     role: Mapped[Role] = mapped_column(enum_col(Role))
     method: Mapped[OperationMethod] = mapped_column(enum_col(OperationMethod))
     operator_uid: Mapped[str] = mapped_column(String(64))
@@ -284,6 +288,9 @@ class EmailNotification(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When an attempt wrote the whole message but got no final reply after DATA: the server may have it.
+    # Such a row is retried once more with the same Message-ID, never again (notifications.outbox).
+    maybe_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Instance(Base):
@@ -301,7 +308,11 @@ class Instance(Base):
 
 class ExportTask(Base):
     __tablename__ = "export_tasks"
-    __table_args__ = (Index("ix_export_partner_id", "partner_id", "id"),)
+    __table_args__ = (
+        Index("ix_export_partner_id", "partner_id", "id"),
+        # The worker's fair claim groups PENDING and RUNNING tasks by partner (resolvers.exports).
+        Index("ix_export_status_partner", "status", "partner_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"))
@@ -323,3 +334,86 @@ class ExportTask(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookEndpoint(Base):
+    """Where a partner's systems receive events as signed HTTP POSTs.
+
+    The secret signs every body (HMAC-SHA256); it must be kept readable to
+    sign, so it is stored as is and shown to the partner only once. After a
+    rotation the previous secret keeps signing too until
+    `previous_secret_expires_at`, so receivers can switch without a gap.
+    """
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_partner", "partner_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"))
+    url: Mapped[str] = mapped_column(String(2000))
+    description: Mapped[str | None] = mapped_column(String(500))
+    event_kinds: Mapped[list[str]] = mapped_column(JSON, default=list)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    secret: Mapped[str] = mapped_column(String(200))
+    previous_secret: Mapped[str | None] = mapped_column(String(200))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Since when every attempt has failed (cleared by a success); drives the automatic disabling.
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    disabled_reason: Mapped[str | None] = mapped_column(String(500))
+    #: One sender at a time per endpoint, so its events go out in order (see notifications.webhooks).
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: the exact body, sent until a 2xx or until it is given up."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_delivery_event"),
+        Index("ix_webhook_deliveries_endpoint_status", "endpoint_id", "status", "id"),
+        Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"))
+    event_id: Mapped[str] = mapped_column(String(100))
+    event_kind: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[WebhookDeliveryStatus] = mapped_column(
+        enum_col(WebhookDeliveryStatus), default=WebhookDeliveryStatus.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The first failed attempt of the current run of failures: the retry window counts from it.
+    first_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookAttempt(Base):
+    """The delivery log: one row per POST tried."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("webhook_deliveries.id"))
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookCursor(Base):
+    """How far the dispatcher has read each stored log (audit entries, alert events) into deliveries."""
+
+    __tablename__ = "webhook_cursors"
+
+    source: Mapped[str] = mapped_column(String(32), primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger, default=0)

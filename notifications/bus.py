@@ -3,6 +3,13 @@
 The bus carries topic names, never data: subscribers read the stored log.
 A lost message (Redis restarting, a slow consumer) therefore delays a
 subscriber at most until its next resync poll and loses nothing.
+
+So the Redis publish is fire-and-forget: `RedisBus.publish` wakes this
+process's waiters at once and hands the topics to a publisher task, which
+sends them after the caller has moved on, each round bounded by a short
+timeout. A mutation's answer never waits for Redis: a hung (SIGSTOPped) or
+absent Redis costs it nothing, the wake-ups for other processes are dropped
+with a warning, and their subscribers catch up at their resync poll.
 """
 
 from __future__ import annotations
@@ -127,24 +134,71 @@ class Wakeup:
             self._task = None
 
 
-class RedisBus(Bus):
-    """Publishes through Redis and fires local waiters for messages from any process."""
+#: How long one round of wake-up publishes may take before it is dropped.
+PUBLISH_TIMEOUT_SECONDS = 0.5
 
-    def __init__(self, url: str) -> None:
+
+class RedisBus(Bus):
+    """Publishes through Redis (in the background, see the module docstring) and fires local waiters
+    for messages from any process."""
+
+    def __init__(self, url: str, *, publish_timeout: float = PUBLISH_TIMEOUT_SECONDS) -> None:
         super().__init__()
         import redis.asyncio as redis
 
         self._url = url
         self._redis = redis.from_url(url)
+        # Its own client, whose sockets give up as fast as the publish round does: the listener's
+        # connection blocks on reads for as long as no message comes and must not time out.
+        self._publisher_redis = redis.from_url(
+            url, socket_timeout=publish_timeout, socket_connect_timeout=publish_timeout
+        )
+        self._publish_timeout = publish_timeout
         self._listener: asyncio.Task[None] | None = None
+        #: Topics waiting to be sent; a set, so a Redis that hangs for long costs memory per topic, not per commit.
+        self._outgoing: set[str] = set()
+        self._has_outgoing = asyncio.Event()
+        self._publisher: asyncio.Task[None] | None = None
+        self._failing = False
+        #: Set while nothing is queued or being sent (what `close` waits for).
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def publish(self, *topics: str) -> None:
+        """Wake local waiters now; queue the Redis publish for the publisher task and return at once."""
         await super().publish(*topics)
-        for topic in topics:
+        if not topics:
+            return
+        self._outgoing.update(topics)
+        self._idle.clear()
+        self._has_outgoing.set()
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.create_task(self._publish_loop(), name="uidhub-redis-publisher")
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._has_outgoing.wait()
+            self._has_outgoing.clear()
+            topics, self._outgoing = sorted(self._outgoing), set()
             try:
-                await self._redis.publish(CHANNEL, topic)
+                async with asyncio.timeout(self._publish_timeout):
+                    async with self._publisher_redis.pipeline(transaction=False) as pipe:
+                        for topic in topics:
+                            pipe.publish(CHANNEL, topic)
+                        await pipe.execute()
+                if self._failing:
+                    log.warning("redis publish works again")
+                    self._failing = False
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:  # subscribers resync by polling; nothing is lost
-                log.warning("redis publish failed: %s", exc)
+                if not self._failing:  # once per outage, not once per commit
+                    log.warning("redis publish failed (%s); other processes' subscribers fall back to polling",
+                                exc or type(exc).__name__)
+                self._failing = True
+            finally:
+                if not self._outgoing:
+                    self._idle.set()
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="uidhub-redis-listener")
@@ -164,13 +218,28 @@ class RedisBus(Bus):
                 log.warning("redis listener lost its connection (%s); retrying", exc)
                 await asyncio.sleep(1.0)
 
+    async def _drain(self) -> None:
+        """Let queued wake-ups go out, for at most one publish round.
+
+        A process that publishes and then exits (`uidhub revoke-token` waking
+        the servers' websocket checks) would otherwise cancel its own wake-up.
+        """
+        if self._publisher is None or self._publisher.done():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._publish_timeout):
+                await self._idle.wait()
+
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
+        await self._drain()
+        for task in (self._listener, self._publisher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self._redis.aclose()
+        await self._publisher_redis.aclose()
 
 
-def make_bus(redis_url: str | None) -> Bus:
-    return RedisBus(redis_url) if redis_url else Bus()
+def make_bus(redis_url: str | None, *, publish_timeout: float = PUBLISH_TIMEOUT_SECONDS) -> Bus:
+    return RedisBus(redis_url, publish_timeout=publish_timeout) if redis_url else Bus()

@@ -10,7 +10,13 @@ older id after a newer one). The lock is held only for the inserts and the
 commit. SQLite write transactions are serialised by BEGIN IMMEDIATE already.
 
 After the commit, the topics the rows touched are published on the bus so
-that subscribers wake up and read the log; the bus carries no data.
+that subscribers wake up and read the log; the bus carries no data. The
+publish never delays the caller: local waiters are woken at once and the
+Redis publish runs in the background with a short timeout
+(`notifications.bus.RedisBus`), so a hung Redis costs a mutation nothing.
+
+The advisory lock is the last lock of the order in `resolvers.locks`: every
+row lock of the transaction is taken before it, and its holder only inserts.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ log = logging.getLogger(__name__)
 LOG_LOCK_KEY = 0x0D1D_4B
 _PENDING = "uidhub_pending_log"
 _TOPICS = "uidhub_topics"
+#: Wakes the webhook dispatcher (notifications.webhooks.TOPIC) after any log rows commit.
+WEBHOOK_TOPIC = "webhooks"
 
 
 @dataclass
@@ -88,6 +96,7 @@ async def flush_log(session: AsyncSession) -> None:
     if bind.dialect.name == "postgresql":
         await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOG_LOCK_KEY})
     topics: set[str] = session.info.setdefault(_TOPICS, set())
+    topics.add(WEBHOOK_TOPIC)  # the webhook dispatcher reads the log too
     session.add_all(pending.audit)
     for entry in pending.audit:
         topics.add(f"audit:{entry.partner_id}")
@@ -107,7 +116,7 @@ async def flush_log(session: AsyncSession) -> None:
 
 
 async def commit(session: AsyncSession) -> None:
-    """Insert the buffered log, commit, then wake the subscribers of what changed."""
+    """Insert the buffered log, commit, then wake the subscribers of what changed (without waiting for Redis)."""
     try:
         await flush_log(session)
         await session.commit()

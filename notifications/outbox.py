@@ -34,6 +34,17 @@ an attempt, stores the error and is retried after
 `smtp_backoff_seconds * 2**(attempts-1)` (at most an hour); after
 `smtp_max_attempts` attempts the row is FAILED with its last error.
 
+Maybe sent. Once the whole message is written, the server's reply to its end
+may take long (it is storing or scanning the message): RFC 5321 advises the
+client to wait 10 minutes for it, and so do we (`smtp_data_timeout_seconds`;
+every other step waits `smtp_timeout_seconds`). If that reply still does not
+come (a timeout or a lost connection after the message went out), the server
+may have the message: the row is marked `maybe_sent_at` and retried ONCE more,
+later (backoff), with the same Message-ID, so a receiving system can drop a
+duplicate. Whatever that retry comes to short of success, the row ends FAILED
+with `maybe_sent_at` set and a last_error saying that delivery is uncertain;
+it is never tried again.
+
 Without `smtp_host` nothing is sent: rows stay PENDING (and are logged once)
 until the process is restarted with SMTP configured.
 """
@@ -51,11 +62,15 @@ from email.utils import format_datetime, parseaddr
 from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
-from sqlalchemy import or_, select, update
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from aiosmtplib.response import SMTPResponse
+from aiosmtplib.typing import Default, SMTPStatus
+from sqlalchemy import func, or_, select, update
 
 from models.enums import NotificationStatus
 from models.tables import EmailNotification
 from notifications.bus import Wakeup
+from uidhub.metrics import email_attempted
 
 if TYPE_CHECKING:
     from notifications.bus import Bus
@@ -73,7 +88,6 @@ LEASE_MARGIN = timedelta(seconds=30)
 # A send starts only while the lease has a whole send budget plus this left,
 # so its outcome is recorded before the lease can run out.
 START_MARGIN = timedelta(seconds=15)
-_UNCONFIGURED_LOG_BATCH = 100
 
 
 def _utcnow() -> datetime:
@@ -92,6 +106,8 @@ class ClaimedEmail:
     message_id: str
     attempts: int
     created_at: datetime | None
+    #: An earlier attempt may have delivered it (no final reply after DATA): this is its one retry.
+    maybe_sent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +117,8 @@ class SendOutcome:
     sent: bool
     error: str | None = None
     permanent: bool = False
+    #: The whole message went out but its final reply never came: the server may have it.
+    maybe_sent: bool = False
 
 
 def build_message(email: ClaimedEmail, sender: str) -> EmailMessage:
@@ -127,6 +145,46 @@ def _error_text(exc: BaseException) -> str:
     return text[:ERROR_MAX]
 
 
+class DataTimeoutSMTP(aiosmtplib.SMTP):
+    """aiosmtplib's client, waiting for the reply to the end of the message as RFC 5321 advises.
+
+    aiosmtplib's DATA waits for both of its replies (354, then the final one)
+    with the command timeout; a relay that takes longer than that to store
+    the message would get it again on every retry. Here the 354 waits the
+    command timeout and the final reply `data_timeout`, and
+    `awaiting_final_reply` tells the caller whether a failure came after the
+    whole message was written (so the server may have it).
+    """
+
+    def __init__(self, *args: Any, data_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.data_timeout = data_timeout
+        self.awaiting_final_reply = False
+
+    async def data(self, message: str | bytes, /, *, timeout: Any = Default.token) -> SMTPResponse:
+        if isinstance(message, str):
+            message = message.encode("ascii")
+        # The same transformations as aiosmtplib's own DATA: CRLF line ends, dot-stuffing, the final dot.
+        payload = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)) + b".\r\n"
+        start = await self.execute_command(b"DATA", timeout=timeout)
+        if start.code != SMTPStatus.start_input:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol = self.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        self.awaiting_final_reply = True
+        protocol.write(payload)
+        try:
+            response = await protocol.read_response(timeout=self.data_timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+            self.close()  # the reply may still come: never pair it with a later command
+            raise
+        self.awaiting_final_reply = False  # answered: whatever it says, the outcome is known
+        if response.code != SMTPStatus.completed:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
+
+
 class SmtpLink:
     """One SMTP connection kept for the sends of one pass.
 
@@ -143,24 +201,31 @@ class SmtpLink:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._client: aiosmtplib.SMTP | None = None
+        self._client: DataTimeoutSMTP | None = None
+        #: Set when the last send failed after its whole message went out (see DataTimeoutSMTP).
+        self.maybe_sent = False
 
     async def send(self, message: EmailMessage, recipients: list[str]) -> dict[str, Any]:
         """Send over the pass's connection (opening one if needed); return the refused recipients."""
         settings = self.settings
+        self.maybe_sent = False
+        client: DataTimeoutSMTP | None = None
         try:
             client = await self._ready()
+            client.awaiting_final_reply = False
             refused, _response = await client.send_message(
                 message,
                 sender=parseaddr(settings.smtp_sender)[1] or settings.smtp_sender,
                 recipients=recipients,
             )
         except BaseException:
+            # Also the whole send's deadline cancelling the wait for the final reply.
+            self.maybe_sent = client is not None and client.awaiting_final_reply
             self.drop()
             raise
         return refused
 
-    async def _ready(self) -> aiosmtplib.SMTP:
+    async def _ready(self) -> DataTimeoutSMTP:
         if self._client is not None and self._client.is_connected:
             try:
                 await self._client.noop()
@@ -169,7 +234,8 @@ class SmtpLink:
                 log.info("SMTP connection not reusable (%s); reconnecting", _error_text(exc))
         self.drop()
         settings = self.settings
-        client = aiosmtplib.SMTP(
+        client = DataTimeoutSMTP(
+            data_timeout=settings.smtp_data_timeout_seconds,
             hostname=settings.smtp_host,
             port=settings.smtp_port,
             username=settings.smtp_username,
@@ -229,13 +295,26 @@ class OutboxSender:
         return bool(self.settings.smtp_host)
 
     @property
-    def send_budget(self) -> timedelta:
-        """Hard upper bound of one SMTP send (connect, EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA).
+    def command_budget(self) -> timedelta:
+        """Bound of one send's steps other than the wait for the final reply after DATA.
 
-        aiosmtplib's timeout applies per step, so the whole conversation is
-        capped separately; the lease is sized from this bound.
+        aiosmtplib's timeout applies per step, so the conversation is capped as a whole.
         """
         return timedelta(seconds=self.settings.smtp_timeout_seconds * 3)
+
+    @property
+    def send_budget(self) -> timedelta:
+        """Hard upper bound of one SMTP send: its steps, plus the wait for the reply to the end of the message."""
+        return self.command_budget + timedelta(seconds=self.settings.smtp_data_timeout_seconds)
+
+    def lease_for(self, rows: int) -> timedelta:
+        """How long a pass keeps `rows`: each send's steps, and one long final-reply wait.
+
+        Not `rows` long waits: a crashed sender's rows would wait hours for its
+        lease. A slow reply uses up the slack, and the rows whose send no
+        longer fits are released for the next pass (see `run_once`).
+        """
+        return self.command_budget * rows + timedelta(seconds=self.settings.smtp_data_timeout_seconds) + LEASE_MARGIN
 
     def backoff(self, attempts: int) -> timedelta:
         """Delay before the next try after `attempts` failed ones: exponential, capped at an hour."""
@@ -266,7 +345,14 @@ class OutboxSender:
                 if self.clock() + self.send_budget + START_MARGIN > lease:
                     log.info("outbox lease too short for another send; releasing %d rows", len(pending))
                     break
-                outcome = await self._send(link, email)
+                try:
+                    outcome = await self._send(link, email)
+                except asyncio.CancelledError:
+                    if link.maybe_sent:  # stopped while the server may be storing it: retry once, not freely
+                        pending.pop(0)
+                        stopped = "stopped while waiting for the reply after DATA, it may have been delivered"
+                        await self._record_shielded(email, lease, SendOutcome(False, stopped, maybe_sent=True))
+                    raise
                 # From here the row is ours to record, never to release: a
                 # release after an accepted send would let it go out twice.
                 pending.pop(0)
@@ -299,7 +385,7 @@ class OutboxSender:
             rows = list((await session.scalars(stmt)).all())
             if not rows:
                 return [], None
-            lease = now + self.send_budget * len(rows) + LEASE_MARGIN
+            lease = now + self.lease_for(len(rows))
             for row in rows:
                 row.claimed_until = lease
             claimed = [
@@ -312,6 +398,7 @@ class OutboxSender:
                     message_id=row.message_id,
                     attempts=row.attempts or 0,
                     created_at=row.created_at,
+                    maybe_sent=row.maybe_sent_at is not None,
                 )
                 for row in rows
             ]
@@ -328,6 +415,9 @@ class OutboxSender:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if link.maybe_sent:
+                error = f"no reply after the whole message was sent, it may have been delivered: {_error_text(exc)}"
+                return SendOutcome(sent=False, error=error[:ERROR_MAX], maybe_sent=True)
             return SendOutcome(sent=False, error=_error_text(exc))
         note = None
         if refused:
@@ -362,6 +452,26 @@ class OutboxSender:
                 "claimed_until": None,
                 "last_error": outcome.error,
             }
+        elif email.maybe_sent:
+            # This was the one retry after an attempt that may have delivered it: never again.
+            values = {
+                "status": NotificationStatus.FAILED,
+                "attempts": attempts,
+                "claimed_until": None,
+                "last_error": _error_text(
+                    Exception(f"delivery uncertain: an earlier attempt may have delivered {email.message_id}; "
+                              f"its one retry failed too: {outcome.error}")
+                ),
+            }
+        elif outcome.maybe_sent:
+            # Retried once, later, with the same Message-ID (even after the last regular attempt).
+            values = {
+                "attempts": attempts,
+                "claimed_until": None,
+                "last_error": outcome.error,
+                "maybe_sent_at": now,
+                "next_attempt_at": now + self.backoff(attempts),
+            }
         elif outcome.permanent or attempts >= self.settings.smtp_max_attempts:
             values = {
                 "status": NotificationStatus.FAILED,
@@ -380,6 +490,7 @@ class OutboxSender:
         async with self.db.write() as session:
             result = await session.execute(stmt)
             updated = result.rowcount  # type: ignore[attr-defined]
+        email_attempted(outcome.sent, final=values.get("status") == NotificationStatus.FAILED)
         if not updated:
             log.warning("notification %d: lease lost before its outcome was recorded", email.id)
         elif outcome.sent:
@@ -410,28 +521,31 @@ class OutboxSender:
             log.warning("could not release %d outbox rows (%s); they wait for their lease", len(ids), exc)
 
     async def _report_unconfigured(self) -> None:
-        """Say once that SMTP is off, and log each notification that stays PENDING because of it."""
+        """Say once that SMTP is off, and sum up in one line the notifications that stay PENDING because of it.
+
+        One line per pass, never one per email: a demo restart has dozens queued, and a line each buried the
+        server's start-up (and the token printed after it).
+        """
         if not self._told_unconfigured:
             self._told_unconfigured = True
             log.info("SMTP is not configured (UIDHUB_SMTP_HOST unset): alert emails stay PENDING in the outbox")
-        stmt = (
-            select(EmailNotification.id, EmailNotification.recipients, EmailNotification.subject)
-            .where(
-                EmailNotification.status == NotificationStatus.PENDING,
-                EmailNotification.id > self._last_logged_id,
-            )
-            .order_by(EmailNotification.id)
-            .limit(_UNCONFIGURED_LOG_BATCH)
-        )
+        stmt = select(
+            func.count(EmailNotification.id), func.min(EmailNotification.id), func.max(EmailNotification.id)
+        ).where(EmailNotification.status == NotificationStatus.PENDING, EmailNotification.id > self._last_logged_id)
         try:
             async with self.db.read() as session:
-                rows = (await session.execute(stmt)).all()
+                count, first, last = (await session.execute(stmt)).one()
         except Exception as exc:
             log.warning("could not list pending notifications: %s", exc)
             return
-        for row_id, recipients, subject in rows:
-            log.info("notification %d kept PENDING (no SMTP): to %s: %s", row_id, ", ".join(recipients or []), subject)
-            self._last_logged_id = row_id
+        if not count:
+            return
+        if count == 1:
+            log.info("notification %d kept PENDING (no SMTP); the notifications query lists it", first)
+        else:
+            log.info("%d notifications kept PENDING (no SMTP), ids %d to %d; the notifications query lists them",
+                     count, first, last)
+        self._last_logged_id = last
 
     # -- the loop ------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notifications.feed import FeedFetch
+from uidhub.metrics import event_handed_over
 
 if TYPE_CHECKING:
     from schema.context import Context
@@ -60,7 +61,9 @@ async def follow(
     the topic for all subscribers; `accept(child, row)` keeps the rows this
     subscriber may see, against the shared batch's loaders.
     """
-    feed = context.services.feeds.get(key, context.db, topic, feed_fetch, model, context.settings.resync_seconds)
+    # The feed reads on the background pool: it serves every subscriber, not one request.
+    background = context.db.background
+    feed = context.services.feeds.get(key, background, topic, feed_fetch, model, context.settings.resync_seconds)
     subscriber = await feed.join()
     last_seen = after_id
     try:
@@ -83,6 +86,7 @@ async def follow(
                                 continue
                             last_seen = row.id
                             if await accept(child, row):
+                                event_handed_over(getattr(row, "occurred_at", None))
                                 yield convert(row)
                 finally:
                     await held.scope.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,7 +43,7 @@ from models.enums import (
     PurchaseControl,
 )
 from models.money import format_money
-from resolvers import audit
+from resolvers import audit, locks
 from resolvers.actor import Actor, Permission
 from resolvers.errors import UserError, UserErrors, invalid, not_found
 from resolvers.pagination import (
@@ -61,26 +62,33 @@ UID_MAX = 64
 # ---------------------------------------------------------------- lookups
 
 
-async def find(session: AsyncSession, actor: Actor, uid: str, *, lock: bool = False) -> Account | None:
-    """The account with `uid` if the actor may see it; None otherwise (another partner's is nonexistent)."""
+async def find(
+    session: AsyncSession, actor: Actor, uid: str, *, lock: bool = False, share: bool = False
+) -> Account | None:
+    """The account with `uid` if the actor may see it; None otherwise (another partner's is nonexistent).
+
+    `lock` locks it FOR NO KEY UPDATE, `share` FOR SHARE (step 3 of the order in `resolvers.locks`).
+    """
     query = select(Account).where(Account.uid == uid, actor.account_scope())
     if lock:
-        query = query.with_for_update().execution_options(populate_existing=True)
+        query = locks.for_write(query)
+    elif share:
+        query = locks.for_share(query)
     return await session.scalar(query)
 
 
-async def get(session: AsyncSession, actor: Actor, uid: str, *field_path: str, lock: bool = False) -> Account:
-    account = await find(session, actor, uid, lock=lock)
+async def get(
+    session: AsyncSession, actor: Actor, uid: str, *field_path: str, lock: bool = False, share: bool = False
+) -> Account:
+    account = await find(session, actor, uid, lock=lock, share=share)
     if account is None:
         raise not_found("account", uid, *field_path)
     return account
 
 
-def visible(actor: Actor, account: Account) -> bool:
-    """The Python twin of `Actor.account_scope`, for rows reached through nested fields."""
-    if account.partner_id != actor.partner_id:
-        return False
-    return actor.account_id is None or actor.account_id in (account.id, account.master_id)
+def visible(actor: Actor, account: Account | None) -> bool:
+    """Whether `actor` may see `account`: `Actor.sees`, the one Python form of the tenancy rule."""
+    return actor.sees(account)
 
 
 def require_active(account: Account, *field_path: str) -> None:
@@ -105,16 +113,25 @@ def check_text(
 
 
 def check_uid(value: str, name: str) -> UserError | None:
-    if not value or not value.strip() or len(value) > UID_MAX or R.text_problem(value) or value != value.strip():
+    """A UID is an identifier: no whitespace (U+3000 and tabs included) and no control or format character anywhere."""
+    if not value or len(value) > UID_MAX or any(_not_in_uid(c) for c in value):
         return UserError(
-            ErrorCode.INVALID_INPUT, f"{name} must be 1 to {UID_MAX} characters without spaces.", ("input", name)
+            ErrorCode.INVALID_INPUT,
+            f"{name} must be 1 to {UID_MAX} characters without spaces or control characters.",
+            ("input", name),
         )
     return None
 
 
+def _not_in_uid(char: str) -> bool:
+    """Whitespace, or a control (Cc), format (Cf, e.g. zero-width space) or surrogate (Cs) character."""
+    return char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Cs")
+
+
 def check_email(value: str, *field_path: str) -> UserError | None:
     local, at, domain = value.partition("@")
-    if not at or not local or "." not in domain or len(value) > 254 or any(c.isspace() for c in value):
+    # isprintable() is False for every control character (NUL, BEL, ...) and every space but " ".
+    if not at or not local or "." not in domain or len(value) > 254 or not value.isprintable() or " " in value:
         return UserError(ErrorCode.INVALID_INPUT, f"{value!r} is not an email address.", field_path or None)
     return None
 
@@ -150,10 +167,8 @@ def link_input_errors(
     if email is not None and (problem := check_email(email, "input", "email")) is not None:
         errors.append(problem)
     if quota_amount_cents is not None:
-        if actor.partner_kind.value == "AGENCY":
-            errors.append(
-                UserError(ErrorCode.FORBIDDEN, "Agency partners may not set quotas.", ("input", "quotaAmount"))
-            )
+        if (denial := actor.denial(Permission.QUOTA)) is not None:
+            errors.append(UserError(ErrorCode.FORBIDDEN, denial, ("input", "quotaAmount")))
         elif quota_amount_cents < 0:
             errors.append(
                 UserError(ErrorCode.INVALID_INPUT, "quotaAmount must not be negative.", ("input", "quotaAmount"))
@@ -260,14 +275,8 @@ async def update_basic_info(session: AsyncSession, actor: Actor, uid: str, chang
     """`changes` holds only the fields the input gave (None clears a field)."""
     actor.require(Permission.EDIT_BASIC_INFO)
     errors: list[UserError] = []
-    if "businessManager" in changes and actor.partner_kind.value == "AGENCY":
-        errors.append(
-            UserError(
-                ErrorCode.FORBIDDEN,
-                "Agency partners may edit nickname and remarks only.",
-                ("input", "businessManager"),
-            )
-        )
+    if "businessManager" in changes and (denial := actor.denial(Permission.BUSINESS_MANAGER)) is not None:
+        errors.append(UserError(ErrorCode.FORBIDDEN, denial, ("input", "businessManager")))
     check_text(errors, changes.get("nickname"), "nickname", max_bytes=R.NICKNAME_MAX_BYTES)
     check_text(errors, changes.get("businessManager"), "businessManager", max_chars=R.BUSINESS_MANAGER_MAX_CHARS)
     check_text(errors, changes.get("remarks"), "remarks", max_bytes=R.REMARKS_MAX_BYTES)
@@ -294,7 +303,14 @@ async def update_basic_info(session: AsyncSession, actor: Actor, uid: str, chang
 
 async def change_status(session: AsyncSession, actor: Actor, uid: str, target: AccountStatus) -> Account:
     actor.require(Permission.CHANGE_STATUS)
-    account = await get(session, actor, uid, "input", "uid", lock=True)
+    found = await get(session, actor, uid, "input", "uid")
+    # The account and, for a master, its sub-accounts (the cascade) in one statement in id order,
+    # then the pool: the lock order of resolvers.locks.
+    ids = [found.id]
+    if found.master_id is None:
+        ids += list((await session.scalars(select(Account.id).where(Account.master_id == found.id))).all())
+    locked = await locks.lock_accounts(session, ids)
+    account = locked[found.id]
     if actor.is_end_user and not (
         account.id == actor.account_id
         and account.status is AccountStatus.TO_BE_CONFIRMED
@@ -314,8 +330,7 @@ async def change_status(session: AsyncSession, actor: Actor, uid: str, target: A
             "status",
         )
     if target is AccountStatus.TERMINATED:
-        pool = await session.get(QuotaPool, account.pool_id, with_for_update=True, populate_existing=True)
-        assert pool is not None
+        pool = await locks.lock_pool(session, account.pool_id)
         if R.has_outstanding_balance(pool.available_cents, pool.undeducted_cents):
             raise UserErrors.one(
                 ErrorCode.OUTSTANDING_BALANCE,
@@ -331,15 +346,8 @@ async def change_status(session: AsyncSession, actor: Actor, uid: str, target: A
         before={"accountStatus": previous.value}, after={"accountStatus": target.value},
     )
     if account.master_id is None:
-        subs = (
-            await session.scalars(
-                select(Account)
-                .where(Account.master_id == account.id, Account.status == previous)
-                .with_for_update()
-                .execution_options(populate_existing=True)
-            )
-        ).all()
-        for sub in subs:
+        subs = [row for row in locked.values() if row.master_id == account.id and row.status == previous]
+        for sub in sorted(subs, key=lambda row: row.id):
             sub.status = target
             audit.record(
                 session, actor, sub, AuditAction.ACCOUNT_STATUS_CHANGED,
@@ -551,8 +559,24 @@ def needs_account(actor: Actor, f: EndUserQuery) -> bool:
     return bool(actor.account_id is not None or f.search or f.business_manager is not None)
 
 
+#: A search term is a prefix of a UID or part of a nickname or remarks: 200 characters is plenty,
+#: and a 100,000-character LIKE pattern is refused by SQLite as "too complex".
+MAX_SEARCH_CHARS = 200
+
+
+def check_search(term: str | None) -> None:
+    """BAD_USER_INPUT for a search term no stored text can match: too long, or with control characters."""
+    if term is None:
+        return
+    if len(term) > MAX_SEARCH_CHARS:
+        raise InvalidArgument(f"`search` takes at most {MAX_SEARCH_CHARS} characters.")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in term):  # NUL (PostgreSQL refuses it in text) and others
+        raise InvalidArgument("`search` must not contain control characters.")
+
+
 def filter_conditions(actor: Actor, f: EndUserQuery) -> list[ColumnElement[bool]]:
     check_list(f.uids, "uids")
+    check_search(f.search)
     conditions: list[ColumnElement[bool]] = [L.partner_id == actor.partner_id]
     if actor.account_id is not None:
         conditions.append(actor.account_scope())

@@ -53,8 +53,8 @@ from resolvers import accounts as account_ops
 from resolvers import audit
 from resolvers.actor import Actor, Permission
 from resolvers.errors import UserError, UserErrors
+from resolvers.locks import lock_partner, lock_pool
 from resolvers.pagination import Page, check_list, newest_first
-from resolvers.pools import lock_pool
 from uidhub.settings import Settings
 
 EVENT_CURSOR = "alert"
@@ -203,7 +203,7 @@ async def set_credit_alert(
         errors.append(UserError(ErrorCode.INVALID_INPUT, "threshold must not be negative.", ("input", "threshold")))
     if errors:
         raise UserErrors(errors)
-    account = await account_ops.get(session, actor, uid, "input", "uid")
+    account = await account_ops.get(session, actor, uid, "input", "uid", share=True)
     account_ops.require_active(account, "input", "uid")
     # The pool lock serialises this with every other change of the pool and its alerts.
     pool = await lock_pool(session, account.pool_id)
@@ -249,8 +249,7 @@ async def set_alert_emails(session: AsyncSession, actor: Actor, emails: Sequence
             cleaned.append(address)
     if errors:
         raise UserErrors(errors)
-    partner = await session.get(Partner, actor.partner_id, with_for_update=True, populate_existing=True)
-    assert partner is not None, "a token's partner exists"
+    partner = await lock_partner(session, actor.partner_id)
     partner.alert_emails = cleaned
     await session.flush()
     return partner

@@ -8,15 +8,27 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from models import Account, ApiToken, Partner
+from models.base import utcnow
 from models.enums import OperationMethod, Role
 from resolvers.actor import Actor
 
 TOKEN_PREFIX = "uh_"
+#: Characters of a token kept in clear (`ApiToken.prefix`): "uh_" and 8 random characters (48 bits),
+#: enough to tell tokens apart in `uidhub list-tokens`, far too few to guess the rest.
+PREFIX_LENGTH = len(TOKEN_PREFIX) + 8
+#: Shortest prefix `revoke-token --prefix` accepts.
+MIN_PREFIX_LENGTH = len(TOKEN_PREFIX) + 4
+#: Bus topic published after a revocation commits: servers re-check their open websockets at once.
+REVOKED_TOPIC = "tokens:revoked"
 
 
 def hash_token(token: str) -> str:
@@ -96,7 +108,111 @@ async def create_token(
             operator_name=operator_name or (account.nickname or account.uid if account else partner.name),
             is_ram=is_ram,
             account_id=account.id if account else None,
+            prefix=token[:PREFIX_LENGTH],
         )
     )
     await session.flush()
     return token
+
+
+# ---------------------------------------------------------------- listing and revoking
+
+
+class TokenLookupError(ValueError):
+    """No token, or more than one, matches what was asked for (the message says which)."""
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    """What `uidhub list-tokens` shows of a token: everything but its secret (of which only the hash is kept)."""
+
+    id: int
+    prefix: str | None
+    partner_uid: str
+    role: Role
+    method: OperationMethod
+    operator_uid: str
+    operator_name: str
+    is_ram: bool
+    account_uid: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+async def list_tokens(session: AsyncSession, *, partner_uid: str | None = None,
+                      active_only: bool = False) -> list[TokenRow]:
+    """Every token (of one partner), oldest first."""
+    owner = aliased(Account)
+    query = (
+        select(ApiToken, Partner.uid, owner.uid)
+        .join(Partner, Partner.id == ApiToken.partner_id)
+        .outerjoin(owner, owner.id == ApiToken.account_id)
+        .order_by(ApiToken.id)
+    )
+    if partner_uid is not None:
+        query = query.where(Partner.uid == partner_uid)
+    if active_only:
+        query = query.where(ApiToken.revoked_at.is_(None))
+    return [
+        TokenRow(
+            id=t.id, prefix=t.prefix, partner_uid=p_uid, role=t.role, method=t.method, operator_uid=t.operator_uid,
+            operator_name=t.operator_name, is_ram=t.is_ram, account_uid=a_uid, created_at=t.created_at,
+            revoked_at=t.revoked_at,
+        )
+        for t, p_uid, a_uid in (await session.execute(query)).all()
+    ]
+
+
+async def find_token(session: AsyncSession, *, token_id: int | None = None, prefix: str | None = None) -> ApiToken:
+    """The one token with this id, or whose prefix starts with `prefix` (a whole token is accepted too).
+
+    A prefix matching several tokens is refused rather than guessed: revoke by id then.
+    """
+    if (token_id is None) == (prefix is None):
+        raise TokenLookupError("give a token id or a prefix")
+    if token_id is not None:
+        found = await session.get(ApiToken, token_id, with_for_update=True)
+        if found is None:
+            raise TokenLookupError(f"no token with id {token_id}")
+        return found
+    assert prefix is not None
+    value = prefix.strip()
+    if len(value) > PREFIX_LENGTH:  # a whole token, pasted: its hash finds it exactly
+        rows: Sequence[ApiToken] = (
+            await session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(value)).with_for_update())
+        ).all()
+    elif len(value) < MIN_PREFIX_LENGTH or not value.startswith(TOKEN_PREFIX):
+        raise TokenLookupError(
+            f"a token prefix starts with {TOKEN_PREFIX!r} and has {MIN_PREFIX_LENGTH} to {PREFIX_LENGTH} characters"
+        )
+    else:
+        # substr, not LIKE: "_" is both a LIKE wildcard and a character of tokens.
+        rows = (
+            await session.scalars(
+                select(ApiToken)
+                .where(func.substr(ApiToken.prefix, 1, len(value)) == value)
+                .order_by(ApiToken.id)
+                .with_for_update()
+            )
+        ).all()
+    if not rows:
+        raise TokenLookupError(f"no token with prefix {value[:PREFIX_LENGTH]!r}")
+    if len(rows) > 1:
+        ids = ", ".join(str(r.id) for r in rows)
+        raise TokenLookupError(f"prefix {value!r} matches {len(rows)} tokens (ids {ids}); revoke by --id")
+    return rows[0]
+
+
+async def revoke_token(session: AsyncSession, *, token_id: int | None = None,
+                       prefix: str | None = None) -> tuple[ApiToken, bool]:
+    """Revoke a token: (the token, True) when this call revoked it, (token, False) when it already was.
+
+    `authenticate` refuses a revoked token from the next request on; the caller publishes
+    `REVOKED_TOPIC` after the commit so that servers close its open websockets (uidhub.tokenwatch).
+    """
+    token = await find_token(session, token_id=token_id, prefix=prefix)
+    if token.revoked_at is not None:
+        return token, False
+    token.revoked_at = utcnow()
+    await session.flush()
+    return token, True

@@ -15,6 +15,14 @@ with `yield_per` from a server-side cursor, so memory stays flat whatever the ex
 Progress and wake-ups. Progress is written in its own short write transactions (about fifty per export) and every
 change of a task publishes "export:{id}" after commit, which wakes `exportTaskUpdated` subscribers.
 
+Fairness. A partner may have at most `export_max_queued_per_partner` tasks PENDING or RUNNING at once; past that,
+`startExport` answers TOO_MANY_EXPORTS and queues nothing. The worker does not take the oldest task of all: it takes
+partners in turn (round-robin over the partners with pending tasks, starting after the partner it served last, and
+preferring partners with fewer tasks running), the oldest task first within a partner, and never starts a task of a
+partner that already has `export_max_running_per_partner` running (across all workers: on PostgreSQL claims take
+turns under an advisory lock, so the counts they read are exact). So one partner's 300 queued exports delay
+another partner's single export by one export of each partner ahead of it in the turn, not by 300.
+
 Crashes. A task found RUNNING at start-up belonged to a worker that died: it is put back to PENDING once
 (`MAX_ATTEMPTS`), and marked FAILED after that. On PostgreSQL a running export holds a transaction-level advisory
 lock on its task id, and recovery skips tasks whose lock is held, so another live worker's task is never stolen.
@@ -37,10 +45,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Select, func, select, text, update
+from sqlalchemy import ColumnElement, Select, case, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from models import Account, ExportTask, QuotaAdjustment, QuotaPool
+from models import Account, ExportTask, Partner, QuotaAdjustment, QuotaPool
 from models.base import utcnow
 from models.enums import (
     ErrorCode,
@@ -54,6 +62,7 @@ from models.enums import (
 )
 from models.rules import PolicyView
 from notifications import log as event_log
+from notifications import webhooks
 from notifications.bus import Wakeup
 from resolvers import accounts, i18n
 from resolvers.actor import Actor, Permission
@@ -61,6 +70,7 @@ from resolvers.errors import UserError, UserErrors, invalid, not_found
 from resolvers.export_writer import COLUMNS_BY_KIND, write_export
 from resolvers.pagination import Page, newest_first
 from resolvers.quota import SIX_MONTHS
+from uidhub import metrics
 
 if TYPE_CHECKING:
     from notifications.bus import Bus
@@ -75,11 +85,17 @@ CURSOR_KIND = "ex"
 MAX_ATTEMPTS = 2
 #: Advisory lock namespace (first key) of running exports on PostgreSQL; the second key is the task id.
 RUN_LOCK_KEY = 0x0E_4B
+#: Advisory lock (both keys) that serialises claims across workers on PostgreSQL, so that the running counts a
+#: claim reads are exact (two workers could otherwise both take a partner's last running place).
+CLAIM_LOCK_KEYS = (0x0E_4C, 0)
 FETCH_BATCH = 1000
 #: Roughly how many progress updates an export writes.
 PROGRESS_STEPS = 50
 SWEEP_SECONDS = 60.0
 FINISHED = frozenset({ExportStatus.SUCCEEDED, ExportStatus.FAILED})
+UNFINISHED = (ExportStatus.PENDING, ExportStatus.RUNNING)
+#: Default of `start_export`'s limit (the app passes the setting export_max_queued_per_partner).
+MAX_QUEUED_PER_PARTNER = 20
 
 CONTENT_TYPES = {
     ExportFormat.XLSX: "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
@@ -148,8 +164,12 @@ async def start_export(
     uid: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    max_queued: int = MAX_QUEUED_PER_PARTNER,
 ) -> ExportTask:
-    """Validate and queue an export; the worker writes the file. Inputs that do not belong to `kind` are refused."""
+    """Validate and queue an export; the worker writes the file. Inputs that do not belong to `kind` are refused.
+
+    A partner with `max_queued` tasks PENDING or RUNNING gets TOO_MANY_EXPORTS.
+    """
     actor.require(Permission.EXPORT)
     errors: list[UserError] = []
     params: dict[str, Any]
@@ -198,6 +218,7 @@ async def start_export(
             "since": window_start.isoformat(),
             "until": until.isoformat() if until is not None else None,
         }
+    await _check_queue_room(session, actor.partner_id, max_queued)
     task = ExportTask(
         partner_id=actor.partner_id,
         scope_account_id=actor.account_id,
@@ -216,6 +237,26 @@ async def start_export(
     event_log.add_topic(session, WAKE_TOPIC)
     event_log.add_topic(session, topic(task.id))
     return task
+
+
+async def _check_queue_room(session: AsyncSession, partner_id: int, max_queued: int) -> None:
+    """Refuse a new task when the partner already has `max_queued` unfinished ones.
+
+    On PostgreSQL the partner's row is locked first, so two concurrent starts of one partner count one after the
+    other and cannot both take the last place (SQLite's BEGIN IMMEDIATE serialises them already).
+    """
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        await session.execute(select(Partner.id).where(Partner.id == partner_id).with_for_update())
+    unfinished = await session.scalar(
+        select(func.count())
+        .select_from(ExportTask)
+        .where(ExportTask.partner_id == partner_id, ExportTask.status.in_(UNFINISHED))
+    )
+    if int(unfinished or 0) >= max_queued:
+        raise UserErrors.one(
+            ErrorCode.TOO_MANY_EXPORTS,
+            f"Your partner already has {max_queued} exports queued or running; wait until one finishes.",
+        )
 
 
 # ---------------------------------------------------------------- rows
@@ -250,7 +291,6 @@ END_USER_SELECT = (
     Account.linked_at,
     Account.payg_freeze,
     Account.purchase_control,
-    M.uid.label("master_uid"),
     M.payg_freeze.label("master_freeze"),
     M.purchase_control.label("master_purchase"),
     QuotaPool.shutdown_policy,
@@ -271,7 +311,10 @@ def end_user_queries(task: ExportTask) -> tuple[Select[Any], Select[Any]]:
     sort = accounts.EndUserSort(
         field=sort_params.get("field", "LINKED_AT"), descending=bool(sort_params.get("descending", True))
     )
-    rows = accounts.filtered_query(actor, query, sort).with_only_columns(*END_USER_SELECT)
+    # The master's UID only where the exporter may see the master: an END_USER token of a
+    # sub-account may not (its effective freeze and purchase control still read the master).
+    master_uid = case((actor.account_scope(M), M.uid), else_=None).label("master_uid")
+    rows = accounts.filtered_query(actor, query, sort).with_only_columns(*END_USER_SELECT, master_uid)
     count = accounts.counted(actor, query)
     return count, rows
 
@@ -361,6 +404,22 @@ def display_file_name(task: ExportTask, tz: Any, now: datetime) -> str:
     return f"{base}_{now.astimezone(tz):%Y%m%d_%H%M%S}.{EXTENSIONS[task.format]}"
 
 
+#: What each kind is called in the ASCII `filename=` fallback (clients without RFC 5987, such as `curl -OJ`).
+ASCII_KIND_NAMES = {ExportKind.END_USERS: "uid-list", ExportKind.QUOTA_ADJUSTMENTS: "quota-adjustments"}
+
+
+def ascii_file_name(task: ExportTask, tz: Any) -> str:
+    """The file name in plain ASCII that still says what the file is: `uid-list-20261201-075328.xlsx`.
+
+    It carries the same local time as the display name (both come from `finished_at`), so the two names match.
+    """
+    base = ASCII_KIND_NAMES[ExportKind(task.kind)]
+    if task.kind is ExportKind.QUOTA_ADJUSTMENTS and task.params.get("uid"):
+        base += "-" + re.sub(r"[^A-Za-z0-9._-]", "_", str(task.params["uid"]))
+    when = task.finished_at or utcnow()
+    return f"{base}-{when.astimezone(tz):%Y%m%d-%H%M%S}.{EXTENSIONS[task.format]}"
+
+
 # ---------------------------------------------------------------- the worker
 
 
@@ -383,6 +442,9 @@ class ExportWorker:
         self.export_dir = Path(settings.export_dir)
         self.before_rows: Callable[[ExportTask], Awaitable[None]] | None = None
         self.fetch_batch = FETCH_BATCH
+        self.max_running_per_partner = settings.export_max_running_per_partner
+        #: The partner whose task this worker claimed last: the round-robin continues after it.
+        self._last_partner: int | None = None
         self._task: asyncio.Task[None] | None = None
 
     # -- claiming and bookkeeping ----------------------------------------------
@@ -421,14 +483,22 @@ class ExportWorker:
         return touched
 
     async def claim(self) -> int | None:
-        """Take the oldest PENDING task and mark it RUNNING; None when there is none."""
+        """Take the next task in fair order (see the module's Fairness) and mark it RUNNING; None when none may run."""
         async with self.db.write() as session:
-            query = select(ExportTask).where(ExportTask.status == ExportStatus.PENDING).order_by(ExportTask.id).limit(1)
             if self.db.is_postgres:
-                query = query.with_for_update(skip_locked=True)
-            task = await session.scalar(query)
+                await session.execute(text("SELECT pg_advisory_xact_lock(:k1, :k2)"),
+                                      {"k1": CLAIM_LOCK_KEYS[0], "k2": CLAIM_LOCK_KEYS[1]})
+            task = None
+            for candidate in await self._candidates(session):
+                query = select(ExportTask).where(ExportTask.id == candidate, ExportTask.status == ExportStatus.PENDING)
+                if self.db.is_postgres:
+                    query = query.with_for_update(skip_locked=True)
+                task = await session.scalar(query)
+                if task is not None:
+                    break  # None: another worker took it meanwhile; try the next partner's
             if task is None:
                 return None
+            self._last_partner = task.partner_id
             task.status = ExportStatus.RUNNING
             task.started_at = utcnow()
             task.attempts = task.attempts + 1
@@ -437,10 +507,44 @@ class ExportWorker:
             event_log.add_topic(session, topic(task.id))
             return task.id
 
+    async def _candidates(self, session: AsyncSession) -> list[int]:
+        """The oldest PENDING task of each partner that may start one, in the order they should be tried.
+
+        Fewer running tasks first, then round-robin: partners after the one served last (by id, wrapping around).
+        Two grouped queries whatever the queue length; they read the (status, partner_id, id) index.
+        """
+        oldest = await session.execute(
+            select(ExportTask.partner_id, func.min(ExportTask.id))
+            .where(ExportTask.status == ExportStatus.PENDING)
+            .group_by(ExportTask.partner_id)
+        )
+        first_pending: dict[int, int] = {partner: task_id for partner, task_id in oldest.all()}
+        if not first_pending:
+            return []
+        counted = await session.execute(
+            select(ExportTask.partner_id, func.count())
+            .where(ExportTask.status == ExportStatus.RUNNING, ExportTask.partner_id.in_(sorted(first_pending)))
+            .group_by(ExportTask.partner_id)
+        )
+        running: dict[int, int] = {partner: int(count) for partner, count in counted.all()}
+        last = self._last_partner
+
+        def turn(partner: int) -> tuple[int, int, int]:
+            after_last = last is None or partner > last
+            return (running.get(partner, 0), 0 if after_last else 1, partner)
+
+        allowed = [p for p in first_pending if running.get(p, 0) < self.max_running_per_partner]
+        return [first_pending[p] for p in sorted(allowed, key=turn)]
+
     async def _update(self, task_id: int, **values: Any) -> None:
         async with self.db.write() as session:
             await session.execute(update(ExportTask).where(ExportTask.id == task_id).values(**values))
             event_log.add_topic(session, topic(task_id))
+            if values.get("status") in FINISHED:
+                # The EXPORT_FINISHED webhook commits with the task's final state.
+                task = await session.get(ExportTask, task_id, populate_existing=True)
+                if task is not None:
+                    await webhooks.queue_export_finished(session, task)
 
     @staticmethod
     def _discard_file(task: ExportTask) -> None:
@@ -493,6 +597,7 @@ class ExportWorker:
                 log.exception("export task %d failed", task_id)
                 message = f"The export failed because of an internal error ({type(exc).__name__}); please retry."
             await self._update(task_id, status=ExportStatus.FAILED, error=message, finished_at=utcnow(), file_path=None)
+            metrics.export_finished(ExportStatus.FAILED.value, task.started_at)
             return
         now = utcnow()
         await self._update(
@@ -506,6 +611,7 @@ class ExportWorker:
             expires_at=now + timedelta(hours=self.settings.export_ttl_hours),
             error=None,
         )
+        metrics.export_finished(ExportStatus.SUCCEEDED.value, task.started_at)
 
     async def _write(self, task: ExportTask, path: Path) -> int:
         if task.kind is ExportKind.END_USERS:
@@ -600,6 +706,6 @@ class ExportWorker:
 
 async def start_export_worker(state: Any) -> Callable[[], Awaitable[None]]:
     """`uidhub.app.BACKGROUND` starter: recover crashed tasks, run the worker, return its stop function."""
-    worker = ExportWorker(state.db, state.settings, state.bus)
+    worker = ExportWorker(state.db.background, state.settings, state.bus)
     await worker.start()
     return worker.stop

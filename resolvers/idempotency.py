@@ -5,6 +5,13 @@ transaction, with INSERT … ON CONFLICT DO NOTHING. On PostgreSQL a second
 transaction inserting the same key waits on the first one's uncommitted row
 and then finds it; on SQLite write transactions are serialised already. So
 fifty concurrent repeats of one key apply the change exactly once.
+
+The claim is the first lock of the order in `resolvers.locks`: a repeat
+arriving while the first call is in flight waits on the key row holding no
+other lock, then answers the first call's stored result. Should the first
+transaction fail and roll back (its key row goes with it), one waiting repeat
+takes the key and applies the change, and the first call's retry
+(`schema.common.mutate`) replays that result: every call answers the same.
 """
 
 from __future__ import annotations

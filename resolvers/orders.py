@@ -1,7 +1,7 @@
 """Orders: `purchaseCheck` (decides, writes nothing) and `placeOrder` (decides the same way and acts).
 
 `placeOrder` locks the ordering account and its master (one SELECT … FOR
-UPDATE in id order, the order `resolvers.policy` locks in too) and then the
+NO KEY UPDATE in id order: the lock order of `resolvers.locks`) and then the
 pool, before deciding: a freeze of the master, a ban, or a consumption that
 shuts the pool down either commits before the order and is seen by it, or
 waits for the order to commit. A SUBSCRIPTION order charges its amount to the
@@ -38,7 +38,6 @@ from models.enums import (
     AuditAction,
     BillingMethod,
     LedgerKind,
-    PartnerKind,
     PaygFreezeStatus,
     PurchaseControl,
     PurchaseDenialReason,
@@ -47,10 +46,10 @@ from models.money import MAX_CENTS, format_money
 from resolvers import accounts as account_ops
 from resolvers import audit, idempotency
 from resolvers.actor import Actor, Permission
-from resolvers.errors import Forbidden, invalid
+from resolvers.errors import invalid
+from resolvers.locks import lock_accounts, lock_pool
 from resolvers.pagination import InvalidArgument
-from resolvers.policy import lock_accounts
-from resolvers.pools import after_pool_change, lock_pool
+from resolvers.pools import after_pool_change
 from resolvers.quota import BalanceOp, balance_update
 
 DESCRIPTION_MAX_CHARS = 500
@@ -120,17 +119,11 @@ def decide(
     )
 
 
-def _forbid_agency(actor: Actor) -> None:
-    if actor.partner_kind is PartnerKind.AGENCY:
-        raise Forbidden("Agency partners may not check or place orders.")
-
-
 async def purchase_check(
     session: AsyncSession, actor: Actor, uid: str, billing_method: BillingMethod, amount_cents: int
 ) -> Decision:
     """Would this order be allowed? Reads only: no lock, no write."""
-    actor.require(Permission.READ)
-    _forbid_agency(actor)
+    actor.require(Permission.PURCHASE_CHECK)
     if amount_cents < 0:
         raise InvalidArgument("`amount` must not be negative.")
     account = await account_ops.find(session, actor, uid)

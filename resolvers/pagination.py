@@ -21,6 +21,8 @@ T = TypeVar("T")
 
 MAX_FIRST = 100
 MAX_INPUT_LIST = 100
+#: The largest BIGINT: ids and integer cursor values past it are refused before they reach the database.
+MAX_ID = 2**63 - 1
 
 
 class InvalidArgument(Exception):
@@ -61,7 +63,33 @@ def decode_cursor(cursor: str | None, kind: str, arity: int) -> list[Any] | None
         raise InvalidArgument("`after` is not a valid cursor.") from None
     if not isinstance(data, list) or len(data) != arity + 1 or data[0] != kind:
         raise InvalidArgument("`after` is not a valid cursor for this list.")
+    if not all(_storable(value) for value in data[1:]):
+        raise InvalidArgument("`after` is not a valid cursor.")
     return data[1:]
+
+
+def _storable(value: Any) -> bool:
+    """A cursor value the database can compare: a BIGINT, or text without NUL or lone surrogates.
+
+    Cursors are opaque but come from the client: a forged one must be a clear error, not a
+    driver error (an int past BIGINT, a NUL in PostgreSQL text).
+    """
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -MAX_ID - 1 <= value <= MAX_ID
+    if isinstance(value, str):
+        return len(value) <= 1000 and "\x00" not in value and is_valid_unicode(value)
+    return value is None
+
+
+def is_valid_unicode(value: str) -> bool:
+    """False for text with a lone UTF-16 surrogate ("\\ud800" in JSON), which no database can store."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def decode_id_cursor(cursor: str | None, kind: str) -> int | None:

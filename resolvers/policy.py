@@ -3,11 +3,12 @@
 Locking. Every operation here locks the account rows it reads its decision
 from, always in ascending id order in one statement (masters are linked
 before their sub-accounts, so a master's id is below its subs'), and the pool
-after the accounts. `placeOrder` (resolvers.orders) locks the ordering account
-and its master the same way, so a freeze of a master and a PAYG order of one
-of its sub-accounts serialise: the order either commits before the freeze or
-sees the master FROZEN. On SQLite, write transactions are serialised by
-BEGIN IMMEDIATE already.
+after the accounts: the lock order of `resolvers.locks`. `placeOrder`
+(resolvers.orders) locks the ordering account and its master the same way,
+so a freeze of a master and a PAYG order of one of its sub-accounts
+serialise: the order either commits before the freeze or sees the master
+FROZEN. On SQLite, write transactions are serialised by BEGIN IMMEDIATE
+already.
 
 Choices where RULES.md is silent (also in the README):
 
@@ -53,8 +54,9 @@ from resolvers import accounts as account_ops
 from resolvers import audit
 from resolvers.actor import Actor, Permission
 from resolvers.errors import UserError, UserErrors, invalid
+from resolvers.locks import for_write, lock_accounts, lock_pool
 from resolvers.pagination import check_list
-from resolvers.pools import after_pool_change, lock_pool
+from resolvers.pools import after_pool_change
 
 REASON_MAX_BYTES = 3000
 
@@ -97,20 +99,6 @@ def check_reason(reason: str | None, *field_path: str) -> None:
     problem = R.text_problem(reason, max_bytes=REASON_MAX_BYTES)
     if problem:
         raise invalid(f"reason {problem}.", *field_path)
-
-
-async def lock_accounts(session: AsyncSession, ids: Sequence[int]) -> dict[int, Account]:
-    """Lock these account rows in ascending id order (one statement) and return them fresh."""
-    rows = (
-        await session.scalars(
-            select(Account)
-            .where(Account.id.in_(sorted(set(ids))))
-            .order_by(Account.id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    ).all()
-    return {row.id: row for row in rows}
 
 
 # ---------------------------------------------------------------- freeze
@@ -167,7 +155,7 @@ async def change_freeze(
         .order_by(Account.id)
     )
     if confirm:
-        query = query.with_for_update().execution_options(populate_existing=True)
+        query = for_write(query)
     rows = (await session.scalars(query)).all()
     by_id = {row.id: row for row in rows}
     by_uid = {row.uid: row for row in rows}

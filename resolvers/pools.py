@@ -4,25 +4,19 @@ Every operation that changes a pool (quota set, consumption, deduction,
 repayment, subscription order, policy change) locks the pool row first with
 `lock_pool` and calls `after_pool_change` before committing, so that credit
 control and threshold alerts are evaluated in the same transaction against
-the state the pool is now in.
+the state the pool is now in. The pool is step 4 of the lock order of
+`resolvers.locks`: after the account rows, before the log.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models import QuotaPool
 from resolvers.actor import Actor
+from resolvers.locks import lock_pool
 
-
-async def lock_pool(session: AsyncSession, pool_id: int) -> QuotaPool:
-    """The pool row, locked until commit (FOR UPDATE on PostgreSQL; SQLite holds the write lock)."""
-    pool = await session.scalar(
-        select(QuotaPool).where(QuotaPool.id == pool_id).with_for_update().execution_options(populate_existing=True)
-    )
-    assert pool is not None, "every account has a pool"
-    return pool
+__all__ = ["after_pool_change", "lock_pool"]
 
 
 async def after_pool_change(session: AsyncSession, pool: QuotaPool, actor: Actor | None) -> None:

@@ -142,7 +142,8 @@ async def set_quota_amount(
         )
         if claim_.replay is not None:
             return from_snapshot(claim_.replay)
-    account = await accounts.get(session, actor, uid, "input", "uid")
+    # Lock order (resolvers.locks): the key, the account (read to decide: FOR SHARE), the pool.
+    account = await accounts.get(session, actor, uid, "input", "uid", share=True)
     if account.master_id is not None:
         raise UserErrors.one(
             ErrorCode.QUOTA_MANAGED_BY_MASTER,
@@ -163,7 +164,7 @@ async def set_warning_threshold(session: AsyncSession, actor: Actor, uid: str, p
     actor.require(Permission.QUOTA)
     if percent is not None and not 1 <= percent <= 100:
         raise invalid("percent must be between 1 and 100, or null to remove the warning.", "input", "percent")
-    account = await accounts.get(session, actor, uid, "input", "uid")
+    account = await accounts.get(session, actor, uid, "input", "uid", share=True)
     if account.master_id is not None:
         raise UserErrors.one(
             ErrorCode.QUOTA_MANAGED_BY_MASTER,
@@ -222,7 +223,7 @@ async def change_balance(
     """recordConsumption / deductConsumption / repayOutstanding with idempotency.
 
     Order: permission, input, key claim (a repeat returns the stored first
-    result before anything else is read), account, status, the ledger row,
+    result before anything else is read), account (FOR SHARE), status, the ledger row,
     one atomic UPDATE of the pool (its guard in the WHERE clause), credit
     control and alerts, the stored result.
     """
@@ -239,7 +240,8 @@ async def change_balance(
     )
     if claim_.replay is not None:
         return from_snapshot(claim_.replay)
-    account = await accounts.get(session, actor, uid, "input", "uid")
+    # The account is read to decide (FOR SHARE): a termination committing meanwhile is seen, not raced.
+    account = await accounts.get(session, actor, uid, "input", "uid", share=True)
     accounts.require_active(account, "input", "uid")
     # The ledger row goes in first: the pool row stays locked from its UPDATE to the commit, so the
     # less that runs after it, the less concurrent writers of the pool wait.

@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Sequence
+from typing import Any
 
 import strawberry
-from strawberry.extensions import (
-    DisableIntrospection,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    QueryDepthLimiter,
-)
+from graphql import GraphQLError
+from strawberry.extensions import DisableIntrospection
 from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionContext
 
 from schema import enums as _enums  # noqa: F401  (registers enum descriptions)
-from schema.execution import SharedResultExecutionContext
-from schema.extensions import MaskInternalErrors, RequestLifecycle
+from schema.execution import ReleaseBeforeSend, SharedResultExecutionContext
+from schema.extensions import MaskInternalErrors, RequestLifecycle, log_errors
+from schema.limits import MAX_ALIASES, MAX_DEPTH, MAX_SELECTIONS, MAX_TOKENS, Limiter
 from schema.root import Mutation, Query, Subscription
 from schema.scalars import SCALAR_MAP
 
-MAX_DEPTH = 12
-MAX_ALIASES = 50
-MAX_TOKENS = 5000
+__all__ = ["MAX_ALIASES", "MAX_DEPTH", "MAX_SELECTIONS", "MAX_TOKENS", "UidhubSchema", "build_schema"]
 
 
 def _has_fields(cls: type) -> bool:
@@ -29,18 +26,33 @@ def _has_fields(cls: type) -> bool:
     return bool(definition and definition.fields)
 
 
-def build_schema(*, introspection: bool = True) -> strawberry.Schema:
-    """The served schema. Extensions are classes or factories: one instance per operation."""
-    extensions: list = [
+class UidhubSchema(strawberry.Schema):
+    """strawberry's Schema with our error log: client mistakes without tracebacks, internal errors with them."""
+
+    limiter: Limiter
+
+    def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
+        log_errors(errors, execution_context)
+
+
+def build_schema(*, introspection: bool = True, extra_extensions: Sequence[Any] = ()) -> UidhubSchema:
+    """The served schema. Extensions are classes or factories: one instance per operation.
+
+    The limits and the parse and validation caches live in one Limiter built here, once: the
+    validation rules are the same objects for every request, so the validation cache hits.
+    `extra_extensions` (metrics, tracing, log context) come first: they wrap the others.
+    """
+    limiter = Limiter()
+    extensions: list[Any] = [
+        *extra_extensions,
         MaskInternalErrors,
-        functools.partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
-        functools.partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
-        functools.partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
+        limiter.extension,
         RequestLifecycle,
+        ReleaseBeforeSend,
     ]
     if not introspection:
         extensions.append(DisableIntrospection)
-    return strawberry.Schema(
+    schema = UidhubSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription if _has_fields(Subscription) else None,
@@ -48,3 +60,5 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
         execution_context_class=SharedResultExecutionContext,
         config=StrawberryConfig(auto_camel_case=True, disable_field_suggestions=True, scalar_map=SCALAR_MAP),
     )
+    schema.limiter = limiter
+    return schema

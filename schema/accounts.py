@@ -30,6 +30,7 @@ from schema.dataloaders import MISSING, peek
 from schema.partners import Partner
 from schema.policy import Instance, ShutdownPolicyState, load_policy_view
 from schema.quota import Quota
+from schema.registry import register_node
 from schema.scalars import Money
 
 ARG_FIRST = strawberry.argument(description="Page size, at most 100.")
@@ -47,6 +48,29 @@ async def _then(awaitable: Awaitable[Any], then: Callable[[Any], Any]) -> Any:
     return then(await awaitable)
 
 
+def shown(row: Account | None) -> EndUser | None:
+    """The EndUser of a row that came through the viewer's scope (`Context.accounts`), or None."""
+    return EndUser.of(row) if row is not None else None
+
+
+async def scoped_end_user(info: Info, account_id: int | None) -> EndUser | None:
+    """A nullable EndUser field: the account if the viewer may see it, else null (as if it did not exist)."""
+    if account_id is None:
+        return None
+    return shown(await info.context.accounts.load(account_id))
+
+
+async def required_end_user(info: Info, account_id: int) -> EndUser:
+    """A non-null EndUser field: the account if the viewer may see it, else its limited view (`EndUser.limited`)."""
+    row = await info.context.accounts.load(account_id)
+    if row is not None:
+        return EndUser.of(row)
+    hidden = await info.context.loaders.account_row.load(account_id)
+    if hidden is None:  # rows are never deleted; a guard, not a path
+        raise LookupError(f"account {account_id} is missing")
+    return EndUser.limited(hidden)
+
+
 @strawberry.type(description="A linked end-user account (UID).")
 class EndUser(Node):
     uid: str = strawberry.field(description="The account UID.")
@@ -60,6 +84,8 @@ class EndUser(Node):
     account_status: AccountStatus = strawberry.field(description="Where the account is in the termination process.")
     linked_at: datetime = strawberry.field(description="When the account was linked to the partner.")
     _row: strawberry.Private[Account]
+    #: The limited view's pool owner (its placeholder row has id 0): `quota.account` stays limited, not missing.
+    _pool_owner: strawberry.Private[int | None] = None
 
     @classmethod
     def of(cls, row: Account) -> EndUser:
@@ -78,6 +104,40 @@ class EndUser(Node):
             _row=row,
         )
 
+    @classmethod
+    def limited(cls, row: Account) -> EndUser:
+        """What a viewer gets for an account outside its scope where the field cannot be null.
+
+        `Quota.account` of a sub-account's pool is its master; an END_USER token
+        of the sub-account may not see the master, so it gets a placeholder
+        built from a row that holds none of the master's data: empty UID, no
+        nickname, email, remarks or business manager, id 0 (node(id:) finds
+        nothing), and nested fields that find nothing (no sub-accounts,
+        instances, audit entries or credit alert, master null). Kept: the type,
+        status, link time, own freeze and purchase settings and the pool, which
+        the sub-account's own effective state already reflects.
+        """
+        view = cls.of(
+            Account(
+                id=0,
+                partner_id=row.partner_id,
+                uid="",
+                account_type=row.account_type,
+                nickname=None,
+                business_manager=None,
+                remarks=None,
+                email=None,
+                status=row.status,
+                linked_at=row.linked_at,
+                master_id=None,
+                pool_id=row.pool_id,
+                payg_freeze=row.payg_freeze,
+                purchase_control=row.purchase_control,
+            )
+        )
+        view._pool_owner = row.master_id or row.id
+        return view
+
     # The next fields are plain functions that answer at once from rows the loaders
     # already hold (a list query primes pools and masters) and return an awaitable
     # only when something must still be loaded: an async resolver would cost an
@@ -95,16 +155,11 @@ class EndUser(Node):
     def master(self, info: Info) -> EndUser | None:
         if self._row.master_id is None:
             return None
-        actor = info.context.require_actor()
-
-        def shown(row: Account | None) -> EndUser | None:
-            return EndUser.of(row) if row is not None and ops.visible(actor, row) else None
-
-        loader = info.context.loaders.account
-        row = peek(loader, self._row.master_id)
+        accounts = info.context.accounts  # null when the master is outside the viewer's scope
+        row = accounts.peek(self._row.master_id)
         if row is not MISSING:
             return shown(row)
-        return _then(loader.load(self._row.master_id), shown)  # type: ignore[return-value]
+        return _then(accounts.load(self._row.master_id), shown)  # type: ignore[return-value]
 
     @strawberry.field(description="Financial trusteeship sub-accounts spending from this account's pool.")
     async def sub_accounts(self, info: Info) -> list[EndUser]:
@@ -112,20 +167,20 @@ class EndUser(Node):
             return []
         actor = info.context.require_actor()
         rows = await info.context.loaders.sub_accounts.load(self._row.id)
-        return [EndUser.of(r) for r in rows if ops.visible(actor, r)]
+        return [EndUser.of(r) for r in rows if actor.sees(r)]
 
     @strawberry.field(description="Own settings and the shutdown policy in force.")
     def policy(self, info: Info) -> ShutdownPolicyState:
         loaders = info.context.loaders
         pool = peek(loaders.pool, self._row.pool_id)
-        master = peek(loaders.account, self._row.master_id) if self._row.master_id is not None else None
+        master = peek(loaders.account_row, self._row.master_id) if self._row.master_id is not None else None
         if pool is not MISSING and master is not MISSING:
             return ShutdownPolicyState.of(PolicyView.of(self._row, master, pool))
         return _then(load_policy_view(info, self._row), ShutdownPolicyState.of)  # type: ignore[return-value]
 
     @strawberry.field(description="The quota pool this account spends from: a sub-account shares its master's.")
     def quota(self, info: Info) -> Quota:
-        owner_id = self._row.master_id or self._row.id
+        owner_id = self._pool_owner or self._row.master_id or self._row.id
         loader = info.context.loaders.pool
         pool = peek(loader, self._row.pool_id)
         if pool is not MISSING:
@@ -415,3 +470,16 @@ class AccountMutations:
             return EndUserPayload(end_user=EndUser.of(row), user_errors=[])
 
         return await mutate(info, op, end_user_errors)
+
+
+# ---------------------------------------------------------------- node(id:)
+
+
+async def _resolve_end_user(info: Info, pk: int) -> EndUser | None:
+    actor = info.context.require_actor()
+    session = await info.context.session()
+    row = await session.get(Account, pk)
+    return EndUser.of(row) if row is not None and ops.visible(actor, row) else None
+
+
+register_node("EndUser", _resolve_end_user)

@@ -18,7 +18,7 @@ from models.enums import AlertKind, AlertState, NotificationStatus
 from resolvers import accounts as account_ops
 from resolvers import alerts as ops
 from resolvers.pagination import Page
-from schema.accounts import ARG_AFTER, ARG_FIRST, EndUser, EndUserPayload, end_user_errors
+from schema.accounts import ARG_AFTER, ARG_FIRST, EndUser, EndUserPayload, end_user_errors, required_end_user
 from schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
 from schema.context import Info
 from schema.partners import Partner
@@ -49,7 +49,7 @@ class QuotaAlertEvent(Node):
         "whose own alert it is."
     )
     async def account(self, info: Info) -> EndUser:
-        return EndUser.of(await info.context.loaders.account.load(self._row.account_id))
+        return await required_end_user(info, self._row.account_id)
 
     @strawberry.field(description="The pool's available quota right after the change that crossed the threshold.")
     def available(self) -> Money:

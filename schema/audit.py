@@ -3,47 +3,97 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 from strawberry.scalars import JSON
 
+from models import Account
 from models import AuditEntry as AuditRow
-from models.enums import AuditAction, OperationMethod
+from models.enums import AuditAction, OperationMethod, Role
 from resolvers.pagination import Page
 from schema.common import Node, PageInfo, to_global_id
 from schema.context import Info
 from schema.partners import Operator
+from schema.registry import register_node
 
 if TYPE_CHECKING:
     from schema.accounts import EndUser
+
+
+#: Keys of an entry's values that name another account: shown to an END_USER token only when in its scope.
+ACCOUNT_UID_KEYS = ("masterUid",)
+
+
+def _names_hidden(value: Any) -> bool:
+    return isinstance(value, dict) and any(value.get(key) is not None for key in ACCOUNT_UID_KEYS)
+
+
+async def _masked_values(info: Info, value: dict[str, Any]) -> dict[str, Any]:
+    uids = await info.context.visible_uids()
+    return {k: (None if k in ACCOUNT_UID_KEYS and uids is not None and v not in uids else v) for k, v in value.items()}
+
+
+async def _masked_operator(info: Info, operator: Operator) -> Operator | None:
+    uids = await info.context.visible_uids()
+    return operator if uids is None or operator.uid in uids else None
 
 
 @strawberry.type(description="Append-only: entries are never updated or deleted through the API.")
 class AuditEntry(Node):
     action: AuditAction = strawberry.field(description="What changed.")
     occurred_at: datetime = strawberry.field(description="When it changed (commit time of the change).")
-    operator: Operator | None = strawberry.field(description="Null for SYSTEM actions.")
     method: OperationMethod = strawberry.field(description="PLATFORM, API or SYSTEM.")
-    before: JSON | None = strawberry.field(description="The changed values before, by field name.")
-    after: JSON | None = strawberry.field(description="The changed values after, by field name.")
     reason: str | None = strawberry.field(description="Why, as given by the operator.")
     _row: strawberry.Private[AuditRow]
 
+    # The next three answer synchronously for every viewer but an END_USER token,
+    # whose view of other accounts' UIDs is masked (see `Context.visible_uids`).
+
+    @strawberry.field(
+        description="Null for SYSTEM actions, and for an END_USER token when the operator was an end user's "
+        "token outside its scope (e.g. its master's)."
+    )
+    def operator(self, info: Info) -> Operator | None:
+        row = self._row
+        operator = Operator.from_columns(row.operator_uid, row.operator_name, row.operator_is_ram, row.operator_role)
+        if operator is None or operator.role is not Role.END_USER or not info.context.require_actor().is_end_user:
+            return operator
+        return _masked_operator(info, operator)  # type: ignore[return-value]
+
+    @strawberry.field(
+        description="The changed values before, by field name. For an END_USER token, UIDs of accounts outside "
+        "its scope (e.g. masterUid) are null."
+    )
+    def before(self, info: Info) -> JSON | None:
+        return self._values(info, self._row.before)
+
+    @strawberry.field(
+        description="The changed values after, by field name. For an END_USER token, UIDs of accounts outside "
+        "its scope (e.g. masterUid) are null."
+    )
+    def after(self, info: Info) -> JSON | None:
+        return self._values(info, self._row.after)
+
+    def _values(self, info: Info, value: Any) -> Any:
+        if not _names_hidden(value) or not info.context.require_actor().is_end_user:
+            return value
+        return _masked_values(info, value)
+
     @strawberry.field(description="The account the entry is about.")
     async def account(self, info: Info) -> Annotated[EndUser, strawberry.lazy("schema.accounts")]:
-        from schema.accounts import EndUser
+        from schema.accounts import required_end_user
 
-        return EndUser.of(await info.context.loaders.account.load(self._row.account_id))
+        return await required_end_user(info, self._row.account_id)
 
-    @strawberry.field(description="Set on a sub-account's entry when the change cascaded from its master.")
+    @strawberry.field(
+        description="Set on a sub-account's entry when the change cascaded from its master; null when the master "
+        "is outside the viewer's scope (an END_USER token of the sub-account)."
+    )
     async def cascade_from(self, info: Info) -> Annotated[EndUser, strawberry.lazy("schema.accounts")] | None:
-        from schema.accounts import EndUser
+        from schema.accounts import scoped_end_user
 
-        if self._row.cascade_from_id is None:
-            return None
-        row = await info.context.loaders.account.load(self._row.cascade_from_id)
-        return EndUser.of(row) if row else None
+        return await scoped_end_user(info, self._row.cascade_from_id)
 
     @classmethod
     def of(cls, row: AuditRow) -> AuditEntry:
@@ -51,10 +101,7 @@ class AuditEntry(Node):
             id=to_global_id("AuditEntry", row.id),
             action=row.action,
             occurred_at=row.occurred_at,
-            operator=Operator.from_columns(row.operator_uid, row.operator_name, row.operator_is_ram, row.operator_role),
             method=row.method,
-            before=row.before,
-            after=row.after,
             reason=row.reason,
             _row=row,
         )
@@ -81,3 +128,17 @@ class AuditEntryConnection:
             page_info=PageInfo.of(page),
             total_count=await page.count(),
         )
+
+
+async def _resolve_audit_entry(info: Info, pk: int) -> AuditEntry | None:
+    """Visible when the viewer may see the entry's account."""
+    actor = info.context.require_actor()
+    session = await info.context.session()
+    entry = await session.get(AuditRow, pk)
+    if entry is None:
+        return None
+    account = await session.get(Account, entry.account_id)
+    return AuditEntry.of(entry) if account is not None and actor.sees(account) else None
+
+
+register_node("AuditEntry", _resolve_audit_entry)

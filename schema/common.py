@@ -15,8 +15,9 @@ from notifications import log
 from resolvers.actor import Actor
 from resolvers.errors import UserError as DomainUserError
 from resolvers.errors import UserErrors
-from resolvers.pagination import Page
+from resolvers.pagination import MAX_ID, InvalidArgument, Page
 from schema.context import Info
+from uidhub.transactions import is_retryable, retry_transaction
 
 P = TypeVar("P")
 
@@ -33,14 +34,28 @@ def to_global_id(type_name: str, pk: int) -> strawberry.ID:
     return strawberry.ID(base64.urlsafe_b64encode(f"{type_name}:{pk}".encode()).decode().rstrip("="))
 
 
+def parse_pk(text: str) -> int | None:
+    """A primary key written in ASCII digits; None for anything else.
+
+    str.isdigit() also takes "١٢" (which int() reads as 12) and "²" (which int() refuses).
+    A number past BIGINT is the client's mistake (BAD_USER_INPUT), never a database error.
+    """
+    if not text.isascii() or not text.isdigit():
+        return None
+    if len(text) > 19 or int(text) > MAX_ID:
+        raise InvalidArgument(f"`id` is out of range: ids are at most {MAX_ID}.")
+    return int(text)
+
+
 def from_global_id(global_id: str) -> tuple[str, int] | None:
     """(type name, primary key), or None for anything that is not one of our ids."""
     try:
         raw = base64.urlsafe_b64decode((global_id + "=" * (-len(global_id) % 4)).encode()).decode()
-        type_name, _, pk = raw.partition(":")
-        return (type_name, int(pk)) if type_name and pk.isdigit() else None
     except (ValueError, binascii.Error, UnicodeDecodeError):
         return None
+    type_name, _, text = raw.partition(":")
+    pk = parse_pk(text)
+    return (type_name, pk) if type_name and pk is not None else None
 
 
 @strawberry.type(description="Relay page information.")
@@ -86,28 +101,47 @@ async def mutate(
     operation: Callable[[AsyncSession, Actor], Awaitable[P]],
     on_errors: Callable[[list[UserError]], P],
 ) -> P:
-    """Run one mutation field in its own transaction.
+    """Run one mutation field in its own transaction, retried whole after a deadlock.
 
     Success commits (with the buffered log, then wakes subscribers); a
     `UserErrors` rolls back and becomes the payload's userErrors; anything
     else rolls back and propagates (FORBIDDEN, or a masked internal error).
+    A deadlock, serialization failure or SQLite busy timeout rolls back and
+    runs `operation` again from the start, a bounded number of times
+    (`uidhub.transactions`), before anything is answered: the operation
+    re-reads everything and re-claims its idempotency key, so a retry either
+    applies the change once or replays a result committed meanwhile.
     DataLoaders are cleared either way so that the payload reads fresh rows.
     """
     context = info.context
     actor = context.require_actor()
     session = await context.session()
-    try:
-        result = await operation(session, actor)
-        await log.commit(session)
-    except UserErrors as exc:
-        await session.rollback()
-        log.discard(session)
+    committing = False
+
+    async def attempt() -> P:
+        nonlocal committing
+        committing = False
+        try:
+            result = await operation(session, actor)
+            committing = True
+            await log.commit(session)
+        except UserErrors as exc:
+            await _roll_back(session, context)
+            return on_errors(user_errors(exc.errors))
+        except BaseException:
+            await _roll_back(session, context)
+            raise
         context.reset_loaders()
-        return on_errors(user_errors(exc.errors))
-    except BaseException:
-        await session.rollback()
-        log.discard(session)
-        context.reset_loaders()
-        raise
+        return result
+
+    return await retry_transaction(
+        attempt,
+        retryable=lambda error: is_retryable(error, committing=committing),
+        what=f"mutation {info.field_name} (request {context.request_id})",
+    )
+
+
+async def _roll_back(session: AsyncSession, context: Any) -> None:
+    await session.rollback()
+    log.discard(session)
     context.reset_loaders()
-    return result

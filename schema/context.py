@@ -17,12 +17,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info as StrawberryInfo
 
+from models import Account
 from notifications.feed import Feeds, SharedScope
 from resolvers.actor import Actor
-from schema.dataloaders import Loaders
+from schema.dataloaders import Loaders, ScopedAccounts
 from uidhub.db import Database
 from uidhub.settings import Settings
 
@@ -47,6 +49,21 @@ def current_shared_scope() -> SharedScope | None:
     return child._shared if child is not None else None
 
 
+async def end_event_transaction() -> None:
+    """End the read transaction of the subscription event resolved in this task, before its result is sent.
+
+    A send waits on the client's socket for as long as the client does not
+    read; a session still in a transaction meanwhile would keep its pooled
+    connection "idle in transaction", and a few stalled dashboards would
+    starve every request. The session itself stays (expire_on_commit=False
+    keeps its rows and the DataLoader cache usable); its next query checks a
+    connection out again.
+    """
+    child = _EVENT_SCOPE.get()
+    if child is not None:
+        await child.end_transaction()
+
+
 class Context:
     def __init__(
         self,
@@ -69,6 +86,7 @@ class Context:
         self._session: AsyncSession | None = None
         self._loaders: Loaders | None = None
         self._shared: SharedScope | None = None
+        self._visible_uids: frozenset[str] | None = None
 
     @property
     def db(self) -> Database:
@@ -110,8 +128,38 @@ class Context:
             self._loaders = Loaders(self.session)
         return self._loaders
 
+    @property
+    def accounts(self) -> ScopedAccounts:
+        """Accounts by id through the viewer's scope (`Actor.sees`): out-of-scope ids load as None."""
+        return ScopedAccounts(self.loaders.account_row, self.require_actor().sees)
+
+    async def visible_uids(self) -> frozenset[str] | None:
+        """The UIDs an END_USER token may see (its account and its sub-accounts); None for other roles.
+
+        Loaded once per request (per event for subscriptions): used to mask the
+        UIDs an audit entry carries in its values and operator (a sub-account's
+        link entry names its master; its master's END_USER token may have acted on it).
+        """
+        actor = self.require_actor()
+        if actor.account_id is None:
+            return None
+        if self.websocket and self._shared is None:
+            return await self._event_child().visible_uids()
+        if self._visible_uids is None:
+            session = await self.session()
+            rows = await session.scalars(select(Account.uid).where(actor.account_scope()))
+            self._visible_uids = frozenset(rows.all())
+        return self._visible_uids
+
     def reset_loaders(self) -> None:
         self._loaders = None
+        self._visible_uids = None
+
+    async def end_transaction(self) -> None:
+        """Commit (a read: nothing to write) so that the session hands its connection back to the pool."""
+        session = self._shared.session if self._shared is not None else self._session
+        if session is not None and session.in_transaction():
+            await session.commit()
 
     async def close(self) -> None:
         if self._session is not None:

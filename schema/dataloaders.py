@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.dataloader import DataLoader
 
-from models import Account, AuditEntry, CreditAlert, Instance, Partner, QuotaAdjustment, QuotaPool
-from models.enums import AuditAction, QuotaOperationType
+from models import Account, AuditEntry, CreditAlert, Instance, LedgerEntry, Partner, QuotaAdjustment, QuotaPool
+from models.enums import AuditAction, LedgerKind, QuotaOperationType
 from resolvers.quota import adjustment_conditions
 
 T = TypeVar("T")
@@ -100,6 +100,38 @@ def _adjustment_where(shape: tuple[datetime | None, datetime | None, QuotaOperat
     return adjustment_conditions(*shape)
 
 
+#: Ledger entries that lower a pool's available amount: what a forecast extrapolates.
+SPEND_KINDS = (LedgerKind.CONSUMPTION, LedgerKind.SUBSCRIPTION_ORDER)
+
+
+def _recent_spend(session_getter: SessionGetter) -> DataLoader[tuple[int, int], tuple[int, datetime]]:
+    """(pool id, basis days) → (cents spent in the window, the window's end): one grouped SUM per request shape."""
+
+    async def load(keys: Sequence[tuple[int, int]]) -> list[tuple[int, datetime]]:
+        session: AsyncSession = await session_getter()
+        now = datetime.now(UTC)
+        by_days: dict[int, list[int]] = defaultdict(list)
+        for pool_id, days in keys:
+            by_days[days].append(pool_id)
+        sums: dict[tuple[int, int], int] = {}
+        for days, pool_ids in by_days.items():
+            rows = await session.execute(
+                select(LedgerEntry.pool_id, func.sum(LedgerEntry.amount_cents))
+                .where(
+                    LedgerEntry.pool_id.in_(pool_ids),
+                    LedgerEntry.kind.in_(SPEND_KINDS),
+                    LedgerEntry.occurred_at >= now - timedelta(days=days),
+                    LedgerEntry.occurred_at <= now,
+                )
+                .group_by(LedgerEntry.pool_id)
+            )
+            for pool_id, total in rows.all():
+                sums[(pool_id, days)] = int(total or 0)
+        return [(sums.get(key, 0), now) for key in keys]
+
+    return DataLoader(load_fn=load)
+
+
 _MISSING: Any = object()
 
 
@@ -118,11 +150,38 @@ def peek(loader: DataLoader[Any, Any], key: Any) -> Any:
 MISSING = _MISSING
 
 
+class ScopedAccounts:
+    """The account loader seen through one viewer's scope: an account outside it loads as None.
+
+    The one way a resolver turns an account id into a row it may show. The
+    rows themselves come from `Loaders.account_row`, which is unscoped so that
+    a feed batch can share it between subscribers of different scopes; the
+    scope (`Actor.sees`) is applied here, per viewer, on every read.
+    """
+
+    def __init__(self, rows: DataLoader[int, Account | None], sees: Callable[[Account | None], bool]) -> None:
+        self._rows = rows
+        self._sees = sees
+
+    def peek(self, account_id: int) -> Any:
+        """The row if already loaded (None when out of scope), or `MISSING` without scheduling a load."""
+        row = peek(self._rows, account_id)
+        if row is _MISSING:
+            return _MISSING
+        return row if self._sees(row) else None
+
+    async def load(self, account_id: int) -> Account | None:
+        row = await self._rows.load(account_id)
+        return row if self._sees(row) else None
+
+
 class Loaders:
     """Created per request (and per subscription event); cleared after a mutation commits."""
 
     def __init__(self, session_getter: SessionGetter) -> None:
-        self.account = _by_key(Account, Account.id, session_getter)
+        #: Unscoped rows, for what the server computes itself (a sub-account's effective
+        #: status reads its master). Never show one: resolvers read `Context.accounts`.
+        self.account_row = _by_key(Account, Account.id, session_getter)
         self.partner = _by_key(Partner, Partner.id, session_getter)
         self.pool = _by_key(QuotaPool, QuotaPool.id, session_getter)
         self.credit_alert = _by_key(CreditAlert, CreditAlert.account_id, session_getter)
@@ -132,10 +191,11 @@ class Loaders:
         self.adjustment_page = _newest_pages(
             QuotaAdjustment, QuotaAdjustment.pool_id, _adjustment_where, session_getter
         )
+        self.recent_spend = _recent_spend(session_getter)
 
     def prime_accounts(self, accounts: Sequence[Account]) -> None:
         for account in accounts:
-            self.account.prime(account.id, account)
+            self.account_row.prime(account.id, account)
 
     def prime_related(self, pools: Sequence[QuotaPool], masters: Sequence[Account | None],
                       partners: Sequence[Partner]) -> None:
@@ -144,6 +204,6 @@ class Loaders:
             self.pool.prime(pool.id, pool)
         for master in masters:
             if master is not None:
-                self.account.prime(master.id, master)
+                self.account_row.prime(master.id, master)
         for partner in partners:
             self.partner.prime(partner.id, partner)

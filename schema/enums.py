@@ -150,4 +150,22 @@ describe(E.ErrorCode, "Why a mutation did not change anything.", {
     "POLICY_INHERITED": "A sub-account follows its master's shutdown policy.",
     "IDEMPOTENCY_CONFLICT": "The idempotency key was used before with a different input.",
     "ALREADY_LINKED": "The UID is already linked.",
+    "TOO_MANY_EXPORTS": "Your partner has as many exports queued or running as it may; wait for one to finish.",
+})
+describe(E.WebhookEventKind, "What a webhook endpoint receives; each event of the stored log has one kind.", {
+    "ALERT_BREACHED": "A quota warning or credit alert threshold was crossed downwards.",
+    "ALERT_RECOVERED": "A quota warning or credit alert threshold was crossed upwards again.",
+    "ACCOUNT_LINKED": "An account was linked to the partner.",
+    "ACCOUNT_UPDATED": "An account's basic info (nickname, business manager, remarks) changed.",
+    "ACCOUNT_STATUS_CHANGED": "An account moved along the termination process.",
+    "POLICY_CHANGED": "PAYG freeze, purchase control, shutdown policy or credit control changed.",
+    "QUOTA_CHANGED": "A quota amount, warning threshold, credit alert or repayment changed a pool.",
+    "ORDER_PLACED": "An order was placed for an account.",
+    "EXPORT_FINISHED": "An export task succeeded or failed.",
+    "TEST": "A test event sent with sendTestWebhook (always delivered to that endpoint).",
+})
+describe(E.WebhookDeliveryStatus, "Where a webhook delivery stands.", {
+    "PENDING": "Waiting for its first attempt or for a retry.",
+    "SUCCEEDED": "The receiver answered 2xx.",
+    "FAILED": "Given up after the retry window (webhook_retry_hours) of failed attempts.",
 })

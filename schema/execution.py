@@ -15,12 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from graphql import ExecutionResult, OperationType, print_ast
+from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from schema.context import current_shared_scope
+from schema.context import current_shared_scope, end_event_transaction
+
+
+class ReleaseBeforeSend(SchemaExtension):
+    """Every subscription result is complete before it is sent: end its event's transaction first.
+
+    strawberry calls this hook between executing an event's selection and
+    handing the result to the transport, in the subscription's own task
+    (where the event scope is current). The send may wait indefinitely on a
+    client that stopped reading; it must do so without a database
+    connection.
+    """
+
+    async def on_stream_result(self, result: Any) -> AsyncIterator[None]:
+        await end_event_transaction()
+        yield
 
 
 class SharedResultExecutionContext(StrawberryGraphQLCoreExecutionContext):

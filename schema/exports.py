@@ -21,7 +21,7 @@ from resolvers import exports as ops
 from resolvers.actor import Permission
 from resolvers.pagination import Page
 from schema.accounts import ARG_AFTER, ARG_FIRST, EndUserFilter, EndUserOrder, OrderDirection
-from schema.common import INPUT_ARG, Node, PageInfo, UserError, from_global_id, mutate, to_global_id
+from schema.common import INPUT_ARG, Node, PageInfo, UserError, from_global_id, mutate, parse_pk, to_global_id
 from schema.context import Info
 from schema.registry import register_node
 
@@ -30,8 +30,8 @@ TYPE_NAME = "ExportTask"
 
 def parse_task_id(value: str) -> int | None:
     """A task's primary key from its global id (or, for convenience, its plain integer id)."""
-    if value.isdigit():
-        return int(value)
+    if (pk := parse_pk(value)) is not None:
+        return pk
     parsed = from_global_id(value)
     if parsed is None or parsed[0] != TYPE_NAME:
         return None
@@ -184,6 +184,7 @@ class ExportMutations:
                 uid=input.uid,
                 since=input.since,
                 until=input.until,
+                max_queued=info.context.settings.export_max_queued_per_partner,
             )
             return ExportPayload(task=ExportTask.of(row), user_errors=[])
 

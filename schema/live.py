@@ -21,7 +21,6 @@ from models import Account, AlertEvent
 from models import AuditEntry as AuditRow
 from models.enums import AlertState
 from notifications import stream
-from resolvers import accounts as account_ops
 from resolvers import alerts as alert_ops
 from resolvers.actor import Actor, Permission
 from resolvers.pagination import MAX_INPUT_LIST, InvalidArgument
@@ -91,7 +90,7 @@ class LiveSubscriptions:
         async def accept(child: Context, row: AlertEvent) -> bool:
             if actor.account_id is None:
                 return True
-            account = await child.loaders.account.load(row.account_id)
+            account = await child.accounts.load(row.account_id)  # None outside the viewer's scope
             return alert_ops.event_visible(actor, row, account)
 
         return stream.follow(
@@ -151,8 +150,8 @@ class LiveSubscriptions:
         async def accept(child: Context, row: AuditRow) -> bool:
             if actor.account_id is None and uid_set is None:
                 return True
-            account = await child.loaders.account.load(row.account_id)
-            if account is None or not account_ops.visible(actor, account):
+            account = await child.accounts.load(row.account_id)  # None outside the viewer's scope
+            if account is None:
                 return False
             return uid_set is None or account.uid in uid_set
 

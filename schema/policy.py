@@ -20,7 +20,6 @@ from models.enums import (
     StopReason,
 )
 from models.rules import PolicyView, instance_status
-from resolvers import accounts as account_ops
 from resolvers import orders as order_ops
 from resolvers import policy as policy_ops
 from schema.common import INPUT_ARG, Node, UserError, mutate, to_global_id, user_errors
@@ -36,7 +35,7 @@ LazyEndUser = strawberry.lazy("schema.accounts")
 
 async def load_policy_view(info: Info, account: Account) -> PolicyView:
     loaders = info.context.loaders
-    master = await loaders.account.load(account.master_id) if account.master_id else None
+    master = await loaders.account_row.load(account.master_id) if account.master_id else None
     pool = await loaders.pool.load(account.pool_id)
     return PolicyView.of(account, master, pool)
 
@@ -88,10 +87,9 @@ class Instance(Node):
 
     @strawberry.field(description="The account that owns the instance.")
     async def account(self, info: Info) -> Annotated[EndUser, strawberry.lazy("schema.accounts")]:
-        from schema.accounts import EndUser
+        from schema.accounts import required_end_user
 
-        row = await info.context.loaders.account.load(self._row.account_id)
-        return EndUser.of(row)
+        return await required_end_user(info, self._row.account_id)
 
     @classmethod
     def of(cls, row: InstanceRow, view: PolicyView) -> Instance:
@@ -118,14 +116,9 @@ class PurchaseDecision:
 
     @strawberry.field(description="The account whose own setting blocks (the master for a cascade).")
     async def blocking_account(self, info: Info) -> Annotated[EndUser, strawberry.lazy("schema.accounts")] | None:
-        from schema.accounts import EndUser
+        from schema.accounts import scoped_end_user
 
-        if self._blocking_account_id is None:
-            return None
-        row = await info.context.loaders.account.load(self._blocking_account_id)
-        if row is None or not account_ops.visible(info.context.require_actor(), row):
-            return None
-        return EndUser.of(row)
+        return await scoped_end_user(info, self._blocking_account_id)
 
     @classmethod
     def of(cls, decision: order_ops.Decision) -> PurchaseDecision:

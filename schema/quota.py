@@ -10,9 +10,10 @@ from sqlalchemy import select
 
 from models import Account, QuotaPool, rules
 from models import QuotaAdjustment as AdjustmentRow
+from models import forecast as forecasts
 from models.enums import OperationMethod, QuotaOperationType
 from resolvers import quota as quota_ops
-from resolvers.pagination import Page, check_first, decode_id_cursor, page_of_rows
+from resolvers.pagination import InvalidArgument, Page, check_first, decode_id_cursor, page_of_rows
 from schema.common import INPUT_ARG, Node, PageInfo, UserError, mutate, to_global_id
 from schema.context import Info
 from schema.partners import Operator
@@ -28,7 +29,9 @@ class QuotaAdjustment(Node):
     operation_type: QuotaOperationType = strawberry.field(description="QUOTA_CREATE for the first amount.")
     operation_time: datetime = strawberry.field(description="When the amount changed.")
     before: Money = strawberry.field(description="The amount before.")
-    value: Money = strawberry.field(description="after - before: positive for an increase, negative for a decrease.")
+    value: Money = strawberry.field(
+        description="The change, after - before: positive for an increase, negative for a decrease."
+    )
     after: Money = strawberry.field(description="The amount after.")
     method: OperationMethod = strawberry.field(description="PLATFORM or API.")
     operator: Operator | None = strawberry.field(description="Who changed it.")
@@ -75,16 +78,35 @@ class QuotaAdjustmentConnection:
         )
 
 
+@strawberry.type(
+    description="When the pool runs out at its recent pace: spend (consumption and subscription orders) over "
+    "the last `basisDays` days, spread evenly, extrapolated from the current available amount."
+)
+class QuotaForecast:
+    daily_burn: Money = strawberry.field(description="Average spend per day over the basis, rounded half up to cents.")
+    days_left: int = strawberry.field(
+        description="Whole days until available reaches zero at that pace; 0 when it is zero or below already."
+    )
+    runs_out_at: datetime = strawberry.field(
+        description="When available reaches zero at that pace; now when it already has."
+    )
+    basis_days: int = strawberry.field(description="How many days of spend the forecast averages.")
+
+
 @strawberry.type(description="A quota pool (credit line); sub-accounts share their master's.")
 class Quota:
     _pool: strawberry.Private[QuotaPool]
     _owner_id: strawberry.Private[int]
 
-    @strawberry.field(description="The account that owns this pool (the master for sub-accounts).")
+    @strawberry.field(
+        description="The account that owns this pool (the master for sub-accounts). An END_USER token of a "
+        "sub-account may not see its master: it gets a limited view (empty uid, id of no node, no nickname, "
+        "email, remarks, instances, audit entries or credit alert)."
+    )
     async def account(self, info: Info) -> Annotated[EndUser, strawberry.lazy("schema.accounts")]:
-        from schema.accounts import EndUser
+        from schema.accounts import required_end_user
 
-        return EndUser.of(await info.context.loaders.account.load(self._owner_id))
+        return await required_end_user(info, self._owner_id)
 
     @strawberry.field(description="The credit line: the most the pool may spend.")
     def amount(self) -> Money:
@@ -99,12 +121,13 @@ class Quota:
         return Money(self._pool.undeducted_cents)
 
     @strawberry.field(
-        description="amount - consumedDeducted - consumedUndeducted; negative means an outstanding payment."
+        description="What the pool may still spend: amount - consumedDeducted - consumedUndeducted; "
+        "negative means an outstanding payment."
     )
     def available(self) -> Money:
         return Money(self._pool.available_cents)
 
-    @strawberry.field(description="max(0, -available)")
+    @strawberry.field(description="The outstanding payment: max(0, -available).")
     def outstanding_amount(self) -> Money:
         return Money(max(0, -self._pool.available_cents))
 
@@ -112,7 +135,9 @@ class Quota:
     def warning_threshold_percent(self) -> int | None:
         return self._pool.warning_percent
 
-    @strawberry.field(description="amount * warningThresholdPercent / 100, rounded half up to cents.")
+    @strawberry.field(
+        description="The warning level: amount * warningThresholdPercent / 100, rounded half up to cents."
+    )
     def warning_level(self) -> Money | None:
         level = rules.warning_level(self._pool.amount_cents, self._pool.warning_percent)
         return None if level is None else Money(level)
@@ -121,6 +146,27 @@ class Quota:
     def below_warning_level(self) -> bool:
         pool = self._pool
         return rules.below_warning(pool.available_cents, pool.amount_cents, pool.warning_percent)
+
+    @strawberry.field(description="The run-out forecast from recent spend; null when the pool spent nothing then.")
+    async def forecast(
+        self,
+        info: Info,
+        basis_days: Annotated[
+            int, strawberry.argument(description="Days of spend to average, 1 to 90; by default 7.")
+        ] = forecasts.DEFAULT_BASIS_DAYS,
+    ) -> QuotaForecast | None:
+        if not 1 <= basis_days <= forecasts.MAX_BASIS_DAYS:
+            raise InvalidArgument(f"`basisDays` must be 1 to {forecasts.MAX_BASIS_DAYS}.")
+        spent, now = await info.context.loaders.recent_spend.load((self._pool.id, basis_days))
+        result = forecasts.forecast(self._pool.available_cents, spent, basis_days, now)
+        if result is None:
+            return None
+        return QuotaForecast(
+            daily_burn=Money(result.daily_burn_cents),
+            days_left=result.days_left,
+            runs_out_at=result.runs_out_at,
+            basis_days=result.basis_days,
+        )
 
     @strawberry.field(description="Newest first; `since` defaults to six months before now.")
     async def adjustments(

@@ -7,15 +7,12 @@ from typing import Annotated
 
 import strawberry
 
-from models import Account
-from models import AuditEntry as AuditRow
-from models import Partner as PartnerRow
 from models.enums import AuditAction
 from resolvers import accounts as account_ops
 from resolvers import audit as audit_ops
-from schema.accounts import ARG_AFTER, ARG_FIRST, AccountMutations, AccountQueries, EndUser
+from schema.accounts import ARG_AFTER, ARG_FIRST, AccountMutations, AccountQueries
 from schema.alerts import AlertMutations, AlertQueries, AlertSubscriptions
-from schema.audit import AuditEntry, AuditEntryConnection
+from schema.audit import AuditEntryConnection
 from schema.common import Node, PageInfo, from_global_id
 from schema.context import Info
 from schema.exports import ExportMutations, ExportQueries, ExportSubscriptions
@@ -23,34 +20,26 @@ from schema.live import LiveSubscriptions
 from schema.partners import Operator, Partner, Viewer
 from schema.policy import PolicyMutations, PolicyQueries
 from schema.quota import QuotaMutations
+from schema.registry import resolve_registered_node
+from schema.webhooks import WebhookMutations, WebhookQueries
 
 
 async def resolve_node(info: Info, global_id: str) -> Node | None:
-    """Any visible object by global id; another partner's objects are null, as if they did not exist."""
+    """Any visible object by global id; another partner's objects are null, as if they did not exist.
+
+    Every Node type registers its own resolver with `schema.registry.register_node`, next to its
+    type, and applies the viewer's scope there.
+    """
     parsed = from_global_id(global_id)
     if parsed is None:
         return None
     type_name, pk = parsed
-    actor = info.context.require_actor()
-    session = await info.context.session()
-    if type_name == "EndUser":
-        row = await session.get(Account, pk)
-        return EndUser.of(row) if row is not None and account_ops.visible(actor, row) else None
-    if type_name == "Partner":
-        return Partner.of(await session.get(PartnerRow, pk)) if pk == actor.partner_id else None
-    if type_name == "AuditEntry":
-        entry = await session.get(AuditRow, pk)
-        if entry is None:
-            return None
-        account = await session.get(Account, entry.account_id)
-        return AuditEntry.of(entry) if account is not None and account_ops.visible(actor, account) else None
-    from schema.registry import resolve_domain_node  # domains register their own node types
-
-    return await resolve_domain_node(info, type_name, pk)
+    info.context.require_actor()
+    return await resolve_registered_node(info, type_name, pk)
 
 
 @strawberry.type(description="Read operations.")
-class Query(AccountQueries, PolicyQueries, AlertQueries, ExportQueries):
+class Query(AccountQueries, PolicyQueries, AlertQueries, ExportQueries, WebhookQueries):
     @strawberry.field(description="Any object by its global id; null when it does not exist or is not yours.")
     async def node(
         self, info: Info, id: Annotated[strawberry.ID, strawberry.argument(description="A global id.")]
@@ -89,7 +78,7 @@ class Query(AccountQueries, PolicyQueries, AlertQueries, ExportQueries):
 
 
 @strawberry.type(description="Changes. Business-rule failures come back as userErrors and change nothing.")
-class Mutation(AccountMutations, QuotaMutations, PolicyMutations, AlertMutations, ExportMutations):
+class Mutation(AccountMutations, QuotaMutations, PolicyMutations, AlertMutations, ExportMutations, WebhookMutations):
     pass
 
 

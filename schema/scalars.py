@@ -7,7 +7,7 @@ any resolver runs.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NewType
 
 import strawberry
@@ -43,19 +43,36 @@ MONEY_DEFINITION = strawberry.scalar(
     serialize=_serialize_money,
     parse_value=parse_money,
     parse_literal=_parse_money_literal,
+    # A decimal string in XML Schema's lexical form, restricted as the description says.
+    specified_by_url="https://www.w3.org/TR/xmlschema11-2/#decimal",
 )
+
+#: Instants a DateTime may name: years 1..9999 with a day to spare at both ends, so that shifting by
+#: any UTC offset (display time zone, an export's file name) can never leave Python's datetime range.
+MIN_DATETIME = datetime(1, 1, 1, tzinfo=UTC) + timedelta(days=1)
+MAX_DATETIME = datetime(9999, 12, 31, tzinfo=UTC) - timedelta(days=1)
+_MAX_DATETIME_CHARS = 64
 
 
 def _parse_datetime(value: object) -> datetime:
     if not isinstance(value, str):
         raise ValueError("DateTime must be an ISO-8601 string")
+    if len(value) > _MAX_DATETIME_CHARS:
+        raise ValueError("DateTime is an ISO-8601 string of at most 64 characters")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise ValueError(f"{value!r} is not an ISO-8601 date-time") from None
     if parsed.tzinfo is None:
         raise ValueError(f"{value!r} has no UTC offset: add one, e.g. 2026-01-31T08:00:00+08:00")
-    return parsed.astimezone(UTC)
+    try:
+        instant = parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is in year 0 in UTC
+        instant = None
+    if instant is None or not MIN_DATETIME <= instant <= MAX_DATETIME:
+        span = f"{MIN_DATETIME:%Y-%m-%d} to {MAX_DATETIME:%Y-%m-%d} UTC"
+        raise ValueError(f"{value!r} is out of range: DateTime covers {span}")
+    return instant
 
 
 def _parse_datetime_literal(node: ValueNode, _variables: Any = None) -> datetime:
@@ -72,7 +89,11 @@ def _serialize_datetime(value: datetime) -> str:
 
 DATETIME_DEFINITION = strawberry.scalar(
     name="DateTime",
-    description="ISO-8601 date-time with an explicit UTC offset; output is UTC.",
+    description=(
+        "ISO-8601 date-time with an explicit UTC offset; output is UTC. "
+        "Input instants lie between 0001-01-02 and 9999-12-30 UTC."
+    ),
+    specified_by_url="https://datatracker.ietf.org/doc/html/rfc3339#section-5.6",
     serialize=_serialize_datetime,
     parse_value=_parse_datetime,
     parse_literal=_parse_datetime_literal,

@@ -232,8 +232,13 @@ async def make_token(
         )
 
 
+#: The suite's in-process clients send far faster than any console; the rate limits have their own tests.
+NO_REQUEST_RATE_LIMITS = {"rate_limit_token_burst": 0, "rate_limit_ip_burst": 0}
+
+
 async def make_api(db: Database, tmp_path: Path, **settings: Any) -> AsyncIterator[Api]:
-    config = Settings(database_url=db.url, export_dir=str(tmp_path / "exports"), **settings)
+    config = Settings(database_url=db.url, export_dir=str(tmp_path / "exports"), **{**NO_REQUEST_RATE_LIMITS,
+                                                                                    **settings})
     app = create_app(config, db=db)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:

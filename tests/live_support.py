@@ -74,8 +74,9 @@ def free_port() -> int:
 class ServerProcess:
     """`uvicorn uidhub.asgi:app` in a subprocess with the given UIDHUB_* environment."""
 
-    def __init__(self, env: dict[str, str], *, workers: int = 1) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], *, workers: int = 1, port: int | None = None) -> None:
+        # A given port lets a test restart the server where its clients expect it.
+        self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("UIDHUB_")}
         full_env.update(env)

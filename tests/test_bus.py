@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from notifications.bus import Bus, Wakeup
+from notifications.bus import CHANNEL, Bus, RedisBus, Wakeup
+from tests.conftest import REDIS_URL, needs_redis
 
 
 async def test_a_publish_during_the_pass_ends_the_next_wait_at_once() -> None:
@@ -75,3 +76,27 @@ async def test_without_a_bus_it_is_a_sleep() -> None:
     wakeup = Wakeup(None, "topic", timeout=0.05)
     wakeup.listen()
     await asyncio.wait_for(wakeup.wait(), 1)
+
+
+@needs_redis
+async def test_a_wake_up_published_right_before_close_still_goes_out() -> None:
+    """`uidhub revoke-token` publishes and exits at once: closing the bus must not cancel its wake-up."""
+    import redis.asyncio as redis
+
+    assert REDIS_URL is not None
+    listener = redis.from_url(REDIS_URL)
+    pubsub = listener.pubsub()
+    try:
+        await pubsub.subscribe(CHANNEL)
+        await pubsub.get_message(timeout=2)  # the subscription's confirmation
+        bus = RedisBus(REDIS_URL)
+        await bus.publish("test-drain")
+        await bus.close()
+        message = None
+        async with asyncio.timeout(5):  # a hang guard
+            while message is None:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        assert message["data"] == b"test-drain"
+    finally:
+        await pubsub.aclose()
+        await listener.aclose()

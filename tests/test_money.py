@@ -108,3 +108,17 @@ def test_percent_of_rounds_half_up(amount: int, percent: int, level: int) -> Non
     assert percent_of(amount, percent) == level
     exact = Decimal(amount) * percent / 100
     assert level == int(exact.quantize(Decimal(1), rounding="ROUND_HALF_UP"))
+
+
+@pytest.mark.parametrize("text", ["１２.５０", "١٢", " 12.50", "12.50\n", "12.50 ", "\t12", "१२.००", "12.5０"])
+def test_only_ascii_digits_without_padding_are_money(text: str) -> None:
+    """`\\d` in Python's re matches every Unicode digit and `$` matches before a final newline: both refused."""
+    with pytest.raises(MoneyError):
+        parse_money(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "cents"), [("12.50", 1250), ("-3.1", -310), ("0", 0), ("999999999999.99", 99999999999999)]
+)
+def test_plain_ascii_money_still_parses(text: str, cents: int) -> None:
+    assert parse_money(text) == cents

@@ -626,3 +626,83 @@ async def test_two_senders_deliver_every_message_exactly_once(backend: str, tmp_
         finally:
             for database in (setup, db_a, db_b):
                 await database.dispose()
+
+
+# -- a slow or silent server after DATA (issue 17, item 6) -------------------------------
+
+
+class SlowAfterDataHandler(RecordingHandler):
+    """Stores the message, then answers the end of DATA only after `delay` seconds (None: not until released)."""
+
+    def __init__(self, delay: float | None) -> None:
+        super().__init__()
+        self.delay = delay
+        self.released = threading.Event()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        answer = await super().handle_DATA(server, session, envelope)
+        if self.delay is not None:
+            await asyncio.sleep(self.delay)
+        else:
+            # The client gives up first; the test's teardown releases us (a minute at most).
+            await asyncio.to_thread(self.released.wait, 60)
+        return answer
+
+
+@pytest.fixture
+def slow_smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer(SlowAfterDataHandler(delay=1.5))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def silent_smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer(SlowAfterDataHandler(delay=None))
+    server.start()
+    try:
+        yield server
+    finally:
+        assert isinstance(server.handler, SlowAfterDataHandler)
+        server.handler.released.set()
+        server.stop()
+
+
+async def test_a_slow_final_reply_after_data_is_waited_for_and_the_email_arrives_once(
+    db: Database, slow_smtp: SmtpServer
+) -> None:
+    """Every command times out after 0.5 s, but the reply to the end of the message is waited for (RFC 5321)."""
+    [row_id] = await add_notifications(db)
+    sender = OutboxSender(db, make_settings(slow_smtp.port, smtp_timeout_seconds=0.5, smtp_data_timeout_seconds=30))
+
+    assert await sender.run_once() == 1
+    row = await load(db, row_id)
+    assert row.status == NotificationStatus.SENT and row.attempts == 1 and row.maybe_sent_at is None
+    assert await sender.run_once() == 0
+    assert slow_smtp.handler.message_ids() == [row.message_id]
+
+
+async def test_no_final_reply_after_data_is_retried_once_with_the_same_message_id(
+    db: Database, silent_smtp: SmtpServer
+) -> None:
+    """The server stores the message and never answers: maybe sent, so one retry, then FAILED for good."""
+    [row_id] = await add_notifications(db)
+    settings = make_settings(silent_smtp.port, smtp_timeout_seconds=0.5, smtp_data_timeout_seconds=1.0,
+                             smtp_backoff_seconds=0.05, smtp_max_attempts=6)
+    sender = OutboxSender(db, settings)
+
+    assert await sender.run_once() == 1
+    row = await load(db, row_id)
+    assert row.status == NotificationStatus.PENDING and row.attempts == 1
+    assert row.maybe_sent_at is not None
+    assert row.last_error is not None and "may have been delivered" in row.last_error
+
+    await run_until(sender, db, row_id, NotificationStatus.FAILED, seconds=20)
+    row = await load(db, row_id)
+    assert row.attempts == 2
+    assert row.last_error is not None and row.last_error.startswith("delivery uncertain")
+    # Passes after the backoff would have made it due again send nothing more.
+    await asyncio.sleep(0.3)
+    assert await sender.run_once() == 0
+    assert silent_smtp.handler.message_ids() == [row.message_id, row.message_id]

@@ -144,7 +144,7 @@ def test_purchase_denials() -> None:
 @pytest.mark.parametrize(
     ("value", "cents"),
     [("0", 0), ("0.1", 10), ("0.10", 10), ("12.5", 1250), ("-3.10", -310), (7, 700),
-     ("999999999999.99", 99999999999999), (" 1.00 ", 100)],
+     ("999999999999.99", 99999999999999)],
 )
 def test_parse_money(value: object, cents: int) -> None:
     assert parse_money(value) == cents
@@ -152,7 +152,7 @@ def test_parse_money(value: object, cents: int) -> None:
 
 @pytest.mark.parametrize(
     "value", [0.1, 1.0, True, "1e3", "NaN", "Infinity", "1.001", "", "abc", "1,00", "1000000000000", 10**12, None,
-              "+1", ".5", "1."],
+              "+1", ".5", "1.", " 1.00 ", "1.00\n"],  # padding is refused (issue 17), not stripped
 )
 def test_parse_money_refuses(value: object) -> None:
     with pytest.raises(MoneyError):

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from datetime import datetime, tzinfo
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -19,7 +21,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from models import Account, Partner
 from models.enums import OperationMethod, PartnerKind, Role
-from resolvers.auth import create_token
+from notifications.bus import make_bus
+from resolvers.auth import REVOKED_TOPIC, TokenLookupError, TokenRow, create_token, list_tokens, revoke_token
+from uidhub import logs, metrics
 from uidhub.db import Database
 from uidhub.settings import Settings
 
@@ -40,40 +44,62 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="migrate, then serve HTTP and websockets")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default: %(default)s)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes (default: %(default)s; above 1 needs UIDHUB_REDIS_URL)")
     serve.add_argument("--demo", action="store_true", help="load the demo data set first (if the database is empty)")
 
-    sub.add_parser("migrate", help="bring the database to the latest schema")
+    sub.add_parser("migrate", help="bring the database to the latest schema and say what changed")
 
     partner = sub.add_parser("create-partner", help="create a partner; prints its UID")
-    partner.add_argument("--uid", required=True)
-    partner.add_argument("--name", required=True)
-    partner.add_argument("--kind", required=True, choices=[k.value for k in PartnerKind])
-    partner.add_argument("--parent")
-    partner.add_argument("--alert-email", action="append", default=[])
+    partner.add_argument("--uid", required=True, help="the partner's UID (1 to 64 characters, unique)")
+    partner.add_argument("--name", required=True, help="the partner's display name")
+    partner.add_argument("--kind", required=True, choices=[k.value for k in PartnerKind], help="the partner kind")
+    partner.add_argument("--parent", help="UID of the DISTRIBUTOR a RESELLER belongs to")
+    partner.add_argument("--alert-email", action="append", default=[],
+                         help="an address that receives quota alerts (repeat for several)")
 
     token = sub.add_parser("create-token", help="create an operator token; prints only the token")
-    token.add_argument("--partner", required=True)
-    token.add_argument("--role", required=True, choices=[r.value for r in Role])
-    token.add_argument("--method", default="PLATFORM", choices=["PLATFORM", "API"])
-    token.add_argument("--operator-uid")
-    token.add_argument("--operator-name")
-    token.add_argument("--ram", action="store_true")
-    token.add_argument("--account")
+    token.add_argument("--partner", required=True, help="UID of the partner the token acts for")
+    token.add_argument("--role", required=True, choices=[r.value for r in Role], help="what the token may do")
+    token.add_argument("--method", default="PLATFORM", choices=["PLATFORM", "API"],
+                       help="the operation method recorded in the audit log (default: %(default)s)")
+    token.add_argument("--operator-uid", help="operator UID recorded in the audit log (default: the partner's UID)")
+    token.add_argument("--operator-name", help="operator name recorded in the audit log (default: the partner's name)")
+    token.add_argument("--ram", action="store_true", help="the operator is a RAM (sub-)user")
+    token.add_argument("--account", help="UID of the linked account an END_USER token is for (END_USER only)")
 
     export = sub.add_parser("export-schema", help="print the served GraphQL schema (SDL)")
     export.add_argument("--output", help="write to this file instead of stdout")
 
     demo = sub.add_parser("demo", help="load the demo data set")
-    demo.add_argument("--accounts", type=int, default=300)
+    demo.add_argument("--accounts", type=int, default=300, help="how many accounts to link (default: %(default)s)")
+    _add_token_commands(sub)
 
     bulk = sub.add_parser("import-accounts", help="link accounts in bulk from a CSV file (all or nothing)")
     bulk.add_argument("--partner", required=True, help="the partner UID the accounts are linked to")
     bulk.add_argument("file", help="UTF-8 CSV: uid,nickname,business_manager,remarks,master_uid,quota_amount,"
                                    "warning_percent")
     return parser
+
+
+def _add_token_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    listing = sub.add_parser(
+        "list-tokens",
+        help="list tokens: id, prefix, partner, role, method, operator, account, created, revoked (never the secret)",
+    )
+    listing.add_argument("--partner", help="only this partner's tokens (its UID)")
+    listing.add_argument("--active", action="store_true", help="only tokens that are not revoked")
+
+    revoke = sub.add_parser(
+        "revoke-token",
+        help="revoke a token at once: requests with it get 401, its open websockets are closed with 4403",
+    )
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", type=int, help="the token's id, as list-tokens prints it")
+    which.add_argument("--prefix", help="the token's prefix as list-tokens prints it (at least 7 characters), "
+                                        "or the whole token")
 
 
 async def _create_partner(db: Database, args: argparse.Namespace) -> str:
@@ -124,29 +150,111 @@ async def _create_token(db: Database, args: argparse.Namespace) -> str:
             raise CliError(str(exc)) from None
 
 
+def _format_tokens(rows: Sequence[TokenRow], tz: tzinfo) -> str:
+    """A table with a header; times in the display timezone; "-" for what a token does not have."""
+
+    def when(value: datetime | None) -> str:
+        return value.astimezone(tz).isoformat(timespec="seconds") if value is not None else "-"
+
+    header = ("ID", "PREFIX", "PARTNER", "ROLE", "METHOD", "OPERATOR", "ACCOUNT", "CREATED", "REVOKED")
+    table = [header] + [
+        (
+            str(r.id), f"{r.prefix}…" if r.prefix else "-", r.partner_uid, r.role.value, r.method.value,
+            f"{r.operator_uid} ({'RAM' if r.is_ram else r.operator_name})", r.account_uid or "-",
+            when(r.created_at), when(r.revoked_at),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table)
+
+
+async def _run_token_command(db: Database, settings: Settings, args: argparse.Namespace) -> str:
+    """list-tokens and revoke-token. A revocation wakes the servers (through Redis when configured)."""
+    if args.command == "list-tokens":
+        async with db.read() as session:
+            if args.partner and await session.scalar(select(Partner.id).where(Partner.uid == args.partner)) is None:
+                raise CliError(f"no partner {args.partner}")
+            rows = await list_tokens(session, partner_uid=args.partner, active_only=args.active)
+        return _format_tokens(rows, settings.tz)
+    try:
+        async with db.write() as session:
+            token, revoked = await revoke_token(session, token_id=args.id, prefix=args.prefix)
+            label = f"token {token.id}" + (f" ({token.prefix}…)" if token.prefix else "")
+            revoked_at = token.revoked_at
+    except TokenLookupError as exc:
+        raise CliError(str(exc)) from None
+    assert revoked_at is not None
+    if not revoked:
+        return f"{label} was already revoked at {revoked_at.astimezone(settings.tz).isoformat(timespec='seconds')}"
+    bus = make_bus(settings.redis_url)  # after the commit: servers re-check their websockets now
+    try:
+        await bus.publish(REVOKED_TOPIC)
+    finally:
+        await bus.close()
+    return f"revoked {label}"
+
+
 async def _run_db_command(settings: Settings, args: argparse.Namespace) -> str:
     from uidhub.migrate import upgrade
 
-    await upgrade(settings.database_url)
+    migration = await upgrade(settings.database_url)
+    if args.command == "migrate":
+        return migration.describe()
     db = Database(settings.database_url)
     try:
         if args.command == "create-partner":
             return await _create_partner(db, args)
         if args.command == "create-token":
             return await _create_token(db, args)
+        if args.command in ("list-tokens", "revoke-token"):
+            return await _run_token_command(db, settings, args)
         if args.command == "demo":
             from uidhub.demo import load_demo
 
             result = await load_demo(db, settings, accounts=args.accounts)
-            return result.describe(settings)
-        return "database is at the latest schema"
+            return result.describe(settings, _uidhub_command(settings))
+        raise CliError(f"unknown command {args.command}")
     finally:
         await db.dispose()
 
 
-def _serve(settings: Settings, args: argparse.Namespace) -> None:
-    import uvicorn
+def connection_budget(settings: Settings, workers: int) -> int:
+    """The most connections `workers` server processes open (request pool, its overflow, background pool)."""
+    per_process = settings.db_pool_size + settings.db_max_overflow + settings.db_background_pool_size
+    return workers * per_process
 
+
+async def connection_budget_warning(settings: Settings, workers: int) -> str | None:
+    """A warning when the pools of `workers` processes exceed what PostgreSQL admits; None when they fit.
+
+    Past `max_connections` minus the reserved slots, new connections fail with
+    "too many clients" (answered 503), so the pools should be made smaller.
+    """
+    if settings.is_sqlite:
+        return None
+    from uidhub.db import null_pool_engine
+
+    engine = null_pool_engine(settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            maximum = int((await conn.exec_driver_sql("SHOW max_connections")).scalar_one())
+            reserved = int((await conn.exec_driver_sql("SHOW superuser_reserved_connections")).scalar_one())
+    finally:
+        await engine.dispose()
+    budget = connection_budget(settings, workers)
+    if budget <= maximum - reserved:
+        return None
+    return (
+        f"{workers} worker(s) may open {budget} database connections (UIDHUB_DB_POOL_SIZE + UIDHUB_DB_MAX_OVERFLOW"
+        f" + UIDHUB_DB_BACKGROUND_POOL_SIZE per worker) but PostgreSQL admits {maximum - reserved}"
+        f" (max_connections {maximum} - {reserved} reserved): lower the pool settings"
+    )
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    """Check the port, migrate, load the demo data; then serve, printing the URL (and token) once listening."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines are set-up noise; one summary instead
     from uidhub.migrate import upgrade
 
     if args.workers < 1:
@@ -155,26 +263,106 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         logging.getLogger("uidhub").warning("several workers on SQLite: writes queue on one file lock")
     if args.workers > 1 and not settings.redis_url:
         raise CliError("--workers above 1 needs UIDHUB_REDIS_URL so that every worker delivers every event")
-    asyncio.run(upgrade(settings.database_url))
+    _check_port(args.host, args.port)
+    print(asyncio.run(upgrade(settings.database_url)).describe(), flush=True)
+    warning = asyncio.run(connection_budget_warning(settings, args.workers))
+    if warning:
+        logging.getLogger("uidhub").warning("%s", warning)
     if "console_url" not in settings.model_fields_set:
         # Links printed and mailed point at where this server actually listens.
         settings = settings.model_copy(update={"console_url": f"http://{args.host}:{args.port}"})
+    banner = f"uidhub serving on http://{args.host}:{args.port}/graphql"
     if args.demo:
         from uidhub.demo import load_demo
 
         async def demo() -> str:
             db = Database(settings.database_url)
             try:
-                return (await load_demo(db, settings, accounts=300, only_if_empty=True)).describe(settings)
+                result = await load_demo(db, settings, accounts=300, only_if_empty=True)
             finally:
                 await db.dispose()
+            return result.banner(settings, _uidhub_command(settings))
 
-        print(asyncio.run(demo()), flush=True)
-    print(f"uidhub serving on http://{args.host}:{args.port}/graphql", flush=True)
-    uvicorn.run(
-        "uidhub.asgi:app", host=args.host, port=args.port, workers=args.workers,
-        timeout_graceful_shutdown=10, log_level="info", lifespan="on",
-    )
+        banner = asyncio.run(demo())
+    _run_server(settings, args, banner)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind and release the address as uvicorn will (SO_REUSEADDR) before migrating, loading or printing anything.
+
+    A busy port then ends in one line and a non-zero exit, instead of "serving" followed by background work and a
+    failure further down the log.
+    """
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise CliError(f"--port {port} is not a TCP port (1 to 65535)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _run_server(settings: Settings, args: argparse.Namespace, banner: str) -> None:
+    """uvicorn with the request budget, websocket message cap, log config and metrics of `settings`."""
+    from uidhub.app import MAX_WS_MESSAGE_CHARS
+
+    options: dict[str, Any] = {
+        "host": args.host, "port": args.port, "workers": args.workers, "log_level": "info", "lifespan": "on",
+        # Requests are cancelled at their time budget and never block the loop, so on SIGTERM
+        # in-flight requests finish within the budget; past it (plus a margin) uvicorn cancels them.
+        "timeout_graceful_shutdown": settings.request_timeout_seconds + 2,
+        # A websocket message above the HTTP body limit is refused (1009) before it is buffered whole.
+        "ws_max_size": MAX_WS_MESSAGE_CHARS,
+        "log_config": logs.logging_config(settings.log_format),  # applied in every worker process
+    }
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(metrics.serving(settings, args.workers))
+    except OSError as exc:
+        raise CliError(f"cannot serve metrics on port {settings.metrics_port}: {exc.strerror or exc}") from None
+    with stack:
+        _run_uvicorn(args, banner, options)
+
+
+def _run_uvicorn(args: argparse.Namespace, banner: str, options: dict[str, Any]) -> None:
+    """With one worker the banner comes right after uvicorn's own start-up lines, as the last thing shown."""
+    import uvicorn
+
+    if args.workers > 1:  # the supervisor cannot tell when its workers listen: print first
+        print(banner, flush=True)
+        uvicorn.run("uidhub.asgi:app", **options)
+        return
+
+    class BannerServer(uvicorn.Server):
+        async def startup(self, sockets: list[Any] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(banner, flush=True)
+
+    server = BannerServer(uvicorn.Config("uidhub.asgi:app", **options))
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        raise CliError(f"the server did not start on {args.host}:{args.port} (see the log above)")
+
+
+def _uidhub_command(settings: Settings) -> str:
+    """How the user ran `uidhub` (e.g. `.venv/bin/uidhub`), with the database it used, for commands we print."""
+    import shlex
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    program = sys.argv[0] if Path(sys.argv[0]).name == "uidhub" else "uidhub"
+    command = shlex.quote(program)
+    url = settings.database_url
+    if url != Settings.model_fields["database_url"].default and make_url(url).password is None:
+        command = f"UIDHUB_DATABASE_URL={shlex.quote(url)} {command}"
+    return command
 
 
 def _import_accounts(settings: Settings, args: argparse.Namespace) -> int:
@@ -229,8 +417,10 @@ def _check_sqlite_path(settings: Settings) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # One-shot commands keep stderr for their one-line failure; the server logs its requests.
-    logging.basicConfig(level=logging.INFO if args.command == "serve" else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        logs.configure(logs.format_from_env(), "INFO")
+    else:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings()
         if args.command != "export-schema":

@@ -5,6 +5,21 @@ second writer waits instead of failing, and `BEGIN IMMEDIATE` for write
 transactions so that the write lock is taken up front. (A deferred
 transaction that reads first and writes later cannot wait for the lock: SQLite
 answers "database is locked" at once to avoid a deadlock.)
+
+Connections. Each process has two bounded pools: the request pool
+(`PoolConfig`: `db_pool_size` + `db_max_overflow` connections, a checkout
+waits at most `db_pool_timeout_seconds` and then fails with
+`sqlalchemy.exc.TimeoutError`, answered as SERVICE_UNAVAILABLE / 503 with
+Retry-After) and a small background pool (`Database.background`,
+`db_background_pool_size`, no overflow) for the outbox sender, the export
+worker, the live feeds and housekeeping, so that neither can starve the
+other. A process opens at most size + overflow + background connections;
+with N workers that times N must stay below PostgreSQL's `max_connections`
+minus its reserved slots and other clients. There is no pre-ping on checkout
+(a round trip per request): connections are recycled after
+`db_pool_recycle_seconds`, and a connection the server closed fails its first
+statement, which invalidates the pool and is retried whole
+(`uidhub.transactions`).
 """
 
 from __future__ import annotations
@@ -12,6 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import event, text
@@ -21,6 +37,27 @@ from sqlalchemy.pool import NullPool
 
 WRITE_OPTION = "uidhub_write"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Defaults of UIDHUB_DB_STATEMENT_TIMEOUT_SECONDS and UIDHUB_DB_CONNECT_TIMEOUT_SECONDS (PostgreSQL).
+STATEMENT_TIMEOUT_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = 5.0
+#: The client gives up this long after the server's statement_timeout should have answered: a database that
+#: does not answer at all (network partition, hung host) still frees the caller.
+CLIENT_TIMEOUT_SLACK_SECONDS = 1.0
+
+
+def postgres_connect_args(statement_timeout: float, connect_timeout: float) -> dict[str, Any]:
+    """asyncpg arguments that bound every statement and every new connection.
+
+    `statement_timeout` makes PostgreSQL cancel a slow statement itself (a
+    clean error, the connection stays usable); asyncpg's `command_timeout`
+    covers a server that does not answer at all; `timeout` bounds the connect
+    and authentication handshake.
+    """
+    return {
+        "timeout": connect_timeout,
+        "command_timeout": statement_timeout + CLIENT_TIMEOUT_SLACK_SECONDS,
+        "server_settings": {"statement_timeout": str(max(1, round(statement_timeout * 1000)))},
+    }
 
 
 def _sqlite_setup(engine: AsyncEngine) -> None:
@@ -43,16 +80,60 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+@dataclass(frozen=True)
+class PoolConfig:
+    """One bounded connection pool (see the module docstring); the defaults are the settings' defaults."""
+
+    size: int = 10
+    overflow: int = 5
+    timeout: float = 10.0
+    recycle: float = 1800.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> PoolConfig:
+        return cls(size=settings.db_pool_size, overflow=settings.db_max_overflow,
+                   timeout=settings.db_pool_timeout_seconds, recycle=settings.db_pool_recycle_seconds)
+
+    @classmethod
+    def background_from_settings(cls, settings: Any) -> PoolConfig:
+        return BACKGROUND_POOL.with_size(settings.db_background_pool_size, recycle=settings.db_pool_recycle_seconds)
+
+    def with_size(self, size: int, *, recycle: float | None = None) -> PoolConfig:
+        return replace(self, size=size, recycle=self.recycle if recycle is None else recycle)
+
+    def engine_options(self) -> dict[str, Any]:
+        return {"pool_size": self.size, "max_overflow": self.overflow, "pool_timeout": self.timeout,
+                "pool_recycle": self.recycle, "pool_pre_ping": False}
+
+
+#: Background loops wait longer for a connection than a request (nobody is waiting on them) and never overflow.
+BACKGROUND_POOL = PoolConfig(size=3, overflow=0, timeout=30.0)
+
+
+def create_engine(
+    url: str,
+    *,
+    echo: bool = False,
+    pool: PoolConfig | None = None,
+    statement_timeout: float = STATEMENT_TIMEOUT_SECONDS,
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+) -> AsyncEngine:
+    pool = pool or PoolConfig()
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database in ("", ":memory:"):
             raise ValueError("uidhub needs a file-backed SQLite database (WAL is per file)")
-        engine = create_async_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_async_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                                     **pool.engine_options())
         _sqlite_setup(engine)
         return engine
-    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_async_engine(
+        url,
+        echo=echo,
+        connect_args=postgres_connect_args(statement_timeout, connect_timeout),
+        **pool.engine_options(),
+    )
 
 
 def _serialized(name: str) -> Any:
@@ -118,16 +199,36 @@ class SerialSession(AsyncSession):
 
 
 class Database:
-    """One engine, with a read sessionmaker and a write sessionmaker over the same pool."""
+    """One engine, with a read sessionmaker and a write sessionmaker over the same pool.
 
-    def __init__(self, url: str, *, echo: bool = False, engine: AsyncEngine | None = None) -> None:
+    `background` is a sibling over the same database with a pool of its own
+    (created on first use) for the background loops; it shares the bus and
+    settings.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        engine: AsyncEngine | None = None,
+        pool: PoolConfig | None = None,
+        background_pool: PoolConfig | None = None,
+        parent: Database | None = None,
+        statement_timeout: float = STATEMENT_TIMEOUT_SECONDS,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    ) -> None:
         self.url = url
-        self.engine = engine or create_engine(url, echo=echo)
+        self.pool = pool or PoolConfig()
+        self._timeouts = {"statement_timeout": statement_timeout, "connect_timeout": connect_timeout}
+        self.engine = engine or create_engine(url, echo=echo, pool=self.pool, **self._timeouts)
+        self._ping_task: asyncio.Task[bool] | None = None
         self.dialect = self.engine.dialect.name
-        #: Set by the app: wakes subscribers after commits (notifications.bus).
-        self.bus: Any = None
-        #: Set by the app and the CLI: what alert emails render with (timezone, console URL, sender).
-        self.settings: Any = None
+        self._parent = parent
+        self._background_pool = background_pool or BACKGROUND_POOL
+        self._background: Database | None = None
+        self._bus: Any = None
+        self._settings: Any = None
         self._read = async_sessionmaker(self.engine, class_=SerialSession, expire_on_commit=False, autoflush=True)
         self._write = async_sessionmaker(
             self.engine.execution_options(**{WRITE_OPTION: True}),
@@ -135,6 +236,33 @@ class Database:
             expire_on_commit=False,
             autoflush=True,
         )
+
+    @property
+    def bus(self) -> Any:
+        """Set by the app: wakes subscribers after commits (notifications.bus)."""
+        return self._parent.bus if self._parent is not None else self._bus
+
+    @bus.setter
+    def bus(self, value: Any) -> None:
+        self._bus = value
+
+    @property
+    def settings(self) -> Any:
+        """Set by the app and the CLI: what alert emails render with (timezone, console URL, sender)."""
+        return self._parent.settings if self._parent is not None else self._settings
+
+    @settings.setter
+    def settings(self, value: Any) -> None:
+        self._settings = value
+
+    @property
+    def background(self) -> Database:
+        """The background loops' database: the same one, through a small pool of its own."""
+        if self._parent is not None:
+            return self
+        if self._background is None:
+            self._background = Database(self.url, pool=self._background_pool, parent=self, **self._timeouts)
+        return self._background
 
     @property
     def is_postgres(self) -> bool:
@@ -179,7 +307,27 @@ class Database:
         except Exception:
             return False
 
+    async def ready(self, timeout: float) -> bool:
+        """`ping`, answered within `timeout` whatever the database does.
+
+        The ping runs in a task of its own that is never cancelled (cancelling
+        a pooled connection mid-statement would leave its cleanup waiting on
+        the same hung database); it ends on its own through the statement and
+        connect timeouts. While one is still running, later checks wait on it
+        instead of stacking new ones.
+        """
+        task = self._ping_task
+        if task is None or task.done():
+            task = self._ping_task = asyncio.ensure_future(self.ping())
+        done, _pending = await asyncio.wait({task}, timeout=timeout)
+        return bool(done) and task.result()
+
     async def dispose(self) -> None:
+        task, self._ping_task = self._ping_task, None
+        if task is not None and not task.done():
+            task.cancel()
+        if self._background is not None:
+            await self._background.dispose()
         await self.engine.dispose()
 
 

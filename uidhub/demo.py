@@ -51,15 +51,43 @@ class DemoResult:
     loaded: bool
     accounts: int
     token: str | None
+    #: Whether the demo distributor exists (after loading, or from an earlier start).
+    has_distributor: bool = True
 
-    def describe(self, settings: Settings) -> str:
+    def token_command(self, uidhub: str = "uidhub") -> str:
+        """The full command that makes another admin token of the demo distributor."""
+        return f"{uidhub} create-token --partner {DISTRIBUTOR_UID} --role ADMIN"
+
+    def describe(self, settings: Settings, uidhub: str = "uidhub") -> str:
         if not self.loaded:
-            return "demo data already present (database not empty); create a token with `uidhub create-token`"
+            if not self.has_distributor:
+                return ("database not empty and without the demo distributor: nothing loaded; "
+                        f"create a token with `{uidhub} create-token --partner <partner uid> --role ADMIN`")
+            return ("demo data already present (distributor "
+                    f"{DISTRIBUTOR_UID}); create a token with:\n    {self.token_command(uidhub)}")
         return (
             f"demo data loaded: {self.accounts} accounts under distributor {DISTRIBUTOR_UID}\n"
             f"PLATFORM admin token: {self.token}\n"
             f"GraphiQL: {settings.console_url}/graphql  (add header Authorization: Bearer <token>)"
         )
+
+    def banner(self, settings: Settings, uidhub: str = "uidhub") -> str:
+        """What `serve --demo` prints once the server listens: the last lines of the output, the token in them."""
+        rule = "=" * 72
+        lines = [rule, f"uidhub demo is ready: {settings.console_url}/graphql (GraphiQL)"]
+        if self.loaded:
+            lines += [f"Loaded {self.accounts} demo accounts under distributor {DISTRIBUTOR_UID}.",
+                      "PLATFORM admin token (shown only now):", "", f"    {self.token}", "",
+                      "Send it as the header  Authorization: Bearer <token>",
+                      f"More tokens later:  {self.token_command(uidhub)}"]
+        elif self.has_distributor:
+            lines += [f"Demo data already loaded (distributor {DISTRIBUTOR_UID}). Create an admin token with:", "",
+                      f"    {self.token_command(uidhub)}", "",
+                      "and send it as the header  Authorization: Bearer <token>"]
+        else:
+            lines += ["The database holds other data, so no demo data was loaded. Create a token with:", "",
+                      f"    {uidhub} create-token --partner <partner uid> --role ADMIN", ""]
+        return "\n".join([*lines, rule])
 
 
 def _actor(partner: Partner) -> Actor:
@@ -76,7 +104,8 @@ async def load_demo(db: Database, settings: Settings, *, accounts: int = 300, on
     db.settings = db.settings or settings
     async with db.write() as session:
         if only_if_empty and (await session.scalar(select(func.count(Partner.id)))):
-            return DemoResult(loaded=False, accounts=0, token=None)
+            present = await session.scalar(select(Partner.id).where(Partner.uid == DISTRIBUTOR_UID))
+            return DemoResult(loaded=False, accounts=0, token=None, has_distributor=present is not None)
         existing = await session.scalar(select(Partner).where(Partner.uid == DISTRIBUTOR_UID))
         if existing is None:
             existing = Partner(uid=DISTRIBUTOR_UID, name="Demo Distributor Ltd.", kind=PartnerKind.DISTRIBUTOR,

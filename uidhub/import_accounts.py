@@ -38,7 +38,6 @@ from models.enums import (
     CreditControlStatus,
     ErrorCode,
     OperationMethod,
-    PartnerKind,
     PaygFreezeStatus,
     PurchaseControl,
     QuotaOperationType,
@@ -48,7 +47,7 @@ from models.enums import (
 from models.money import MoneyError, format_money, parse_money
 from notifications import log
 from resolvers import accounts, counters
-from resolvers.actor import Actor
+from resolvers.actor import Actor, Permission
 from resolvers.errors import UserError
 from uidhub.db import Database
 
@@ -139,9 +138,8 @@ def parse_rows(handle: io.TextIOBase | Any, actor: Actor, problems: Problems) ->
         errors = accounts.link_input_errors(actor, uid=uid, nickname=nickname, email=None, master_uid=master_uid,
                                             quota_amount_cents=quota_cents)
         # What updateBasicInfo applies to the two fields linkAccount does not take.
-        if manager is not None and actor.partner_kind is PartnerKind.AGENCY:
-            errors.append(UserError(ErrorCode.FORBIDDEN, "Agency partners may edit nickname and remarks only.",
-                                    ("input", "businessManager")))
+        if manager is not None and (denial := actor.denial(Permission.BUSINESS_MANAGER)) is not None:
+            errors.append(UserError(ErrorCode.FORBIDDEN, denial, ("input", "businessManager")))
         accounts.check_text(errors, manager, "businessManager", max_chars=R.BUSINESS_MANAGER_MAX_CHARS)
         accounts.check_text(errors, remarks, "remarks", max_bytes=R.REMARKS_MAX_BYTES)
         problems.add_errors(line, errors)

@@ -12,22 +12,31 @@ from starlette.routing import BaseRoute, Route
 from resolvers import exports
 from resolvers.actor import Permission
 from resolvers.auth import authenticate, bearer
+from resolvers.pagination import InvalidArgument
 
 if TYPE_CHECKING:
     from uidhub.app import AppState
 
 
-def content_disposition(file_name: str) -> str:
-    """`attachment` with an ASCII `filename` fallback and, for non-ASCII names, RFC 5987 `filename*`."""
-    ascii_name = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in file_name)
-    value = f'attachment; filename="{ascii_name}"'
-    if ascii_name != file_name:
-        value += f"; filename*=UTF-8''{quote(file_name, safe='')}"
-    return value
+def content_disposition(file_name: str, ascii_fallback: str) -> str:
+    """`attachment` with the name as is when it is plain ASCII; else an ASCII `filename` plus RFC 5987 `filename*`.
+
+    Clients that ignore `filename*` (curl -OJ, some download managers) save under the fallback, so it must say
+    what the file is (`uid-list-20261201-075328.xlsx`), not be the localized name with every letter replaced.
+    """
+    if all(0x20 <= ord(c) < 0x7F and c not in '"\\' for c in file_name):
+        return f'attachment; filename="{file_name}"'
+    return f"attachment; filename=\"{ascii_fallback}\"; filename*=UTF-8''{quote(file_name, safe='')}"
+
+
+def _coded(status: int, message: str, code: str, **headers: str) -> Response:
+    """The GraphQL-over-HTTP error shape, as /graphql answers its request errors."""
+    return JSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]},
+                        status_code=status, headers=headers or None)
 
 
 def _not_found() -> Response:
-    return JSONResponse({"error": "not found"}, status_code=404)
+    return _coded(404, "No such export file.", "NOT_FOUND")
 
 
 def extra_routes(state: AppState) -> list[BaseRoute]:
@@ -41,23 +50,25 @@ def extra_routes(state: AppState) -> list[BaseRoute]:
         async with state.db.read() as session:
             actor = await authenticate(session, token)
             if actor is None:
-                return JSONResponse(
-                    {"error": "A valid bearer token is required."}, status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
+                return _coded(401, "A valid bearer token is required.", "UNAUTHENTICATED",
+                              **{"WWW-Authenticate": "Bearer"})
             if not actor.can(Permission.EXPORT):
                 return _not_found()
             from schema.exports import parse_task_id  # schema imports resolvers, never the reverse
 
-            pk = parse_task_id(request.path_params["task_id"])
+            try:
+                pk = parse_task_id(request.path_params["task_id"])
+            except InvalidArgument:  # an id past BIGINT names no task
+                pk = None
             task = await exports.find_task(session, actor, pk) if pk is not None else None
         if task is None or not exports.is_downloadable(task) or task.file_path is None:
             return _not_found()
-        file_name = task.file_name or f"export-{task.id}.{exports.EXTENSIONS[task.format]}"
+        fallback = exports.ascii_file_name(task, state.settings.tz)
+        disposition = content_disposition(task.file_name or fallback, fallback)
         return FileResponse(
             task.file_path,
             media_type=exports.CONTENT_TYPES[task.format],
-            headers={"Content-Disposition": content_disposition(file_name), "Cache-Control": "no-store"},
+            headers={"Content-Disposition": disposition, "Cache-Control": "no-store"},
         )
 
     return [Route("/exports/{task_id}/download", download, methods=["GET"])]
