@@ -1,6 +1,7 @@
 """SQLAlchemy tables and the pure domain rules."""
 
 from uidhub.models.base import Base
+from uidhub.models.listing import AccountListing, PartnerAccountCounters
 from uidhub.models.tables import (
     Account,
     AlertEvent,
@@ -26,6 +27,7 @@ from uidhub.models.tables import (
 
 __all__ = [
     "Account",
+    "AccountListing",
     "AlertEvent",
     "ApiToken",
     "AuditEntry",
@@ -37,6 +39,7 @@ __all__ = [
     "Instance",
     "LedgerEntry",
     "Partner",
+    "PartnerAccountCounters",
     "PendingAction",
     "QuotaAdjustment",
     "QuotaPool",

@@ -6,14 +6,32 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    column,
+    false,
+    func,
+    or_,
+    select,
+    table,
+    text,
+    true,
+    tuple_,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import InstrumentedAttribute, aliased
+from sqlalchemy.types import NullType, TypeEngine
 
-from uidhub.models import Account, Partner, QuotaPool
+from uidhub.models import Account, AccountListing, Partner, QuotaPool
 from uidhub.models import rules as R
 from uidhub.models.enums import (
     AccountStatus,
@@ -136,20 +154,16 @@ def basic_info(account: Account) -> dict[str, Any]:
 # ---------------------------------------------------------------- link
 
 
-async def link_account(
-    session: AsyncSession,
+def link_input_errors(
     actor: Actor,
     *,
     uid: str,
-    account_type: AccountType,
     nickname: str | None,
     email: str | None,
     master_uid: str | None,
     quota_amount_cents: int | None,
-) -> Account:
-    from uidhub.resolvers.quota import apply_quota_amount  # quota builds on accounts
-
-    actor.require(Permission.LINK_ACCOUNT)
+) -> list[UserError]:
+    """What is wrong with a link request before the database is read (linkAccount and import-accounts)."""
     errors: list[UserError] = []
     if (problem := check_uid(uid, "uid")) is not None:
         errors.append(problem)
@@ -171,17 +185,47 @@ async def link_account(
                     ("input", "quotaAmount"),
                 )
             )
+    return errors
+
+
+def master_problem(master: Account | None, master_uid: str) -> UserError | None:
+    """Why `master` (the actor's account named `master_uid`, or None) cannot take a new sub-account."""
+    try:
+        if master is None:
+            raise not_found("account", master_uid, "input", "masterUid")
+        if master.master_id is not None:
+            raise invalid("A sub-account cannot have sub-accounts (one level only).", "input", "masterUid")
+        require_active(master, "input", "masterUid")
+    except UserErrors as exc:
+        return exc.errors[0]
+    return None
+
+
+async def link_account(
+    session: AsyncSession,
+    actor: Actor,
+    *,
+    uid: str,
+    account_type: AccountType,
+    nickname: str | None,
+    email: str | None,
+    master_uid: str | None,
+    quota_amount_cents: int | None,
+) -> Account:
+    from uidhub.resolvers.quota import apply_quota_amount  # quota builds on accounts
+
+    actor.require(Permission.LINK_ACCOUNT)
+    errors = link_input_errors(
+        actor, uid=uid, nickname=nickname, email=email, master_uid=master_uid, quota_amount_cents=quota_amount_cents
+    )
     if errors:
         raise UserErrors(errors)
 
     master: Account | None = None
     if master_uid is not None:
         master = await find(session, actor, master_uid, lock=True)
-        if master is None:
-            raise not_found("account", master_uid, "input", "masterUid")
-        if master.master_id is not None:
-            raise invalid("A sub-account cannot have sub-accounts (one level only).", "input", "masterUid")
-        require_active(master, "input", "masterUid")
+        if (problem := master_problem(master, master_uid)) is not None:
+            raise UserErrors([problem])
 
     if await session.scalar(select(Account.id).where(Account.uid == uid)) is not None:
         raise UserErrors.one(ErrorCode.ALREADY_LINKED, f"UID {uid} is already linked.", "input", "uid")
@@ -418,22 +462,115 @@ def joined(query: Select[Any]) -> Select[Any]:
     return query.join(QuotaPool, QuotaPool.id == Account.pool_id).outerjoin(Master, Master.id == Account.master_id)
 
 
-def counted(actor: Actor, f: EndUserQuery) -> Select[Any]:
-    """COUNT of the accounts matching `f`, joining the pool and the master only when a condition reads them.
+# The list reads `account_listing` (models.listing): one trigger-maintained row per account carrying the
+# pool's and the master's values the filters and orders need, indexed per order with the partner and the
+# `uid` tie-breaker. Every order walks an index and stops after the page; `after` seeks with a row-value
+# comparison on the same index, so a deep page costs what the first does.
 
-    The count runs on every list request with totalCount: without a policy or
-    quota condition it is a plain indexed count over the partner's accounts.
-    """
-    query = select(func.count(Account.id))
-    if f.credit_control_statuses or f.below_warning_level is not None:
-        query = query.join(QuotaPool, QuotaPool.id == Account.pool_id)
-    if f.payg_freeze_status is not None or f.purchase_control is not None:
-        query = query.outerjoin(Master, Master.id == Account.master_id)
-    return query.where(*filter_conditions(actor, f))
+L = AccountListing
+
+#: Search terms this long or longer go through the trigram indexes; shorter ones scan (see `SearchMatch`).
+TRIGRAM_MIN = 3
 
 
 def _escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _scan_search(term: str) -> ColumnElement[bool]:
+    """UID prefix or nickname/remarks substring, case-insensitive: the reference semantics of `search`."""
+    like = _escape_like(term.lower())
+    return or_(
+        func.lower(Account.uid).like(f"{like}%", escape="\\"),
+        func.lower(Account.nickname).like(f"%{like}%", escape="\\"),
+        func.lower(Account.remarks).like(f"%{like}%", escape="\\"),
+    )
+
+
+class SearchMatch(ColumnElement[bool]):
+    """`search` through the database's indexes, with the same results as `_scan_search`.
+
+    PostgreSQL: the UID prefix as ranges of a `varchar_pattern_ops` index (one per case spelling, see
+    `case_variants`; ILIKE through a pg_trgm index past MAX_PREFIX_VARIANTS), nickname and remarks by
+    ILIKE through pg_trgm GIN indexes. SQLite: the ids the FTS5 trigram table `account_search` matches
+    (a superset: the term anywhere in any of the three columns), narrowed by `_scan_search` to exactly
+    its semantics. Terms shorter than `TRIGRAM_MIN` have no trigram: they use `_scan_search` alone,
+    which walks the partner's rows in list order (cheap when a 1–2 character term matches often, as it
+    almost always does; a full scan of the partner when it matches nothing).
+    """
+
+    inherit_cache = False
+    # Untyped on purpose: a Boolean-typed element would be rendered `(…) = 1` on SQLite, which hides the
+    # `account_id IN (…)` term from its planner.
+    type = cast("TypeEngine[bool]", NullType())
+
+    def __init__(self, term: str) -> None:
+        self.term = term
+
+
+@compiles(SearchMatch)
+def _compile_search_default(element: SearchMatch, compiler: Any, **kw: Any) -> str:
+    term = element.term
+    if len(term) < TRIGRAM_MIN:
+        return f"({compiler.process(_scan_search(term), **kw)})"
+    if compiler.dialect.name == "postgresql":
+        like = _escape_like(term)
+        expr = or_(
+            _uid_prefix_pg(term),
+            Account.nickname.ilike(f"%{like}%", escape="\\"),
+            Account.remarks.ilike(f"%{like}%", escape="\\"),
+        )
+        return f"({compiler.process(expr, **kw)})"
+    fts = table("account_search", column("rowid"), column("account_search"))
+    phrase = '"' + term.replace('"', '""') + '"'
+    candidates = select(fts.c.rowid).where(fts.c.account_search.op("MATCH")(bindparam(None, phrase, String())))
+    return f"({compiler.process(and_(L.account_id.in_(candidates), _scan_search(term)), **kw)})"
+
+
+#: Case variants of a UID prefix searched through the pattern index before falling back to the trigram index.
+MAX_PREFIX_VARIANTS = 16
+
+
+def case_variants(term: str) -> list[str] | None:
+    """Every ASCII upper/lower spelling of `term`, or None when there are too many or it is not ASCII.
+
+    A case-insensitive prefix is then a handful of case-sensitive prefixes, each a range of the
+    `varchar_pattern_ops` index on `accounts.uid` (PostgreSQL): exact, and O(log n + matches).
+    """
+    if not term.isascii():
+        return None
+    variants = [""]
+    for ch in term:
+        spellings = sorted({ch.lower(), ch.upper()})
+        if len(variants) * len(spellings) > MAX_PREFIX_VARIANTS:
+            return None
+        variants = [v + c for v in variants for c in spellings]
+    return variants
+
+
+def _uid_prefix_pg(term: str) -> ColumnElement[bool]:
+    variants = case_variants(term)
+    if variants is None:
+        return Account.uid.ilike(f"{_escape_like(term)}%", escape="\\")  # the trigram index
+    # Inlined patterns (literal_execute): the planner sees a constant prefix on every execution, which is what
+    # lets it turn LIKE into an index range even under a generic prepared-statement plan.
+    return or_(
+        *(
+            # (No ESCAPE clause: backslash is LIKE's default escape, and a constant pattern is what the planner needs.)
+            Account.uid.like(bindparam(None, f"{_escape_like(v)}%", String(), literal_execute=True))
+            for v in variants
+        )
+    )
+
+
+def _flag(column: ColumnElement[bool] | InstrumentedAttribute[bool], value: bool) -> ColumnElement[bool]:
+    # `= true` / `= 1`, never `IS TRUE`: the partial indexes' predicates are spelled that way.
+    return column == (true() if value else false())
+
+
+def needs_account(actor: Actor, f: EndUserQuery) -> bool:
+    """Whether the conditions read `accounts` (the rest live on the listing row)."""
+    return bool(actor.account_id is not None or f.search or f.business_manager is not None)
 
 
 #: A search term is a prefix of a UID or part of a nickname or remarks: 200 characters is plenty,
@@ -454,55 +591,117 @@ def check_search(term: str | None) -> None:
 def filter_conditions(actor: Actor, f: EndUserQuery) -> list[ColumnElement[bool]]:
     check_list(f.uids, "uids")
     check_search(f.search)
-    conditions: list[ColumnElement[bool]] = [actor.account_scope()]
+    conditions: list[ColumnElement[bool]] = [L.partner_id == actor.partner_id]
+    if actor.account_id is not None:
+        conditions.append(actor.account_scope())
     if f.search:
-        term = _escape_like(f.search.lower())
-        conditions.append(
-            or_(
-                func.lower(Account.uid).like(f"{term}%", escape="\\"),
-                func.lower(Account.nickname).like(f"%{term}%", escape="\\"),
-                func.lower(Account.remarks).like(f"%{term}%", escape="\\"),
-            )
-        )
+        conditions.append(SearchMatch(f.search))
     if f.uids is not None:
-        conditions.append(Account.uid.in_(list(f.uids)))
+        conditions.append(L.uid.in_(list(f.uids)))
     if f.account_types:
-        conditions.append(Account.account_type.in_(list(f.account_types)))
+        conditions.append(L.account_type.in_(list(f.account_types)))
     if f.account_statuses:
-        conditions.append(Account.status.in_(list(f.account_statuses)))
+        conditions.append(L.status.in_(list(f.account_statuses)))
     else:
-        conditions.append(Account.status != AccountStatus.DELETED)
+        conditions.append(L.status != AccountStatus.DELETED)
     if f.payg_freeze_status is not None:
-        frozen = frozen_expr()
-        conditions.append(frozen if f.payg_freeze_status is PaygFreezeStatus.FROZEN else ~frozen)
+        conditions.append(_flag(L.frozen, f.payg_freeze_status is PaygFreezeStatus.FROZEN))
     if f.purchase_control is not None:
-        banned = banned_expr()
-        conditions.append(banned if f.purchase_control is PurchaseControl.BANNED else ~banned)
+        conditions.append(_flag(L.banned, f.purchase_control is PurchaseControl.BANNED))
     if f.credit_control_statuses:
-        conditions.append(QuotaPool.credit_control_status.in_(list(f.credit_control_statuses)))
+        statuses = set(f.credit_control_statuses)
+        conditions.append(L.credit_control_status.in_(sorted(statuses)))
+        if statuses == {CreditControlStatus.SHUTDOWN}:
+            conditions.append(_flag(L.shutdown, True))  # implied; lets the partial index serve it
     if f.below_warning_level is not None:
-        below = below_warning_expr()
-        conditions.append(below if f.below_warning_level else ~below)
+        conditions.append(_flag(L.below_warning, f.below_warning_level))
     if f.business_manager is not None:
         conditions.append(Account.business_manager == f.business_manager)
     if f.linked_after is not None:
-        conditions.append(Account.linked_at >= f.linked_after)
+        conditions.append(L.linked_at >= f.linked_after)
     if f.linked_before is not None:
-        conditions.append(Account.linked_at < f.linked_before)
+        conditions.append(L.linked_at < f.linked_before)
     if not f.include_sub_accounts:
-        conditions.append(Account.master_id.is_(None))
+        conditions.append(L.master_id.is_(None))
     return conditions
+
+
+def counted(actor: Actor, f: EndUserQuery) -> Select[Any]:
+    """COUNT of the accounts matching `f` over the listing, joining `accounts` only when a condition reads it."""
+    query = select(func.count()).select_from(L)
+    if needs_account(actor, f):
+        query = query.join(Account, Account.id == L.account_id)
+    return query.where(*filter_conditions(actor, f))
+
+
+def counter_shape(actor: Actor, f: EndUserQuery) -> tuple[str, str | None] | None:
+    """(counter, counter to subtract) answering the count of `f` from the partner's counters, or None.
+
+    Unfiltered, masters only, and one effective flag (freeze, ban, credit SHUTDOWN, below warning) either way.
+    """
+    if actor.account_id is not None or f.search or f.uids is not None or f.account_types or f.account_statuses:
+        return None
+    if f.business_manager is not None or f.linked_after is not None or f.linked_before is not None:
+        return None
+    flags: list[tuple[str, bool]] = []
+    if f.payg_freeze_status is not None:
+        flags.append(("frozen", f.payg_freeze_status is PaygFreezeStatus.FROZEN))
+    if f.purchase_control is not None:
+        flags.append(("banned", f.purchase_control is PurchaseControl.BANNED))
+    if f.credit_control_statuses:
+        statuses = set(f.credit_control_statuses)
+        if statuses == {CreditControlStatus.SHUTDOWN}:
+            flags.append(("shutdown", True))
+        elif statuses == {CreditControlStatus.NORMAL, CreditControlStatus.ARREARS_NOT_SHUTDOWN}:
+            flags.append(("shutdown", False))
+        elif statuses != set(CreditControlStatus):
+            return None
+    if f.below_warning_level is not None:
+        flags.append(("below_warning", f.below_warning_level))
+    if not f.include_sub_accounts:
+        return ("owners", None) if not flags else None
+    if not flags:
+        return ("accounts", None)
+    if len(flags) > 1:
+        return None
+    name, value = flags[0]
+    return (name, None) if value else ("accounts", name)
+
+
+async def _prefer_search_indexes(session: AsyncSession, f: EndUserQuery) -> None:
+    """On PostgreSQL, keep a search on its trigram and pattern indexes for the rest of this transaction.
+
+    The planner prices a bitmap OR of three GIN scans above a sequential scan of `accounts` up to a few
+    hundred thousand rows; the scan then costs O(accounts) on every keystroke of a search box, where the
+    indexes cost O(matches). Every other statement of a list request is an index lookup anyway, and the
+    setting ends with the transaction (SET LOCAL).
+    """
+    if f.search and len(f.search) >= TRIGRAM_MIN and session.get_bind().dialect.name == "postgresql":
+        await session.execute(text("SET LOCAL enable_seqscan = off"))
+
+
+async def count_matching(session: AsyncSession, actor: Actor, f: EndUserQuery) -> int:
+    """totalCount: from the maintained counters when they answer the shape, else an indexed COUNT."""
+    from uidhub.resolvers import counters  # a leaf module; imported here to keep this module's imports light
+
+    shape = counter_shape(actor, f)
+    if shape is None:
+        await _prefer_search_indexes(session, f)
+        return int(await session.scalar(counted(actor, f)) or 0)
+    values = await counters.totals(session, actor.partner_id)
+    plus, minus = shape
+    return getattr(values, plus) - (getattr(values, minus) if minus else 0)
 
 
 def sort_expr(sort_field: str) -> ColumnElement[Any] | InstrumentedAttribute[Any]:
     if sort_field == "LINKED_AT":
-        return Account.linked_at
+        return L.linked_at
     if sort_field == "UID":
-        return Account.uid
+        return L.uid
     if sort_field == "NICKNAME":
-        return func.coalesce(Account.nickname, "")
+        return L.nickname_key
     if sort_field == "AVAILABLE_QUOTA":
-        return available_expr()
+        return L.available_cents
     raise InvalidArgument(f"Unknown order field {sort_field}.")
 
 
@@ -517,7 +716,7 @@ def _parse_cursor_value(sort_field: str, value: Any) -> Any:
         if sort_field == "LINKED_AT":
             return datetime.fromisoformat(value)
         if sort_field == "AVAILABLE_QUOTA":
-            if not isinstance(value, int):
+            if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError
             return value
         if not isinstance(value, str):
@@ -527,11 +726,33 @@ def _parse_cursor_value(sort_field: str, value: Any) -> Any:
         raise InvalidArgument("`after` is not a valid cursor for this order.") from None
 
 
+def _order(sort: EndUserSort) -> list[ColumnElement[Any]]:
+    keys = [L.uid] if sort.field == "UID" else [sort_expr(sort.field), L.uid]
+    return [k.desc() for k in keys] if sort.descending else [k.asc() for k in keys]
+
+
+def _after(sort: EndUserSort, value: Any, uid: str) -> ColumnElement[bool]:
+    """Rows after the cursor: one row-value comparison, which both databases seek with the order's index."""
+    if sort.field == "UID":
+        return L.uid < uid if sort.descending else L.uid > uid
+    key = sort_expr(sort.field)
+    left = tuple_(key, L.uid)
+    right = tuple_(bindparam(None, value, type_=key.type), bindparam(None, uid, type_=L.uid.type))
+    return left < right if sort.descending else left > right
+
+
 def filtered_query(actor: Actor, f: EndUserQuery, sort: EndUserSort) -> Select[Any]:
     """Every account matching the filter, in list order (the export reads the same query)."""
     key = sort_expr(sort.field)
-    order = [key.desc(), Account.uid.desc()] if sort.descending else [key.asc(), Account.uid.asc()]
-    return joined(select(Account, key.label("sort_key"))).where(*filter_conditions(actor, f)).order_by(*order)
+    return (
+        select(Account, key.label("sort_key"))
+        .select_from(L)
+        .join(Account, Account.id == L.account_id)
+        .join(QuotaPool, QuotaPool.id == L.pool_id)
+        .outerjoin(Master, Master.id == L.master_id)
+        .where(*filter_conditions(actor, f))
+        .order_by(*_order(sort))
+    )
 
 
 async def list_end_users(
@@ -546,28 +767,23 @@ async def list_end_users(
     limit = check_first(first)
     cursor_kind = f"eu:{sort.field}:{'d' if sort.descending else 'a'}"
     position = decode_cursor(after, cursor_kind, 2)
-    key = sort_expr(sort.field)
-    # The pool and master are joined for filters and sorting anyway; selecting them
-    # lets nested fields answer without loading them again.
-    query = (
-        filtered_query(actor, f, sort)
-        .add_columns(QuotaPool, Master, Partner)
-        .join(Partner, Partner.id == Account.partner_id)
-    )
+    # The pool and master are joined anyway; selecting them lets nested fields answer without loading them again.
+    query = filtered_query(actor, f, sort).add_columns(QuotaPool, Master)
     if position is not None:
         value, uid = _parse_cursor_value(sort.field, position[0]), position[1]
         if not isinstance(uid, str):
             raise InvalidArgument("`after` is not a valid cursor.")
-        if sort.descending:
-            query = query.where(or_(key < value, and_(key == value, Account.uid < uid)))
-        else:
-            query = query.where(or_(key > value, and_(key == value, Account.uid > uid)))
+        query = query.where(_after(sort, value, uid))
+    await _prefer_search_indexes(session, f)
     rows = (await session.execute(query.limit(limit + 1))).all()
+    # Every row is the actor's partner's: loaded once, not joined (a join let SQLite put `partners` outermost and
+    # sort the partner's accounts instead of walking the order's index).
+    partner = await session.get(Partner, actor.partner_id) if rows else None
     items = [row[0] for row in rows[:limit]]
     cursors = [encode_cursor(cursor_kind, [_cursor_value(sort.field, row[1]), row[0].uid]) for row in rows[:limit]]
 
     async def count() -> int:
-        return int(await session.scalar(counted(actor, f)) or 0)
+        return await count_matching(session, actor, f)
 
     return Page(
         items=items,
@@ -575,7 +791,7 @@ async def list_end_users(
         has_next=len(rows) > limit,
         has_previous=position is not None,
         count=count,
-        related=[(row[2], row[3], row[4]) for row in rows[:limit]],
+        related=[(row[2], row[3], partner) for row in rows[:limit]],
     )
 
 
@@ -595,7 +811,30 @@ class Summary:
 
 
 async def summary(session: AsyncSession, actor: Actor) -> Summary:
-    """Portfolio totals over the visible, non-deleted accounts; money over pools (owners only)."""
+    """Portfolio totals over the visible, non-deleted accounts; money over pools (owners only).
+
+    A partner-wide actor reads the counters the database maintains (one small indexed SUM, whatever the
+    number of accounts); an END_USER sees its own account and its subs, a handful of rows: aggregated.
+    """
+    if actor.account_id is not None:
+        return await aggregate_summary(session, actor)
+    from uidhub.resolvers import counters
+
+    t = await counters.totals(session, actor.partner_id)
+    return Summary(
+        t.accounts,
+        t.frozen,
+        t.banned,
+        t.shutdown,
+        t.below_warning,
+        t.total_quota_cents,
+        t.total_available_cents,
+        t.total_outstanding_cents,
+    )
+
+
+async def aggregate_summary(session: AsyncSession, actor: Actor) -> Summary:
+    """The summary aggregated from the rows themselves: the definition the counters must always equal."""
 
     def count_if(cond: ColumnElement[bool]) -> Any:
         return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)

@@ -152,13 +152,22 @@ def _headers(columns: list[Column], language: Language, tz: timezone) -> list[st
     return [i18n.header(language, c.key, offset if c.kind == "datetime" else None) for c in columns]
 
 
+#: Rows one worksheet holds, the header included (Excel's limit). Rows past it continue on a new sheet of the same
+#: workbook with the header repeated; read at every row, so a test can lower it.
+SHEET_MAX_ROWS = 1_048_576
+
+
 def _grouped(cents: int) -> str:
     """How '#,##0.00' renders the amount ("-1,234.50"), used only to measure column width."""
     return f"{cents_to_decimal(cents):,.2f}"
 
 
 class XlsxExportWriter:
-    """Writes one worksheet row by row in constant memory; `close()` finishes the file and returns the row count."""
+    """Writes worksheets row by row in constant memory; `close()` finishes the file and returns the row count.
+
+    More rows than one sheet holds (SHEET_MAX_ROWS with the header) continue on "<name> (2)", "<name> (3)", …,
+    each with the header, the frozen header row and an autofilter of its own.
+    """
 
     def __init__(
         self,
@@ -175,7 +184,9 @@ class XlsxExportWriter:
         self._rows = 0
         self._closed = False
         self._workbook = xlsxwriter.Workbook(str(self.path), {"constant_memory": True})
-        self._sheet: Worksheet = self._workbook.add_worksheet(i18n.sheet_name(self.language, sheet_kind))
+        self._sheet_name = i18n.sheet_name(self.language, sheet_kind)
+        #: Every sheet with the data rows on it; the last one is being written.
+        self._sheets: list[list[Any]] = []
         self._header_fmt: Format = self._workbook.add_format({"bold": True})
         self._money_fmt: Format = self._workbook.add_format({"num_format": MONEY_FORMAT})
         self._zero_fmt: Format = self._workbook.add_format({"num_format": SIGNED_MONEY_FORMAT})
@@ -187,12 +198,23 @@ class XlsxExportWriter:
         )
         self._datetime_fmt: Format = self._workbook.add_format({"num_format": DATETIME_FORMAT})
         self._int_fmt: Format = self._workbook.add_format({"num_format": "0"})
-        headers = _headers(self.columns, self.language, tz)
+        self._headers = _headers(self.columns, self.language, tz)
         # Widths start at the header's; values widen them (capped) and they are applied in close().
-        self._widths = [display_width(h) for h in headers]
-        self._sheet.freeze_panes(1, 0)
-        for col, text in enumerate(headers):
-            self._sheet.write_string(0, col, text, self._header_fmt)
+        self._widths = [display_width(h) for h in self._headers]
+        self._sheet_rows = 0
+        self._sheet: Worksheet = self._add_sheet()
+
+    def _add_sheet(self) -> Worksheet:
+        """A new sheet with the header row (frozen); the rows written next go on it."""
+        number = len(self._sheets) + 1
+        suffix = f" ({number})" if number > 1 else ""
+        sheet = self._workbook.add_worksheet(self._sheet_name[: 31 - len(suffix)] + suffix)  # Excel: 31 characters
+        sheet.freeze_panes(1, 0)
+        for col, text in enumerate(self._headers):
+            sheet.write_string(0, col, text, self._header_fmt)
+        self._sheets.append([sheet, 0])
+        self._sheet_rows = 0
+        return sheet
 
     def _seen(self, col: int, width: int) -> None:
         if width > self._widths[col]:
@@ -214,7 +236,9 @@ class XlsxExportWriter:
         if self._closed:
             raise RuntimeError("writer is closed")
         _check_row(self.columns, row)
-        r = self._rows + 1
+        if self._sheet_rows + 1 >= SHEET_MAX_ROWS:
+            self._sheet = self._add_sheet()
+        r = self._sheet_rows + 1
         for col, column in enumerate(self.columns):
             value = row[column.key]
             if value is None:
@@ -245,7 +269,9 @@ class XlsxExportWriter:
                 number = _int(column, value)
                 self._sheet.write_number(r, col, number, self._int_fmt)
                 self._seen(col, len(str(number)))
-        self._rows = r
+        self._sheet_rows = r
+        self._sheets[-1][1] = r
+        self._rows += 1
 
     def close(self) -> int:
         """Apply widths and the autofilter (allowed after the rows, see module docstring), write the file.
@@ -254,9 +280,10 @@ class XlsxExportWriter:
         """
         if not self._closed:
             self._closed = True
-            for col, width in enumerate(self._widths):
-                self._sheet.set_column(col, col, max(MIN_WIDTH, min(MAX_WIDTH, width + WIDTH_PADDING)))
-            self._sheet.autofilter(0, 0, self._rows, len(self.columns) - 1)
+            for sheet, rows in self._sheets:
+                for col, width in enumerate(self._widths):
+                    sheet.set_column(col, col, max(MIN_WIDTH, min(MAX_WIDTH, width + WIDTH_PADDING)))
+                sheet.autofilter(0, 0, rows, len(self.columns) - 1)
             self._workbook.close()
         return self._rows
 

@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="load the demo data set")
     demo.add_argument("--accounts", type=int, default=300, help="how many accounts to link (default: %(default)s)")
     _add_token_commands(sub)
+
+    bulk = sub.add_parser("import-accounts", help="link accounts in bulk from a CSV file (all or nothing)")
+    bulk.add_argument("--partner", required=True, help="the partner UID the accounts are linked to")
+    bulk.add_argument(
+        "file", help="UTF-8 CSV: uid,nickname,business_manager,remarks,master_uid,quota_amount,warning_percent"
+    )
     return parser
 
 
@@ -388,6 +394,42 @@ def _uidhub_command(settings: Settings) -> str:
     return command
 
 
+def _import_accounts(settings: Settings, args: argparse.Namespace) -> int:
+    """`import-accounts`: 0 and the count when every row is linked; 1 and `line N: CODE message` lines otherwise."""
+    from pathlib import Path
+
+    from uidhub.import_accounts import ImportFailed, import_accounts, terminal_progress
+    from uidhub.migrate import upgrade
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"cannot read {args.file}: no such file")
+
+    async def run() -> int:
+        await upgrade(settings.database_url)
+        db = Database(settings.database_url)
+        try:
+            progress = terminal_progress if sys.stderr.isatty() else None
+            return await import_accounts(db, args.partner, path, progress=progress)
+        finally:
+            await db.dispose()
+
+    try:
+        count = asyncio.run(run())
+    except ImportFailed as exc:
+        for line in exc.problems:
+            print(line)
+        more = f" (first {len(exc.problems)} shown)" if exc.total > len(exc.problems) else ""
+        print(f"uidhub: {exc.total} invalid row(s){more}; nothing was linked", file=sys.stderr)
+        return 1
+    except LookupError as exc:
+        raise CliError(str(exc).strip("'\"")) from None
+    except UnicodeDecodeError:
+        raise CliError(f"{args.file} is not UTF-8") from None
+    print(f"linked {count} account(s)")
+    return 0
+
+
 def _check_sqlite_path(settings: Settings) -> None:
     """A SQLite file in a missing directory fails inside aiosqlite's worker thread, which prints a traceback."""
     from pathlib import Path
@@ -415,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             _serve(settings, args)
             return 0
+        if args.command == "import-accounts":
+            return _import_accounts(settings, args)
         if args.command == "export-schema":
             from uidhub.schema import build_schema
 

@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 
 from uidhub.db import null_pool_engine
 from uidhub.models import Base
+from uidhub.models.listing import include_in_schema_compare
 
 config = context.config
 target_metadata = Base.metadata
@@ -20,6 +21,7 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters tables by copying them
         compare_type=True,
+        include_object=include_in_schema_compare,
     )
     with context.begin_transaction():
         context.run_migrations()

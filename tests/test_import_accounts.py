@@ -1,0 +1,182 @@
+"""`uidhub import-accounts`: all or nothing, linkAccount's rules and records, and a second run changes nothing."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.conftest import make_partner
+from tests.test_cli import run
+from tests.test_scale_counters import check_counters, check_listing
+from uidhub.db import Database
+from uidhub.import_accounts import HEADER, ImportFailed, import_accounts, import_actor
+from uidhub.models import Account, AuditEntry, Partner, QuotaAdjustment, QuotaPool
+from uidhub.models.enums import AccountType, AuditAction, PartnerKind, QuotaOperationType
+from uidhub.resolvers import accounts
+
+
+def write_csv(path: Path, rows: list[list[str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HEADER)
+        writer.writerows(rows)
+    return path
+
+
+VALID = [
+    ["M1", "Alpha Corp", "Li Wei", "Key account", "", "1000.50", "20"],
+    ["M1-S1", "beta", "", "", "M1", "", ""],
+    ["A1", "", "", "", "", "", ""],
+    ["M1-S2", "gamma", "", "Hangzhou", "M1", "", ""],
+    ["OLD-S1", "", "", "", "OLD", "", ""],  # a sub-account of a master linked before the import
+]
+
+
+async def _counts(db: Database) -> tuple[int, int, int, int]:
+    async with db.read() as session:
+        return (
+            int(await session.scalar(select(func.count()).select_from(Account)) or 0),
+            int(await session.scalar(select(func.count()).select_from(QuotaPool)) or 0),
+            int(await session.scalar(select(func.count()).select_from(AuditEntry)) or 0),
+            int(await session.scalar(select(func.count()).select_from(QuotaAdjustment)) or 0),
+        )
+
+
+async def _partner_with_old_master(db: Database) -> Partner:
+    partner = await make_partner(db, "P-IMP")
+    async with db.write() as session:
+        await accounts.link_account(
+            session,
+            import_actor(partner),
+            uid="OLD",
+            account_type=AccountType.END_USER,
+            nickname=None,
+            email=None,
+            master_uid=None,
+            quota_amount_cents=500,
+        )
+    return partner
+
+
+async def test_invalid_file_links_nothing(db: Database, tmp_path: Path) -> None:
+    await _partner_with_old_master(db)
+    other = await make_partner(db, "P-ELSE")
+    for uid in ("THEIRS", "TAKEN"):
+        async with db.write() as session:
+            await accounts.link_account(
+                session,
+                import_actor(other),
+                uid=uid,
+                account_type=AccountType.END_USER,
+                nickname=None,
+                email=None,
+                master_uid=None,
+                quota_amount_cents=None,
+            )
+    before = await _counts(db)
+    path = write_csv(
+        tmp_path / "bad.csv",
+        [
+            *VALID,
+            [" BAD", "", "", "", "", "", ""],  # line 7: a leading space
+            ["M1", "", "", "", "", "", ""],  # line 8: twice in the file
+            ["S9", "", "", "", "M1", "5.00", ""],  # line 9: a sub-account's quota is its master's
+            ["S10", "", "", "", "M1-S1", "", ""],  # line 10: a sub-account's sub-account
+            ["S11", "", "", "", "THEIRS", "", ""],  # line 11: another partner's master does not exist here
+            ["A2", "", "", "", "", "12.345", "0"],  # line 12: money and percent
+            ["TAKEN", "", "", "", "", "", ""],  # line 13: linked already (by another partner)
+            ["A3", "x" * 151, "", "", "", "", ""],  # line 14: nickname over 150 bytes
+        ],
+    )
+    with pytest.raises(ImportFailed) as failed:
+        await import_accounts(db, "P-IMP", path)
+    codes = [line.split(" ")[2] for line in failed.value.problems]
+    lines = [int(line.split(" ")[1].rstrip(":")) for line in failed.value.problems]
+    assert lines == sorted(lines) and set(lines) == set(range(7, 15))
+    assert "QUOTA_MANAGED_BY_MASTER" in codes and "NOT_FOUND" in codes and "ALREADY_LINKED" in codes
+    assert all(line.startswith("line ") for line in failed.value.problems)
+    assert await _counts(db) == before  # nothing at all was written
+
+
+async def test_valid_file_links_all_and_a_second_run_changes_nothing(db: Database, tmp_path: Path) -> None:
+    partner = await _partner_with_old_master(db)
+    before = await _counts(db)
+    path = write_csv(tmp_path / "ok.csv", VALID)
+    assert await import_accounts(db, "P-IMP", path) == len(VALID)
+    after = await _counts(db)
+    # 5 accounts; 2 pools (M1, A1); audit: 5 ACCOUNT_LINKED + QUOTA_CREATED + WARNING_THRESHOLD_CHANGED; 1 record.
+    assert (after[0] - before[0], after[1] - before[1], after[2] - before[2], after[3] - before[3]) == (5, 2, 7, 1)
+    async with db.read() as session:
+        m1 = await session.scalar(select(Account).where(Account.uid == "M1"))
+        sub = await session.scalar(select(Account).where(Account.uid == "OLD-S1"))
+        old = await session.scalar(select(Account).where(Account.uid == "OLD"))
+        assert m1 is not None and sub is not None and old is not None
+        assert (m1.nickname, m1.business_manager, m1.remarks) == ("Alpha Corp", "Li Wei", "Key account")
+        assert sub.master_id == old.id and sub.pool_id == old.pool_id
+        pool = await session.get(QuotaPool, m1.pool_id)
+        assert pool is not None and (pool.amount_cents, pool.quota_created, pool.warning_percent) == (100_050, True, 20)
+        record = await session.scalar(select(QuotaAdjustment).where(QuotaAdjustment.pool_id == m1.pool_id))
+        assert record is not None and record.operation_type is QuotaOperationType.QUOTA_CREATE
+        assert record.value_cents == 100_050
+        actions = (
+            await session.scalars(
+                select(AuditEntry.action).where(AuditEntry.account_id == m1.id).order_by(AuditEntry.id)
+            )
+        ).all()
+        assert actions == [AuditAction.ACCOUNT_LINKED, AuditAction.QUOTA_CREATED, AuditAction.WARNING_THRESHOLD_CHANGED]
+        linked = await session.scalar(select(AuditEntry).where(AuditEntry.account_id == sub.id))
+        assert linked is not None and linked.after["masterUid"] == "OLD" and linked.operator_uid == "P-IMP"
+    await check_listing(db)
+    await check_counters(db, import_actor(partner))
+
+    with pytest.raises(ImportFailed) as again:
+        await import_accounts(db, "P-IMP", path)
+    assert len(again.value.problems) == len(VALID)
+    assert all(" ALREADY_LINKED " in line for line in again.value.problems)
+    assert await _counts(db) == after
+
+
+def test_cli_exit_codes_and_output(tmp_path: Path) -> None:
+    """As a user runs it: the count and exit 0; then `line N: CODE message` lines and exit 1."""
+    assert (
+        run(
+            tmp_path, "create-partner", "--uid", "P1", "--name", "P", "--kind", PartnerKind.DISTRIBUTOR.value
+        ).returncode
+        == 0
+    )
+    path = write_csv(tmp_path / "ok.csv", VALID[:4])
+    first = run(tmp_path, "import-accounts", "--partner", "P1", str(path))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "linked 4 account(s)"
+    second = run(tmp_path, "import-accounts", "--partner", "P1", str(path))
+    assert second.returncode == 1
+    assert second.stdout.splitlines() == [
+        f"line {n}: ALREADY_LINKED UID {VALID[n - 2][0]} is already linked." for n in range(2, 6)
+    ]
+    assert "Traceback" not in second.stderr and "nothing was linked" in second.stderr
+    missing = run(tmp_path, "import-accounts", "--partner", "NOPE", str(path))
+    assert missing.returncode == 2 and "no partner NOPE" in missing.stderr
+
+
+async def test_agency_rules_are_linkaccounts(db: Database, tmp_path: Path) -> None:
+    """An agency may link, but not set quotas (linkAccount) nor business managers (updateBasicInfo)."""
+    await make_partner(db, "P-AG", PartnerKind.AGENCY)
+    path = write_csv(
+        tmp_path / "agency.csv",
+        [
+            ["G1", "", "Li", "", "", "", ""],
+            ["G2", "", "", "", "", "5.00", ""],
+            ["G3", "nick", "", "remarks", "", "", ""],
+        ],
+    )
+    with pytest.raises(ImportFailed) as failed:
+        await import_accounts(db, "P-AG", path)
+    assert [line.split(" ")[:3] for line in failed.value.problems] == [
+        ["line", "2:", "FORBIDDEN"],
+        ["line", "3:", "FORBIDDEN"],
+    ]
+    ok = write_csv(tmp_path / "agency-ok.csv", [["G3", "nick", "", "remarks", "", "", ""]])
+    assert await import_accounts(db, "P-AG", ok) == 1
