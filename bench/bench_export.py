@@ -138,9 +138,9 @@ async def measure_worker(url: str, size: int, fmt: str, out: Path, trace: bool) 
     from sqlalchemy import select
 
     from uidhub.db import Database
+    from uidhub.export_worker import ExportWorker
     from uidhub.models import ExportTask, Partner
     from uidhub.models.enums import ExportFormat, ExportKind, ExportStatus, Language
-    from uidhub.resolvers.exports import ExportWorker
     from uidhub.settings import Settings
 
     db = Database(url)
@@ -188,7 +188,7 @@ def prepared_rows(url: str, size: int) -> list[list[Any]]:
         PurchaseControl,
         ShutdownPolicy,
     )
-    from uidhub.resolvers import i18n
+    from uidhub.notifications import i18n
 
     tz = __import__("uidhub.settings", fromlist=["Settings"]).Settings().tz
     conn = sqlite3.connect(url.split("///", 1)[1])

@@ -43,7 +43,7 @@ from uidhub.models.enums import (
     PurchaseControl,
 )
 from uidhub.models.money import format_money
-from uidhub.resolvers import audit, locks
+from uidhub.resolvers import audit, counters, locks
 from uidhub.resolvers.actor import Actor, Permission
 from uidhub.resolvers.errors import UserError, UserErrors, invalid, not_found
 from uidhub.resolvers.pagination import (
@@ -54,6 +54,7 @@ from uidhub.resolvers.pagination import (
     decode_cursor,
     encode_cursor,
 )
+from uidhub.resolvers.pool_amounts import apply_quota_amount
 
 Master = aliased(Account, name="master_account")
 UID_MAX = 64
@@ -212,7 +213,6 @@ async def link_account(
     master_uid: str | None,
     quota_amount_cents: int | None,
 ) -> Account:
-    from uidhub.resolvers.quota import apply_quota_amount  # quota builds on accounts
 
     actor.require(Permission.LINK_ACCOUNT)
     errors = link_input_errors(
@@ -682,8 +682,6 @@ async def _prefer_search_indexes(session: AsyncSession, f: EndUserQuery) -> None
 
 async def count_matching(session: AsyncSession, actor: Actor, f: EndUserQuery) -> int:
     """totalCount: from the maintained counters when they answer the shape, else an indexed COUNT."""
-    from uidhub.resolvers import counters  # a leaf module; imported here to keep this module's imports light
-
     shape = counter_shape(actor, f)
     if shape is None:
         await _prefer_search_indexes(session, f)
@@ -818,8 +816,6 @@ async def summary(session: AsyncSession, actor: Actor) -> Summary:
     """
     if actor.account_id is not None:
         return await aggregate_summary(session, actor)
-    from uidhub.resolvers import counters
-
     t = await counters.totals(session, actor.partner_id)
     return Summary(
         t.accounts,

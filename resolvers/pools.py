@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from uidhub.models import QuotaPool
 from uidhub.resolvers.actor import Actor
+from uidhub.resolvers.cascade import recompute_credit_control
+from uidhub.resolvers.crossing import evaluate_pool
 from uidhub.resolvers.locks import lock_pool
 
 __all__ = ["after_pool_change", "lock_pool"]
@@ -21,7 +23,5 @@ __all__ = ["after_pool_change", "lock_pool"]
 
 async def after_pool_change(session: AsyncSession, pool: QuotaPool, actor: Actor | None) -> None:
     """Re-evaluate credit control and thresholds for `pool` in this transaction."""
-    from uidhub.resolvers import alerts, policy  # the rules of later layers, kept out of import cycles
-
-    await policy.recompute_credit_control(session, pool)
-    await alerts.evaluate_pool(session, pool)
+    await recompute_credit_control(session, pool)
+    await evaluate_pool(session, pool)

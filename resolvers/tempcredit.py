@@ -2,7 +2,7 @@
 
 `grantTemporaryCredit` raises the amount now and stores the grant (a
 `TemporaryCredit` row, ACTIVE, with its `ends_at`): that row is the durable
-schedule. `TemporaryCreditWorker` runs in every server process (on the
+schedule. `uidhub.background.TemporaryCreditWorker` runs in every server process (on the
 background pool) and reverts every ACTIVE grant whose `ends_at` has passed;
 its first pass runs at start-up, so a grant that lapsed while the server was
 down is reverted at once. `revokeTemporaryCredit` reverts one early through
@@ -40,10 +40,7 @@ Decisions:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -57,14 +54,13 @@ from uidhub.models.base import utcnow
 from uidhub.models.enums import ErrorCode, OperationMethod, Role, TemporaryCreditStatus
 from uidhub.models.money import MAX_CENTS, format_money
 from uidhub.resolvers import accounts, idempotency
-from uidhub.resolvers import quota as quota_ops
 from uidhub.resolvers.actor import Actor, Permission
 from uidhub.resolvers.errors import UserError, UserErrors, invalid
 from uidhub.resolvers.locks import lock_account, lock_pool
-from uidhub.transactions import retry_transaction
+from uidhub.resolvers.pool_amounts import PoolResult, from_snapshot, snapshot, write_quota_amount
 
 if TYPE_CHECKING:
-    from uidhub.db import Database
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +71,6 @@ MAX_DURATION = timedelta(days=366)
 MAX_DURATION_HOURS = 366 * 24
 #: Active grants per pool: keeps `Quota.temporaryCredits` a short list.
 MAX_ACTIVE_PER_POOL = 20
-#: Due grants a worker pass reads at a time (each is reverted in its own transaction).
-WORKER_BATCH = 100
 
 
 # ---------------------------------------------------------------- grant
@@ -90,7 +84,7 @@ class GrantResult:
     """
 
     credit: TemporaryCredit
-    pool: quota_ops.PoolResult
+    pool: PoolResult
 
 
 def _check_reason(reason: str, errors: list[UserError]) -> str:
@@ -204,7 +198,7 @@ async def grant(
 
     Order: permission, input, the key claim (a repeat answers the stored
     first result), the account (FOR SHARE), the pool (locked), the grant row,
-    then the amount through `quota.write_quota_amount` (record, audit entry,
+    then the amount through `pool_amounts.write_quota_amount` (record, audit entry,
     credit control and thresholds).
     """
     actor.require(Permission.QUOTA)
@@ -232,7 +226,7 @@ async def grant(
         if claim_.replay is not None:
             return GrantResult(
                 credit=_credit_from_snapshot(claim_.replay["credit"]),
-                pool=quota_ops.from_snapshot(claim_.replay["pool"]),
+                pool=from_snapshot(claim_.replay["pool"]),
             )
     account = await accounts.get(session, actor, uid, "input", "uid", share=True)
     if account.master_id is not None:
@@ -267,7 +261,7 @@ async def grant(
     )
     session.add(credit)
     await session.flush()
-    await quota_ops.write_quota_amount(
+    await write_quota_amount(
         session,
         actor,
         account,
@@ -276,11 +270,9 @@ async def grant(
         reason=f"Temporary credit until {ends_at.isoformat()}: {text}",
         audit_extra={"temporaryCredit": _audit_view(credit)},
     )
-    result = GrantResult(credit=credit, pool=quota_ops.PoolResult(pool=pool, owner_id=account.id))
+    result = GrantResult(credit=credit, pool=PoolResult(pool=pool, owner_id=account.id))
     if claim_ is not None:
-        await idempotency.complete(
-            session, claim_, {"credit": _credit_snapshot(credit), "pool": quota_ops.snapshot(result.pool)}
-        )
+        await idempotency.complete(session, claim_, {"credit": _credit_snapshot(credit), "pool": snapshot(result.pool)})
     return result
 
 
@@ -292,7 +284,7 @@ class Reverted:
     """A grant this transaction ended, and the pool after it."""
 
     credit: TemporaryCredit
-    pool: quota_ops.PoolResult
+    pool: PoolResult
 
 
 async def revert(session: AsyncSession, credit_id: int, actor: Actor | None, now: datetime) -> Reverted | None:
@@ -336,7 +328,7 @@ async def revert(session: AsyncSession, credit_id: int, actor: Actor | None, now
             reason += (
                 f" (took off {format_money(reverted)} of {format_money(credit.amount_cents)}: the amount was lower)"
             )
-        await quota_ops.write_quota_amount(
+        await write_quota_amount(
             session,
             actor,
             account,
@@ -354,7 +346,7 @@ async def revert(session: AsyncSession, credit_id: int, actor: Actor | None, now
             account.uid,
             account.status.value,
         )
-    return Reverted(credit=credit, pool=quota_ops.PoolResult(pool=pool, owner_id=account.id))
+    return Reverted(credit=credit, pool=PoolResult(pool=pool, owner_id=account.id))
 
 
 async def find_visible(session: AsyncSession, actor: Actor, credit_id: int) -> TemporaryCredit | None:
@@ -383,85 +375,3 @@ async def revoke(session: AsyncSession, actor: Actor, credit_id: int | None) -> 
 
 
 # ---------------------------------------------------------------- the worker
-
-
-class TemporaryCreditWorker:
-    """Reverts the grants whose end has passed: at start-up at once, then every `poll_seconds`.
-
-    Every server process runs one; `revert` keeps each grant to one of them.
-    `clock` is the worker's idea of now (tests move it forward instead of
-    waiting).
-    """
-
-    def __init__(
-        self,
-        db: Database,
-        *,
-        poll_seconds: float = 1.0,
-        clock: Callable[[], datetime] = utcnow,
-        batch: int = WORKER_BATCH,
-    ) -> None:
-        self.db = db
-        self.poll_seconds = poll_seconds
-        self.clock = clock
-        self.batch = batch
-        self._task: asyncio.Task[None] | None = None
-
-    async def due(self, now: datetime, after: tuple[datetime, int] | None = None) -> list[tuple[datetime, int]]:
-        """(ends_at, id) of ACTIVE grants due at `now`, oldest first, after `after` (keyset)."""
-        query = select(TemporaryCredit.ends_at, TemporaryCredit.id).where(
-            TemporaryCredit.status == TemporaryCreditStatus.ACTIVE, TemporaryCredit.ends_at <= now
-        )
-        if after is not None:
-            query = query.where(
-                (TemporaryCredit.ends_at > after[0])
-                | ((TemporaryCredit.ends_at == after[0]) & (TemporaryCredit.id > after[1]))
-            )
-        async with self.db.read() as session:
-            rows = await session.execute(query.order_by(TemporaryCredit.ends_at, TemporaryCredit.id).limit(self.batch))
-            return [(row[0], row[1]) for row in rows.all()]
-
-    async def revert_one(self, credit_id: int, now: datetime) -> bool:
-        """Revert one grant in its own transaction (retried whole after a deadlock); False if already ended."""
-
-        async def attempt() -> bool:
-            async with self.db.write() as session:
-                return await revert(session, credit_id, None, now) is not None
-
-        return await retry_transaction(attempt, what=f"temporary credit {credit_id} revert")
-
-    async def run_once(self) -> int:
-        """One pass over every grant due now; how many this worker reverted."""
-        now = self.clock()
-        done = 0
-        position: tuple[datetime, int] | None = None
-        while True:
-            due = await self.due(now, position)
-            for _ends_at, credit_id in due:
-                try:
-                    done += int(await self.revert_one(credit_id, now))
-                except Exception:  # one grant's failure must not hold back the others; retried next pass
-                    log.exception("temporary credit %s: revert failed; retrying next pass", credit_id)
-            if len(due) < self.batch:
-                return done
-            position = due[-1]
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                reverted = await self.run_once()
-                if reverted:
-                    log.info("reverted %d temporary credits", reverted)
-            except Exception:
-                log.exception("temporary credit pass failed; retrying later")
-            await asyncio.sleep(self.poll_seconds)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="uidhub-temporary-credits")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task

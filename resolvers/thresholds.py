@@ -1,7 +1,7 @@
 """A pool's alert thresholds, the automatic actions they carry, and the periodic forecast pass.
 
 A pool has at most `MAX_THRESHOLDS` thresholds. Each remembers its own side
-(`QuotaThreshold.below`) and is evaluated by `resolvers.alerts.evaluate_pool`
+(`QuotaThreshold.below`) and is evaluated by `resolvers.crossing.evaluate_pool`
 with the crossing rule of the warning: one event per crossing, re-armed on
 recovery. The first PERCENT_OF_QUOTA threshold (lowest id) is the pool's
 warning: `setWarningThreshold` creates, changes or removes it, and
@@ -46,13 +46,14 @@ from uidhub.models.enums import (
 )
 from uidhub.models.money import MAX_CENTS, format_money
 from uidhub.resolvers import accounts as account_ops
-from uidhub.resolvers import audit
+from uidhub.resolvers import audit, cascade
 from uidhub.resolvers.actor import Actor, Permission
+from uidhub.resolvers.crossing import evaluate_pool
 from uidhub.resolvers.errors import UserError, UserErrors
 from uidhub.resolvers.locks import lock_pool
 from uidhub.resolvers.pagination import Page, newest_first
+from uidhub.resolvers.pool_amounts import PoolResult
 from uidhub.resolvers.pools import after_pool_change
-from uidhub.resolvers.quota import PoolResult
 
 if TYPE_CHECKING:
     from uidhub.db import Database
@@ -358,7 +359,6 @@ async def list_pending(
 
 async def decide(session: AsyncSession, actor: Actor, pending_id: int, *, approve: bool) -> PendingAction:
     """Approve (apply, with the operator as actor) or dismiss a PENDING action, once, audited."""
-    from uidhub.resolvers import policy  # a later layer (see resolvers.pools)
 
     actor.require(Permission.POLICY)
     row = await session.get(PendingAction, pending_id)
@@ -372,9 +372,9 @@ async def decide(session: AsyncSession, actor: Actor, pending_id: int, *, approv
     if approve:
         # Lock order: the owner and its subs (the cascade), then the pending row's guarded update.
         if row.action is ThresholdAction.BAN_PURCHASES:
-            await policy.ban_owner(session, actor, owner.id, reason)
+            await cascade.ban_owner(session, actor, owner.id, reason)
         else:
-            await policy.freeze_owner(session, actor, owner.id, reason)
+            await cascade.freeze_owner(session, actor, owner.id, reason)
     decided = await session.scalar(
         update(PendingAction)
         .where(PendingAction.id == pending_id, PendingAction.status == PendingActionStatus.PENDING)
@@ -422,12 +422,10 @@ async def evaluate_forecasts(db: Database, now: datetime | None = None) -> int:
     compared, and every crossing is a guarded UPDATE, so two workers running
     the pass at once store each crossing once.
     """
-    from uidhub.resolvers import alerts  # evaluate_pool lives with the crossing rule
-
     stored = 0
     for pool_id in await forecast_pools(db):
         async with db.write() as session:
             pool = await lock_pool(session, pool_id)
-            stored += len(await alerts.evaluate_pool(session, pool, now))
+            stored += len(await evaluate_pool(session, pool, now))
             await session.flush()
     return stored

@@ -82,6 +82,7 @@ class AuditEntry(Node):
 
     @strawberry.field(description="The account the entry is about.")
     async def account(self, info: Info) -> Annotated[EndUser, strawberry.lazy("uidhub.schema.accounts")]:
+        # lazy: uidhub.schema.accounts imports this module (EndUser shows its audit entries)
         from uidhub.schema.accounts import required_end_user
 
         return await required_end_user(info, self._row.account_id)
@@ -91,6 +92,7 @@ class AuditEntry(Node):
         "is outside the viewer's scope (an END_USER token of the sub-account)."
     )
     async def cascade_from(self, info: Info) -> Annotated[EndUser, strawberry.lazy("uidhub.schema.accounts")] | None:
+        # lazy: uidhub.schema.accounts imports this module (EndUser shows its audit entries)
         from uidhub.schema.accounts import scoped_end_user
 
         return await scoped_end_user(info, self._row.cascade_from_id)

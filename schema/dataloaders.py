@@ -24,7 +24,7 @@ from uidhub.models import (
     TemporaryCredit,
 )
 from uidhub.models.enums import AuditAction, QuotaOperationType, TemporaryCreditStatus
-from uidhub.resolvers.alerts import SPEND_KINDS  # the forecast's spend, shared with RUNS_OUT_WITHIN_DAYS thresholds
+from uidhub.resolvers.crossing import SPEND_KINDS  # the forecast's spend, shared with RUNS_OUT_WITHIN_DAYS thresholds
 from uidhub.resolvers.quota import adjustment_conditions
 
 T = TypeVar("T")

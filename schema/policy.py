@@ -89,6 +89,7 @@ class Instance(Node):
 
     @strawberry.field(description="The account that owns the instance.")
     async def account(self, info: Info) -> Annotated[EndUser, strawberry.lazy("uidhub.schema.accounts")]:
+        # lazy: uidhub.schema.accounts imports this module (EndUser shows its policy)
         from uidhub.schema.accounts import required_end_user
 
         return await required_end_user(info, self._row.account_id)
@@ -118,6 +119,7 @@ class PurchaseDecision:
 
     @strawberry.field(description="The account whose own setting blocks (the master for a cascade).")
     async def blocking_account(self, info: Info) -> Annotated[EndUser, LazyEndUser] | None:
+        # lazy: uidhub.schema.accounts imports this module (EndUser shows its policy)
         from uidhub.schema.accounts import scoped_end_user
 
         return await scoped_end_user(info, self._blocking_account_id)
@@ -255,6 +257,7 @@ class PolicyQueries:
 
 
 async def _freeze(info: Info, input: FreezeInput, target: PaygFreezeStatus) -> PolicyChangePayload:
+    # lazy: uidhub.schema.accounts imports this module (EndUser shows its policy)
     from uidhub.schema.accounts import EndUser
 
     async def op(session: AsyncSession, actor: Actor) -> PolicyChangePayload:
@@ -299,6 +302,7 @@ class PolicyMutations:
     async def set_purchase_control(
         self, info: Info, input: Annotated[SetPurchaseControlInput, INPUT_ARG]
     ) -> Annotated[EndUserPayload, LazyEndUser]:
+        # lazy: uidhub.schema.accounts imports this module (EndUser shows its policy)
         from uidhub.schema.accounts import EndUser, EndUserPayload, end_user_errors
 
         async def op(session: AsyncSession, actor: Actor) -> EndUserPayload:
@@ -313,6 +317,7 @@ class PolicyMutations:
     async def set_shutdown_policy(
         self, info: Info, input: Annotated[SetShutdownPolicyInput, INPUT_ARG]
     ) -> Annotated[EndUserPayload, LazyEndUser]:
+        # lazy: uidhub.schema.accounts imports this module (EndUser shows its policy)
         from uidhub.schema.accounts import EndUser, EndUserPayload, end_user_errors
 
         credit = int(input.shutdown_delay_credit) if input.shutdown_delay_credit is not None else None

@@ -24,6 +24,7 @@ from uidhub.resolvers import quota as quota_ops
 from uidhub.resolvers import thresholds as threshold_ops
 from uidhub.resolvers.actor import Actor
 from uidhub.resolvers.pagination import InvalidArgument, Page, check_first, decode_id_cursor, page_of_rows
+from uidhub.resolvers.pool_amounts import PoolResult
 from uidhub.resolvers.tempcredit import MAX_ACTIVE_PER_POOL as MAX_ACTIVE_CREDITS
 from uidhub.schema.common import INPUT_ARG, Node, PageInfo, UserError, from_global_id, mutate, to_global_id
 from uidhub.schema.context import Info
@@ -175,6 +176,7 @@ class Quota:
         "email, remarks, instances, audit entries or credit alert)."
     )
     async def account(self, info: Info) -> Annotated[EndUser, strawberry.lazy("uidhub.schema.accounts")]:
+        # lazy: uidhub.schema.accounts (or .tempcredit) imports this module (the types refer to each other)
         from uidhub.schema.accounts import required_end_user
 
         return await required_end_user(info, self._owner_id)
@@ -246,6 +248,7 @@ class Quota:
     async def temporary_credits(
         self, info: Info
     ) -> list[Annotated[TemporaryCredit, strawberry.lazy("uidhub.schema.tempcredit")]]:
+        # lazy: uidhub.schema.accounts (or .tempcredit) imports this module (the types refer to each other)
         from uidhub.schema.tempcredit import TemporaryCredit
 
         rows = await info.context.loaders.temporary_credits.load(self._pool.id)
@@ -328,7 +331,7 @@ def quota_errors(errors: list[UserError]) -> QuotaPayload:
     return QuotaPayload(quota=None, user_errors=errors)
 
 
-def quota_payload(result: quota_ops.PoolResult) -> QuotaPayload:
+def quota_payload(result: PoolResult) -> QuotaPayload:
     return QuotaPayload(quota=Quota(_pool=result.pool, _owner_id=result.owner_id), user_errors=[])
 
 

@@ -10,9 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from uidhub.models import TemporaryCredit as CreditRow
 from uidhub.models.enums import OperationMethod, TemporaryCreditStatus
-from uidhub.resolvers import quota as quota_ops
 from uidhub.resolvers import tempcredit as credit_ops
 from uidhub.resolvers.actor import Actor
+from uidhub.resolvers.pool_amounts import PoolResult
 from uidhub.schema.common import INPUT_ARG, Node, UserError, from_global_id, mutate, to_global_id
 from uidhub.schema.context import Info
 from uidhub.schema.enums import describe
@@ -128,7 +128,7 @@ def _errors(errors: list[UserError]) -> TemporaryCreditPayload:
     return TemporaryCreditPayload(temporary_credit=None, quota=None, user_errors=errors)
 
 
-def _payload(credit: CreditRow, pool: quota_ops.PoolResult) -> TemporaryCreditPayload:
+def _payload(credit: CreditRow, pool: PoolResult) -> TemporaryCreditPayload:
     return TemporaryCreditPayload(
         temporary_credit=TemporaryCredit.of(credit),
         quota=Quota(_pool=pool.pool, _owner_id=pool.owner_id),

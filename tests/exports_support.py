@@ -10,6 +10,7 @@ import httpx
 from sqlalchemy import select
 
 from tests.conftest import Api
+from uidhub.export_worker import ExportWorker
 from uidhub.models import Account, QuotaAdjustment, QuotaPool
 from uidhub.models.base import utcnow
 from uidhub.models.enums import (
@@ -22,7 +23,6 @@ from uidhub.models.enums import (
     Role,
     ShutdownPolicy,
 )
-from uidhub.resolvers.exports import ExportWorker
 
 TASK_FIELDS = "id kind format language status progress rowCount fileName downloadUrl error createdAt finishedAt"
 

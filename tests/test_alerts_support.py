@@ -15,8 +15,8 @@ from tests.conftest import Api, make_token
 from uidhub.models import Account, AlertEvent, EmailNotification, Partner, QuotaPool
 from uidhub.models.enums import OperationMethod, PartnerKind, Role
 from uidhub.resolvers.actor import Actor
+from uidhub.resolvers.pool_amounts import apply_quota_amount
 from uidhub.resolvers.pools import after_pool_change, lock_pool
-from uidhub.resolvers.quota import apply_quota_amount
 
 LINK = """
 mutation($input: LinkAccountInput!) {

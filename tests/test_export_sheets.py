@@ -13,7 +13,7 @@ import pytest
 
 from tests.test_export_writer import EN_END_USER_HEADERS, end_user_rows, sheet_rows, write_xlsx
 from uidhub.models.enums import ExportKind, Language
-from uidhub.resolvers import export_writer, i18n
+from uidhub.notifications import export_writer, i18n
 
 
 def test_rows_past_the_sheet_limit_continue_on_new_sheets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,8 +33,8 @@ from uidhub.models.enums import (
     QuotaOperationType,
     ShutdownPolicy,
 )
-from uidhub.resolvers import i18n
-from uidhub.resolvers.export_writer import (
+from uidhub.notifications import i18n
+from uidhub.notifications.export_writer import (
     COLUMNS_BY_KIND,
     END_USER_COLUMNS,
     QUOTA_ADJUSTMENT_COLUMNS,

@@ -15,8 +15,8 @@ from tests.conftest import Api
 from tests.exports_support import end_users, export, link, local, seed_accounts, seed_adjustments, workbook
 from uidhub.models import enums as E
 from uidhub.models.base import utcnow
-from uidhub.resolvers import i18n
-from uidhub.resolvers.export_writer import END_USER_COLUMNS, QUOTA_ADJUSTMENT_COLUMNS
+from uidhub.notifications import i18n
+from uidhub.notifications.export_writer import END_USER_COLUMNS, QUOTA_ADJUSTMENT_COLUMNS
 
 LANGS = [E.Language.EN, E.Language.ZH, E.Language.JA]
 

@@ -17,9 +17,9 @@ from sqlalchemy import func, select
 from tests.conftest import Api, make_api
 from tests.exports_support import start, start_ok, worker
 from uidhub.db import Database
+from uidhub.export_worker import ExportWorker
 from uidhub.models import ExportTask
 from uidhub.models.enums import ExportStatus
-from uidhub.resolvers.exports import ExportWorker
 from uidhub.schema.common import from_global_id
 
 EXPORT = {"kind": "END_USERS", "format": "CSV"}

@@ -8,7 +8,9 @@ and wakes subscribers; the operations above use it.
 
 Imports inside functions count too (an import moved into a function still makes
 a cycle); only imports under `if TYPE_CHECKING:` are exempt, since they never
-run. The folders are installed as `uidhub.<folder>` (pyproject's package-dir),
+run. Imports inside functions are allowed only with a `# lazy: <why>` comment (the
+GraphQL types that refer to each other, CLI commands that need not load the app).
+The folders are installed as `uidhub.<folder>` (pyproject's package-dir),
 so a bare `import schema` would only work from the repository: it is refused.
 """
 
@@ -95,6 +97,38 @@ def test_lower_layers_never_import_higher_ones() -> None:
 def test_the_check_catches_an_upward_import(folder: str, source: str) -> None:
     """Each rule fails on a planted violation (so the test above could fail)."""
     assert violations_in(ROOT / folder / "planted.py", source) != []
+
+
+def undocumented_lazy_imports(path: Path, source: str) -> list[str]:
+    """Project imports inside functions without a `# lazy: <why>` comment on the line or the line above."""
+    lines = source.split("\n")
+    problems = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.Import | ast.ImportFrom):
+                module = inner.module if isinstance(inner, ast.ImportFrom) else inner.names[0].name
+                if not module or module.split(".")[0] not in ("uidhub", *MAPPED):
+                    continue
+                here = lines[inner.lineno - 1]
+                above = lines[inner.lineno - 2] if inner.lineno > 1 else ""
+                if "# lazy:" not in here and not above.strip().startswith("# lazy:"):
+                    problems.append(f"{path.relative_to(ROOT)}:{inner.lineno}: {here.strip()}")
+    return problems
+
+
+def test_imports_inside_functions_say_why() -> None:
+    """An import moved into a function hides a cycle unless it is a documented lazy one."""
+    problems = [p for path in sources() for p in undocumented_lazy_imports(path, path.read_text(encoding="utf-8"))]
+    assert problems == []
+
+
+def test_an_undocumented_lazy_import_is_caught() -> None:
+    source = "def f():\n    from uidhub.resolvers import alerts\n"
+    assert undocumented_lazy_imports(ROOT / "resolvers" / "planted.py", source) != []
+    documented = "def f():\n    from uidhub.resolvers import alerts  # lazy: a reason\n"
+    assert undocumented_lazy_imports(ROOT / "resolvers" / "planted.py", documented) == []
 
 
 def test_type_checking_imports_are_exempt() -> None:

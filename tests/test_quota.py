@@ -542,14 +542,14 @@ async def test_warning_threshold(api: Api) -> None:
 
 
 async def test_threshold_calls_after_pool_change(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    from uidhub.resolvers import alerts
+    from uidhub.resolvers import pools
 
     seen: list[int | None] = []
 
     async def spy(_session: Any, pool: Any) -> None:
         seen.append(pool.warning_percent)
 
-    monkeypatch.setattr(alerts, "evaluate_pool", spy)
+    monkeypatch.setattr(pools, "evaluate_pool", spy)
     await link(api, "U1", "10.00")
     seen.clear()
     await api.gql(SET_THRESHOLD, {"i": {"uid": "U1", "percent": 30}})

@@ -14,10 +14,10 @@ from sqlalchemy import func, select, update
 from tests.conftest import Api, StatementCounter, make_partner, make_token
 from tests.quota_support import SET_THRESHOLD, balance, change_status, link, partner_row, quota, set_amount, snapshot
 from uidhub.app import create_app
+from uidhub.background import TemporaryCreditWorker
 from uidhub.db import Database
 from uidhub.models import Account, Partner, QuotaAdjustment, QuotaPool, TemporaryCredit
 from uidhub.models.enums import AccountType, OperationMethod, PartnerKind, Role, TemporaryCreditStatus
-from uidhub.resolvers.tempcredit import TemporaryCreditWorker
 from uidhub.schema.common import from_global_id, to_global_id
 from uidhub.settings import Settings
 

@@ -441,7 +441,7 @@ async def test_a_crossing_is_stored_once_even_by_evaluations_without_the_pool_lo
     from sqlalchemy import select
 
     from uidhub.models import Account, QuotaPool
-    from uidhub.resolvers.alerts import evaluate_pool
+    from uidhub.resolvers.crossing import evaluate_pool
 
     await link(api, "T1", quotaAmount="100.00")
     await add(api, "T1", kind="RUNS_OUT_WITHIN_DAYS", value=5)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -27,14 +27,14 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
-from uidhub import observe
+from uidhub import observe, routes
+from uidhub.background import STARTERS
 from uidhub.dashboard import routes as dashboard_routes
 from uidhub.db import Database, PoolConfig
 from uidhub.logs import current_request_id
 from uidhub.notifications.bus import Bus, make_bus
 from uidhub.ratelimit import RateLimiter, RateLimitMiddleware
 from uidhub.resolvers.auth import authenticate, bearer
-from uidhub.resolvers.exports import start_export_worker
 from uidhub.schema import build_schema
 from uidhub.schema.context import Context, Services
 from uidhub.settings import Settings
@@ -48,11 +48,6 @@ MAX_BODY_BYTES = 1_000_000
 MAX_WS_MESSAGE_CHARS = MAX_BODY_BYTES
 WS_INIT_TIMEOUT = timedelta(seconds=10)
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 20
-
-BackgroundStarter = Callable[["AppState"], Awaitable[Callable[[], Awaitable[None]]]]
-#: Background services (email sender, export worker) register a starter here;
-#: each returns its stop function.
-BACKGROUND: list[BackgroundStarter] = [start_export_worker]
 
 
 class AppState:
@@ -374,25 +369,9 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        from uidhub.background import (
-            start_forecast_alerts,
-            start_housekeeping,
-            start_outbox,
-            start_temporary_credits,
-            start_webhooks,
-        )
-
         await bus.start()
         state.token_watch.start()
-        starters = (
-            start_outbox,
-            start_webhooks,
-            start_housekeeping,
-            start_temporary_credits,
-            start_forecast_alerts,
-            *BACKGROUND,
-        )
-        stops = [await start(state) for start in starters]
+        stops = [await start(state) for start in STARTERS]
         stops.insert(0, state.token_watch.stop)
         try:
             async with state.observability.lifespan():
@@ -404,8 +383,6 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
             await bus.close()
             await limiter.close()
             await database.dispose()
-
-    from uidhub import routes  # domain HTTP routes (downloads) register themselves
 
     app = Starlette(
         routes=[

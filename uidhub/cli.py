@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from uidhub import logs, metrics
-from uidhub.db import Database
+from uidhub.db import Database, null_pool_engine
 from uidhub.models import Account, Partner
 from uidhub.models.enums import OperationMethod, PartnerKind, Role
 from uidhub.notifications.bus import make_bus
@@ -111,6 +111,7 @@ def _add_token_commands(sub: argparse._SubParsersAction) -> None:
 
 
 async def _create_partner(db: Database, args: argparse.Namespace) -> str:
+    # lazy: only this command needs it; the CLI starts without loading the app
     from uidhub.resolvers.accounts import check_email
 
     for email in args.alert_email:
@@ -221,7 +222,7 @@ async def _run_token_command(db: Database, settings: Settings, args: argparse.Na
 
 
 async def _run_db_command(settings: Settings, args: argparse.Namespace) -> str:
-    from uidhub.migrate import upgrade
+    from uidhub.migrate import upgrade  # lazy: only this command needs it; the CLI starts without loading the app
 
     migration = await upgrade(settings.database_url)
     if args.command == "migrate":
@@ -235,6 +236,7 @@ async def _run_db_command(settings: Settings, args: argparse.Namespace) -> str:
         if args.command in ("list-tokens", "revoke-token"):
             return await _run_token_command(db, settings, args)
         if args.command == "demo":
+            # lazy: only this command needs it; the CLI starts without loading the app
             from uidhub.demo import load_demo
 
             result = await load_demo(db, settings, accounts=args.accounts)
@@ -258,7 +260,6 @@ async def connection_budget_warning(settings: Settings, workers: int) -> str | N
     """
     if settings.is_sqlite:
         return None
-    from uidhub.db import null_pool_engine
 
     engine = null_pool_engine(settings.database_url)
     try:
@@ -280,7 +281,7 @@ async def connection_budget_warning(settings: Settings, workers: int) -> str | N
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
     """Check the port, migrate, load the demo data; then serve, printing the URL (and token) once listening."""
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines are set-up noise; one summary instead
-    from uidhub.migrate import upgrade
+    from uidhub.migrate import upgrade  # lazy: only this command needs it; the CLI starts without loading the app
 
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
@@ -298,7 +299,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         settings = settings.model_copy(update={"console_url": f"http://{args.host}:{args.port}"})
     banner = f"uidhub serving on http://{args.host}:{args.port}/graphql"
     if args.demo:
-        from uidhub.demo import load_demo
+        from uidhub.demo import load_demo  # lazy: only this command needs it; the CLI starts without loading the app
 
         async def demo() -> str:
             db = Database(settings.database_url)
@@ -333,6 +334,7 @@ def _check_port(host: str, port: int) -> None:
 
 def _run_server(settings: Settings, args: argparse.Namespace, banner: str) -> None:
     """uvicorn with the request budget, websocket message cap, log config and metrics of `settings`."""
+    # lazy: only this command needs it; the CLI starts without loading the app
     from uidhub.app import MAX_WS_MESSAGE_CHARS
 
     options: dict[str, Any] = {
@@ -398,8 +400,9 @@ def _import_accounts(settings: Settings, args: argparse.Namespace) -> int:
     """`import-accounts`: 0 and the count when every row is linked; 1 and `line N: CODE message` lines otherwise."""
     from pathlib import Path
 
+    # lazy: only this command needs it; the CLI starts without loading the app
     from uidhub.import_accounts import ImportFailed, import_accounts, terminal_progress
-    from uidhub.migrate import upgrade
+    from uidhub.migrate import upgrade  # lazy: only this command needs it; the CLI starts without loading the app
 
     path = Path(args.file)
     if not path.is_file():
@@ -460,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "import-accounts":
             return _import_accounts(settings, args)
         if args.command == "export-schema":
+            # lazy: only this command needs it; the CLI starts without loading the app
             from uidhub.schema import build_schema
 
             sdl = build_schema().as_str() + "\n"

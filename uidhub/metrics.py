@@ -40,6 +40,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.extensions import SchemaExtension
 
+from uidhub.db import Database
+from uidhub.models.enums import ExportStatus, NotificationStatus
 from uidhub.models.tables import EmailNotification, ExportTask
 from uidhub.notifications import signals
 
@@ -47,7 +49,6 @@ if TYPE_CHECKING:
     from prometheus_client.registry import Collector, CollectorRegistry
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from uidhub.db import Database
     from uidhub.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -389,8 +390,6 @@ async def read_snapshot(db: Database) -> Snapshot:
 
 
 def _pending_status() -> Any:
-    from uidhub.models.enums import NotificationStatus
-
     return NotificationStatus.PENDING
 
 
@@ -402,8 +401,6 @@ class SnapshotCollector:
 
     def collect(self) -> Iterable[Any]:
         from prometheus_client.core import GaugeMetricFamily
-
-        from uidhub.models.enums import ExportStatus, NotificationStatus
 
         s = self.snapshot
         up = GaugeMetricFamily("uidhub_database_up", "1 when the scrape could read the database.")
@@ -506,8 +503,6 @@ def serve_port(port: int, database_url: str, *, host: str = "127.0.0.1") -> Any:
 
     def scrape() -> tuple[bytes, str]:
         async def read() -> Snapshot:
-            from uidhub.db import Database
-
             database = Database(database_url)
             try:
                 return await read_snapshot(database)

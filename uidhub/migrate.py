@@ -11,6 +11,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from uidhub.db import null_pool_engine
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -43,7 +45,6 @@ def _revision_label(heads: tuple[str, ...] | list[str]) -> str | None:
 
 def current_revision(url: str) -> str | None:
     """The revision a database is at (None for an empty one); from a thread without an event loop."""
-    from uidhub.db import null_pool_engine
 
     async def read() -> str | None:
         engine = null_pool_engine(url)

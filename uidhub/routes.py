@@ -13,6 +13,7 @@ from uidhub.resolvers import exports
 from uidhub.resolvers.actor import Permission
 from uidhub.resolvers.auth import authenticate, bearer
 from uidhub.resolvers.pagination import InvalidArgument
+from uidhub.schema.exports import parse_task_id
 
 if TYPE_CHECKING:
     from uidhub.app import AppState
@@ -56,8 +57,6 @@ def extra_routes(state: AppState) -> list[BaseRoute]:
                 )
             if not actor.can(Permission.EXPORT):
                 return _not_found()
-            from uidhub.schema.exports import parse_task_id  # schema imports resolvers, never the reverse
-
             try:
                 pk = parse_task_id(request.path_params["task_id"])
             except InvalidArgument:  # an id past BIGINT names no task

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.extensions import SchemaExtension
 
 from uidhub.logs import request_id_var
+from uidhub.metrics import _operation
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -139,8 +140,6 @@ class TracingExtension(SchemaExtension):
         span = trace.get_current_span()
         if not span.is_recording():
             return
-        from uidhub.metrics import _operation
-
         kind, name = _operation(self.execution_context)
         span.update_name(f"{kind} {name or 'anonymous'}")
         span.set_attribute("graphql.operation.type", kind)

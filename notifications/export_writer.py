@@ -38,7 +38,7 @@ from xlsxwriter.worksheet import Worksheet
 
 from uidhub.models.enums import ExportFormat, ExportKind, Language
 from uidhub.models.money import cents_to_decimal, format_money
-from uidhub.resolvers import i18n
+from uidhub.notifications import i18n
 
 ColumnKind = Literal["text", "enum", "datetime", "money", "int", "signed_money"]
 COLUMN_KINDS: frozenset[str] = frozenset({"text", "enum", "datetime", "money", "int", "signed_money"})
