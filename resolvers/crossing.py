@@ -86,12 +86,14 @@ SPEND_KINDS = (LedgerKind.CONSUMPTION, LedgerKind.SUBSCRIPTION_ORDER)
 
 @functools.cache
 def _default_settings() -> Settings:
-    return Settings()
+    """The documented defaults, never read from the environment: a session built outside the app (a script, a
+    test) renders alert emails the same way on every machine instead of with whatever the process has set."""
+    return Settings.model_construct()
 
 
 def _settings(session: AsyncSession) -> Settings:
-    """The app's settings (tz, console URL, sender) for email rendering; process defaults outside the app."""
-    settings = session.info.get("settings") or getattr(session.info.get("db"), "settings", None)
+    """The settings of the database the session belongs to (tz, console URL, sender), or the documented defaults."""
+    settings = getattr(session.info.get("db"), "settings", None)
     return settings if isinstance(settings, Settings) else _default_settings()
 
 
