@@ -7,8 +7,7 @@ import asyncio
 import pytest
 from sqlalchemy import func, select, update
 
-from tests.conftest import Api
-from tests.test_alerts_support import (
+from tests.support.alerts import (
     EVENTS,
     NOTIFICATIONS,
     SET_ALERT_EMAILS,
@@ -22,6 +21,7 @@ from tests.test_alerts_support import (
     set_percent,
     token,
 )
+from tests.support.api import Api
 from uidhub.models import Account, AlertEvent, AuditEntry, CreditAlert, EmailNotification, QuotaPool
 from uidhub.models.enums import AuditAction, Role
 from uidhub.resolvers.pools import after_pool_change, lock_pool

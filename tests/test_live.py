@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Api, make_partner, make_token
-from tests.live_support import ACCOUNT_EVENTS, BREACHES
+from tests.support.api import Api, make_partner, make_token
+from tests.support.live import ACCOUNT_EVENTS, BREACHES
 from uidhub.models.enums import Role
 from uidhub.resolvers.auth import authenticate
 from uidhub.schema import build_schema
@@ -212,7 +212,7 @@ async def waiting_subscribers(api: Api, queries: list[str], resync: float = 30.0
 
 async def test_one_read_per_event_whatever_the_number_of_subscribers(api: Api) -> None:
     """The shared feed reads each batch once: SQL per breach is the same for 2 and for 20 subscribers."""
-    from tests.conftest import StatementCounter
+    from tests.support.db import StatementCounter
 
     async def statements_for_breach(subscribers: int, uid: str) -> int:
         await link(api, uid)

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from tests.conftest import Api
-from tests.quota_support import SET_AMOUNT, link, quota, snapshot
+from tests.support.api import Api
+from tests.support.quota import SET_AMOUNT, link, quota, snapshot
 from uidhub.models.money import MoneyError, format_money, parse_money, percent_of
 
 LITERAL = 'mutation {{ setQuotaAmount(input: {{uid: "U1", amount: {}}}) {{ quota {{ amount }} }} }}'

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import REDIS_URL, make_partner, make_token, needs_redis, sqlite_url_for
-from tests.live_support import ROOT as ROOT_DIR
-from tests.live_support import free_port
-from tests.ops_support import Scrape
+from tests.support.api import make_partner, make_token
+from tests.support.db import REDIS_URL, needs_redis, sqlite_url_for
+from tests.support.live import ROOT as ROOT_DIR
+from tests.support.net import free_port
+from tests.support.ops import Scrape
 from uidhub.db import Database
 from uidhub.models.enums import Role
 

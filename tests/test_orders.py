@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import Api, StatementCounter, make_partner, make_token
-from tests.policy_support import (
+from tests.support.api import Api, make_partner, make_token
+from tests.support.db import StatementCounter
+from tests.support.policy import (
     account_snapshot,
     check,
     entries,

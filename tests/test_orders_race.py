@@ -11,8 +11,8 @@ import asyncio
 
 from sqlalchemy import func, select
 
-from tests.conftest import Api
-from tests.policy_support import freeze, link, order
+from tests.support.api import Api
+from tests.support.policy import freeze, link, order
 from uidhub.models import Account, AuditEntry, Instance
 from uidhub.models.enums import AuditAction, BillingMethod
 

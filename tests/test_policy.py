@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import update
 
-from tests.conftest import Api, StatementCounter, make_partner, make_token
-from tests.policy_support import (
+from tests.support.api import Api, make_partner, make_token
+from tests.support.db import StatementCounter
+from tests.support.policy import (
     account_snapshot,
     bulk_master,
     entries,

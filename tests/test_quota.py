@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from tests.conftest import Api, make_partner, make_token
-from tests.quota_support import (
+from tests.support.api import Api, make_partner, make_token
+from tests.support.quota import (
     SET_THRESHOLD,
     balance,
     change_status,

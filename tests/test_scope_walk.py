@@ -36,9 +36,9 @@ from graphql import (
 )
 from sqlalchemy import select
 
-from tests.conftest import Api, make_token
-from tests.exports_support import drain, start_ok, task
-from tests.live_support import WsClient, serve_in_loop
+from tests.support.api import Api, make_token
+from tests.support.exports import drain, start_ok, task
+from tests.support.live import WsClient, serve_in_loop
 from uidhub.app import create_app
 from uidhub.models import Account
 from uidhub.models.enums import Role

@@ -29,8 +29,8 @@ from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import make_partner, make_token
-from tests.live_support import PROTOCOL, account_ids, gql, link, serve_in_loop, store_breach
+from tests.support.api import make_partner, make_token
+from tests.support.live import PROTOCOL, account_ids, gql, link, serve_in_loop, store_breach
 from uidhub.app import create_app
 from uidhub.db import Database
 from uidhub.models import Account

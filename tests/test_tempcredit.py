@@ -11,8 +11,9 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from tests.conftest import Api, StatementCounter, make_partner, make_token
-from tests.quota_support import SET_THRESHOLD, balance, change_status, link, partner_row, quota, set_amount, snapshot
+from tests.support.api import Api, make_partner, make_token
+from tests.support.db import StatementCounter
+from tests.support.quota import SET_THRESHOLD, balance, change_status, link, partner_row, quota, set_amount, snapshot
 from uidhub.app import create_app
 from uidhub.db import Database
 from uidhub.models import Account, Partner, QuotaAdjustment, QuotaPool, TemporaryCredit

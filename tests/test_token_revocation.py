@@ -16,8 +16,9 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import REDIS_URL, make_partner, make_token, needs_redis
-from tests.live_support import ACCOUNT_EVENTS, WsClient, link, serve_in_loop
+from tests.support.api import make_partner, make_token
+from tests.support.db import REDIS_URL, needs_redis
+from tests.support.live import ACCOUNT_EVENTS, WsClient, link, serve_in_loop
 from tests.test_cli import UIDHUB, assert_one_line_failure, graphql, run
 from uidhub.app import create_app
 from uidhub.db import Database

@@ -20,8 +20,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import make_partner, make_token
-from tests.live_support import ACCOUNT_EVENTS, BREACHES, PROTOCOL, WsClient, gql, latest_ids, link, serve_in_loop
+from tests.support.api import make_partner, make_token
+from tests.support.live import ACCOUNT_EVENTS, BREACHES, PROTOCOL, WsClient, gql, latest_ids, link, serve_in_loop
 from uidhub.app import create_app
 from uidhub.db import Database
 from uidhub.models.enums import Role

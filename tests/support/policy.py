@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from tests.conftest import Api, make_token
+from tests.support.api import Api, make_token
 from uidhub.db import Database
 from uidhub.models import Account, AuditEntry, IdempotencyRecord, Instance, LedgerEntry, Partner, QuotaPool
 from uidhub.models.enums import AccountType, BillingMethod, Role

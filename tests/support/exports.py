@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from tests.conftest import Api
+from tests.support.api import Api
 from uidhub.models import Account, QuotaAdjustment, QuotaPool
 from uidhub.models.base import utcnow
 from uidhub.models.enums import (

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from tests.conftest import Api
+from tests.support.api import Api
 from uidhub.db import Database
 from uidhub.models import AuditEntry, IdempotencyRecord, LedgerEntry, QuotaAdjustment, QuotaPool
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from tests.conftest import Api, make_token
+from tests.support.api import Api, make_token
 from uidhub.models import Account, Partner, QuotaPool
 from uidhub.models.enums import OperationMethod, Role
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from tests.conftest import Api, make_token
+from tests.support.api import Api, make_token
 from uidhub.models import Account, AlertEvent, EmailNotification, Partner, QuotaPool
 from uidhub.models.enums import OperationMethod, PartnerKind, Role
 from uidhub.resolvers.actor import Actor
