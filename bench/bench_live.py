@@ -117,7 +117,7 @@ async def receipt(client: Any) -> tuple[float, str]:
 async def measure_uidhub(
     write: str, read: str, token: str, n: int, events: int, prefix: str
 ) -> tuple[list[float], str]:
-    from tests.support.live import BREACHES, gql, latest_ids, link
+    from tests.support.live import BREACHES, gql, latest_ids, link_over_http
 
     clients = await open_clients(read, "/graphql", n, token)
     # afterId = the newest stored event: no race between a subscription's first read and the first breach.
@@ -127,7 +127,7 @@ async def measure_uidhub(
     sample = ""
     for i in range(-1, events):  # event -1 warms up (every subscription has started), not measured
         uid = f"{prefix}-{n}-{i}"
-        await link(write, token, uid)
+        await link_over_http(write, token, uid)
         await gql(
             write,
             token,

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from tests.support.accounts import link
 from tests.support.api import Api
-from tests.support.exports import end_users, export, link, local, seed_accounts, seed_adjustments, workbook
+from tests.support.exports import end_users, export, local, seed_accounts, seed_adjustments, workbook
 from uidhub.models import enums as E
 from uidhub.models.base import utcnow
 from uidhub.resolvers import i18n

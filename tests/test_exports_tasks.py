@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
+from tests.support.accounts import link
 from tests.support.api import Api, make_partner, make_token
 from tests.support.exports import (
     TASK_FIELDS,
@@ -21,7 +22,6 @@ from tests.support.exports import (
     drain,
     end_users,
     export,
-    link,
     seed_accounts,
     start,
     start_ok,

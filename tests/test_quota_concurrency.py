@@ -22,10 +22,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from tests.support.accounts import link
 from tests.support.api import Api, make_partner, make_token
 from tests.support.db import needs_postgres, truncate_all
 from tests.support.net import free_port
-from tests.support.quota import PAYLOAD, counts, link, quota
+from tests.support.quota import PAYLOAD, counts, quota
 from uidhub.db import Database
 from uidhub.models import LedgerEntry, QuotaAdjustment, QuotaPool
 
@@ -132,7 +133,7 @@ def clients_for(api: Api, n: int) -> list[httpx.AsyncClient]:
 
 
 async def test_200_consumptions_from_20_clients_sum_exactly(api: Api) -> None:
-    await link(api, "U1", "1.00")
+    await link(api, "U1", quotaAmount="1.00")
     clients = clients_for(api, 20)
     try:
         await consume(clients, api.tokens["admin"], 10, "c")
@@ -147,7 +148,7 @@ async def test_200_consumptions_from_20_clients_sum_exactly(api: Api) -> None:
 
 
 async def test_50_concurrent_repeats_of_one_key_count_once(api: Api) -> None:
-    await link(api, "U1", "10.00")
+    await link(api, "U1", quotaAmount="10.00")
     clients = clients_for(api, 10)
     try:
         payloads = await repeats(clients, api.tokens["admin"], 50)
@@ -161,7 +162,7 @@ async def test_50_concurrent_repeats_of_one_key_count_once(api: Api) -> None:
 
 
 async def test_concurrent_adjustments_and_consumptions_keep_the_books(api: Api) -> None:
-    await link(api, "U1", "50.00")
+    await link(api, "U1", quotaAmount="50.00")
     clients = clients_for(api, 16)
     try:
         deductions = await mixed(clients, api.tokens["admin"])

@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.api import make_partner, make_token
 from tests.support.db import REDIS_URL, needs_postgres, needs_redis, sqlite_url_for, truncate_all
-from tests.support.live import ACCOUNT_EVENTS, BREACHES, ServerProcess, WsClient, gql, latest_ids, link
+from tests.support.live import ACCOUNT_EVENTS, BREACHES, ServerProcess, WsClient, gql, latest_ids, link_over_http
 from uidhub.db import Database
 from uidhub.models.enums import Role
 
@@ -64,7 +64,7 @@ def _env(url: str, tmp_path: Path, *, redis: bool, resync: float) -> dict[str, s
 
 async def _breach(address: str, token: str, uid: str) -> float:
     """Link, warn at 50 %, consume 60 %; the monotonic time just before the breaching commit."""
-    await link(address, token, uid)
+    await link_over_http(address, token, uid)
     await gql(
         address,
         token,

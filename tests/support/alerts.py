@@ -1,4 +1,4 @@
-"""Helpers shared by the alert tests (no tests here).
+"""Helpers shared by the alert tests (link accounts with tests.support.accounts.link).
 
 Money moves through the resolvers and atomic UPDATEs followed by
 `after_pool_change` inside `Database.write()`, exactly as the quota
@@ -17,12 +17,6 @@ from uidhub.models.enums import OperationMethod, PartnerKind, Role
 from uidhub.resolvers.actor import Actor
 from uidhub.resolvers.pools import after_pool_change, lock_pool
 from uidhub.resolvers.quota import apply_quota_amount
-
-LINK = """
-mutation($input: LinkAccountInput!) {
-  linkAccount(input: $input) { endUser { uid } userErrors { code message field } }
-}
-"""
 
 SET_CREDIT_ALERT = """
 mutation($input: SetCreditAlertInput!) {
@@ -62,26 +56,6 @@ query($first: Int, $after: String, $status: NotificationStatus) {
   }
 }
 """
-
-
-async def link(
-    api: Api,
-    uid: str,
-    *,
-    quota: str | None = None,
-    master: str | None = None,
-    nickname: str | None = None,
-    as_: str = "admin",
-) -> None:
-    fields: dict[str, Any] = {"uid": uid}
-    if quota is not None:
-        fields["quotaAmount"] = quota
-    if master is not None:
-        fields["masterUid"] = master
-    if nickname is not None:
-        fields["nickname"] = nickname
-    data = await api.gql(LINK, {"input": fields}, as_=as_)
-    assert data["linkAccount"]["userErrors"] == [], data
 
 
 async def partner(api: Api, uid: str = "P-MAIN") -> Partner:

@@ -23,6 +23,7 @@ import httpx
 import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.support.accounts import LINK
 from tests.support.net import free_port
 from uidhub.db import Database
 from uidhub.models import AlertEvent, Partner
@@ -201,15 +202,9 @@ async def latest_ids(address: str, token: str) -> dict[str, str]:
     }
 
 
-async def link(address: str, token: str, uid: str, amount: str = "100.00") -> None:
-    """Link an account through the HTTP API (writes LINK audit entries)."""
-    data = await gql(
-        address,
-        token,
-        "mutation($uid: String!, $amount: Money) { linkAccount(input: "
-        "{uid: $uid, quotaAmount: $amount}) { userErrors { code message } } }",
-        {"uid": uid, "amount": amount},
-    )
+async def link_over_http(address: str, token: str, uid: str, amount: str = "100.00") -> None:
+    """Link an account through a running server's HTTP API (writes LINK audit entries)."""
+    data = await gql(address, token, LINK, {"input": {"uid": uid, "quotaAmount": amount}})
     assert data["linkAccount"]["userErrors"] == [], data
 
 

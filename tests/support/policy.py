@@ -51,15 +51,6 @@ STATE = (
 )
 
 
-async def link(api: Api, uid: str, *, quota: str | None = None, master: str | None = None, as_: str = "admin") -> None:
-    data = await api.gql(
-        "mutation($i: LinkAccountInput!) { linkAccount(input: $i) { userErrors { code message } } }",
-        {"i": {"uid": uid, "quotaAmount": quota, "masterUid": master}},
-        as_=as_,
-    )
-    assert data["linkAccount"]["userErrors"] == [], data
-
-
 async def set_quota(api: Api, uid: str, amount: str) -> None:
     data = await api.gql(
         "mutation($i: SetQuotaAmountInput!) { setQuotaAmount(input: $i) { userErrors { code message } } }",

@@ -28,15 +28,6 @@ BALANCE = {
 }
 
 
-async def link(api: Api, uid: str, amount: str | None = None, master: str | None = None, as_: str = "admin") -> None:
-    data = await api.gql(
-        "mutation($i: LinkAccountInput!) { linkAccount(input: $i) { userErrors { code message } } }",
-        {"i": {"uid": uid, "quotaAmount": amount, "masterUid": master}},
-        as_=as_,
-    )
-    assert data["linkAccount"]["userErrors"] == [], data
-
-
 async def quota(api: Api, uid: str, as_: str = "admin") -> dict[str, Any]:
     data = await api.gql(f'{{ endUser(uid: "{uid}") {{ quota {{ {QUOTA_FIELDS} }} }} }}', as_=as_)
     return data["endUser"]["quota"]
