@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ import httpx
 from sqlalchemy import event, select, text
 from sqlalchemy.engine import make_url
 
+from tests.support.net import free_port
 from uidhub.db import Database
 from uidhub.migrate import upgrade
 from uidhub.models import Partner, QuotaPool
@@ -137,12 +137,6 @@ def run_server(kind: str, url: str, port: int, pool_id: int) -> None:
     else:
         app = plain_app(url, pool_id)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------- client

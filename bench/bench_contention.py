@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_contention.py [--clients 20] [--rounds 30] [--runs 2]
         [--baseline-rev 273843f] [--postgres-url postgresql+asyncpg://postgres@127.0.0.1:5432/postgres]
 
-The burst (tests/contention_support.mixed_writers): per round one each of
+The burst (tests/support/contention.mixed_writers): per round one each of
 updateBasicInfo, setQuotaAmount, setWarningThreshold, freezePayg/unfreezePayg
 of the master and one recordConsumption of the master or a sub-account, all
 from `--clients` concurrent HTTP clients. For each tree, in the same run:
@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from tests import contention_support as C  # noqa: E402
-from tests.live_support import free_port  # noqa: E402
+from tests.support import contention as C  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -74,7 +74,7 @@ async def admin_exec(admin_url: str, sql: str) -> None:
 
 async def fresh_database(admin_url: str) -> tuple[str, str, str]:
     """A migrated database with a partner and an ADMIN token; (name, url, token)."""
-    from tests.conftest import make_partner, make_token
+    from tests.support.api import make_partner, make_token
     from uidhub.db import Database
     from uidhub.migrate import upgrade
 

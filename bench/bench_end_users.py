@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import socket
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 from sqlalchemy import insert, select
 
+from tests.support.net import free_port
 from uidhub.db import Database
 from uidhub.migrate import upgrade
 from uidhub.models import Account, AuditEntry, Partner, QuotaPool
@@ -188,12 +188,6 @@ def run_server(kind: str, url: str, port: int) -> None:
     else:
         app = plain_app(url)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------- client

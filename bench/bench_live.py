@@ -83,7 +83,7 @@ def pct(values: list[float], q: float) -> float:
 async def open_clients(address: str, path: str, n: int, token: str | None) -> list[Any]:
     from websockets.asyncio.client import connect
 
-    from tests.live_support import PROTOCOL, WsClient
+    from tests.support.live import PROTOCOL, WsClient
 
     clients: list[Any] = []
     for start in range(0, n, 50):
@@ -117,7 +117,7 @@ async def receipt(client: Any) -> tuple[float, str]:
 async def measure_uidhub(
     write: str, read: str, token: str, n: int, events: int, prefix: str
 ) -> tuple[list[float], str]:
-    from tests.live_support import BREACHES, gql, latest_ids, link
+    from tests.support.live import BREACHES, gql, latest_ids, link_over_http
 
     clients = await open_clients(read, "/graphql", n, token)
     # afterId = the newest stored event: no race between a subscription's first read and the first breach.
@@ -127,7 +127,7 @@ async def measure_uidhub(
     sample = ""
     for i in range(-1, events):  # event -1 warms up (every subscription has started), not measured
         uid = f"{prefix}-{n}-{i}"
-        await link(write, token, uid)
+        await link_over_http(write, token, uid)
         await gql(
             write,
             token,
@@ -176,7 +176,7 @@ async def measure_baseline(address: str, n: int, events: int, payload: str) -> l
 
 
 async def prepare(database_url: str) -> str:
-    from tests.conftest import make_partner, make_token
+    from tests.support.api import make_partner, make_token
     from uidhub.db import Database
     from uidhub.models.enums import Role
 
@@ -201,7 +201,7 @@ async def main() -> None:
     args = parser.parse_args()
     counts = [int(x) for x in args.subscribers.split(",")]
 
-    from tests.live_support import ServerProcess
+    from tests.support.live import ServerProcess
     from uidhub.migrate import upgrade_sync
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-live-"))
@@ -241,12 +241,12 @@ async def main() -> None:
 
 
 def _baseline_process() -> Any:
-    from tests.live_support import ServerProcess
+    from tests.support.live import ServerProcess
 
     server = ServerProcess.__new__(ServerProcess)
     import subprocess
 
-    from tests.live_support import free_port
+    from tests.support.net import free_port
 
     server.port = free_port()
     server.address = f"127.0.0.1:{server.port}"

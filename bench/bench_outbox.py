@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import sys
 import tempfile
 import threading
@@ -36,6 +35,7 @@ import aiosmtplib
 from aiosmtpd.controller import Controller
 from sqlalchemy import delete, func, select
 
+from tests.support.net import free_port
 from uidhub.db import Database
 from uidhub.models import Base, EmailNotification, Partner
 from uidhub.models.enums import AlertKind, AlertState, NotificationStatus, PartnerKind
@@ -55,12 +55,6 @@ class CountingHandler:
         with self._lock:
             self.count += 1
         return "250 OK"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def queue(db: Database, settings: Settings, n: int) -> None:

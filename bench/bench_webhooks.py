@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 from sqlalchemy import delete, func, select
 
+from tests.support.net import free_port
 from uidhub.db import Database
 from uidhub.migrate import upgrade
 from uidhub.models import Partner
@@ -40,12 +41,6 @@ from uidhub.models.enums import PartnerKind, WebhookDeliveryStatus
 from uidhub.models.tables import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from uidhub.notifications.webhooks import WebhookSender, delivery_values, new_secret, signature_header
 from uidhub.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_receiver(port: int) -> None:

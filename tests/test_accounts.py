@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import Api
-from tests.test_accounts_support import (
+from tests.support.accounts import (
     audit_of,
     change_status,
     link,
@@ -18,6 +17,7 @@ from tests.test_accounts_support import (
     set_pool,
     update_info,
 )
+from tests.support.api import Api
 from uidhub.models import Account, AuditEntry, QuotaPool
 
 

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from tests.conftest import Api, StatementCounter
+from tests.support.api import Api
+from tests.support.db import StatementCounter
 from uidhub.models import Account, AuditEntry, Partner, QuotaAdjustment, QuotaPool
 from uidhub.models.enums import AccountStatus, AccountType, AuditAction, OperationMethod, QuotaOperationType, Role
 

@@ -7,21 +7,21 @@ import asyncio
 import pytest
 from sqlalchemy import func, select, update
 
-from tests.conftest import Api
-from tests.test_alerts_support import (
+from tests.support.accounts import link
+from tests.support.alerts import (
     EVENTS,
     NOTIFICATIONS,
     SET_ALERT_EMAILS,
     consume,
     emails,
     events,
-    link,
     pool_of,
     set_amount,
     set_credit_alert,
     set_percent,
     token,
 )
+from tests.support.api import Api
 from uidhub.models import Account, AlertEvent, AuditEntry, CreditAlert, EmailNotification, QuotaPool
 from uidhub.models.enums import AuditAction, Role
 from uidhub.resolvers.pools import after_pool_change, lock_pool
@@ -30,7 +30,7 @@ from uidhub.resolvers.pools import after_pool_change, lock_pool
 
 
 async def test_one_breach_per_crossing_and_recovery(api: Api) -> None:
-    await link(api, "U1", quota="100.00", nickname="Shop")
+    await link(api, "U1", quotaAmount="100.00", nickname="Shop")
     await set_percent(api, "U1", 20)  # level 20.00
     await consume(api, "U1", 5000)  # available 50.00
     assert await events(api) == []
@@ -71,7 +71,7 @@ async def test_one_breach_per_crossing_and_recovery(api: Api) -> None:
 
 
 async def test_amount_and_percent_changes_reevaluate_at_once(api: Api) -> None:
-    await link(api, "U1", quota="100.00")
+    await link(api, "U1", quotaAmount="100.00")
     await consume(api, "U1", 5000)  # available 50.00
     await set_percent(api, "U1", 20)  # level 20: above it
     assert await events(api) == []
@@ -100,7 +100,7 @@ async def test_amount_and_percent_changes_reevaluate_at_once(api: Api) -> None:
 
 
 async def test_concurrent_consumptions_cross_once(api: Api) -> None:
-    await link(api, "U1", quota="100.00")
+    await link(api, "U1", quotaAmount="100.00")
     await set_percent(api, "U1", 50)
     await asyncio.gather(*(consume(api, "U1", 1000) for _ in range(10)))  # 100 → 0, crossing 50 once
     pool = await pool_of(api, "U1")
@@ -112,7 +112,7 @@ async def test_concurrent_consumptions_cross_once(api: Api) -> None:
 async def test_partner_without_alert_emails_stores_event_without_email(api: Api) -> None:
     data = await api.gql(SET_ALERT_EMAILS, {"emails": []})
     assert data["setAlertEmails"] == {"partner": {"uid": "P-MAIN", "alertEmails": []}, "userErrors": []}
-    await link(api, "U1", quota="10.00")
+    await link(api, "U1", quotaAmount="10.00")
     await set_percent(api, "U1", 50)
     await consume(api, "U1", 600)
     assert [e[:2] for e in await events(api)] == [("QUOTA_WARNING", "BREACHED")]
@@ -120,8 +120,8 @@ async def test_partner_without_alert_emails_stores_event_without_email(api: Api)
 
 
 async def test_sub_account_consumption_warns_on_the_owner(api: Api) -> None:
-    await link(api, "M", quota="100.00")
-    await link(api, "S", master="M")
+    await link(api, "M", quotaAmount="100.00")
+    await link(api, "S", masterUid="M")
     await set_percent(api, "M", 10)
     await consume(api, "S", 9500)
     assert await events(api) == [("QUOTA_WARNING", "BREACHED", "M", 500, 1000)]
@@ -131,8 +131,8 @@ async def test_sub_account_consumption_warns_on_the_owner(api: Api) -> None:
 
 
 async def test_credit_alert_crossings_per_account(api: Api) -> None:
-    await link(api, "M", quota="100.00")
-    await link(api, "S", master="M")
+    await link(api, "M", quotaAmount="100.00")
+    await link(api, "S", masterUid="M")
     assert (await set_credit_alert(api, "M", "60.00", "m@example.com"))["setCreditAlert"]["userErrors"] == []
     assert (await set_credit_alert(api, "S", "30.00", "s@example.com"))["setCreditAlert"]["userErrors"] == []
     assert await events(api) == []  # both set below the available 100
@@ -155,7 +155,7 @@ async def test_credit_alert_crossings_per_account(api: Api) -> None:
 
 
 async def test_credit_alert_set_above_available_breaches_at_once(api: Api) -> None:
-    await link(api, "U1", quota="100.00")
+    await link(api, "U1", quotaAmount="100.00")
     await consume(api, "U1", 6000)  # available 40
     data = await set_credit_alert(api, "U1", "50.00", "eu@example.com")
     assert data["setCreditAlert"]["endUser"]["creditAlert"] == {
@@ -197,7 +197,7 @@ async def test_credit_alert_set_above_available_breaches_at_once(api: Api) -> No
 
 
 async def test_event_and_email_roll_back_with_a_failing_operation(api: Api) -> None:
-    await link(api, "U1", quota="100.00")
+    await link(api, "U1", quotaAmount="100.00")
     await set_percent(api, "U1", 50)
     await set_credit_alert(api, "U1", "40.00")
 
@@ -242,9 +242,9 @@ async def _id(api: Api, uid: str) -> int:
 
 
 async def test_set_credit_alert_permissions(api: Api) -> None:
-    await link(api, "A", quota="100.00")
-    await link(api, "A-SUB", master="A")
-    await link(api, "B", quota="100.00")
+    await link(api, "A", quotaAmount="100.00")
+    await link(api, "A-SUB", masterUid="A")
+    await link(api, "B", quotaAmount="100.00")
     own = await token(api, Role.END_USER, account_uid="A")
 
     ok = await set_credit_alert(api, "A", "10.00", "a@example.com", tok=own)
@@ -276,7 +276,7 @@ async def test_set_credit_alert_permissions(api: Api) -> None:
 
 
 async def test_set_credit_alert_validation_changes_nothing(api: Api) -> None:
-    await link(api, "A", quota="100.00")
+    await link(api, "A", quotaAmount="100.00")
     bad = await set_credit_alert(api, "A", "-1.00", "not-an-email")
     errors = bad["setCreditAlert"]["userErrors"]
     assert {tuple(e["field"]) for e in errors} == {("input", "email"), ("input", "threshold")}
@@ -317,7 +317,7 @@ async def test_set_alert_emails_admin_only_and_validated(api: Api) -> None:
 
     # The new recipients receive the next warning.
     await api.gql(SET_ALERT_EMAILS, {"emails": ["new@example.com"]})
-    await link(api, "U1", quota="10.00")
+    await link(api, "U1", quotaAmount="10.00")
     await set_percent(api, "U1", 50)
     await consume(api, "U1", 600)
     assert [m.recipients for m in await emails(api)] == [["new@example.com"]]
@@ -328,9 +328,9 @@ async def test_set_alert_emails_admin_only_and_validated(api: Api) -> None:
 
 async def _make_history(api: Api) -> None:
     """U1: QW BREACHED, RECOVERED, BREACHED; U2: CA BREACHED; OTHER partner: QW BREACHED."""
-    await link(api, "U1", quota="100.00")
-    await link(api, "U2", quota="100.00")
-    await link(api, "X1", quota="100.00", as_="other")
+    await link(api, "U1", quotaAmount="100.00")
+    await link(api, "U2", quotaAmount="100.00")
+    await link(api, "X1", quotaAmount="100.00", as_="other")
     await set_percent(api, "U1", 50)
     await consume(api, "U1", 6000)
     await consume(api, "U1", -2000)

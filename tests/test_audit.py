@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 
-from tests.conftest import Api
-from tests.test_accounts_support import audit_of, change_status, link, token_for, update_info
+from tests.support.accounts import audit_of, change_status, link, token_for, update_info
+from tests.support.api import Api
 from uidhub.models import Account
 from uidhub.models import AuditEntry as AuditRow
 from uidhub.models.enums import AuditAction, OperationMethod, Role

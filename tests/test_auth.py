@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import update
 
-from tests.conftest import Api, make_partner, make_token
-from tests.test_accounts_support import (
+from tests.support.accounts import (
     LINK,
     STATUS,
     UPDATE,
@@ -18,6 +17,7 @@ from tests.test_accounts_support import (
     token_for,
     update_info,
 )
+from tests.support.api import Api, make_partner, make_token
 from uidhub.models import ApiToken
 from uidhub.models.enums import PartnerKind, Role
 from uidhub.resolvers.auth import hash_token
@@ -152,7 +152,7 @@ async def test_agency_end_user_may_confirm(api: Api) -> None:
     admin = await make_token(api.db, agency, Role.ADMIN)
     await link(api, "AG1", token=admin)
     # The partner's operators may not change status; set it up directly.
-    from tests.test_accounts_support import set_account
+    from tests.support.accounts import set_account
 
     await set_account(api, "AG1", status="TO_BE_CONFIRMED")
     end_user = await make_token(api.db, agency, Role.END_USER, account_uid="AG1")

@@ -20,9 +20,9 @@ from sqlalchemy import func, select
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import Api, make_partner, make_token
-from tests.live_support import PROTOCOL, serve_in_loop
-from tests.test_accounts_support import link
+from tests.support.accounts import link
+from tests.support.api import Api, make_partner, make_token
+from tests.support.live import PROTOCOL, serve_in_loop
 from uidhub.app import create_app
 from uidhub.db import Database
 from uidhub.models import Base

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import REDIS_URL, needs_redis
+from tests.support.db import REDIS_URL, needs_redis
 from uidhub.notifications.bus import CHANNEL, Bus, RedisBus, Wakeup
 
 

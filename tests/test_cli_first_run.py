@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import make_partner
-from tests.live_support import free_port
+from tests.support.api import make_partner
+from tests.support.net import free_port
 from tests.test_cli import UIDHUB, assert_one_line_failure, run
 from uidhub.cli import _parser
 from uidhub.db import Database

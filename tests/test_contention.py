@@ -26,9 +26,11 @@ import pytest
 from sqlalchemy import func, select, text
 from starlette.responses import Response
 
-from tests import contention_support as C
-from tests.conftest import REDIS_URL, Api, _truncate, make_api, needs_postgres
-from tests.live_support import ServerProcess, free_port, serve_in_loop
+from tests.support import contention as C
+from tests.support.api import Api, make_api
+from tests.support.db import REDIS_URL, needs_postgres, truncate_all
+from tests.support.live import ServerProcess, serve_in_loop
+from tests.support.net import free_port
 from uidhub.app import create_app
 from uidhub.db import Database, PoolConfig
 from uidhub.models import AuditEntry, LedgerEntry
@@ -284,7 +286,7 @@ async def test_a_request_that_cannot_get_a_connection_answers_503(pg_database_ur
     db = Database(pg_database_url, pool=PoolConfig(size=1, overflow=0, timeout=0.5))
     other = Database(pg_database_url, pool=PoolConfig(size=1, overflow=0, timeout=5))
     try:
-        await _truncate(db)
+        await truncate_all(db)
         async for api in make_api(db, tmp_path):
             assert (
                 await api.gql(
@@ -326,7 +328,7 @@ async def test_pool_timeout_inside_an_operation_is_service_unavailable(pg_databa
 
     db = Database(pg_database_url, pool=PoolConfig(size=1, overflow=0, timeout=0.3))
     try:
-        await _truncate(db)
+        await truncate_all(db)
         async for api in make_api(db, tmp_path):
             async with db.read() as session:
                 actor = await authenticate(session, api.tokens["admin"])
@@ -389,11 +391,11 @@ async def test_a_database_refusing_connections_is_service_unavailable(pg_api: Ap
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
 
-    from tests.conftest import _pg_admin_exec
+    from tests.support.db import pg_admin_exec
     from uidhub.transactions import is_retryable, is_unavailable
 
     role = f"uidhub_probe_{uuid.uuid4().hex[:8]}"
-    _pg_admin_exec(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 1')
+    pg_admin_exec(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 1')
     url = make_url(pg_api.db.url).set(username=role).render_as_string(hide_password=False)
     holder, db = Database(url), Database(url)
     try:
@@ -415,7 +417,7 @@ async def test_a_database_refusing_connections_is_service_unavailable(pg_api: Ap
     finally:
         await holder.dispose()
         await db.dispose()
-        _pg_admin_exec(f'DROP ROLE IF EXISTS "{role}"')
+        pg_admin_exec(f'DROP ROLE IF EXISTS "{role}"')
 
 
 async def test_background_loops_have_a_pool_of_their_own(db: Database, tmp_path: Path) -> None:

@@ -21,8 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Api, make_partner, make_token, sqlite_url_for
-from tests.live_support import ServerProcess, free_port, gql
+from tests.support.api import Api, make_partner, make_token
+from tests.support.db import sqlite_url_for
+from tests.support.live import ServerProcess, gql
+from tests.support.net import free_port
 from uidhub.app import create_app
 from uidhub.db import Database
 from uidhub.models.enums import Role

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import make_partner, make_token
+from tests.support.api import make_partner, make_token
 from uidhub.app import create_app
 from uidhub.db import Database
 from uidhub.models.enums import Role

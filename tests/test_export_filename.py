@@ -7,8 +7,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.conftest import Api
-from tests.exports_support import export, seed_accounts, seed_adjustments
+from tests.support.api import Api
+from tests.support.exports import export, seed_accounts, seed_adjustments
 
 
 def _parts(disposition: str) -> tuple[str, str | None]:

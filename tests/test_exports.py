@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Api
-from tests.exports_support import end_users, export, link, local, seed_accounts, seed_adjustments, workbook
+from tests.support.accounts import link
+from tests.support.api import Api
+from tests.support.exports import end_users, export, local, seed_accounts, seed_adjustments, workbook
 from uidhub.models import enums as E
 from uidhub.models.base import utcnow
 from uidhub.notifications import i18n

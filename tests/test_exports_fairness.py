@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import Api, make_api
-from tests.exports_support import start, start_ok, worker
+from tests.support.api import Api, make_api
+from tests.support.exports import start, start_ok, worker
 from uidhub.db import Database
 from uidhub.export_worker import ExportWorker
 from uidhub.models import ExportTask

@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from tests.conftest import Api, make_partner, make_token
-from tests.exports_support import (
+from tests.support.accounts import link
+from tests.support.api import Api, make_partner, make_token
+from tests.support.exports import (
     TASK_FIELDS,
     download,
     drain,
     end_users,
     export,
-    link,
     seed_accounts,
     start,
     start_ok,

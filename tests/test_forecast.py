@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select, update
 
-from tests.conftest import Api, StatementCounter
-from tests.test_accounts_support import link, set_pool
+from tests.support.accounts import link, set_pool
+from tests.support.api import Api
+from tests.support.db import StatementCounter
 from uidhub.models import Account, LedgerEntry
 from uidhub.models.enums import LedgerKind, OperationMethod
 from uidhub.models.forecast import forecast

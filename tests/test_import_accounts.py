@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import make_partner
+from tests.support.api import make_partner
 from tests.test_cli import run
 from tests.test_scale_counters import check_counters, check_listing
 from uidhub.db import Database

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 import uidhub.resolvers.accounts
-from tests.conftest import Api, make_api, sqlite_url_for
-from tests.test_accounts_support import link, one
+from tests.support.accounts import link, one
+from tests.support.api import Api, make_api
+from tests.support.db import sqlite_url_for
 from uidhub.db import Database
 
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Api, make_partner, make_token
-from tests.live_support import ACCOUNT_EVENTS, BREACHES
+from tests.support.accounts import link
+from tests.support.api import Api, make_partner, make_token
+from tests.support.live import ACCOUNT_EVENTS, BREACHES
 from uidhub.models.enums import Role
 from uidhub.resolvers.auth import authenticate
 from uidhub.schema import build_schema
@@ -79,15 +80,6 @@ async def subscribe(api: Api) -> AsyncIterator[Any]:
         await sub.close()
 
 
-async def link(api: Api, uid: str, amount: str = "100.00", master: str | None = None) -> None:
-    data = await api.gql(
-        "mutation($uid: String!, $amount: Money, $master: String) { linkAccount(input: "
-        "{uid: $uid, quotaAmount: $amount, masterUid: $master}) { userErrors { code message } } }",
-        {"uid": uid, "amount": amount, "master": master},
-    )
-    assert data["linkAccount"]["userErrors"] == [], data
-
-
 async def breach(api: Api, uid: str, *, key: str) -> None:
     """Warning at 50 % of 100.00, then 60.00 consumed: available 40.00 < 50.00 — one BREACHED event."""
     data = await api.gql(
@@ -107,8 +99,8 @@ async def test_account_events_live_then_filtered(api: Api, subscribe: Any) -> No
     everything = await subscribe(ACCOUNT_EVENTS)
     only_b = await subscribe(ACCOUNT_EVENTS, {"uids": ["B1"]})
     other = await subscribe(ACCOUNT_EVENTS, as_="other")
-    await link(api, "A1")
-    await link(api, "B1")
+    await link(api, "A1", quotaAmount="100.00")
+    await link(api, "B1", quotaAmount="100.00")
     seen = [await everything.next() for _ in range(2)]
     uids = [item["accountEvents"]["account"]["uid"] for item in seen]
     # Each link writes its entries in one transaction; A1's come first.
@@ -122,7 +114,7 @@ async def test_account_events_live_then_filtered(api: Api, subscribe: Any) -> No
 
 async def test_account_events_after_id_replays_in_order_then_live(api: Api, subscribe: Any) -> None:
     for uid in ("R1", "R2", "R3"):
-        await link(api, uid)
+        await link(api, uid, quotaAmount="100.00")
     data = await api.gql("{ auditEntries(first: 100) { edges { node { id account { uid } } } } }")
     stored = [e["node"] for e in reversed(data["auditEntries"]["edges"])]  # oldest first
     first_id = stored[0]["id"]
@@ -130,7 +122,7 @@ async def test_account_events_after_id_replays_in_order_then_live(api: Api, subs
     replayed = [(await sub.next())["accountEvents"]["id"] for _ in range(len(stored) - 1)]
     assert replayed == [e["id"] for e in stored[1:]]
     await sub.nothing_for(0.2)
-    await link(api, "R4")
+    await link(api, "R4", quotaAmount="100.00")
     live = await sub.next()
     assert live["accountEvents"]["account"]["uid"] == "R4"
 
@@ -138,7 +130,7 @@ async def test_account_events_after_id_replays_in_order_then_live(api: Api, subs
 async def test_breach_reaches_subscriber_of_its_partner_only(api: Api, subscribe: Any) -> None:
     mine = await subscribe(BREACHES)
     theirs = await subscribe(BREACHES, as_="other")
-    await link(api, "Q1")
+    await link(api, "Q1", quotaAmount="100.00")
     await breach(api, "Q1", key="k1")
     event = (await mine.next(timeout=2.0))["quotaThresholdBreached"]
     assert event["kind"] == "QUOTA_WARNING"
@@ -149,8 +141,8 @@ async def test_breach_reaches_subscriber_of_its_partner_only(api: Api, subscribe
 
 
 async def test_breaches_after_id_and_end_user_scope(api: Api, subscribe: Any) -> None:
-    await link(api, "E1")
-    await link(api, "E2")
+    await link(api, "E1", quotaAmount="100.00")
+    await link(api, "E2", quotaAmount="100.00")
     await breach(api, "E1", key="e1")
     data = await api.gql("{ alertEvents { edges { node { id account { uid } } } } }")
     (first,) = [e["node"] for e in data["alertEvents"]["edges"]]
@@ -212,10 +204,10 @@ async def waiting_subscribers(api: Api, queries: list[str], resync: float = 30.0
 
 async def test_one_read_per_event_whatever_the_number_of_subscribers(api: Api) -> None:
     """The shared feed reads each batch once: SQL per breach is the same for 2 and for 20 subscribers."""
-    from tests.conftest import StatementCounter
+    from tests.support.db import StatementCounter
 
     async def statements_for_breach(subscribers: int, uid: str) -> int:
-        await link(api, uid)
+        await link(api, uid, quotaAmount="100.00")
         subs, _ = await waiting_subscribers(api, [BREACHES] * subscribers)
         try:
             with StatementCounter(api.db) as counter:
@@ -247,7 +239,7 @@ async def test_one_execution_per_distinct_selection(api: Api, monkeypatch: pytes
 
     monkeypatch.setattr(StrawberryGraphQLCoreExecutionContext, "execute_operation", counting)
     other = "subscription { quotaThresholdBreached { state account { uid nickname } } }"
-    await link(api, "X1")
+    await link(api, "X1", quotaAmount="100.00")
     subs, _ = await waiting_subscribers(api, [BREACHES] * 20 + [other] * 5)
     try:
         await breach(api, "X1", key="k-X1")

@@ -15,10 +15,10 @@ import httpx
 import pytest
 from sqlalchemy import text, update
 
-from tests.conftest import Api, make_api, make_partner, make_token
-from tests.exports_support import drain, start_ok
-from tests.live_support import BREACHES, WsClient, serve_in_loop
-from tests.ops_support import Scrape, breach, scrape, smtp_server
+from tests.support.api import Api, make_api, make_partner, make_token
+from tests.support.exports import drain, start_ok
+from tests.support.live import BREACHES, WsClient, serve_in_loop
+from tests.support.ops import Scrape, breach, scrape, smtp_server
 from uidhub import metrics
 from uidhub.app import create_app
 from uidhub.db import Database
@@ -196,7 +196,7 @@ async def _eventually(read: object, condition: object, timeout: float = 10.0) ->
 
 
 async def test_metrics_port_of_its_own_keeps_metrics_off_the_public_port(sqlite_db: Database, tmp_path: Path) -> None:
-    from tests.live_support import free_port
+    from tests.support.net import free_port
 
     port = free_port()
     settings = Settings(

@@ -12,7 +12,7 @@ from alembic import command
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from tests.conftest import PG_URL, _pg_admin_exec, in_thread
+from tests.support.db import PG_URL, in_thread, pg_admin_exec
 from tests.test_scale_counters import check_counters, check_listing
 from uidhub.db import Database
 from uidhub.migrate import alembic_config
@@ -40,11 +40,11 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     assert PG_URL is not None
     name = f"uidhub_mig_{uuid.uuid4().hex[:10]}"
-    _pg_admin_exec(f'CREATE DATABASE "{name}"')
+    pg_admin_exec(f'CREATE DATABASE "{name}"')
     try:
         yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
     finally:
-        _pg_admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        pg_admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def _fill_at_0001(db: Database) -> Actor:

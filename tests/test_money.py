@@ -6,8 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from tests.conftest import Api
-from tests.quota_support import SET_AMOUNT, link, quota, snapshot
+from tests.support.accounts import link
+from tests.support.api import Api
+from tests.support.quota import SET_AMOUNT, quota, snapshot
 from uidhub.models.money import MoneyError, format_money, parse_money, percent_of
 
 LITERAL = 'mutation {{ setQuotaAmount(input: {{uid: "U1", amount: {}}}) {{ quota {{ amount }} }} }}'
@@ -36,7 +37,7 @@ VARIABLE = 'mutation($a: Money!) { setQuotaAmount(input: {uid: "U1", amount: $a}
     ],
 )
 async def test_bad_literal_is_a_validation_error_naming_the_argument(api: Api, literal: str) -> None:
-    await link(api, "U1", "5.00")
+    await link(api, "U1", quotaAmount="5.00")
     before = await snapshot(api)
     body = await api.gql(LITERAL.format(literal), errors=True)
     assert body["data"] is None
@@ -51,7 +52,7 @@ async def test_bad_literal_is_a_validation_error_naming_the_argument(api: Api, l
     "value", [1.5, 0.1, 100.0, "1e3", "NaN", "Infinity", "1.234", "1000000000000", 10**12, True, None, [1], {"a": 1}]
 )
 async def test_bad_variable_is_a_validation_error_naming_the_variable(api: Api, value: object) -> None:
-    await link(api, "U1", "5.00")
+    await link(api, "U1", quotaAmount="5.00")
     before = await snapshot(api)
     body = await api.gql(VARIABLE, {"a": value}, errors=True)
     assert body["data"] is None
@@ -61,7 +62,7 @@ async def test_bad_variable_is_a_validation_error_naming_the_variable(api: Api, 
 
 
 async def test_bad_value_inside_an_input_variable_names_the_field(api: Api) -> None:
-    await link(api, "U1", "5.00")
+    await link(api, "U1", quotaAmount="5.00")
     body = await api.gql(SET_AMOUNT, {"i": {"uid": "U1", "amount": 2.5}}, errors=True)
     assert body["data"] is None
     assert "amount" in body["errors"][0]["message"] and "$i" in body["errors"][0]["message"]
@@ -95,7 +96,7 @@ async def test_integer_and_string_variables(api: Api) -> None:
 
 async def test_a_thousand_times_ten_cents_is_exactly_one_hundred(api: Api) -> None:
     """Over the GraphQL API (20 requests of 50 aliased mutations, each its own transaction)."""
-    await link(api, "U1", "100.00")
+    await link(api, "U1", quotaAmount="100.00")
     for batch in range(20):
         fields = " ".join(
             f'm{i}: recordConsumption(input: {{uid: "U1", amount: "0.10", idempotencyKey: "k{batch}-{i}"}}) '

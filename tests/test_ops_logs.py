@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_api
-from tests.live_support import ROOT
+from tests.support.api import make_api
+from tests.support.live import ROOT
 from uidhub import logs, tracing
 from uidhub.db import Database
 

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import REDIS_URL, make_partner, make_token, needs_redis, sqlite_url_for
-from tests.live_support import ROOT as ROOT_DIR
-from tests.live_support import free_port
-from tests.ops_support import Scrape
+from tests.support.api import make_partner, make_token
+from tests.support.db import REDIS_URL, needs_redis, sqlite_url_for
+from tests.support.live import ROOT as ROOT_DIR
+from tests.support.net import free_port
+from tests.support.ops import Scrape
 from uidhub.db import Database
 from uidhub.models.enums import Role
 
@@ -148,7 +149,7 @@ async def test_two_workers_metrics_add_up_and_logs_are_json_lines(sqlite_templat
     assert len(access) == REQUESTS
     assert all(r["level"] == "INFO" for r in access)
     # Application INFO lines of the workers are no longer lost.
-    assert any(r["logger"].startswith("notifications") and r["level"] == "INFO" for r in records), records[:20]
+    assert any(r["logger"].startswith("uidhub.notifications") and r["level"] == "INFO" for r in records), records[:20]
     assert "uh_" not in log.read_text()  # no token in the log
 
 
@@ -170,4 +171,4 @@ async def test_two_workers_text_logs_have_time_level_logger_and_request_id(
     line = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR|DEBUG) [\w.]+ \[[^\]]+\]: .+$"
     assert all(re.match(line, row) for row in text.splitlines() if row.strip()), text
     assert re.search(r"INFO uvicorn\.access \[test-req-0007\]: .*POST /graphql", text), text
-    assert re.search(r"INFO notifications\.outbox \[-\]: SMTP is not configured", text), text
+    assert re.search(r"INFO uidhub\.notifications\.outbox \[-\]: SMTP is not configured", text), text

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import Api, StatementCounter, make_partner, make_token
-from tests.policy_support import (
+from tests.support.accounts import link
+from tests.support.api import Api, make_partner, make_token
+from tests.support.db import StatementCounter
+from tests.support.policy import (
     account_snapshot,
     check,
     entries,
     freeze,
-    link,
     order,
     purchase_control,
     row_counts,
@@ -102,11 +103,11 @@ async def _setup(api: Api, n: int, kind: str, condition: str) -> tuple[str, dict
     """Accounts of one scenario; returns the ordering UID and who is who."""
     master, sub, alone = f"M{n}", f"M{n}-S", f"A{n}"
     if kind == "standalone":
-        await link(api, alone, quota="100.00")
+        await link(api, alone, quotaAmount="100.00")
         uid, roles = alone, {"self": alone, "owner": alone}
     else:
-        await link(api, master, quota="100.00")
-        await link(api, sub, master=master)
+        await link(api, master, quotaAmount="100.00")
+        await link(api, sub, masterUid=master)
         uid = master if kind == "master" else sub
         roles = {"self": uid, "owner": master, "master": master}
     owner = roles["owner"]
@@ -215,8 +216,8 @@ async def test_console_case_frozen_master(api: Api) -> None:
     Sub-account PAYG instances stop, subscriptions keep running, no new PAYG order is allowed,
     and a subscription order is allowed within the master's remaining quota.
     """
-    await link(api, "MASTER", quota="100.00")
-    await link(api, "SUB", master="MASTER")
+    await link(api, "MASTER", quotaAmount="100.00")
+    await link(api, "SUB", masterUid="MASTER")
     payg = (await order(api, "SUB", "PAYG", "0"))["instance"]
     subscription = (await order(api, "SUB", "SUBSCRIPTION", "30.00"))["instance"]
     assert payg["status"] == subscription["status"] == "RUNNING"
@@ -247,7 +248,7 @@ async def test_console_case_frozen_master(api: Api) -> None:
 
 
 async def test_place_order_is_idempotent(api: Api) -> None:
-    await link(api, "A", quota="100.00")
+    await link(api, "A", quotaAmount="100.00")
     first = await order(api, "A", "SUBSCRIPTION", "40.00", key="same")
     counts = await row_counts(api.db)
     again = await order(api, "A", "SUBSCRIPTION", "40.00", key="same")
@@ -268,8 +269,8 @@ async def test_place_order_is_idempotent(api: Api) -> None:
 
 
 async def test_subscription_order_charges_the_pool_with_a_ledger_entry_and_audit(api: Api) -> None:
-    await link(api, "M", quota="100.00")
-    await link(api, "S", master="M")
+    await link(api, "M", quotaAmount="100.00")
+    await link(api, "S", masterUid="M")
     placed = await order(api, "S", "SUBSCRIPTION", "12.34", key="sub-1", description="8 vCPU, 1 year")
     assert placed["userErrors"] == [] and placed["decision"]["allowed"] is True
     master = await state(api, "M")
@@ -292,7 +293,7 @@ async def test_subscription_order_charges_the_pool_with_a_ledger_entry_and_audit
 
 
 async def test_payg_order_is_not_charged_and_needs_positive_available(api: Api) -> None:
-    await link(api, "A", quota="0")
+    await link(api, "A", quotaAmount="0")
     denied = await order(api, "A", "PAYG", "5.00")
     assert denied["decision"]["reasons"] == ["INSUFFICIENT_QUOTA"]
     assert denied["decision"]["blockingAccount"] == {"uid": "A"}
@@ -303,7 +304,7 @@ async def test_payg_order_is_not_charged_and_needs_positive_available(api: Api) 
 
 
 async def test_order_input_errors_change_nothing(api: Api) -> None:
-    await link(api, "A", quota="10.00")
+    await link(api, "A", quotaAmount="10.00")
     counts, snapshot = await row_counts(api.db), await account_snapshot(api.db)
     for uid, amount, description, code, field in (
         ("A", "-1.00", None, "INVALID_INPUT", ["input", "amount"]),
@@ -319,8 +320,8 @@ async def test_order_input_errors_change_nothing(api: Api) -> None:
 
 
 async def test_not_active_accounts_are_denied(api: Api) -> None:
-    await link(api, "M", quota="10.00")
-    await link(api, "S", master="M")
+    await link(api, "M", quotaAmount="10.00")
+    await link(api, "S", masterUid="M")
     await api.gql(
         'mutation { changeAccountStatus(input: {uid: "M", status: TO_BE_CONFIRMED}) { userErrors { code } } }'
     )
@@ -330,8 +331,8 @@ async def test_not_active_accounts_are_denied(api: Api) -> None:
 
 
 async def test_purchase_check_runs_no_write(api: Api) -> None:
-    await link(api, "M", quota="10.00")
-    await link(api, "S", master="M")
+    await link(api, "M", quotaAmount="10.00")
+    await link(api, "S", masterUid="M")
     await freeze(api, ["M"])
     with StatementCounter(api.db) as counter:
         decision = await check(api, "S", "PAYG", "1.00")
@@ -345,8 +346,8 @@ async def test_purchase_check_runs_no_write(api: Api) -> None:
 
 
 async def test_instance_node_respects_visibility(api: Api) -> None:
-    await link(api, "M", quota="10.00")
-    await link(api, "S", master="M")
+    await link(api, "M", quotaAmount="10.00")
+    await link(api, "S", masterUid="M")
     instance = (await order(api, "S", "PAYG", "0", description="vm"))["instance"]
     query = (
         "query($id: ID!) { node(id: $id) { id ... on Instance { billingMethod status description account { uid } } } }"
@@ -361,7 +362,7 @@ async def test_instance_node_respects_visibility(api: Api) -> None:
     }
     assert (await api.gql(query, {"id": instance["id"]}, as_="other"))["node"] is None
     # An END_USER token of the sub-account sees it, one of an unrelated account does not.
-    await link(api, "X", quota="1.00")
+    await link(api, "X", quotaAmount="1.00")
     sub_token = await token(api, Role.END_USER, account_uid="S")
     other_token = await token(api, Role.END_USER, account_uid="X")
     assert (await api.gql(query, {"id": instance["id"]}, token=sub_token))["node"]["account"] == {"uid": "S"}
@@ -373,8 +374,8 @@ async def test_instance_node_respects_visibility(api: Api) -> None:
 
 
 async def test_blocking_master_is_hidden_from_a_sub_accounts_end_user(api: Api) -> None:
-    await link(api, "M", quota="10.00")
-    await link(api, "S", master="M")
+    await link(api, "M", quotaAmount="10.00")
+    await link(api, "S", masterUid="M")
     await freeze(api, ["M"])
     sub_token = await token(api, Role.END_USER, account_uid="S")
     decision = await check(api, "S", "PAYG", "1.00", token=sub_token)
@@ -392,7 +393,7 @@ async def test_blocking_master_is_hidden_from_a_sub_accounts_end_user(api: Api) 
     ],
 )
 async def test_order_permissions(api: Api, role: Role, order_ok: bool, check_ok: bool) -> None:
-    await link(api, "A", quota="10.00")
+    await link(api, "A", quotaAmount="10.00")
     tok = await token(api, role, account_uid="A" if role is Role.END_USER else None)
     body = await api.gql(
         'mutation { placeOrder(input: {uid: "A", billingMethod: PAYG, amount: "0", idempotencyKey: "p"}) '

@@ -11,8 +11,9 @@ import asyncio
 
 from sqlalchemy import func, select
 
-from tests.conftest import Api
-from tests.policy_support import freeze, link, order
+from tests.support.accounts import link
+from tests.support.api import Api
+from tests.support.policy import freeze, order
 from uidhub.models import Account, AuditEntry, Instance
 from uidhub.models.enums import AuditAction, BillingMethod
 
@@ -22,9 +23,9 @@ AFTER_FREEZE = 2
 
 
 async def test_no_payg_order_commits_after_the_masters_freeze(api: Api) -> None:
-    await link(api, "RM", quota="100.00")
+    await link(api, "RM", quotaAmount="100.00")
     for i in range(SUBS):
-        await link(api, f"RM-S{i}", master="RM")
+        await link(api, f"RM-S{i}", masterUid="RM")
 
     results: list[dict[str, object]] = []
     keys = iter(range(1_000_000))

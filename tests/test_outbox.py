@@ -13,7 +13,6 @@ import contextlib
 import email
 import logging
 import os
-import socket
 import threading
 import uuid
 from collections import Counter
@@ -29,6 +28,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 
+from tests.support.net import free_port
 from uidhub.db import Database
 from uidhub.models import Base, EmailNotification, Partner
 from uidhub.models.enums import AlertKind, AlertState, NotificationStatus, PartnerKind
@@ -49,13 +49,6 @@ OCCURRED = datetime(2026, 11, 27, 1, 30, tzinfo=UTC)
 
 
 # -- SMTP server -------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (Controller cannot be asked for port 0 in every version)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RecordingHandler:

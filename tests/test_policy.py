@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import update
 
-from tests.conftest import Api, StatementCounter, make_partner, make_token
-from tests.policy_support import (
+from tests.support.accounts import link
+from tests.support.api import Api, make_partner, make_token
+from tests.support.db import StatementCounter
+from tests.support.policy import (
     account_snapshot,
     bulk_master,
     entries,
     freeze,
-    link,
     order,
     purchase_control,
     row_counts,
@@ -27,8 +28,8 @@ from uidhub.models.enums import AccountStatus, PartnerKind, Role
 
 
 async def test_new_accounts_start_normal_with_immediate_stop(api: Api) -> None:
-    await link(api, "M", quota="10.00")
-    await link(api, "S", master="M")
+    await link(api, "M", quotaAmount="10.00")
+    await link(api, "S", masterUid="M")
     for uid in ("M", "S"):
         policy = (await state(api, uid))["policy"]
         assert policy == {
@@ -46,8 +47,8 @@ async def test_new_accounts_start_normal_with_immediate_stop(api: Api) -> None:
 
 
 async def test_set_shutdown_policy_is_audited_and_inherited_by_sub_accounts(api: Api) -> None:
-    await link(api, "M", quota="10.00")
-    await link(api, "S", master="M")
+    await link(api, "M", quotaAmount="10.00")
+    await link(api, "S", masterUid="M")
     payload = await shutdown_policy(api, "M", "DELAY_STOP", "25.50")
     assert payload["userErrors"] == []
     assert payload["endUser"]["policy"]["shutdownPolicy"] == "DELAY_STOP"
@@ -78,7 +79,7 @@ async def test_set_shutdown_policy_is_audited_and_inherited_by_sub_accounts(api:
     [("NO_STOP", "5.00"), ("IMMEDIATE_STOP", "0.01"), ("DELAY_STOP", "-1.00")],
 )
 async def test_invalid_delay_credit_changes_nothing(api: Api, policy: str, credit: str) -> None:
-    await link(api, "M", quota="10.00")
+    await link(api, "M", quotaAmount="10.00")
     snapshot = await account_snapshot(api.db)
     payload = await shutdown_policy(api, "M", policy, credit)
     assert [(e["code"], e["field"]) for e in payload["userErrors"]] == [
@@ -88,7 +89,7 @@ async def test_invalid_delay_credit_changes_nothing(api: Api, policy: str, credi
 
 
 async def test_zero_delay_credit_is_accepted_with_any_policy(api: Api) -> None:
-    await link(api, "M", quota="10.00")
+    await link(api, "M", quotaAmount="10.00")
     payload = await shutdown_policy(api, "M", "NO_STOP", "0")
     assert payload["userErrors"] == []
     assert payload["endUser"]["policy"]["shutdownPolicy"] == "NO_STOP"
@@ -126,9 +127,9 @@ async def _credit_entries(api: Api, uid: str) -> list[tuple[str, str]]:
     ],
 )
 async def test_credit_control_table_and_recovery(api: Api, policy: str, delay: str | None, expected: list[str]) -> None:
-    await link(api, "M", quota="100.00")
-    await link(api, "S1", master="M")
-    await link(api, "S2", master="M")
+    await link(api, "M", quotaAmount="100.00")
+    await link(api, "S1", masterUid="M")
+    await link(api, "S2", masterUid="M")
     assert (await shutdown_policy(api, "M", policy, delay))["userErrors"] == []
     # Spend the whole quota with a subscription order: available 0.00 is still NORMAL.
     placed = await order(api, "S1", "SUBSCRIPTION", "100.00")
@@ -154,8 +155,8 @@ async def test_credit_control_table_and_recovery(api: Api, policy: str, delay: s
 
 
 async def test_policy_change_recomputes_credit_control(api: Api) -> None:
-    await link(api, "M", quota="100.00")
-    await link(api, "S", master="M")
+    await link(api, "M", quotaAmount="100.00")
+    await link(api, "S", masterUid="M")
     await order(api, "M", "SUBSCRIPTION", "100.00")
     await _arrears(api, "M", "5.00")
     assert await _credit(api, "S") == "SHUTDOWN"
@@ -180,9 +181,9 @@ async def test_policy_change_recomputes_credit_control(api: Api) -> None:
 
 
 async def test_end_users_filters_on_effective_policy(api: Api) -> None:
-    await link(api, "M", quota="100.00")
-    await link(api, "S", master="M")
-    await link(api, "X", quota="100.00")
+    await link(api, "M", quotaAmount="100.00")
+    await link(api, "S", masterUid="M")
+    await link(api, "X", quotaAmount="100.00")
     await freeze(api, ["M"])
     assert (await order(api, "X", "SUBSCRIPTION", "100.00"))["decision"]["allowed"] is True
     await purchase_control(api, "X", "BANNED")
@@ -206,10 +207,10 @@ async def test_end_users_filters_on_effective_policy(api: Api) -> None:
 
 
 async def test_freeze_preview_writes_nothing_and_reports_the_cascade(api: Api) -> None:
-    await link(api, "M", quota="100.00")
-    await link(api, "S1", master="M")
-    await link(api, "S2", master="M")
-    await link(api, "X", quota="100.00")
+    await link(api, "M", quotaAmount="100.00")
+    await link(api, "S1", masterUid="M")
+    await link(api, "S2", masterUid="M")
+    await link(api, "X", quotaAmount="100.00")
     await order(api, "S1", "PAYG", "0")
     await order(api, "S1", "PAYG", "0")
     await order(api, "S2", "SUBSCRIPTION", "1.00")
@@ -233,9 +234,9 @@ async def test_freeze_preview_writes_nothing_and_reports_the_cascade(api: Api) -
 
 
 async def test_freeze_applies_with_cascade_entries_and_unfreeze_keeps_own_freeze(api: Api) -> None:
-    await link(api, "M", quota="100.00")
-    await link(api, "S1", master="M")
-    await link(api, "S2", master="M")
+    await link(api, "M", quotaAmount="100.00")
+    await link(api, "S1", masterUid="M")
+    await link(api, "S2", masterUid="M")
     await order(api, "S1", "PAYG", "0")
     await order(api, "S1", "SUBSCRIPTION", "0")
     assert (await freeze(api, ["S2"], reason="own"))["applied"] is True
@@ -285,9 +286,9 @@ async def test_freeze_applies_with_cascade_entries_and_unfreeze_keeps_own_freeze
 
 
 async def test_bulk_freeze_reports_per_uid(api: Api) -> None:
-    await link(api, "A", quota="1.00")
-    await link(api, "B", quota="1.00")
-    await link(api, "GONE", quota="0")
+    await link(api, "A", quotaAmount="1.00")
+    await link(api, "B", quotaAmount="1.00")
+    await link(api, "GONE", quotaAmount="0")
     await link(api, "THEIRS", as_="other")
     async with api.db.write() as session:
         await session.execute(update(Account).where(Account.uid == "GONE").values(status=AccountStatus.TERMINATED))
@@ -303,7 +304,7 @@ async def test_bulk_freeze_reports_per_uid(api: Api) -> None:
 
 
 async def test_freeze_input_limits(api: Api) -> None:
-    await link(api, "A", quota="1.00")
+    await link(api, "A", quotaAmount="1.00")
     body = await api.gql(
         "mutation($i: FreezeInput!) { freezePayg(input: $i) { applied } }",
         {"i": {"uids": [f"U{i}" for i in range(101)], "confirm": True}},
@@ -318,8 +319,8 @@ async def test_freeze_input_limits(api: Api) -> None:
 
 
 async def test_a_frozen_sub_accounts_own_freeze_and_master_in_one_batch(api: Api) -> None:
-    await link(api, "M", quota="1.00")
-    await link(api, "S", master="M")
+    await link(api, "M", quotaAmount="1.00")
+    await link(api, "S", masterUid="M")
     payload = await freeze(api, ["M", "S"])
     assert sorted(a["uid"] for a in payload["affectedAccounts"]) == ["M", "S"]
     # Both own settings changed: one own entry each, no cascade entry.
@@ -336,9 +337,9 @@ async def test_a_frozen_sub_accounts_own_freeze_and_master_in_one_batch(api: Api
 
 
 async def test_purchase_control_with_reason_and_cascade(api: Api) -> None:
-    await link(api, "M", quota="1.00")
-    await link(api, "S1", master="M")
-    await link(api, "S2", master="M")
+    await link(api, "M", quotaAmount="1.00")
+    await link(api, "S1", masterUid="M")
+    await link(api, "S2", masterUid="M")
     await purchase_control(api, "S2", "BANNED", "own ban")
     payload = await purchase_control(api, "M", "BANNED", "fraud check")
     assert payload["userErrors"] == []
@@ -369,7 +370,7 @@ async def test_purchase_control_with_reason_and_cascade(api: Api) -> None:
 
 @pytest.mark.parametrize("role", [Role.VIEWER, Role.BILLING, Role.END_USER])
 async def test_policy_changes_need_an_editor(api: Api, role: Role) -> None:
-    await link(api, "M", quota="1.00")
+    await link(api, "M", quotaAmount="1.00")
     tok = await token(api, role, account_uid="M" if role is Role.END_USER else None)
     for query, variables in (
         ('mutation { freezePayg(input: {uids: ["M"], confirm: false}) { applied } }', None),

@@ -25,9 +25,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 import uidhub.resolvers.accounts
-from tests.conftest import Api, make_api, make_partner, make_token
-from tests.live_support import ROOT, ServerProcess, free_port, serve_in_loop
-from tests.test_accounts_support import one
+from tests.support.accounts import one
+from tests.support.api import Api, make_api, make_partner, make_token
+from tests.support.live import ROOT, ServerProcess, serve_in_loop
+from tests.support.net import free_port
 from uidhub.app import create_app
 from uidhub.db import Database
 from uidhub.models.enums import Role

@@ -8,18 +8,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from tests.conftest import Api, make_partner, make_token
-from tests.quota_support import (
-    SET_THRESHOLD,
-    balance,
-    change_status,
-    counts,
-    link,
-    partner_row,
-    quota,
-    set_amount,
-    snapshot,
-)
+from tests.support.accounts import link
+from tests.support.api import Api, make_partner, make_token
+from tests.support.quota import SET_THRESHOLD, balance, change_status, counts, partner_row, quota, set_amount, snapshot
 from uidhub.models import IdempotencyRecord, LedgerEntry, QuotaAdjustment
 from uidhub.models.enums import LedgerKind, OperationMethod, PartnerKind, Role
 from uidhub.resolvers.quota import purge_expired
@@ -96,7 +87,7 @@ async def test_create_adjust_and_same_amount(api: Api) -> None:
 
 
 async def test_link_with_quota_is_the_create_record(api: Api) -> None:
-    await link(api, "U1", "0.00")
+    await link(api, "U1", quotaAmount="0.00")
     page = await adjustments(api, "U1")
     assert [e["node"]["operationType"] for e in page["edges"]] == ["QUOTA_CREATE"]
     before = await counts(api.db)
@@ -116,7 +107,7 @@ async def test_first_amount_zero_on_a_never_set_pool_is_a_create(api: Api) -> No
 
 
 async def test_api_token_and_ram_operator_are_recorded(api: Api) -> None:
-    await link(api, "U1", "10.00")
+    await link(api, "U1", quotaAmount="10.00")
     partner = await partner_row(api.db)
     token = await make_token(
         api.db, partner, Role.OPERATOR, method=OperationMethod.API, is_ram=True, operator_uid="RAM-7"
@@ -132,7 +123,7 @@ async def test_api_token_and_ram_operator_are_recorded(api: Api) -> None:
 
 
 async def test_adjustments_pagination_and_filters(api: Api) -> None:
-    await link(api, "U1", "1.00")
+    await link(api, "U1", quotaAmount="1.00")
     for amount in ("2.00", "3.00", "4.00", "5.00"):
         await set_amount(api, "U1", amount)
     seen: list[str] = []
@@ -175,7 +166,7 @@ async def test_adjustments_pagination_and_filters(api: Api) -> None:
 
 
 async def test_adjustment_node_is_only_visible_to_its_partner(api: Api) -> None:
-    await link(api, "U1", "1.00")
+    await link(api, "U1", quotaAmount="1.00")
     node_id = (await adjustments(api, "U1"))["edges"][0]["node"]["id"]
     query = "query($id: ID!) { node(id: $id) { id ... on QuotaAdjustment { after } } }"
     assert (await api.gql(query, {"id": node_id}))["node"] == {"id": node_id, "after": "1.00"}
@@ -186,8 +177,8 @@ async def test_adjustment_node_is_only_visible_to_its_partner(api: Api) -> None:
 
 
 async def test_sub_account_spends_from_its_masters_pool(api: Api) -> None:
-    await link(api, "M1", "100.00")
-    await link(api, "S1", master="M1")
+    await link(api, "M1", quotaAmount="100.00")
+    await link(api, "S1", masterUid="M1")
     sub = await quota(api, "S1")
     assert sub["account"]["uid"] == "M1" and sub["amount"] == "100.00"
     payload = await balance(api, "record", "S1", "7.25", "k1")
@@ -206,7 +197,7 @@ async def test_sub_account_spends_from_its_masters_pool(api: Api) -> None:
 
 
 async def test_record_deduct_repay(api: Api) -> None:
-    await link(api, "U1", "10.00")
+    await link(api, "U1", quotaAmount="10.00")
     await api.gql(SET_THRESHOLD, {"i": {"uid": "U1", "percent": 50}})
     p = (await balance(api, "record", "U1", "12.00", "r1"))["quota"]
     assert (p["consumedUndeducted"], p["available"], p["outstandingAmount"]) == ("12.00", "-2.00", "2.00")
@@ -237,7 +228,7 @@ async def test_record_deduct_repay(api: Api) -> None:
 
 
 async def test_billing_role_records_and_deducts_but_may_not_repay_or_set(api: Api) -> None:
-    await link(api, "U1", "10.00")
+    await link(api, "U1", quotaAmount="10.00")
     token = await make_token(api.db, await partner_row(api.db), Role.BILLING, method=OperationMethod.API)
     assert (await balance(api, "record", "U1", "1.00", "b1", token=token))["userErrors"] == []
     assert (await balance(api, "deduct", "U1", "1.00", "b2", token=token))["userErrors"] == []
@@ -267,7 +258,7 @@ async def test_billing_role_records_and_deducts_but_may_not_repay_or_set(api: Ap
 
 @pytest.mark.parametrize("role", [Role.VIEWER, Role.END_USER])
 async def test_read_only_roles_are_forbidden(api: Api, role: Role) -> None:
-    await link(api, "U1", "10.00")
+    await link(api, "U1", quotaAmount="10.00")
     token = await make_token(
         api.db, await partner_row(api.db), role, account_uid="U1" if role is Role.END_USER else None
     )
@@ -306,11 +297,11 @@ async def test_agency_partner_may_not_touch_quota(api: Api) -> None:
 
 
 async def _prepared(api: Api) -> None:
-    await link(api, "U1", "10.00")
-    await link(api, "S1", master="U1")
-    await link(api, "T1", "5.00")
-    await link(api, "D1", "5.00")
-    await link(api, "X1", "5.00", as_="other")
+    await link(api, "U1", quotaAmount="10.00")
+    await link(api, "S1", masterUid="U1")
+    await link(api, "T1", quotaAmount="5.00")
+    await link(api, "D1", quotaAmount="5.00")
+    await link(api, "X1", quotaAmount="5.00", as_="other")
     await change_status(api, "T1", "TO_BE_CONFIRMED", "IN_PROCESS", "TERMINATED")
     await change_status(api, "D1", "TO_BE_CONFIRMED", "IN_PROCESS", "TERMINATED", "DELETED")
     await balance(api, "record", "U1", "3.00", "used-record")
@@ -448,7 +439,7 @@ async def test_user_error_changes_nothing(
 
 
 async def test_in_process_accounts_still_settle(api: Api) -> None:
-    await link(api, "U1", "10.00")
+    await link(api, "U1", quotaAmount="10.00")
     await change_status(api, "U1", "TO_BE_CONFIRMED", "IN_PROCESS")
     assert (await balance(api, "record", "U1", "1.00", "a"))["userErrors"] == []
     assert (await balance(api, "deduct", "U1", "1.00", "b"))["userErrors"] == []
@@ -462,7 +453,7 @@ async def test_in_process_accounts_still_settle(api: Api) -> None:
 
 
 async def test_repeat_returns_the_first_payload_and_changes_nothing(api: Api) -> None:
-    await link(api, "U1", "10.00")
+    await link(api, "U1", quotaAmount="10.00")
     first = await balance(api, "record", "U1", "2.00", "key-1")
     await balance(api, "record", "U1", "3.00", "key-2")
     before = await snapshot(api)
@@ -474,7 +465,7 @@ async def test_repeat_returns_the_first_payload_and_changes_nothing(api: Api) ->
 
 
 async def test_repeat_of_a_deduct_and_repay_and_set(api: Api) -> None:
-    await link(api, "U1", "10.00")
+    await link(api, "U1", quotaAmount="10.00")
     await balance(api, "record", "U1", "4.00", "r")
     first_deduct = await balance(api, "deduct", "U1", "4.00", "d")
     first_repay = await balance(api, "repay", "U1", "1.00", "p")
@@ -487,8 +478,8 @@ async def test_repeat_of_a_deduct_and_repay_and_set(api: Api) -> None:
 
 
 async def test_keys_are_per_partner_and_per_operation(api: Api) -> None:
-    await link(api, "U1", "10.00")
-    await link(api, "X1", "10.00", as_="other")
+    await link(api, "U1", quotaAmount="10.00")
+    await link(api, "X1", quotaAmount="10.00", as_="other")
     assert (await balance(api, "record", "U1", "1.00", "shared"))["userErrors"] == []
     assert (await balance(api, "record", "X1", "1.00", "shared", as_="other"))["userErrors"] == []
     conflict = await balance(api, "deduct", "U1", "1.00", "shared")
@@ -498,7 +489,7 @@ async def test_keys_are_per_partner_and_per_operation(api: Api) -> None:
 
 
 async def test_purge_removes_keys_older_than_the_ttl(api: Api) -> None:
-    await link(api, "U1", "10.00")
+    await link(api, "U1", quotaAmount="10.00")
     await balance(api, "record", "U1", "1.00", "old")
     await balance(api, "record", "U1", "1.00", "new")
     async with api.db.write() as session:
@@ -519,7 +510,7 @@ async def test_purge_removes_keys_older_than_the_ttl(api: Api) -> None:
 
 
 async def test_warning_threshold(api: Api) -> None:
-    await link(api, "U1", "0.05")
+    await link(api, "U1", quotaAmount="0.05")
     p = (await api.gql(SET_THRESHOLD, {"i": {"uid": "U1", "percent": 10}}))["setWarningThreshold"]
     assert p["userErrors"] == [] and p["quota"]["warningThresholdPercent"] == 10
     assert p["quota"]["warningLevel"] == "0.01"  # 0.005 rounds half up
@@ -550,7 +541,7 @@ async def test_threshold_calls_after_pool_change(api: Api, monkeypatch: pytest.M
         seen.append(pool.warning_percent)
 
     monkeypatch.setattr(pools, "evaluate_pool", spy)
-    await link(api, "U1", "10.00")
+    await link(api, "U1", quotaAmount="10.00")
     seen.clear()
     await api.gql(SET_THRESHOLD, {"i": {"uid": "U1", "percent": 30}})
     await balance(api, "record", "U1", "1.00", "k")
@@ -561,7 +552,7 @@ async def test_threshold_calls_after_pool_change(api: Api, monkeypatch: pytest.M
 
 
 async def test_termination_is_refused_while_money_is_open(api: Api) -> None:
-    await link(api, "U1", "1.00")
+    await link(api, "U1", quotaAmount="1.00")
     await change_status(api, "U1", "TO_BE_CONFIRMED", "IN_PROCESS")
     await balance(api, "record", "U1", "3.00", "r")
 
@@ -581,8 +572,8 @@ async def test_termination_is_refused_while_money_is_open(api: Api) -> None:
 
 
 async def test_termination_of_a_master_counts_consumption_of_its_subs(api: Api) -> None:
-    await link(api, "M1", "10.00")
-    await link(api, "S1", master="M1")
+    await link(api, "M1", quotaAmount="10.00")
+    await link(api, "S1", masterUid="M1")
     await change_status(api, "M1", "TO_BE_CONFIRMED", "IN_PROCESS")
     await balance(api, "record", "S1", "0.01", "r")
     assert (await change_status(api, "M1", "TERMINATED"))[0]["userErrors"][0]["code"] == "OUTSTANDING_BALANCE"
@@ -592,11 +583,11 @@ async def test_termination_of_a_master_counts_consumption_of_its_subs(api: Api) 
 
 
 async def test_below_warning_filter_available_order_and_summary(api: Api) -> None:
-    await link(api, "A", "100.00")  # available 100, threshold 50%: above
-    await link(api, "B", "100.00")  # available 40, threshold 50%: below
-    await link(api, "C", "10.00")  # available -5 (outstanding 5), no threshold
-    await link(api, "BS", master="B")  # shares B's pool
-    await link(api, "X", "999.00", as_="other")
+    await link(api, "A", quotaAmount="100.00")  # available 100, threshold 50%: above
+    await link(api, "B", quotaAmount="100.00")  # available 40, threshold 50%: below
+    await link(api, "C", quotaAmount="10.00")  # available -5 (outstanding 5), no threshold
+    await link(api, "BS", masterUid="B")  # shares B's pool
+    await link(api, "X", quotaAmount="999.00", as_="other")
     for uid in ("A", "B"):
         await api.gql(SET_THRESHOLD, {"i": {"uid": uid, "percent": 50}})
     await balance(api, "record", "B", "60.00", "b")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,8 +22,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import Api, _truncate, make_partner, make_token, needs_postgres
-from tests.quota_support import PAYLOAD, counts, link, quota
+from tests.support.accounts import link
+from tests.support.api import Api, make_partner, make_token
+from tests.support.db import needs_postgres, truncate_all
+from tests.support.net import free_port
+from tests.support.quota import PAYLOAD, counts, quota
 from uidhub.db import Database
 from uidhub.models import LedgerEntry, QuotaAdjustment, QuotaPool
 
@@ -131,7 +133,7 @@ def clients_for(api: Api, n: int) -> list[httpx.AsyncClient]:
 
 
 async def test_200_consumptions_from_20_clients_sum_exactly(api: Api) -> None:
-    await link(api, "U1", "1.00")
+    await link(api, "U1", quotaAmount="1.00")
     clients = clients_for(api, 20)
     try:
         await consume(clients, api.tokens["admin"], 10, "c")
@@ -146,7 +148,7 @@ async def test_200_consumptions_from_20_clients_sum_exactly(api: Api) -> None:
 
 
 async def test_50_concurrent_repeats_of_one_key_count_once(api: Api) -> None:
-    await link(api, "U1", "10.00")
+    await link(api, "U1", quotaAmount="10.00")
     clients = clients_for(api, 10)
     try:
         payloads = await repeats(clients, api.tokens["admin"], 50)
@@ -160,7 +162,7 @@ async def test_50_concurrent_repeats_of_one_key_count_once(api: Api) -> None:
 
 
 async def test_concurrent_adjustments_and_consumptions_keep_the_books(api: Api) -> None:
-    await link(api, "U1", "50.00")
+    await link(api, "U1", quotaAmount="50.00")
     clients = clients_for(api, 16)
     try:
         deductions = await mixed(clients, api.tokens["admin"])
@@ -179,12 +181,6 @@ async def test_concurrent_adjustments_and_consumptions_keep_the_books(api: Api) 
 # ---------------------------------------------------------------- two server processes, PostgreSQL
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def two_servers(pg_database_url: str, tmp_path: Path) -> Iterator[list[str]]:
     env = {
@@ -193,7 +189,7 @@ def two_servers(pg_database_url: str, tmp_path: Path) -> Iterator[list[str]]:
         "UIDHUB_EXPORT_DIR": str(tmp_path / "exports"),
         "UIDHUB_REDIS_URL": "",
     }
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     procs = [
         subprocess.Popen(
             [
@@ -243,7 +239,7 @@ def two_servers(pg_database_url: str, tmp_path: Path) -> Iterator[list[str]]:
 async def test_two_server_processes_on_postgres(pg_database_url: str, two_servers: list[str]) -> None:
     db = Database(pg_database_url)
     try:
-        await _truncate(db)
+        await truncate_all(db)
         partner = await make_partner(db, "P-MAIN")
         token = await make_token(db, partner)
         clients = [httpx.AsyncClient(base_url=two_servers[n % 2], timeout=60) for n in range(20)]

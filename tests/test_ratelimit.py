@@ -20,8 +20,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import REDIS_URL, make_partner, make_token, needs_redis
-from tests.live_support import PROTOCOL, WsClient, serve_in_loop
+from tests.support.api import make_partner, make_token
+from tests.support.db import REDIS_URL, needs_redis
+from tests.support.live import PROTOCOL, WsClient, serve_in_loop
 from uidhub.app import create_app
 from uidhub.db import Database
 from uidhub.models.enums import Role
@@ -294,7 +295,7 @@ async def test_a_failing_redis_lets_requests_through(sqlite_db: Database, tmp_pa
     """Fail open: a refused or silent Redis must not take the API down with it (nor stall every request)."""
     import asyncio
 
-    from tests.live_support import free_port
+    from tests.support.net import free_port
 
     held: list[asyncio.StreamWriter] = []
 

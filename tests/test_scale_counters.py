@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from tests.conftest import PG_URL, in_thread
+from tests.support.db import PG_URL, in_thread
 from uidhub.db import Database
 from uidhub.models import Account, AccountListing, Base, Partner, QuotaPool
 from uidhub.models import rules as R

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import event, select, update
 
-from tests.conftest import Api
+from tests.support.api import Api
 from tests.test_accounts_querycount import seed
 from uidhub.models import Account, Partner, QuotaPool
 from uidhub.models.enums import AccountStatus, AccountType, PaygFreezeStatus

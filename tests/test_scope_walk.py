@@ -36,9 +36,10 @@ from graphql import (
 )
 from sqlalchemy import select
 
-from tests.conftest import Api, make_token
-from tests.exports_support import drain, start_ok, task
-from tests.live_support import WsClient, serve_in_loop
+from tests.support.accounts import link
+from tests.support.api import Api, make_token
+from tests.support.exports import drain, start_ok, task
+from tests.support.live import WsClient, serve_in_loop
 from uidhub.app import create_app
 from uidhub.models import Account
 from uidhub.models.enums import Role
@@ -240,7 +241,6 @@ def end_users_in(value: Any) -> Iterator[dict[str, Any]]:
 # ---------------------------------------------------------------- the accounts
 
 
-LINK = "mutation($i: LinkAccountInput!) { linkAccount(input: $i) { userErrors { code message } } }"
 BASIC = "mutation($i: UpdateBasicInfoInput!) { updateBasicInfo(input: $i) { userErrors { code message } } }"
 CREDIT = "mutation($i: SetCreditAlertInput!) { setCreditAlert(input: $i) { userErrors { code message } } }"
 WARNING = "mutation($i: SetWarningThresholdInput!) { setWarningThreshold(input: $i) { userErrors { code message } } }"
@@ -257,19 +257,17 @@ async def mutate(api: Api, query: str, i: dict[str, Any], *, token: str | None =
     assert payload["userErrors"] == [], payload
 
 
-async def link(
+async def link_marked(
     api: Api, marker: str, *, master: str | None = None, quota: str | None = None, as_: str = "admin"
 ) -> None:
-    await mutate(
+    """Link the account of `marker` with marked nickname, email, remarks and business manager."""
+    await link(
         api,
-        LINK,
-        {
-            "uid": UID[marker],
-            "nickname": f"nick-{marker}",
-            "email": f"mail-{marker}@example.com",
-            "masterUid": UID[master] if master else None,
-            "quotaAmount": quota,
-        },
+        UID[marker],
+        nickname=f"nick-{marker}",
+        email=f"mail-{marker}@example.com",
+        masterUid=UID[master] if master else None,
+        quotaAmount=quota,
         as_=as_,
     )
     await mutate(
@@ -287,12 +285,12 @@ class World:
 async def build_world(api: Api) -> World:
     """Two masters with sub-accounts, orders, alerts, cascades and a purchase ban on P-MAIN; one P-OTHER account."""
     world = World(api)
-    await link(api, "MASTERONE", quota="100.00")
-    await link(api, "SUBONE", master="MASTERONE")
-    await link(api, "SUBTWO", master="MASTERONE")
-    await link(api, "MASTERTWO", quota="100.00")
-    await link(api, "SUBTHREE", master="MASTERTWO")
-    await link(api, "OTHERPARTNER", quota="100.00", as_="other")
+    await link_marked(api, "MASTERONE", quota="100.00")
+    await link_marked(api, "SUBONE", master="MASTERONE")
+    await link_marked(api, "SUBTWO", master="MASTERONE")
+    await link_marked(api, "MASTERTWO", quota="100.00")
+    await link_marked(api, "SUBTHREE", master="MASTERTWO")
+    await link_marked(api, "OTHERPARTNER", quota="100.00", as_="other")
     main = await _partner(api, "P-MAIN")
     world.tokens = {
         "eu_sub": await make_token(api.db, main, Role.END_USER, account_uid=UID["SUBONE"]),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,16 +13,11 @@ import uvicorn
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import make_partner, make_token
+from tests.support.api import make_partner, make_token
+from tests.support.net import free_port
 from uidhub.app import create_app
 from uidhub.db import Database
 from uidhub.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Served:

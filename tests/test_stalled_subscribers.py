@@ -29,8 +29,8 @@ from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import make_partner, make_token
-from tests.live_support import PROTOCOL, account_ids, gql, link, serve_in_loop, store_breach
+from tests.support.api import make_partner, make_token
+from tests.support.live import PROTOCOL, account_ids, gql, link_over_http, serve_in_loop, store_breach
 from uidhub.app import create_app
 from uidhub.db import Database
 from uidhub.models import Account
@@ -173,7 +173,7 @@ async def test_stalled_subscribers_hold_no_session_and_requests_are_answered(
     token = await make_token(db, partner, Role.ADMIN)
     name = make_url(db.url).database
     async with serve_in_loop(app) as (address, server):
-        await link(address, token, "U-STALL")
+        await link_over_http(address, token, "U-STALL")
         partner_id, account_id, pool_id = await account_ids(db, "U-STALL")
         async with db.write() as session:
             remarks = os.urandom(REMARKS_BYTES // 2).hex()  # incompressible, in case compression is negotiated

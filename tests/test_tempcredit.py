@@ -11,8 +11,10 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from tests.conftest import Api, StatementCounter, make_partner, make_token
-from tests.quota_support import SET_THRESHOLD, balance, change_status, link, partner_row, quota, set_amount, snapshot
+from tests.support.accounts import link
+from tests.support.api import Api, make_partner, make_token
+from tests.support.db import StatementCounter
+from tests.support.quota import SET_THRESHOLD, balance, change_status, partner_row, quota, set_amount, snapshot
 from uidhub.app import create_app
 from uidhub.background import TemporaryCreditWorker
 from uidhub.db import Database
@@ -109,7 +111,7 @@ async def full_snapshot(api: Api) -> tuple[Any, ...]:
 
 
 async def test_grant_raises_the_amount_with_a_record_and_an_audit_entry(api: Api) -> None:
-    await link(api, "U1", "1000.00")
+    await link(api, "U1", quotaAmount="1000.00")
     until = later(days=3).replace(microsecond=0)
     payload = await grant(api, "U1", "500.00", "Q4 campaign", until=until)
     assert payload["userErrors"] == []
@@ -147,7 +149,7 @@ async def test_grant_raises_the_amount_with_a_record_and_an_audit_entry(api: Api
 
 
 async def test_grant_is_idempotent_with_a_key(api: Api) -> None:
-    await link(api, "U1", "100.00")
+    await link(api, "U1", quotaAmount="100.00")
     first = await grant(api, "U1", "50.00", key="tc-1", hours=24)
     before = await full_snapshot(api)
     again = await grant(api, "U1", "50.00", key="tc-1", hours=24)
@@ -163,7 +165,7 @@ async def test_grant_is_idempotent_with_a_key(api: Api) -> None:
 
 
 async def test_the_worker_reverts_at_until_once(api: Api) -> None:
-    await link(api, "U1", "1000.00")
+    await link(api, "U1", quotaAmount="1000.00")
     credit = (await grant(api, "U1", "500.00", "launch week", hours=1))["temporaryCredit"]
     assert await worker(api.db, later(minutes=30)).run_once() == 0
     assert (await quota(api, "U1"))["amount"] == "1500.00"
@@ -201,7 +203,7 @@ async def test_the_worker_reverts_at_until_once(api: Api) -> None:
 
 
 async def test_the_revert_re_evaluates_thresholds(api: Api) -> None:
-    await link(api, "U1", "1000.00")
+    await link(api, "U1", quotaAmount="1000.00")
     await api.gql(SET_THRESHOLD, {"i": {"uid": "U1", "percent": 50}})
     await grant(api, "U1", "1000.00", hours=1)  # amount 2000, level 1000
     await balance(api, "record", "U1", "700.00", "c-1")  # available 1300: above the level
@@ -222,7 +224,7 @@ async def test_the_revert_re_evaluates_thresholds(api: Api) -> None:
 
 
 async def test_the_revert_re_evaluates_credit_control(api: Api) -> None:
-    await link(api, "U1", "100.00")
+    await link(api, "U1", quotaAmount="100.00")
     await grant(api, "U1", "100.00", hours=1)
     await balance(api, "record", "U1", "150.00", "c-1")  # available 50
     status = '{ endUser(uid: "U1") { policy { creditControlStatus } } }'
@@ -233,10 +235,10 @@ async def test_the_revert_re_evaluates_credit_control(api: Api) -> None:
 
 
 async def test_the_revert_takes_off_the_grant_from_the_amount_as_it_is_then(api: Api) -> None:
-    await link(api, "UP", "1000.00")
+    await link(api, "UP", quotaAmount="1000.00")
     await grant(api, "UP", "500.00", hours=1)
     await set_amount(api, "UP", "2000.00")  # an operator raised it meanwhile: kept
-    await link(api, "DOWN", "1000.00")
+    await link(api, "DOWN", quotaAmount="1000.00")
     lowered = (await grant(api, "DOWN", "500.00", "short", hours=1))["temporaryCredit"]
     await set_amount(api, "DOWN", "300.00")  # lowered below the grant: the revert stops at 0.00
     assert await worker(api.db, later(hours=2)).run_once() == 2
@@ -254,7 +256,7 @@ async def test_the_revert_takes_off_the_grant_from_the_amount_as_it_is_then(api:
 
 
 async def test_a_grant_of_a_terminated_account_is_closed_without_a_revert(api: Api) -> None:
-    await link(api, "U1", "100.00")
+    await link(api, "U1", quotaAmount="100.00")
     await grant(api, "U1", "50.00", hours=1)
     statuses = await change_status(api, "U1", "TO_BE_CONFIRMED", "IN_PROCESS", "TERMINATED")
     assert all(s["userErrors"] == [] for s in statuses), statuses
@@ -313,7 +315,7 @@ async def status_of(db: Database, credit_global_id: str) -> TemporaryCreditStatu
 
 
 async def test_a_revert_due_while_the_server_was_down_happens_at_start_up_once(api: Api, tmp_path: Path) -> None:
-    await link(api, "U1", "1000.00")
+    await link(api, "U1", quotaAmount="1000.00")
     first = (await grant(api, "U1", "100.00", "first", hours=5))["temporaryCredit"]
     second = (await grant(api, "U1", "200.00", "second", hours=5))["temporaryCredit"]
     await lapse(api.db, first["id"])  # the server was down when it came
@@ -339,7 +341,7 @@ async def _is_expired(db: Database, credit_global_id: str) -> bool:
 async def test_two_workers_never_revert_twice(api: Api) -> None:
     uids = ["W1", "W2", "W3"]
     for uid in uids:
-        await link(api, uid, "1000.00")
+        await link(api, uid, quotaAmount="1000.00")
         for n in range(4):
             await grant(api, uid, f"{n + 1}.00", hours=1)
     at = later(hours=2)
@@ -364,7 +366,7 @@ async def test_two_workers_never_revert_twice(api: Api) -> None:
 
 
 async def test_revoke_reverts_early_and_the_worker_then_does_nothing(api: Api) -> None:
-    await link(api, "U1", "1000.00")
+    await link(api, "U1", quotaAmount="1000.00")
     credit = (await grant(api, "U1", "500.00", "trial", hours=24))["temporaryCredit"]
     partner = await partner_row(api.db)
     operator = await make_token(api.db, partner, Role.OPERATOR, method=OperationMethod.API, operator_uid="OP-9")
@@ -387,7 +389,7 @@ async def test_revoke_reverts_early_and_the_worker_then_does_nothing(api: Api) -
 
 
 async def test_revoke_of_an_unknown_or_foreign_credit_is_not_found(api: Api) -> None:
-    await link(api, "U1", "1000.00")
+    await link(api, "U1", quotaAmount="1000.00")
     credit = (await grant(api, "U1", "5.00"))["temporaryCredit"]
     before = await full_snapshot(api)
     for credit_id, token in (
@@ -405,10 +407,10 @@ async def test_revoke_of_an_unknown_or_foreign_credit_is_not_found(api: Api) -> 
 
 
 async def test_bad_input_is_a_coded_error_and_changes_nothing(api: Api) -> None:
-    await link(api, "M1", "1000.00")
-    await link(api, "S1", master="M1")
-    await link(api, "BIG", "999999999000.00")
-    await link(api, "FOREIGN", "1.00", as_="other")
+    await link(api, "M1", quotaAmount="1000.00")
+    await link(api, "S1", masterUid="M1")
+    await link(api, "BIG", quotaAmount="999999999000.00")
+    await link(api, "FOREIGN", quotaAmount="1.00", as_="other")
     before = await full_snapshot(api)
     cases: list[tuple[dict[str, Any], str, list[str]]] = [
         ({"amount": "0"}, "INVALID_INPUT", ["input", "amount"]),
@@ -440,7 +442,7 @@ async def test_bad_input_is_a_coded_error_and_changes_nothing(api: Api) -> None:
 
 
 async def test_an_inactive_account_takes_no_grant(api: Api) -> None:
-    await link(api, "U1", "10.00")
+    await link(api, "U1", quotaAmount="10.00")
     await change_status(api, "U1", "TO_BE_CONFIRMED", "IN_PROCESS", "TERMINATED")
     before = await full_snapshot(api)
     assert [e["code"] for e in (await grant(api, "U1", "1.00"))["userErrors"]] == ["ACCOUNT_NOT_ACTIVE"]
@@ -448,7 +450,7 @@ async def test_an_inactive_account_takes_no_grant(api: Api) -> None:
 
 
 async def test_only_operators_and_admins_grant_and_revoke(api: Api) -> None:
-    await link(api, "U1", "100.00")
+    await link(api, "U1", quotaAmount="100.00")
     credit = (await grant(api, "U1", "5.00"))["temporaryCredit"]
     partner = await partner_row(api.db)
     agency = await make_partner(api.db, "P-AGENCY", PartnerKind.AGENCY)

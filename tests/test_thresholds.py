@@ -8,13 +8,14 @@ from email import message_from_bytes
 from email.header import decode_header, make_header
 from pathlib import Path
 
-from tests.conftest import Api, StatementCounter, make_partner, make_token
-from tests.live_support import BREACHES, WsClient, latest_ids, serve_in_loop
-from tests.ops_support import smtp_server
-from tests.policy_support import purchase_control
-from tests.test_accounts_support import link
-from tests.test_alerts_support import emails, token
-from tests.thresholds_support import (
+from tests.support.accounts import link
+from tests.support.alerts import emails, token
+from tests.support.api import Api, make_partner, make_token
+from tests.support.db import StatementCounter
+from tests.support.live import BREACHES, WsClient, latest_ids, serve_in_loop
+from tests.support.ops import smtp_server
+from tests.support.policy import purchase_control
+from tests.support.thresholds import (
     DECIDE,
     EVENTS,
     PENDING,

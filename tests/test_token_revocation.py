@@ -16,8 +16,9 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import REDIS_URL, make_partner, make_token, needs_redis
-from tests.live_support import ACCOUNT_EVENTS, WsClient, link, serve_in_loop
+from tests.support.api import make_partner, make_token
+from tests.support.db import REDIS_URL, needs_redis
+from tests.support.live import ACCOUNT_EVENTS, WsClient, link_over_http, serve_in_loop
 from tests.test_cli import UIDHUB, assert_one_line_failure, graphql, run
 from uidhub.app import create_app
 from uidhub.db import Database
@@ -169,7 +170,7 @@ async def _revocation_closes_open_websockets(
         second = await WsClient.open(address, doomed)  # every socket of the token goes
         bystander = await WsClient.open(address, kept)
         await bystander.subscribe("1", ACCOUNT_EVENTS)
-        await link(address, admin, "U-1")  # two entries: ACCOUNT_LINKED and QUOTA_CREATED
+        await link_over_http(address, admin, "U-1")  # two entries: ACCOUNT_LINKED and QUOTA_CREATED
         for client in (watched, bystander, watched, bystander):
             assert (await client.next_data())["accountEvents"]["account"]["uid"] == "U-1"
 
@@ -194,7 +195,7 @@ async def _revocation_closes_open_websockets(
                 headers={"Authorization": f"Bearer {doomed}"},
             )
         assert response.status_code == 401
-        await link(address, admin, "U-2")
+        await link_over_http(address, admin, "U-2")
         for _ in range(2):
             assert (await bystander.next_data())["accountEvents"]["account"]["uid"] == "U-2"
         await bystander.close()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import Api
-from tests.test_accounts_support import link
+from tests.support.accounts import link
+from tests.support.api import Api
 from uidhub.models import Account
 
 REFUSED = [

@@ -18,9 +18,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from tests.conftest import Api, StatementCounter, make_api
-from tests.live_support import serve_in_loop
-from tests.test_accounts_support import change_status, link, token_for
+from tests.support.accounts import change_status, link, token_for
+from tests.support.api import Api, make_api
+from tests.support.db import StatementCounter
+from tests.support.live import serve_in_loop
 from uidhub.db import Database
 from uidhub.models import EmailNotification
 from uidhub.models.enums import Role, WebhookDeliveryStatus
@@ -591,8 +592,8 @@ async def test_the_delivery_log_costs_the_same_statements_whatever_the_page_size
 
 
 async def test_an_export_finishing_is_sent(wapi: Api, receiver: Receiver) -> None:
-    from tests.exports_support import drain as run_exports
-    from tests.exports_support import start_ok
+    from tests.support.exports import drain as run_exports
+    from tests.support.exports import start_ok
 
     await create(wapi, receiver.url(), kinds=["EXPORT_FINISHED"])
     await link(wapi, "2000000000000001")

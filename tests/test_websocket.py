@@ -20,8 +20,17 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import make_partner, make_token
-from tests.live_support import ACCOUNT_EVENTS, BREACHES, PROTOCOL, WsClient, gql, latest_ids, link, serve_in_loop
+from tests.support.api import make_partner, make_token
+from tests.support.live import (
+    ACCOUNT_EVENTS,
+    BREACHES,
+    PROTOCOL,
+    WsClient,
+    gql,
+    latest_ids,
+    link_over_http,
+    serve_in_loop,
+)
 from uidhub.app import create_app
 from uidhub.db import Database
 from uidhub.models.enums import Role
@@ -42,7 +51,7 @@ class LiveServer:
 
     async def breach(self, uid: str, key: str) -> None:
         """Link `uid` with 100.00, warning at 50 %, consume 60.00: exactly one BREACHED event."""
-        await link(self.address, self.tokens["admin"], uid)
+        await link_over_http(self.address, self.tokens["admin"], uid)
         data = await self.gql(
             "mutation($uid: String!) { setWarningThreshold(input: {uid: $uid, percent: 50}) { userErrors { code } } }",
             {"uid": uid},
@@ -141,7 +150,7 @@ async def test_breach_reaches_subscriber_within_a_second_and_no_other_partner(se
     after = (await latest_ids(server.address, server.tokens["admin"]))["alerts"]
     await mine.subscribe("b", BREACHES, {"afterId": after})
     await theirs.subscribe("b", BREACHES)
-    await link(server.address, server.tokens["admin"], "W1")
+    await link_over_http(server.address, server.tokens["admin"], "W1")
     await server.gql('mutation { setWarningThreshold(input: {uid: "W1", percent: 50}) { userErrors { code } } }')
     started = time.monotonic()
     await server.consume("W1", "w1")
@@ -180,8 +189,8 @@ async def test_account_events_over_the_socket_with_uids_filter(server: LiveServe
     client = await server.client()
     after = (await latest_ids(server.address, server.tokens["admin"]))["audit"]
     await client.subscribe("a", ACCOUNT_EVENTS, {"uids": ["F2"], "afterId": after})
-    await link(server.address, server.tokens["admin"], "F1")
-    await link(server.address, server.tokens["admin"], "F2")
+    await link_over_http(server.address, server.tokens["admin"], "F1")
+    await link_over_http(server.address, server.tokens["admin"], "F2")
     entry = (await client.next_data())["accountEvents"]
     assert entry["account"]["uid"] == "F2"
     await client.close()
@@ -213,7 +222,7 @@ async def test_soak_500_subscribe_complete_cycles_leave_tasks_and_topics_flat(se
         after = (await latest_ids(server.address, server.tokens["admin"]))["audit"] if proves else None
         await client.subscribe("a", ACCOUNT_EVENTS, {"afterId": after})
         if proves:  # now and then prove the subscription is live before it is cancelled
-            await link(server.address, server.tokens["admin"], f"S{n}")
+            await link_over_http(server.address, server.tokens["admin"], f"S{n}")
             assert (await client.next_data())["accountEvents"]["account"]["uid"] == f"S{n}"
         if n % 2 == 0:
             await client.complete("b")

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REDIS_URL, _truncate, make_partner, make_token, needs_postgres, needs_redis, sqlite_url_for
-from tests.live_support import ACCOUNT_EVENTS, BREACHES, ServerProcess, WsClient, gql, latest_ids, link
+from tests.support.api import make_partner, make_token
+from tests.support.db import REDIS_URL, needs_postgres, needs_redis, sqlite_url_for, truncate_all
+from tests.support.live import ACCOUNT_EVENTS, BREACHES, ServerProcess, WsClient, gql, latest_ids, link_over_http
 from uidhub.db import Database
 from uidhub.models.enums import Role
 
@@ -31,7 +32,7 @@ async def shared_url(request: pytest.FixtureRequest, sqlite_template: Path, tmp_
         return
     url = request.getfixturevalue("pg_database_url")
     database = Database(url)
-    await _truncate(database)
+    await truncate_all(database)
     await database.dispose()
     yield url
 
@@ -63,7 +64,7 @@ def _env(url: str, tmp_path: Path, *, redis: bool, resync: float) -> dict[str, s
 
 async def _breach(address: str, token: str, uid: str) -> float:
     """Link, warn at 50 %, consume 60 %; the monotonic time just before the breaching commit."""
-    await link(address, token, uid)
+    await link_over_http(address, token, uid)
     await gql(
         address,
         token,

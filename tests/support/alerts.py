@@ -1,4 +1,4 @@
-"""Helpers shared by the alert tests (no tests here).
+"""Helpers shared by the alert tests (link accounts with tests.support.accounts.link).
 
 Money moves through the resolvers and atomic UPDATEs followed by
 `after_pool_change` inside `Database.write()`, exactly as the quota
@@ -11,18 +11,12 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from tests.conftest import Api, make_token
+from tests.support.api import Api, make_token
 from uidhub.models import Account, AlertEvent, EmailNotification, Partner, QuotaPool
 from uidhub.models.enums import OperationMethod, PartnerKind, Role
 from uidhub.resolvers.actor import Actor
 from uidhub.resolvers.pool_amounts import apply_quota_amount
 from uidhub.resolvers.pools import after_pool_change, lock_pool
-
-LINK = """
-mutation($input: LinkAccountInput!) {
-  linkAccount(input: $input) { endUser { uid } userErrors { code message field } }
-}
-"""
 
 SET_CREDIT_ALERT = """
 mutation($input: SetCreditAlertInput!) {
@@ -62,26 +56,6 @@ query($first: Int, $after: String, $status: NotificationStatus) {
   }
 }
 """
-
-
-async def link(
-    api: Api,
-    uid: str,
-    *,
-    quota: str | None = None,
-    master: str | None = None,
-    nickname: str | None = None,
-    as_: str = "admin",
-) -> None:
-    fields: dict[str, Any] = {"uid": uid}
-    if quota is not None:
-        fields["quotaAmount"] = quota
-    if master is not None:
-        fields["masterUid"] = master
-    if nickname is not None:
-        fields["nickname"] = nickname
-    data = await api.gql(LINK, {"input": fields}, as_=as_)
-    assert data["linkAccount"]["userErrors"] == [], data
 
 
 async def partner(api: Api, uid: str = "P-MAIN") -> Partner:

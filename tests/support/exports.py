@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from tests.conftest import Api
+from tests.support.accounts import link
+from tests.support.api import Api
 from uidhub.export_worker import ExportWorker
 from uidhub.models import Account, QuotaAdjustment, QuotaPool
 from uidhub.models.base import utcnow
@@ -44,13 +45,6 @@ query($filter: EndUserFilter, $after: String, $first: Int, $orderBy: EndUserOrde
   }
 }
 """
-
-LINK = "mutation($i: LinkAccountInput!) { linkAccount(input: $i) { userErrors { code message } } }"
-
-
-async def link(api: Api, uid: str, **fields: Any) -> None:
-    data = await api.gql(LINK, {"i": {"uid": uid, **fields}})
-    assert data["linkAccount"]["userErrors"] == [], data
 
 
 async def seed_accounts(api: Api) -> None:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,13 +23,15 @@ import httpx
 import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.support.accounts import LINK
+from tests.support.net import free_port
 from uidhub.db import Database
 from uidhub.models import AlertEvent, Partner
 from uidhub.models.enums import AlertKind, AlertState
 from uidhub.notifications.log import add_alert
 
 PROTOCOL = "graphql-transport-ws"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 BREACHES = """subscription($afterId: ID) {
   quotaThresholdBreached(afterId: $afterId) { id kind state available threshold occurredAt account { uid } }
@@ -63,12 +64,6 @@ async def serve_in_loop(app: Any) -> AsyncIterator[tuple[str, uvicorn.Server]]:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 10)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServerProcess:
@@ -207,15 +202,9 @@ async def latest_ids(address: str, token: str) -> dict[str, str]:
     }
 
 
-async def link(address: str, token: str, uid: str, amount: str = "100.00") -> None:
-    """Link an account through the HTTP API (writes LINK audit entries)."""
-    data = await gql(
-        address,
-        token,
-        "mutation($uid: String!, $amount: Money) { linkAccount(input: "
-        "{uid: $uid, quotaAmount: $amount}) { userErrors { code message } } }",
-        {"uid": uid, "amount": amount},
-    )
+async def link_over_http(address: str, token: str, uid: str, amount: str = "100.00") -> None:
+    """Link an account through a running server's HTTP API (writes LINK audit entries)."""
+    data = await gql(address, token, LINK, {"input": {"uid": uid, "quotaAmount": amount}})
     assert data["linkAccount"]["userErrors"] == [], data
 
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the account, audit and auth tests (no tests here)."""
+"""Account helpers: the one `link()` and LINK mutation, basic info, status, tokens, direct row edits."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from tests.conftest import Api, make_token
+from tests.support.api import Api, make_token
 from uidhub.models import Account, Partner, QuotaPool
 from uidhub.models.enums import OperationMethod, Role
 
@@ -43,6 +43,14 @@ ONE = "query($uid: String!) { endUser(uid: $uid) { uid nickname businessManager 
 async def link(
     api: Api, uid: str, *, as_: str = "admin", token: str | None = None, expect_ok: bool = True, **fields: Any
 ) -> dict[str, Any]:
+    """Link `uid` through the in-process API; the one `link()` of the suite.
+
+    `fields` are LinkAccountInput fields by their GraphQL names (nickname, email,
+    quotaAmount, masterUid, accountType); `as_` names a token of `api.tokens`,
+    `token` overrides it. Asserts there are no userErrors unless `expect_ok` is
+    False, and returns the linkAccount payload. Over a running server's address
+    use `tests.support.live.link_over_http`.
+    """
     data = await api.gql(LINK, {"input": {"uid": uid, **fields}}, as_=as_, token=token)
     payload = data["linkAccount"]
     if expect_ok:

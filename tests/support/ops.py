@@ -11,7 +11,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Api
+from tests.support.api import Api
 
 
 class Scrape:

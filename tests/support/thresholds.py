@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from tests.conftest import Api
+from tests.support.api import Api
 from uidhub.models import Account, AlertEvent, AuditEntry, LedgerEntry, QuotaPool, QuotaThreshold
 from uidhub.models.enums import LedgerKind, OperationMethod
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from tests.conftest import Api
+from tests.support.api import Api
 from uidhub.db import Database
 from uidhub.models import AuditEntry, IdempotencyRecord, LedgerEntry, QuotaAdjustment, QuotaPool
 
@@ -26,15 +26,6 @@ BALANCE = {
     "deduct": (DEDUCT, "deductConsumption"),
     "repay": (REPAY, "repayOutstanding"),
 }
-
-
-async def link(api: Api, uid: str, amount: str | None = None, master: str | None = None, as_: str = "admin") -> None:
-    data = await api.gql(
-        "mutation($i: LinkAccountInput!) { linkAccount(input: $i) { userErrors { code message } } }",
-        {"i": {"uid": uid, "quotaAmount": amount, "masterUid": master}},
-        as_=as_,
-    )
-    assert data["linkAccount"]["userErrors"] == [], data
 
 
 async def quota(api: Api, uid: str, as_: str = "admin") -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from tests.conftest import Api, make_token
+from tests.support.api import Api, make_token
 from uidhub.db import Database
 from uidhub.models import Account, AuditEntry, IdempotencyRecord, Instance, LedgerEntry, Partner, QuotaPool
 from uidhub.models.enums import AccountType, BillingMethod, Role
@@ -49,15 +49,6 @@ STATE = (
     f"policy {{ {POLICY_FIELDS} }} quota {{ amount available consumedUndeducted }} "
     f"instances {{ {INSTANCE} }} }} }}"
 )
-
-
-async def link(api: Api, uid: str, *, quota: str | None = None, master: str | None = None, as_: str = "admin") -> None:
-    data = await api.gql(
-        "mutation($i: LinkAccountInput!) { linkAccount(input: $i) { userErrors { code message } } }",
-        {"i": {"uid": uid, "quotaAmount": quota, "masterUid": master}},
-        as_=as_,
-    )
-    assert data["linkAccount"]["userErrors"] == [], data
 
 
 async def set_quota(api: Api, uid: str, amount: str) -> None:

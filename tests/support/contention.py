@@ -19,12 +19,12 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select, text
 
+from tests.support.accounts import LINK
 from uidhub.db import Database
 from uidhub.models import Account, AuditEntry, Instance, LedgerEntry, QuotaAdjustment, QuotaPool
 
 ERRORS = "userErrors { code message field }"
 QUOTA = f"quota {{ amount consumedUndeducted consumedDeducted available }} {ERRORS}"
-LINK = "mutation($i: LinkAccountInput!) { linkAccount(input: $i) { userErrors { code message } } }"
 INFO = f"mutation($i: UpdateBasicInfoInput!) {{ updateBasicInfo(input: $i) {{ endUser {{ uid nickname }} {ERRORS} }} }}"
 SET = f"mutation($i: SetQuotaAmountInput!) {{ setQuotaAmount(input: $i) {{ {QUOTA} }} }}"
 THRESHOLD = f"mutation($i: SetWarningThresholdInput!) {{ setWarningThreshold(input: $i) {{ {QUOTA} }} }}"
@@ -216,7 +216,7 @@ async def setup_family(base_url: str, token: str, master: str, subs: Sequence[st
             response = await http.post(
                 "/graphql",
                 headers={"Authorization": f"Bearer {token}"},
-                json={"query": LINK, "variables": {"i": {"uid": uid, **extra}}},
+                json={"query": LINK, "variables": {"input": {"uid": uid, **extra}}},
             )
             body = response.json()
             assert "errors" not in body and body["data"]["linkAccount"]["userErrors"] == [], body

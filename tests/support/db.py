@@ -1,0 +1,88 @@
+"""Database helpers: the configured servers, skip markers, copying SQLite, truncating, counting statements."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+
+from uidhub.db import Database
+from uidhub.models import Base
+
+PG_URL = os.environ.get("UIDHUB_TEST_POSTGRES_URL")
+REDIS_URL = os.environ.get("UIDHUB_TEST_REDIS_URL")
+
+needs_postgres = pytest.mark.skipif(not PG_URL, reason="UIDHUB_TEST_POSTGRES_URL is not set")
+needs_redis = pytest.mark.skipif(not REDIS_URL, reason="UIDHUB_TEST_REDIS_URL is not set")
+
+
+def in_thread(fn: Any, *args: Any) -> Any:
+    """Run blocking setup (its own event loop inside) from async fixtures."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def pg_admin_exec(sql: str) -> None:
+    """Run one statement on the server's `postgres` database (CREATE/DROP DATABASE)."""
+    import asyncpg
+
+    assert PG_URL is not None
+    url = make_url(PG_URL)
+
+    async def run() -> None:
+        conn = await asyncpg.connect(
+            user=url.username or "postgres",
+            password=url.password,
+            host=url.host or "127.0.0.1",
+            port=url.port or 5432,
+            database="postgres",
+        )
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    in_thread(asyncio.run, run())
+
+
+async def truncate_all(db: Database) -> None:
+    """Empty every table of a PostgreSQL database (between tests)."""
+    names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    async with db.engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+
+def sqlite_url_for(template: Path, tmp_path: Path) -> str:
+    target = tmp_path / "uidhub.db"
+    shutil.copy(template, target)
+    return f"sqlite+aiosqlite:///{target}"
+
+
+class StatementCounter:
+    def __init__(self, db: Database) -> None:
+        self.statements: list[str] = []
+        self._db = db
+
+    def _on_execute(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not statement.lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")):
+            self.statements.append(statement)
+
+    def __enter__(self) -> StatementCounter:
+        self.statements.clear()
+        event.listen(self._db.engine.sync_engine, "before_cursor_execute", self._on_execute)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        event.remove(self._db.engine.sync_engine, "before_cursor_execute", self._on_execute)
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
