@@ -18,6 +18,9 @@ from fractions import Fraction
 
 DEFAULT_BASIS_DAYS = 7
 MAX_BASIS_DAYS = 90
+#: The farthest a forecast looks: a huge credit line at a tiny burn would otherwise run out past year 9999
+#: (and past what a GraphQL Int holds). Beyond it `days_left` and `runs_out_at` say "a century or more".
+MAX_FORECAST_DAYS = 36_500
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +44,7 @@ def forecast(available_cents: int, spent_cents: int, basis_days: int, now: datet
     per_day = Fraction(spent_cents, basis_days)
     if available_cents <= 0:
         return Forecast(_round_half_up(per_day), 0, now, basis_days)
-    days = Fraction(available_cents) / per_day
+    days = min(Fraction(available_cents) / per_day, Fraction(MAX_FORECAST_DAYS))
     # Whole seconds: a forecast finer than that means nothing, and timedelta needs no Fraction.
     seconds = int(days * 86_400)
     return Forecast(_round_half_up(per_day), int(days), now + timedelta(seconds=seconds), basis_days)

@@ -12,7 +12,7 @@ from tests.support.api import Api
 from tests.support.db import StatementCounter
 from uidhub.models import Account, LedgerEntry
 from uidhub.models.enums import LedgerKind, OperationMethod
-from uidhub.models.forecast import forecast
+from uidhub.models.forecast import MAX_FORECAST_DAYS, forecast
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -38,6 +38,14 @@ def test_a_burn_below_a_cent_a_day_still_forecasts_a_date() -> None:
     assert result.daily_burn_cents == 0  # 0.43 cents rounds to 0.00 ...
     assert result.days_left == 2333  # ... but the date comes from the exact pace
     assert result.runs_out_at == NOW + timedelta(seconds=int(1_000 * 7 / 3 * 86_400))
+
+
+def test_a_huge_line_at_a_tiny_burn_is_capped_at_a_century() -> None:
+    """Extrapolated as is it would run out after year 9999 (an OverflowError) and past a GraphQL Int."""
+    result = forecast(10**15, 1, 90, NOW)
+    assert result is not None
+    assert result.days_left == MAX_FORECAST_DAYS
+    assert result.runs_out_at == NOW + timedelta(days=MAX_FORECAST_DAYS)
 
 
 def test_rounding_is_half_up_and_a_pool_in_arrears_has_run_out() -> None:
