@@ -1,4 +1,4 @@
-"""What background work reports for measurement: email attempts, live events handed over, exports finished.
+"""What background work reports for measurement: email and webhook attempts, live events, finished exports.
 
 Lower layers call these functions without knowing who listens; the metrics
 module of the composition root (uidhub.metrics) connects its counters when
@@ -17,6 +17,7 @@ class Listeners:
     email_attempted: Callable[[bool, bool], None] | None = None
     export_finished: Callable[[str, datetime | None], None] | None = None
     event_handed_over: Callable[[datetime | None], None] | None = None
+    webhook_attempted: Callable[[bool, bool], None] | None = None
 
 
 #: The process's listeners (set by uidhub.metrics when metrics are on).
@@ -39,3 +40,9 @@ def event_handed_over(occurred_at: datetime | None) -> None:
     """A live event leaves the feed for its subscriber (stored at `occurred_at`)."""
     if LISTENERS.event_handed_over is not None:
         LISTENERS.event_handed_over(occurred_at)
+
+
+def webhook_attempted(delivered: bool, gave_up: bool) -> None:
+    """One webhook POST recorded by the sender; `gave_up` marks a failure that ended the delivery FAILED."""
+    if LISTENERS.webhook_attempted is not None:
+        LISTENERS.webhook_attempted(delivered, gave_up)

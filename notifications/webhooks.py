@@ -72,6 +72,7 @@ from uidhub.models.enums import AuditAction, NotificationStatus, WebhookDelivery
 from uidhub.models.money import format_money
 from uidhub.models.tables import WebhookAttempt, WebhookCursor, WebhookDelivery, WebhookEndpoint
 from uidhub.notifications import log as event_log
+from uidhub.notifications import signals
 from uidhub.notifications.bus import Wakeup
 from uidhub.notifications.emails import new_message_id, sender_domain
 
@@ -788,6 +789,7 @@ class WebhookSender:
                     next_attempt_at=next_at,
                 )
             )
+        signals.webhook_attempted(outcome.ok, values.get("status") == WebhookDeliveryStatus.FAILED)
         if outcome.ok:
             log.info("webhook delivery %d (%s) delivered to endpoint %d", delivery.id, delivery.event_id, endpoint.id)
         else:

@@ -239,3 +239,51 @@ async def test_sqlite_writers_waiting_for_the_lock_are_counted(sqlite_mapi: Api)
     assert after.value("uidhub_sqlite_write_lock_wait_seconds_count") > before.value(
         "uidhub_sqlite_write_lock_wait_seconds_count"
     )
+
+
+async def test_webhook_attempts_and_deliveries_by_status(db: Database, tmp_path: Path) -> None:
+    """A receiver that fails once then accepts: one failed and one delivered attempt, the delivery SUCCEEDED."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from tests.support.accounts import link
+    from uidhub.notifications.webhooks import WebhookSender
+
+    answers = [500, 200]
+
+    async def hook(_request: Request) -> PlainTextResponse:
+        return PlainTextResponse("", status_code=answers.pop(0) if answers else 200)
+
+    receiver = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+    async for api in make_api(
+        db, tmp_path, metrics=True, webhook_allow_http_loopback=True, webhook_backoff_seconds=0.01
+    ):
+        async with serve_in_loop(receiver) as (address, _server):
+            created = await api.gql(
+                "mutation($u: String!) { createWebhookEndpoint(input: {url: $u, eventKinds: [ACCOUNT_LINKED]})"
+                " { userErrors { code } } }",
+                {"u": f"http://{address}/hook"},
+            )
+            assert created["createWebhookEndpoint"]["userErrors"] == []
+            before = await scrape(api)
+            await link(api, "4000000000000001")
+            sender = WebhookSender(api.db, api.settings)
+            try:
+                assert await sender.run_once() == 1
+                pending = await scrape(api)
+                await asyncio.sleep(0.05)  # past the (tiny) backoff
+                assert await sender.run_once() == 1
+            finally:
+                await sender.stop()
+            after = await scrape(api)
+
+        def attempts(s: Scrape, outcome: str) -> float:
+            return s.value("uidhub_webhook_attempts_total", outcome=outcome)
+
+        assert attempts(after, "failed") - attempts(before, "failed") == 1
+        assert attempts(after, "delivered") - attempts(before, "delivered") == 1
+        assert pending.value("uidhub_webhook_deliveries", status="PENDING") == 1
+        assert after.value("uidhub_webhook_deliveries", status="PENDING") == 0
+        assert after.value("uidhub_webhook_deliveries", status="SUCCEEDED") == 1

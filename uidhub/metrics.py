@@ -41,8 +41,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.extensions import SchemaExtension
 
 from uidhub.db import Database
-from uidhub.models.enums import ExportStatus, NotificationStatus
-from uidhub.models.tables import EmailNotification, ExportTask
+from uidhub.models.enums import ExportStatus, NotificationStatus, WebhookDeliveryStatus
+from uidhub.models.tables import EmailNotification, ExportTask, WebhookDelivery
 from uidhub.notifications import signals
 
 if TYPE_CHECKING:
@@ -114,6 +114,12 @@ class Metrics:
             "uidhub_email_send_failures", "Failed SMTP send attempts (retried or final).", ["final"]
         )
         self.emails_sent = Counter("uidhub_emails_sent", "Emails accepted by the SMTP server.")
+        self.webhook_attempts = Counter(
+            "uidhub_webhook_attempts",
+            "Webhook POSTs by outcome (delivered: a 2xx; failed: retried or given up).",
+            ["outcome"],
+        )
+        self.webhooks_given_up = Counter("uidhub_webhook_deliveries_given_up", "Webhook deliveries that ended FAILED.")
         self.exports = Counter("uidhub_export_tasks_finished", "Export tasks finished, by status.", ["status"])
         self.export_duration = Histogram(
             "uidhub_export_duration_seconds",
@@ -161,6 +167,7 @@ def enable() -> Metrics:
         signals.LISTENERS.email_attempted = email_attempted
         signals.LISTENERS.export_finished = export_finished
         signals.LISTENERS.event_handed_over = event_handed_over
+        signals.LISTENERS.webhook_attempted = webhook_attempted
     return _metrics
 
 
@@ -181,6 +188,16 @@ def email_attempted(sent: bool, final: bool) -> None:
         m.emails_sent.inc()
     else:
         m.email_failures.labels(final="true" if final else "false").inc()
+
+
+def webhook_attempted(delivered: bool, gave_up: bool) -> None:
+    """One webhook POST recorded by the sender."""
+    m = _metrics
+    if m is None:
+        return
+    m.webhook_attempts.labels(outcome="delivered" if delivered else "failed").inc()
+    if gave_up:
+        m.webhooks_given_up.inc()
 
 
 def export_finished(status: str, started_at: datetime | None) -> None:
@@ -357,6 +374,7 @@ class Snapshot:
     emails: dict[str, int] = field(default_factory=dict)
     oldest_pending_age: float = 0.0
     exports: dict[str, int] = field(default_factory=dict)
+    webhooks: dict[str, int] = field(default_factory=dict)
     ok: bool = True
 
 
@@ -376,6 +394,10 @@ async def read_snapshot(db: Database) -> Snapshot:
                 await session.execute(select(ExportTask.status, func.count()).group_by(ExportTask.status))
             ).all():
                 snapshot.exports[getattr(export_status, "value", str(export_status))] = int(count)
+            for delivery_status, count in (
+                await session.execute(select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status))
+            ).all():
+                snapshot.webhooks[getattr(delivery_status, "value", str(delivery_status))] = int(count)
     except Exception as exc:  # a scrape still answers with the process metrics
         log.warning("metrics: could not read the database (%s)", type(exc).__name__)
         snapshot.ok = False
@@ -421,6 +443,10 @@ class SnapshotCollector:
         for export_status in ExportStatus:
             exports.add_metric([export_status.value], float(s.exports.get(export_status.value, 0)))
         yield exports
+        webhooks = GaugeMetricFamily("uidhub_webhook_deliveries", "Webhook deliveries by status.", labels=["status"])
+        for delivery_status in WebhookDeliveryStatus:
+            webhooks.add_metric([delivery_status.value], float(s.webhooks.get(delivery_status.value, 0)))
+        yield webhooks
 
 
 def process_registry() -> CollectorRegistry:
