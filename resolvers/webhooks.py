@@ -17,10 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from uidhub.models import Partner
 from uidhub.models.enums import ErrorCode, WebhookDeliveryStatus, WebhookEventKind
 from uidhub.models.tables import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from uidhub.notifications import log as event_log
 from uidhub.notifications import webhooks as machinery
 from uidhub.resolvers.actor import Actor, Permission
 from uidhub.resolvers.errors import UserErrors, invalid
 from uidhub.resolvers.pagination import Page, check_list, newest_first
+from uidhub.settings import Settings
 
 MAX_ENDPOINTS = 20
 DESCRIPTION_MAX = 500
@@ -35,12 +37,12 @@ class CreatedEndpoint:
     secret: str
 
 
-def _check_url(url: str, settings: object) -> str:
+def _check_url(url: str, settings: Settings) -> str:
     try:
         return machinery.check_url(
             url,
-            allow_http_loopback=bool(getattr(settings, "webhook_allow_http_loopback", False)),
-            allow_private=bool(getattr(settings, "webhook_allow_private", False)),
+            allow_http_loopback=settings.webhook_allow_http_loopback,
+            allow_private=settings.webhook_allow_private,
         )
     except machinery.UnsafeUrl as exc:
         raise invalid(str(exc), "input", "url") from None
@@ -90,7 +92,7 @@ async def find_endpoint(session: AsyncSession, actor: Actor, endpoint_id: int, *
 async def create_endpoint(
     session: AsyncSession,
     actor: Actor,
-    settings: object,
+    settings: Settings,
     *,
     url: str,
     description: str | None,
@@ -126,7 +128,7 @@ async def create_endpoint(
 async def update_endpoint(
     session: AsyncSession,
     actor: Actor,
-    settings: object,
+    settings: Settings,
     endpoint_id: int,
     *,
     url: str | None = None,
@@ -157,7 +159,7 @@ async def update_endpoint(
                 .values(next_attempt_at=datetime.now(UTC), first_failed_at=None)
                 .execution_options(synchronize_session=False)
             )
-            machinery.event_log.add_topic(session, machinery.TOPIC)
+            event_log.add_topic(session, machinery.TOPIC)
         else:
             row.disabled_reason = "Disabled by an operator."
         row.enabled = enabled
@@ -206,7 +208,7 @@ async def redeliver(session: AsyncSession, actor: Actor, delivery_id: int) -> We
     row.next_attempt_at = datetime.now(UTC)
     row.first_failed_at = None
     row.finished_at = None
-    machinery.event_log.add_topic(session, machinery.TOPIC)
+    event_log.add_topic(session, machinery.TOPIC)
     await session.flush()
     return row
 
@@ -220,7 +222,7 @@ async def send_test(session: AsyncSession, actor: Actor, endpoint_id: int) -> We
     payload = machinery.test_payload(row, partner_uid)
     delivery = WebhookDelivery(**machinery.delivery_values(row, payload))
     session.add(delivery)
-    machinery.event_log.add_topic(session, machinery.TOPIC)
+    event_log.add_topic(session, machinery.TOPIC)
     await session.flush()
     return delivery
 
