@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -115,8 +115,11 @@ async def flush_log(session: AsyncSession) -> None:
         await session.flush()
 
 
-async def commit(session: AsyncSession) -> None:
-    """Insert the buffered log, commit, then wake the subscribers of what changed (without waiting for Redis)."""
+async def commit(session: AsyncSession, bus: Bus | None) -> None:
+    """Insert the buffered log, commit, then wake the subscribers of what changed on `bus` (without waiting for Redis).
+
+    The bus is passed by whoever owns the transaction (`Database.write`, the GraphQL mutation): None commits
+    without waking anyone (a script with no subscribers)."""
     try:
         await flush_log(session)
         await session.commit()
@@ -124,12 +127,5 @@ async def commit(session: AsyncSession) -> None:
         discard(session)
         raise
     topics: set[str] = session.info.pop(_TOPICS, set())
-    if topics:
-        bus: Bus | None = _bus_of(session)
-        if bus is not None:
-            await bus.publish(*sorted(topics))
-
-
-def _bus_of(session: AsyncSession) -> Any:
-    db = session.info.get("db")
-    return getattr(db, "bus", None)
+    if topics and bus is not None:
+        await bus.publish(*sorted(topics))

@@ -63,7 +63,7 @@ async def follow(
     """
     # The feed reads on the background pool: it serves every subscriber, not one request.
     background = context.db.background
-    feed = context.services.feeds.get(key, background, topic, feed_fetch, model, context.settings.resync_seconds)
+    feed = context.runtime.feeds.get(key, background, topic, feed_fetch, model, context.settings.resync_seconds)
     subscriber = await feed.join()
     last_seen = after_id
     try:

@@ -10,11 +10,11 @@ into one in a short transaction of its own: the read stays a bounded SUM.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from uidhub.db import Database
 from uidhub.models import PartnerAccountCounters
 
 C = PartnerAccountCounters
@@ -63,7 +63,7 @@ async def compact(session: AsyncSession, partner_id: int) -> None:
     rows its snapshot sees (rows committed later stay and are summed next time),
     and a second compactor skips the rows the first one deleted.
     """
-    db: Any = session.info.get("db")
+    db = Database.of(session)
     if db is None or not db.is_postgres:
         return
     async with db.engine.begin() as conn:

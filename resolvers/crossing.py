@@ -50,6 +50,7 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from uidhub.db import Database
 from uidhub.models import (
     Account,
     AlertEvent,
@@ -93,8 +94,9 @@ def _default_settings() -> Settings:
 
 def _settings(session: AsyncSession) -> Settings:
     """The settings of the database the session belongs to (tz, console URL, sender), or the documented defaults."""
-    settings = getattr(session.info.get("db"), "settings", None)
-    return settings if isinstance(settings, Settings) else _default_settings()
+    db = Database.of(session)
+    settings = db.settings if db is not None else None
+    return settings if settings is not None else _default_settings()
 
 
 def _crossing(below_before: bool, below_now: bool) -> AlertState | None:

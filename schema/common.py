@@ -124,7 +124,7 @@ async def mutate(
         try:
             result = await operation(session, actor)
             committing = True
-            await log.commit(session)
+            await log.commit(session, context.bus)
         except UserErrors as exc:
             await _roll_back(session, context)
             return on_errors(user_errors(exc.errors))

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -23,21 +22,12 @@ from strawberry.types import Info as StrawberryInfo
 
 from uidhub.db import Database
 from uidhub.models import Account
-from uidhub.notifications.feed import Feeds, SharedScope
+from uidhub.notifications.bus import Bus
+from uidhub.notifications.feed import SharedScope
 from uidhub.resolvers.actor import Actor
+from uidhub.runtime import Runtime
 from uidhub.schema.dataloaders import Loaders, ScopedAccounts
 from uidhub.settings import Settings
-
-
-@dataclass
-class Services:
-    """Process-wide things the app builds once at startup."""
-
-    settings: Settings
-    db: Database
-    #: Shared readers of the log for live subscriptions (notifications.feed).
-    feeds: Feeds = field(default_factory=Feeds)
-
 
 #: The child context of the subscription event being resolved in this task.
 _EVENT_SCOPE: ContextVar[Context | None] = ContextVar("uidhub_event_scope", default=None)
@@ -67,7 +57,7 @@ async def end_event_transaction() -> None:
 class Context:
     def __init__(
         self,
-        services: Services,
+        runtime: Runtime,
         *,
         request: Any = None,
         response: Any = None,
@@ -75,7 +65,7 @@ class Context:
         websocket: bool = False,
         request_id: str | None = None,
     ) -> None:
-        self.services = services
+        self.runtime = runtime
         self.request = request
         self.response = response
         self.actor = actor
@@ -90,11 +80,15 @@ class Context:
 
     @property
     def db(self) -> Database:
-        return self.services.db
+        return self.runtime.db
 
     @property
     def settings(self) -> Settings:
-        return self.services.settings
+        return self.runtime.settings
+
+    @property
+    def bus(self) -> Bus:
+        return self.runtime.bus
 
     def require_actor(self) -> Actor:
         if self.actor is None:  # the ASGI layer refuses these before execution; a guard
@@ -175,7 +169,7 @@ class Context:
         context use the child's session: strawberry runs each subscription in a
         task of its own, so concurrent subscriptions never share a session.
         """
-        child = Context(self.services, actor=self.actor, request_id=self.request_id)
+        child = Context(self.runtime, actor=self.actor, request_id=self.request_id)
         token = _EVENT_SCOPE.set(child)
         try:
             yield child
@@ -192,7 +186,7 @@ class Context:
         decided per subscriber; only rows and their loaded relations are shared.
         The session is closed by the feed when the last subscriber releases it.
         """
-        child = Context(self.services, actor=self.actor, request_id=self.request_id)
+        child = Context(self.runtime, actor=self.actor, request_id=self.request_id)
         child._shared = scope
         token = _EVENT_SCOPE.set(child)
         try:

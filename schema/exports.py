@@ -207,7 +207,7 @@ class ExportSubscriptions:
         actor.require(Permission.READ)
         pk = parse_task_id(id)
         settings = info.context.settings
-        bus = info.context.db.bus
+        bus = info.context.bus
         last: tuple[object, ...] | None = None
         while True:
             async with info.context.event_scope() as scope:

@@ -324,7 +324,7 @@ async def test_pool_timeout_inside_an_operation_is_service_unavailable(pg_databa
     """The operation's own checkout timing out is SERVICE_UNAVAILABLE with a 503 status, not an internal error."""
     from uidhub.resolvers.auth import authenticate
     from uidhub.schema import build_schema
-    from uidhub.schema.context import Context, Services
+    from uidhub.schema.context import Context
 
     db = Database(pg_database_url, pool=PoolConfig(size=1, overflow=0, timeout=0.3))
     try:
@@ -333,7 +333,8 @@ async def test_pool_timeout_inside_an_operation_is_service_unavailable(pg_databa
             async with db.read() as session:
                 actor = await authenticate(session, api.tokens["admin"])
             response = Response()
-            context = Context(Services(settings=api.settings, db=db), actor=actor, response=response)
+            assert api.runtime is not None
+            context = Context(api.runtime, actor=actor, response=response)
             async with db.engine.connect() as held:
                 await held.execute(text("SELECT 1"))
                 result = await build_schema().execute(
@@ -434,18 +435,19 @@ async def test_background_loops_have_a_pool_of_their_own(db: Database, tmp_path:
         db_pool_timeout_seconds=0.2,
         db_background_pool_size=1,
     )
-    state = create_app(settings).state.uidhub
+    runtime = create_app(settings).state.uidhub.runtime
     try:
-        assert state.db.background is not state.db and state.db.background.bus is state.db.bus
-        async with state.db.engine.connect() as held:  # every request connection is taken
+        db = runtime.db
+        assert db.background is not db and db.background.bus is runtime.bus and db.bus is runtime.bus
+        async with db.engine.connect() as held:  # every request connection is taken
             await held.execute(text("SELECT 1"))
             with pytest.raises(PoolTimeout):
-                async with state.db.read() as session:
+                async with db.read() as session:
                     await session.execute(text("SELECT 1"))
-            async with state.db.background.write() as session:  # what the outbox and housekeeping use
+            async with db.background.write() as session:  # what the outbox and housekeeping use
                 assert await session.scalar(text("SELECT 1")) == 1
     finally:
-        await state.db.dispose()
+        await runtime.db.dispose()
 
 
 # ---------------------------------------------------------------- a hung Redis costs a mutation nothing

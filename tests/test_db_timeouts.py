@@ -113,7 +113,7 @@ async def test_a_hung_database_makes_readyz_not_ready_and_requests_fail_with_a_c
         db_connect_timeout_seconds=CONNECT_TIMEOUT,
     )
     app = create_app(settings)
-    db: Database = app.state.uidhub.db
+    db: Database = app.state.uidhub.runtime.db
     headers = {"Authorization": f"Bearer {token}"}
     query = {"query": "{ viewer { partner { uid } } }"}
     try:

@@ -34,7 +34,7 @@ from uidhub.models.enums import ExportFormat, ExportKind, ExportStatus, Language
 from uidhub.resolvers.auth import authenticate
 from uidhub.schema import build_schema
 from uidhub.schema.common import from_global_id
-from uidhub.schema.context import Context, Services
+from uidhub.schema.context import Context
 
 TASKS = (
     f"query($status: ExportStatus, $after: String, $first: Int) {{ exportTasks(status: $status, after: $after, "
@@ -295,13 +295,14 @@ async def test_failure_is_clean(api: Api) -> None:
 @pytest.fixture
 async def subscribe(api: Api) -> AsyncIterator[Any]:
     schema = build_schema()
-    services = Services(settings=api.settings, db=api.db)
+    assert api.runtime is not None
+    runtime = api.runtime
     streams: list[Any] = []
 
     async def open_(task_id: str, as_: str = "admin") -> Any:
         async with api.db.read() as session:
             actor = await authenticate(session, api.tokens[as_])
-        context = Context(services, actor=actor, websocket=True)
+        context = Context(runtime, actor=actor, websocket=True)
         stream = await schema.subscribe(UPDATED, variable_values={"id": task_id}, context_value=context)
         streams.append(stream)
         return stream

@@ -23,7 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MAPPED = ("models", "notifications", "resolvers", "schema")
-BASE = ("uidhub.settings", "uidhub.db", "uidhub.transactions")
+BASE = ("uidhub.settings", "uidhub.db", "uidhub.transactions", "uidhub.runtime")
 LAYERS = {"models": 0, "notifications": 1, "base": 2, "resolvers": 3, "schema": 4, "root": 5}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,10 +18,12 @@ from tests.support.accounts import link
 from tests.support.api import Api, make_partner, make_token
 from tests.support.live import ACCOUNT_EVENTS, BREACHES
 from uidhub.models.enums import Role
+from uidhub.notifications.feed import Feeds
 from uidhub.resolvers.auth import authenticate
+from uidhub.runtime import Runtime
 from uidhub.schema import build_schema
 from uidhub.schema.common import to_global_id
-from uidhub.schema.context import Context, Services
+from uidhub.schema.context import Context
 
 
 class Sub:
@@ -60,7 +63,8 @@ class Sub:
 @pytest.fixture
 async def subscribe(api: Api) -> AsyncIterator[Any]:
     schema = build_schema()
-    services = Services(settings=api.settings, db=api.db)
+    assert api.runtime is not None
+    runtime = api.runtime
     opened: list[Sub] = []
 
     async def start(
@@ -69,7 +73,7 @@ async def subscribe(api: Api) -> AsyncIterator[Any]:
         async with api.db.read() as session:
             actor = await authenticate(session, token or api.tokens[as_])
         assert actor is not None
-        context = Context(services, actor=actor, websocket=True)
+        context = Context(runtime, actor=actor, websocket=True)
         stream = await schema.subscribe(query, variable_values=variables or {}, context_value=context)
         sub = Sub(stream)
         opened.append(sub)
@@ -176,30 +180,33 @@ async def test_bad_after_id_and_too_many_uids_are_errors(api: Api, subscribe: An
     assert errors[0].extensions["code"] == "BAD_USER_INPUT"
 
 
-async def waiting_subscribers(api: Api, queries: list[str], resync: float = 30.0) -> tuple[list[Sub], Services]:
+async def waiting_subscribers(api: Api, queries: list[str], resync: float = 30.0) -> tuple[list[Sub], Runtime]:
     """Subscriptions (admin token) that have caught up and wait on the shared feed, so a test can measure one event.
 
     A long resync keeps idle polls out of the measured window.
     """
     schema = build_schema()
-    services = Services(settings=api.settings.model_copy(update={"resync_seconds": resync}), db=api.db)
+    assert api.runtime is not None
+    runtime = dataclasses.replace(
+        api.runtime, settings=api.settings.model_copy(update={"resync_seconds": resync}), feeds=Feeds()
+    )
     async with api.db.read() as session:
         actor = await authenticate(session, api.tokens["admin"])
     assert actor is not None
     subs = [
-        Sub(await schema.subscribe(query, context_value=Context(services, actor=actor, websocket=True)))
+        Sub(await schema.subscribe(query, context_value=Context(runtime, actor=actor, websocket=True)))
         for query in queries
     ]
     key = f"breached:{actor.partner_id}"
     for _ in range(1000):  # up to 10 s on a loaded machine
-        feed = services.feeds._feeds.get(key)
+        feed = runtime.feeds._feeds.get(key)
         waiting = [s for s in feed._subscribers if s.queue._getters] if feed else []
         if feed is not None and feed.idle and len(waiting) == len(subs):  # the feed's first read is done too
             break
         await asyncio.sleep(0.01)
     else:
         raise AssertionError("subscribers did not catch up")
-    return subs, services
+    return subs, runtime
 
 
 async def test_one_read_per_event_whatever_the_number_of_subscribers(api: Api) -> None:

@@ -320,7 +320,7 @@ async def test_a_failing_redis_lets_requests_through(sqlite_db: Database, tmp_pa
             for _ in range(5):
                 assert (await _post(client, tokens["admin"])).status_code == 200
     finally:
-        await app.state.uidhub.bus.close()
+        await app.state.uidhub.runtime.bus.close()
         for writer in held:
             writer.close()
         if server is not None:

@@ -128,4 +128,4 @@ async def test_readyz_503_when_database_unreachable(tmp_path: Path) -> None:
         assert response.status_code == 503
         assert response.json()["errors"][0]["extensions"]["code"] == "SERVICE_UNAVAILABLE"
         assert "Traceback" not in response.text and "refused" not in response.text
-    await app.state.uidhub.db.dispose()
+    await app.state.uidhub.runtime.db.dispose()

@@ -608,11 +608,9 @@ async def test_an_export_finishing_is_sent(wapi: Api, receiver: Receiver) -> Non
 
 async def test_the_running_sender_is_woken_by_a_commit(wapi: Api, receiver: Receiver) -> None:
     """With the background loop (as `uidhub serve` runs it), an event goes out without waiting for a poll."""
-    from uidhub.notifications.bus import Bus
-
     await create(wapi, receiver.url())
-    bus = Bus()
-    wapi.db.bus = bus
+    assert wapi.runtime is not None
+    bus = wapi.runtime.bus  # the app's: the mutation below commits through the app and publishes on it
     s = WebhookSender(wapi.db, wapi.settings.model_copy(update={"webhook_poll_seconds": 60}), bus)
     s.start()
     try:
@@ -622,7 +620,6 @@ async def test_the_running_sender_is_woken_by_a_commit(wapi: Api, receiver: Rece
             await receiver.arrived.wait()
     finally:
         await s.stop()
-        wapi.db.bus = None
     assert len(receiver.calls) == 1
 
 

@@ -213,7 +213,7 @@ async def _wait_for_tasks(at_most: int, timeout: float = 10.0) -> int:
 
 
 async def test_soak_500_subscribe_complete_cycles_leave_tasks_and_topics_flat(server: LiveServer) -> None:
-    bus = server.app.state.uidhub.bus
+    bus = server.app.state.uidhub.runtime.bus
 
     async def cycle(n: int) -> None:
         client = await server.client()

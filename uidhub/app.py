@@ -30,13 +30,13 @@ from strawberry.types.graphql import OperationType
 from uidhub import observe, routes
 from uidhub.background import STARTERS
 from uidhub.dashboard import routes as dashboard_routes
-from uidhub.db import Database, PoolConfig
+from uidhub.db import Database
 from uidhub.logs import current_request_id
-from uidhub.notifications.bus import Bus, make_bus
 from uidhub.ratelimit import RateLimiter, RateLimitMiddleware
 from uidhub.resolvers.auth import authenticate, bearer
+from uidhub.runtime import Runtime
 from uidhub.schema import build_schema
-from uidhub.schema.context import Context, Services
+from uidhub.schema.context import Context
 from uidhub.settings import Settings
 from uidhub.tokenwatch import TokenWatch
 from uidhub.transactions import retry_transaction
@@ -51,13 +51,12 @@ MAX_SUBSCRIPTIONS_PER_CONNECTION = 20
 
 
 class AppState:
-    def __init__(self, settings: Settings, db: Database, bus: Bus) -> None:
-        self.settings = settings
-        self.db = db
-        self.bus = bus
-        self.services = Services(settings=settings, db=db)
-        self.observability = observe.setup(settings, db)
-        self.token_watch = TokenWatch(db.background, bus, settings.token_recheck_seconds)
+    """The runtime plus what only the ASGI app has: observability and the watch over revoked tokens."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.observability = observe.setup(runtime.settings, runtime.db)
+        self.token_watch = TokenWatch(runtime.db.background, runtime.bus, runtime.settings.token_recheck_seconds)
 
 
 def _error(status: int, message: str, code: str, **headers: str) -> JSONResponse:
@@ -135,9 +134,10 @@ class UidhubGraphQL(GraphQL):
     def __init__(self, state: AppState, **kwargs: Any) -> None:
         super().__init__(
             build_schema(
-                introspection=state.settings.introspection, extra_extensions=state.observability.schema_extensions()
+                introspection=state.runtime.settings.introspection,
+                extra_extensions=state.observability.schema_extensions(),
             ),
-            graphql_ide="graphiql" if state.settings.graphiql else None,
+            graphql_ide="graphiql" if state.runtime.settings.graphiql else None,
             allow_queries_via_get=False,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
             connection_init_wait_timeout=WS_INIT_TIMEOUT,
@@ -203,10 +203,10 @@ class UidhubGraphQL(GraphQL):
 
     async def get_context(self, request: Any, response: Any) -> Context:  # type: ignore[override]
         if isinstance(request, WebSocket):
-            return Context(self.state.services, request=request, response=response, websocket=True)
+            return Context(self.state.runtime, request=request, response=response, websocket=True)
         scope_state = request.scope.get("state", {})
         return Context(
-            self.state.services,
+            self.state.runtime,
             request=request,
             response=response,
             actor=scope_state.get("actor"),
@@ -217,7 +217,7 @@ class UidhubGraphQL(GraphQL):
         params = context.connection_params or {}
         value = params.get("authorization") or params.get("Authorization")
         token = bearer(value) if isinstance(value, str) else None
-        async with self.state.db.read() as session:
+        async with self.state.runtime.db.read() as session:
             actor = await authenticate(session, token)
         if actor is None:
             raise ConnectionRejectionError({"message": "Invalid or missing token."})
@@ -259,7 +259,7 @@ class GraphQLEndpoint:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        budget = self.state.settings.request_timeout_seconds
+        budget = self.state.runtime.settings.request_timeout_seconds
         timeout = asyncio.timeout(budget)
         try:
             async with timeout:
@@ -318,7 +318,7 @@ class GraphQLEndpoint:
         token = bearer(headers.get("authorization"))
 
         async def read_actor() -> Any:
-            async with self.state.db.read() as session:
+            async with self.state.runtime.db.read() as session:
                 return await authenticate(session, token)
 
         try:
@@ -327,7 +327,7 @@ class GraphQLEndpoint:
         except (SQLAlchemyError, OSError) as exc:
             # No connection within the pool timeout, or the database down: retryable, so say when.
             log.warning("request %s: database unavailable: %s", request_id, exc)
-            retry_after = str(self.state.settings.retry_after_seconds)
+            retry_after = str(self.state.runtime.settings.retry_after_seconds)
             return _error(
                 503,
                 f"The database is busy or unavailable; retry in {retry_after} s (request id {request_id}).",
@@ -347,18 +347,13 @@ async def healthz(_request: Request) -> Response:
 
 
 def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Starlette:
-    settings = settings or Settings()
-    database = db or Database(
-        settings.database_url,
-        pool=PoolConfig.from_settings(settings),
-        background_pool=PoolConfig.background_from_settings(settings),
-        statement_timeout=settings.db_statement_timeout_seconds,
-        connect_timeout=settings.db_connect_timeout_seconds,
-    )
-    bus = make_bus(settings.redis_url, publish_timeout=settings.redis_publish_timeout_seconds)
-    database.bus = bus
-    database.settings = settings
-    state = AppState(settings, database, bus)
+    """The app over a new runtime for `settings`; `db` (a test's database) is used through a view carrying the bus.
+
+    `app.state.uidhub.runtime` is that runtime: writes through its `db` wake the app's subscribers.
+    """
+    runtime = Runtime.open(settings or Settings(), db=db)
+    settings, database, bus = runtime.settings, runtime.db, runtime.bus
+    state = AppState(runtime)
     endpoint = GraphQLEndpoint(state)
     limiter = RateLimiter(settings)
 
@@ -371,7 +366,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await bus.start()
         state.token_watch.start()
-        stops = [await start(state) for start in STARTERS]
+        stops = [await start(runtime) for start in STARTERS]
         stops.insert(0, state.token_watch.stop)
         try:
             async with state.observability.lifespan():
@@ -380,9 +375,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
             for stop in reversed(stops):
                 with contextlib.suppress(Exception):
                     await stop()
-            await bus.close()
             await limiter.close()
-            await database.dispose()
+            await runtime.close()
 
     app = Starlette(
         routes=[
@@ -390,7 +384,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
             WebSocketRoute("/graphql", endpoint),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-            *routes.extra_routes(state),
+            *routes.extra_routes(runtime),
             *dashboard_routes(),  # GET /dashboard: the live operations page
             *state.observability.routes(),
         ],

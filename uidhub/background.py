@@ -29,7 +29,7 @@ from uidhub.resolvers.thresholds import evaluate_forecasts
 from uidhub.transactions import retry_transaction
 
 if TYPE_CHECKING:
-    from uidhub.app import AppState
+    from uidhub.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -38,27 +38,27 @@ HOUSEKEEPING_SECONDS = 3600.0
 Stop = Callable[[], Awaitable[None]]
 
 
-async def start_outbox(state: AppState) -> Stop:
+async def start_outbox(runtime: Runtime) -> Stop:
     """Every worker runs a sender; claims (SKIP LOCKED / leases) keep each email to one sender."""
-    sender = OutboxSender(state.db.background, state.settings, state.bus)
+    sender = OutboxSender(runtime.db.background, runtime.settings, runtime.bus)
     sender.start()
     return sender.stop
 
 
-async def start_webhooks(state: AppState) -> Stop:
+async def start_webhooks(runtime: Runtime) -> Stop:
     """Every worker runs a webhook sender; endpoint leases (SKIP LOCKED) keep each delivery to one sender."""
-    sender = WebhookSender(state.db.background, state.settings, state.bus)
+    sender = WebhookSender(runtime.db.background, runtime.settings, runtime.bus)
     sender.start()
     return sender.stop
 
 
-async def start_housekeeping(state: AppState) -> Stop:
+async def start_housekeeping(runtime: Runtime) -> Stop:
     """Purges idempotency keys past their retention (never less than 24 hours)."""
 
     async def loop() -> None:
         while True:
             try:
-                purged = await purge_expired(state.db.background, state.settings)
+                purged = await purge_expired(runtime.db.background, runtime.settings)
                 if purged:
                     log.info("purged %d expired idempotency keys", purged)
             except Exception:
@@ -75,17 +75,17 @@ async def start_housekeeping(state: AppState) -> Stop:
     return stop
 
 
-async def start_temporary_credits(state: AppState) -> Stop:
+async def start_temporary_credits(runtime: Runtime) -> Stop:
     """Reverts lapsed temporary credits: its first pass runs now (those that lapsed while the server was down).
 
     Every worker runs one; each revert claims its grant under the pool lock, so none is reverted twice.
     """
-    worker = TemporaryCreditWorker(state.db.background, poll_seconds=state.settings.temporary_credit_poll_seconds)
+    worker = TemporaryCreditWorker(runtime.db.background, poll_seconds=runtime.settings.temporary_credit_poll_seconds)
     worker.start()
     return worker.stop
 
 
-async def start_forecast_alerts(state: AppState) -> Stop:
+async def start_forecast_alerts(runtime: Runtime) -> Stop:
     """Re-evaluates RUNS_OUT_WITHIN_DAYS thresholds every `forecast_alert_seconds`.
 
     Every worker runs it: each pool is evaluated under its row lock with guarded crossings
@@ -94,9 +94,9 @@ async def start_forecast_alerts(state: AppState) -> Stop:
 
     async def loop() -> None:
         while True:
-            await asyncio.sleep(state.settings.forecast_alert_seconds)
+            await asyncio.sleep(runtime.settings.forecast_alert_seconds)
             try:
-                stored = await evaluate_forecasts(state.db.background)
+                stored = await evaluate_forecasts(runtime.db.background)
                 if stored:
                     log.info("forecast pass stored %d alert events", stored)
             except Exception:
@@ -198,14 +198,14 @@ class TemporaryCreditWorker:
                 await task
 
 
-async def start_export_worker(state: AppState) -> Stop:
+async def start_export_worker(runtime: Runtime) -> Stop:
     """Recover tasks a crash left RUNNING, then run the worker."""
-    worker = ExportWorker(state.db.background, state.settings, state.bus)
+    worker = ExportWorker(runtime.db.background, runtime.settings, runtime.bus)
     await worker.start()
     return worker.stop
 
 
-Starter = Callable[["AppState"], Awaitable[Stop]]
+Starter = Callable[["Runtime"], Awaitable[Stop]]
 
 #: Every background loop of a server process, in start order (stopped in reverse).
 STARTERS: tuple[Starter, ...] = (

@@ -23,8 +23,8 @@ from uidhub import logs, metrics
 from uidhub.db import Database, null_pool_engine
 from uidhub.models import Account, Partner
 from uidhub.models.enums import OperationMethod, PartnerKind, Role
-from uidhub.notifications.bus import make_bus
 from uidhub.resolvers.auth import REVOKED_TOPIC, TokenLookupError, TokenRow, create_token, list_tokens, revoke_token
+from uidhub.runtime import Runtime
 from uidhub.settings import Settings
 
 
@@ -195,8 +195,9 @@ def _format_tokens(rows: Sequence[TokenRow], tz: tzinfo) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table)
 
 
-async def _run_token_command(db: Database, settings: Settings, args: argparse.Namespace) -> str:
+async def _run_token_command(runtime: Runtime, args: argparse.Namespace) -> str:
     """list-tokens and revoke-token. A revocation wakes the servers (through Redis when configured)."""
+    db, settings = runtime.db, runtime.settings
     if args.command == "list-tokens":
         async with db.read() as session:
             if args.partner and await session.scalar(select(Partner.id).where(Partner.uid == args.partner)) is None:
@@ -213,11 +214,7 @@ async def _run_token_command(db: Database, settings: Settings, args: argparse.Na
     assert revoked_at is not None
     if not revoked:
         return f"{label} was already revoked at {revoked_at.astimezone(settings.tz).isoformat(timespec='seconds')}"
-    bus = make_bus(settings.redis_url)  # after the commit: servers re-check their websockets now
-    try:
-        await bus.publish(REVOKED_TOPIC)
-    finally:
-        await bus.close()
+    await runtime.bus.publish(REVOKED_TOPIC)  # after the commit: servers re-check their websockets now
     return f"revoked {label}"
 
 
@@ -227,23 +224,24 @@ async def _run_db_command(settings: Settings, args: argparse.Namespace) -> str:
     migration = await upgrade(settings.database_url)
     if args.command == "migrate":
         return migration.describe()
-    db = Database(settings.database_url)
+    # The same runtime as a server's: writes wake the servers' subscribers through Redis when it is configured.
+    runtime = Runtime.open(settings)
     try:
         if args.command == "create-partner":
-            return await _create_partner(db, args)
+            return await _create_partner(runtime.db, args)
         if args.command == "create-token":
-            return await _create_token(db, args)
+            return await _create_token(runtime.db, args)
         if args.command in ("list-tokens", "revoke-token"):
-            return await _run_token_command(db, settings, args)
+            return await _run_token_command(runtime, args)
         if args.command == "demo":
             # lazy: only this command needs it; the CLI starts without loading the app
             from uidhub.demo import load_demo
 
-            result = await load_demo(db, settings, accounts=args.accounts)
+            result = await load_demo(runtime.db, settings, accounts=args.accounts)
             return result.describe(settings, _uidhub_command(settings))
         raise CliError(f"unknown command {args.command}")
     finally:
-        await db.dispose()
+        await runtime.close()
 
 
 def connection_budget(settings: Settings, workers: int) -> int:

@@ -25,10 +25,11 @@ statement, which invalidates the pool and is retried whole
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
@@ -37,7 +38,13 @@ from sqlalchemy.pool import NullPool
 
 from uidhub.notifications.log import commit
 
+if TYPE_CHECKING:
+    from uidhub.notifications.bus import Bus
+    from uidhub.settings import Settings
+
 WRITE_OPTION = "uidhub_write"
+#: session.info key of the Database a session belongs to (`Database.of`).
+_SESSION_DB = "uidhub_db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: Defaults of UIDHUB_DB_STATEMENT_TIMEOUT_SECONDS and UIDHUB_DB_CONNECT_TIMEOUT_SECONDS (PostgreSQL).
 STATEMENT_TIMEOUT_SECONDS = 30.0
@@ -213,9 +220,16 @@ class SerialSession(AsyncSession):
 class Database:
     """One engine, with a read sessionmaker and a write sessionmaker over the same pool.
 
+    `bus` and `settings` are what the sessions' commits and renderings use
+    (the bus wakes subscribers after a commit; the settings render alert
+    emails). They are given at construction and never change: a database
+    opened without them (a script, a unit test) commits without waking
+    anyone and renders with the documented defaults. `with_runtime` gives a
+    view of the same engines that carries them (`uidhub.runtime.Runtime`).
+
     `background` is a sibling over the same database with a pool of its own
-    (created on first use) for the background loops; it shares the bus and
-    settings.
+    (its engine is created on first use) for the background loops; it
+    carries the same bus and settings.
     """
 
     def __init__(
@@ -226,9 +240,10 @@ class Database:
         engine: AsyncEngine | None = None,
         pool: PoolConfig | None = None,
         background_pool: PoolConfig | None = None,
-        parent: Database | None = None,
         statement_timeout: float = STATEMENT_TIMEOUT_SECONDS,
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        bus: Bus | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.url = url
         self.pool = pool or PoolConfig()
@@ -239,11 +254,12 @@ class Database:
         )
         self._ping_task: asyncio.Task[bool] | None = None
         self.dialect = self.engine.dialect.name
-        self._parent = parent
-        self._background_pool = background_pool or BACKGROUND_POOL
-        self._background: Database | None = None
-        self._bus: Any = None
-        self._settings: Any = None
+        self._bus = bus
+        self._settings = settings
+        #: The background sibling, shared by every view of this database; None until first used.
+        self._background_slot: list[Database] = []
+        self._background_pool: PoolConfig | None = background_pool or BACKGROUND_POOL
+        self._background_view: Database | None = None
         self._read = async_sessionmaker(self.engine, class_=SerialSession, expire_on_commit=False, autoflush=True)
         self._write = async_sessionmaker(
             self.engine.execution_options(**{WRITE_OPTION: True}),
@@ -253,37 +269,46 @@ class Database:
         )
 
     @property
-    def bus(self) -> Any:
-        """Set by the app: wakes subscribers after commits (notifications.bus)."""
-        return self._parent.bus if self._parent is not None else self._bus
-
-    @bus.setter
-    def bus(self, value: Any) -> None:
-        self._bus = value
+    def bus(self) -> Bus | None:
+        """Wakes subscribers after this database's commits (notifications.bus); None outside an app."""
+        return self._bus
 
     @property
-    def settings(self) -> Any:
-        """Set by the app and the CLI: what alert emails render with (timezone, console URL, sender)."""
-        return self._parent.settings if self._parent is not None else self._settings
+    def settings(self) -> Settings | None:
+        """What alert emails render with (timezone, console URL, sender); None means the documented defaults."""
+        return self._settings
 
-    @settings.setter
-    def settings(self, value: Any) -> None:
-        self._settings = value
+    def with_runtime(self, *, bus: Bus | None, settings: Settings | None) -> Database:
+        """A view of this database (same engines, pools, background sibling) that carries `bus` and `settings`."""
+        view = copy.copy(self)
+        view._bus, view._settings, view._background_view = bus, settings, None
+        return view
+
+    @staticmethod
+    def of(session: AsyncSession) -> Database | None:
+        """The database a session was opened from (`session()` records it), or None for a foreign session."""
+        db = session.info.get(_SESSION_DB)
+        return db if isinstance(db, Database) else None
 
     @property
     def background(self) -> Database:
         """The background loops' database: the same one, through a small pool of its own."""
-        if self._parent is not None:
+        if self._background_pool is None:  # this is the background sibling
             return self
-        if self._background is None:
-            self._background = Database(
-                self.url,
-                pool=self._background_pool,
-                parent=self,
-                statement_timeout=self._statement_timeout,
-                connect_timeout=self._connect_timeout,
+        if not self._background_slot:
+            self._background_slot.append(
+                Database(
+                    self.url,
+                    pool=self._background_pool,
+                    statement_timeout=self._statement_timeout,
+                    connect_timeout=self._connect_timeout,
+                )
             )
-        return self._background
+        if self._background_view is None:
+            sibling = copy.copy(self._background_slot[0])
+            sibling._bus, sibling._settings, sibling._background_pool = self._bus, self._settings, None
+            self._background_view = sibling
+        return self._background_view
 
     @property
     def is_postgres(self) -> bool:
@@ -292,7 +317,7 @@ class Database:
     def session(self, *, write: bool = False) -> AsyncSession:
         """A new session; `write=True` makes its transactions take the write lock up front on SQLite."""
         session = (self._write if write else self._read)()
-        session.info["db"] = self
+        session.info[_SESSION_DB] = self
         return session
 
     def shared_session(self) -> AsyncSession:
@@ -308,7 +333,7 @@ class Database:
         async with self.session(write=True) as session:
             try:
                 yield session
-                await commit(session)
+                await commit(session, self._bus)
             except BaseException:
                 await session.rollback()
                 raise
@@ -345,8 +370,8 @@ class Database:
         task, self._ping_task = self._ping_task, None
         if task is not None and not task.done():
             task.cancel()
-        if self._background is not None:
-            await self._background.dispose()
+        if self._background_pool is not None and self._background_slot:
+            await self._background_slot[0].dispose()
         await self.engine.dispose()
 
 

@@ -141,7 +141,8 @@ async def load_demo(
 ) -> DemoResult:
     """Load the data set. With `only_if_empty`, do nothing when partners already exist."""
     rng = random.Random(seed)
-    db.settings = db.settings or settings
+    if db.settings is None:  # alert emails the demo queues render with the settings the command was given
+        db = db.with_runtime(bus=db.bus, settings=settings)
     async with db.write() as session:
         if only_if_empty and (await session.scalar(select(func.count(Partner.id)))):
             present = await session.scalar(select(Partner.id).where(Partner.uid == DISTRIBUTOR_UID))

@@ -16,7 +16,7 @@ from uidhub.resolvers.pagination import InvalidArgument
 from uidhub.schema.exports import parse_task_id
 
 if TYPE_CHECKING:
-    from uidhub.app import AppState
+    from uidhub.runtime import Runtime
 
 
 def content_disposition(file_name: str, ascii_fallback: str) -> str:
@@ -41,7 +41,7 @@ def _not_found() -> Response:
     return _coded(404, "No such export file.", "NOT_FOUND")
 
 
-def extra_routes(state: AppState) -> list[BaseRoute]:
+def extra_routes(runtime: Runtime) -> list[BaseRoute]:
     async def download(request: Request) -> Response:
         """GET /exports/{id}/download: the finished file, for the partner (and END_USER account) that started it.
 
@@ -49,7 +49,7 @@ def extra_routes(state: AppState) -> list[BaseRoute]:
         indistinguishable from a task that does not exist.
         """
         token = bearer(request.headers.get("authorization"))
-        async with state.db.read() as session:
+        async with runtime.db.read() as session:
             actor = await authenticate(session, token)
             if actor is None:
                 return _coded(
@@ -64,7 +64,7 @@ def extra_routes(state: AppState) -> list[BaseRoute]:
             task = await exports.find_task(session, actor, pk) if pk is not None else None
         if task is None or not exports.is_downloadable(task) or task.file_path is None:
             return _not_found()
-        fallback = exports.ascii_file_name(task, state.settings.tz)
+        fallback = exports.ascii_file_name(task, runtime.settings.tz)
         disposition = content_disposition(task.file_name or fallback, fallback)
         return FileResponse(
             task.file_path,

@@ -14,6 +14,7 @@ from uidhub.db import Database
 from uidhub.models import Partner
 from uidhub.models.enums import OperationMethod, PartnerKind, Role
 from uidhub.resolvers.auth import create_token
+from uidhub.runtime import Runtime
 from uidhub.settings import Settings
 
 
@@ -25,6 +26,8 @@ class Api:
     db: Database
     settings: Settings
     tokens: dict[str, str] = field(default_factory=dict)
+    #: The app's runtime (make_api): `db` is its database view, so writes through it wake the app's subscribers.
+    runtime: Runtime | None = None
 
     async def post(
         self, query: str, variables: dict[str, Any] | None = None, token: str | None = None
@@ -96,9 +99,10 @@ async def make_api(db: Database, tmp_path: Path, **settings: Any) -> AsyncIterat
         database_url=db.url, export_dir=str(tmp_path / "exports"), **{**NO_REQUEST_RATE_LIMITS, **settings}
     )
     app = create_app(config, db=db)
+    runtime: Runtime = app.state.uidhub.runtime
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        api = Api(client=client, db=db, settings=config)
+        api = Api(client=client, db=runtime.db, settings=config, runtime=runtime)
         partner = await make_partner(db, "P-MAIN")
         other = await make_partner(db, "P-OTHER")
         api.tokens["admin"] = await make_token(db, partner, Role.ADMIN)
