@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tests.support.api import Api
 from tests.support.compiled import Request, World, build_world, strategies
-from tests.support.db import PG_URL, StatementCounter, needs_postgres, sqlite_url_for
+from tests.support.db import PG_URL, StatementCounter, needs_postgres, sqlite_url_for, truncate_all
 from tests.test_accounts_querycount import seed
 from tests.test_readme import readme_operations
 from uidhub.app import create_app
@@ -54,15 +54,17 @@ def suite_queries() -> list[str]:
     return sorted(set(found))
 
 
-async def _world(url: str, tmp_path: Path) -> tuple[Database, World]:
+async def _world(url: str, tmp_path: Path, truncate: bool) -> tuple[Database, World]:
     db = Database(url)
+    if truncate:  # the session's PostgreSQL database: other tests' rows out first
+        await truncate_all(db)
     world = await build_world(db, Settings(database_url=url, export_dir=str(tmp_path / "exports")))
     return db, world
 
 
-def _run_generated(url: str, tmp_path: Path, cases: int) -> None:
+def _run_generated(url: str, tmp_path: Path, cases: int, truncate: bool = False) -> None:
     loop = asyncio.new_event_loop()
-    db, world = loop.run_until_complete(_world(url, tmp_path))
+    db, world = loop.run_until_complete(_world(url, tmp_path, truncate))
     requests = strategies()
     seen: list[Request] = []
 
@@ -99,15 +101,7 @@ def test_generated_selections_agree_on_sqlite(sqlite_template: Path, tmp_path: P
 @pytest.mark.slow
 @needs_postgres
 def test_generated_selections_agree_on_postgres(pg_database_url: str, tmp_path: Path) -> None:
-    from tests.support.db import truncate_all
-
-    async def clean() -> None:
-        db = Database(pg_database_url)
-        await truncate_all(db)
-        await db.dispose()
-
-    asyncio.run(clean())
-    _run_generated(pg_database_url, tmp_path, POSTGRES_CASES)
+    _run_generated(pg_database_url, tmp_path, POSTGRES_CASES, truncate=True)
 
 
 @pytest.fixture

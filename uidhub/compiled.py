@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ from graphql.pyutils import Undefined
 from strawberry.types.arguments import convert_arguments
 from strawberry.types.field import StrawberryField
 
+from uidhub import logs, metrics
 from uidhub.schema import UidhubSchema
 from uidhub.schema.context import Context, Services
 
@@ -207,6 +209,15 @@ class _Planner:
         pass_self = resolver.self_parameter is not None
         source_names = [p.name for p in (resolver.parent_parameter, resolver.root_parameter) if p is not None]
         info_name = resolver.info_parameter.name if resolver.info_parameter is not None else None
+        function = resolver.wrapped_func
+        if not callable(function):
+            raise _NotCompilable("an uncallable resolver")
+        if not strawberry_field.arguments and not source_names and pass_self:
+            # The common case (EndUser.quota, Quota.available, ...): no arguments to convert.
+            if info_name is None:
+                return (lambda source, _run: function(source)), True
+            if info_name == "info":
+                return (lambda source, run: function(source, info=run.info)), True
         converter = self.schema.schema_converter
         slot = id(node)
 
@@ -231,7 +242,7 @@ class _Planner:
                 kwargs[name] = source
             if info_name is not None:
                 kwargs[info_name] = run.info
-            return resolver(source, **kwargs) if pass_self else resolver(**kwargs)
+            return function(source, **kwargs) if pass_self else function(**kwargs)
 
         return get, True
 
@@ -327,6 +338,8 @@ def _directive_variables(document: DocumentNode) -> tuple[str, ...]:
 @dataclass
 class _DocumentPlan:
     document: DocumentNode
+    #: The operation's own name (for metrics: ordinary execution labels by it too).
+    operation_name: str | None
     directive_variables: tuple[str, ...]
     #: Root plans per value of the directive variables; None: this selection falls back.
     roots: dict[tuple[Any, ...], list[_FieldPlan] | None] = field(default_factory=dict)
@@ -381,7 +394,8 @@ class CompiledReads:
         errors = await limiter.validate(self.schema._schema, query, parsed, tuple(specified_rules))
         if errors:
             return None
-        return _DocumentPlan(parsed.document, _directive_variables(parsed.document))
+        name = chosen[0].name.value if chosen[0].name else None
+        return _DocumentPlan(parsed.document, name, _directive_variables(parsed.document))
 
     def _root_plan(self, plan: _DocumentPlan, executor: Executor) -> list[_FieldPlan] | None:
         values = executor.variable_values.coerced
@@ -458,11 +472,19 @@ class CompiledReads:
         if extensions or (operation_name is not None and not isinstance(operation_name, str)):
             return None
         context = Context(self.services, request=request, actor=actor, request_id=request_id)
+        # The log context strawberry's LogContext extension sets around an operation.
+        partner = logs.partner_var.set(getattr(actor, "partner_uid", None))
+        operation = logs.operation_var.set(operation_name)
+        start = time.perf_counter()
         try:
             result = await self.execute(parsed["query"], parsed.get("variables"), operation_name, context)
         finally:
             await context.close()
+            logs.operation_var.reset(operation)
+            logs.partner_var.reset(partner)
         if result is None:
             return None
+        plan = self.plans.get((parsed["query"], operation_name))
+        metrics.record_operation("query", getattr(plan, "operation_name", None), time.perf_counter() - start)
         # strawberry's encoding (strawberry.http.base.encode_json): the same bytes either way.
         return json.dumps(result, separators=(",", ":")).encode()
