@@ -412,6 +412,8 @@ class CompiledReads:
             root: list[_FieldPlan] | None = planner.fields(query_type, collected)
         except (_NotCompilable, RecursionError):
             root = None
+        except Exception:  # anything graphql-core's collection refuses: ordinary execution reports it
+            root = None
         plan.roots[key] = root
         return root
 
@@ -448,11 +450,13 @@ class CompiledReads:
                     out[key] = complete(value, run)
         except Exception:
             # An error of any kind (a resolver's, a null where ordinary execution reports one): ordinary execution
-            # runs the request again and answers it with its own errors. Pending awaitables are dropped unawaited.
-            for awaitable, *_ in run.pending:
-                close = getattr(awaitable, "close", None)
-                if close is not None:
-                    close()
+            # runs the request again and answers it with its own errors. What this level already started is
+            # awaited first: a resolver may have asked a DataLoader, whose batch would otherwise run after the
+            # caller closed the session and check a connection out that nothing returns.
+            leftovers = [item[0] for item in run.pending]
+            run.pending = []
+            if leftovers:
+                await asyncio.gather(*leftovers, return_exceptions=True)
             return self._fallback()
         self.compiled += 1
         return {"data": data}
@@ -470,6 +474,9 @@ class CompiledReads:
         extensions = parsed.get("extensions")
         operation_name = parsed.get("operationName")
         if extensions or (operation_name is not None and not isinstance(operation_name, str)):
+            return None
+        accept = request.headers.get("accept", "")
+        if "multipart" in accept or "event-stream" in accept:  # streamed transports: strawberry's business
             return None
         context = Context(self.services, request=request, actor=actor, request_id=request_id)
         # The log context strawberry's LogContext extension sets around an operation.

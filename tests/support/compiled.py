@@ -67,6 +67,8 @@ class Differ:
         """Both paths on the request; True when it was compiled. A mismatch is recorded, not raised."""
         compiled = await self.compiled_answer(query, variables, actor, operation_name)
         ordinary = await self.ordinary(query, variables, actor, operation_name)
+        # Every connection is back in the pool: nothing either path started outlives its request.
+        assert self.services.db.engine.pool.checkedout() == 0, query  # type: ignore[attr-defined]
         if compiled is None:
             self.fallbacks += 1
             return False
