@@ -209,14 +209,14 @@ async def test_http_answers_are_the_same_bytes_with_and_without_the_compiled_pat
             assert compiled.compiled == before + (0 if "500" in body["query"] else 1)
 
 
-async def test_compiled_list_statements_do_not_grow_with_the_page(sqlite_api: Api) -> None:
-    await seed(sqlite_api, masters=110)
-    compiled = sqlite_api.client._transport.app.state.compiled_reads  # type: ignore[attr-defined]
+async def test_compiled_list_statements_do_not_grow_with_the_page(api: Api) -> None:
+    await seed(api, masters=110)
+    compiled = api.client._transport.app.state.compiled_reads  # type: ignore[attr-defined]
     counts = []
     for first in (10, 100):
         before = compiled.compiled
-        with StatementCounter(sqlite_api.db) as counter:
-            data = await sqlite_api.gql(LIST_PAGE, {"first": first})
+        with StatementCounter(api.db) as counter:
+            data = await api.gql(LIST_PAGE, {"first": first})
         assert compiled.compiled == before + 1
         assert len(data["endUsers"]["edges"]) == first
         counts.append(counter.count)
