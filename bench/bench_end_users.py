@@ -278,11 +278,17 @@ def main() -> None:
     parser.add_argument("--database-url", help="an EMPTY database (default: a new SQLite file in a temp dir)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        url = args.database_url or f"sqlite+aiosqlite:///{tmp}/bench.db"
-        started = time.perf_counter()
-        token = asyncio.run(load(url))
-        print(f"loaded {ACCOUNTS} accounts in {time.perf_counter() - started:.1f} s ({url.split(':')[0]})")
+        url, token = load_timed(args.database_url, tmp)
         asyncio.run(bench(url, token, args.requests, args.concurrency))
+
+
+def load_timed(database_url: str | None, tmp: str) -> tuple[str, str]:
+    """Load the accounts into `database_url` (an empty database) or a new SQLite file in `tmp`: (url, token)."""
+    url = database_url or f"sqlite+aiosqlite:///{tmp}/bench.db"
+    started = time.perf_counter()
+    token = asyncio.run(load(url))
+    print(f"loaded {ACCOUNTS} accounts in {time.perf_counter() - started:.1f} s ({url.split(':')[0]})")
+    return url, token
 
 
 if __name__ == "__main__":

@@ -42,8 +42,11 @@ async def test_metrics_are_off_unless_switched_on(api: Api) -> None:
 
 async def test_graphql_requests_durations_and_error_codes_are_counted(mapi: Api) -> None:
     before = await scrape(mapi)
+    compiled = mapi.client._transport.app.state.compiled_reads  # type: ignore[attr-defined]
+    answered = compiled.compiled
     await mapi.gql("query ListPage { endUsers(first: 3) { totalCount } }")
     await mapi.gql("query ListPage { endUsers(first: 3) { totalCount } }")
+    assert compiled.compiled == answered + 2  # the compiled read path counts its requests like strawberry's
     await mapi.gql("{ viewer { method } }")
     await mapi.gql('mutation Link { linkAccount(input: {uid: "1999000000000001"}) { userErrors { code } } }')
     bad = await mapi.gql("query Bad { endUsers(first: 1000) { totalCount } }", errors=True)

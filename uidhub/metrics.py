@@ -242,6 +242,17 @@ def _count_errors(m: Metrics, errors: Iterable[Any] | None) -> None:
         m.errors.labels(code=code if isinstance(code, str) and _CODE.match(code) else "OTHER").inc()
 
 
+def record_operation(kind: str, name: str | None, seconds: float, errors: Iterable[Any] | None = None) -> None:
+    """One HTTP operation answered, counted and timed: by strawberry or by the compiled read path (uidhub.compiled)."""
+    m = _metrics
+    if m is None:
+        return
+    label = m.operation_label(name)
+    m.requests.labels(type=kind, operation=label).inc()
+    m.duration.labels(type=kind, operation=label).observe(seconds)
+    _count_errors(m, errors)
+
+
 class MetricsExtension(SchemaExtension):
     """Counts and times each HTTP operation; counts subscriptions, their results and every result's errors.
 
@@ -263,13 +274,10 @@ class MetricsExtension(SchemaExtension):
                 m.subscriptions.dec() if m else None
             return
         yield
-        if m is None:
-            return
         kind, name = _operation(self.execution_context)
-        label = m.operation_label(name)
-        m.requests.labels(type=kind, operation=label).inc()
-        m.duration.labels(type=kind, operation=label).observe(time.perf_counter() - start)
-        _count_errors(m, getattr(self.execution_context.result, "errors", None))
+        record_operation(
+            kind, name, time.perf_counter() - start, getattr(self.execution_context.result, "errors", None)
+        )
 
     def on_stream_result(self, result: Any):
         m = _metrics

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     #: Time budget of one HTTP GraphQL request (validation and execution); past it: REQUEST_TIMEOUT.
     request_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: Answer the hot read queries through the compiled read path (uidhub.compiled); false: always strawberry.
+    compiled_reads: bool = True
 
     # Connections (uidhub.db): one bounded request pool and one small background pool per process.
     # A process opens at most db_pool_size + db_max_overflow + db_background_pool_size connections;

@@ -1,0 +1,229 @@
+"""The compiled read path (uidhub.compiled) answers exactly what ordinary execution answers.
+
+Every request below runs through both paths on the same data; a request the
+compiled path answers must produce the same JSON, byte for byte (data, errors,
+key order); a request it hands back is answered by ordinary execution anyway.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from graphql import OperationDefinitionNode, OperationType, parse
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support.api import Api
+from tests.support.compiled import Request, World, build_world, strategies
+from tests.support.db import PG_URL, StatementCounter, needs_postgres, sqlite_url_for, truncate_all
+from tests.test_accounts_querycount import seed
+from tests.test_readme import readme_operations
+from uidhub.app import create_app
+from uidhub.db import Database
+from uidhub.settings import Settings
+
+TESTS = Path(__file__).resolve().parent
+
+#: Generated requests per database: SQLite runs the full share, PostgreSQL (when configured) a part of it.
+SQLITE_CASES = 2000
+POSTGRES_CASES = 300
+
+
+def suite_queries() -> list[str]:
+    """Every query document written as a string constant in the test suite (list queries among them)."""
+    found: list[str] = []
+    for path in sorted(TESTS.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+                continue
+            text = node.value.strip()
+            if not text.startswith(("query", "{")) or len(text) < 8:
+                continue
+            try:
+                document = parse(text)
+            except Exception:
+                continue
+            operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+            if len(operations) == 1 and operations[0].operation is OperationType.QUERY:
+                found.append(text)
+    return sorted(set(found))
+
+
+async def _world(url: str, tmp_path: Path, truncate: bool) -> tuple[Database, World]:
+    db = Database(url)
+    if truncate:  # the session's PostgreSQL database: other tests' rows out first
+        await truncate_all(db)
+    world = await build_world(db, Settings(database_url=url, export_dir=str(tmp_path / "exports")))
+    return db, world
+
+
+def _run_generated(url: str, tmp_path: Path, cases: int, truncate: bool = False) -> None:
+    loop = asyncio.new_event_loop()
+    db, world = loop.run_until_complete(_world(url, tmp_path, truncate))
+    requests = strategies()
+    seen: list[Request] = []
+
+    @settings(
+        max_examples=cases,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(request=requests(world))
+    def case(request: Request) -> None:
+        seen.append(request)
+        loop.run_until_complete(world.differ.check(request.query, request.variables, world.viewers[request.viewer]))
+        assert not world.differ.mismatches, world.differ.mismatches[0]
+
+    try:
+        case()
+    finally:
+        loop.run_until_complete(db.dispose())
+        loop.close()
+    differ = world.differ
+    assert len(seen) >= cases
+    # Most generated requests are within the compiled subset; the rest (bad arguments and cursors) fall back.
+    assert differ.compiled >= len(seen) * 0.6, (differ.compiled, differ.fallbacks)
+    assert {request.viewer for request in seen} == set(world.viewers)
+
+
+@pytest.mark.slow
+def test_generated_selections_agree_on_sqlite(sqlite_template: Path, tmp_path: Path) -> None:
+    _run_generated(sqlite_url_for(sqlite_template, tmp_path), tmp_path, SQLITE_CASES)
+
+
+@pytest.mark.slow
+@needs_postgres
+def test_generated_selections_agree_on_postgres(pg_database_url: str, tmp_path: Path) -> None:
+    _run_generated(pg_database_url, tmp_path, POSTGRES_CASES, truncate=True)
+
+
+@pytest.fixture
+async def world(sqlite_db: Database, tmp_path: Path) -> World:
+    return await build_world(sqlite_db, Settings(database_url=sqlite_db.url, export_dir=str(tmp_path / "exports")))
+
+
+async def test_readme_queries_agree_for_every_viewer(world: World) -> None:
+    queries = [q for q in readme_operations() if parse(q).definitions[0].operation is OperationType.QUERY]  # type: ignore[attr-defined]
+    compiled = 0
+    for viewer in world.viewers.values():
+        for query in queries:
+            compiled += await world.differ.check(query, None, viewer)
+    assert not world.differ.mismatches, world.differ.mismatches[0]
+    # The README's list, account, summary, audit and alert queries are compiled, for every viewer.
+    assert compiled >= 7 * len(world.viewers)
+
+
+async def test_suite_queries_agree(world: World) -> None:
+    queries = suite_queries()
+    assert len(queries) >= 10
+    variables: dict[str, Any] = {"first": 5, "uid": world.uids[0], "id": world.node_ids[0]}
+    for query in queries:
+        for viewer in ("admin", "end_user_sub", "other_partner"):
+            await world.differ.check(query, variables, world.viewers[viewer])
+    assert not world.differ.mismatches, world.differ.mismatches[0]
+    assert world.differ.compiled >= 10
+
+
+async def test_errors_fall_back_to_ordinary_execution(world: World) -> None:
+    admin = world.viewers["admin"]
+    for query, variables in [
+        ("{ endUsers(first: 101) { totalCount } }", None),
+        ('{ endUsers(after: "garbage") { totalCount } }', None),
+        ("query($f: EndUserFilter) { endUsers(filter: $f) { totalCount } }", {"f": {"search": "\x01"}}),
+        ("{ endUsers { nope } }", None),
+        ("query($n: Int) { endUsers(first: $n) { totalCount } }", {"n": "ten"}),
+        ('{ node(id: "RW5kVXNlcjo5OTk5OTk5OTk5OTk5OTk5OTk5OTk5") { id } }', None),
+    ]:
+        assert not await world.differ.check(query, variables, admin), query
+        answer = await world.differ.ordinary(query, variables, admin)
+        assert answer["errors"], query
+    # Not covered (no error): answered by ordinary execution.
+    assert not await world.differ.check("{ viewer { operator { uid } } }", None, admin)
+    assert not await world.differ.check(
+        "query Q { endUsers { totalCount } } mutation M { __typename }", None, admin, "M"
+    )
+
+
+async def test_plans_are_cached_per_document_and_operation(world: World) -> None:
+    reads = world.differ.reads
+    admin = world.viewers["admin"]
+    query = "query A { summary { accounts } } query B { endUsers(first: 2) { totalCount } }"
+    assert await world.differ.check(query, None, admin, "A")
+    assert await world.differ.check(query, None, admin, "B")
+    assert not await world.differ.check(query, None, admin)  # two operations, no name: ordinary says so
+    planned = len(reads.plans)
+    runs = reads.schema.limiter.validation_runs
+    assert await world.differ.check(query, None, admin, "A")
+    assert len(reads.plans) == planned
+    assert reads.schema.limiter.validation_runs == runs
+    assert not world.differ.mismatches
+
+
+async def test_include_and_skip_variables_pick_the_plan(world: World) -> None:
+    query = (
+        "query($a: Boolean!) { endUsers(first: 3) { "
+        "totalCount @include(if: $a) edges { node { uid @skip(if: $a) } } } }"
+    )
+    admin = world.viewers["admin"]
+    for value in (True, False, True):
+        assert await world.differ.check(query, {"a": value}, admin)
+    assert not world.differ.mismatches, world.differ.mismatches[0]
+
+
+# ---------------------------------------------------------------- over HTTP
+
+
+LIST_PAGE = """query($first: Int!) { endUsers(first: $first) { totalCount pageInfo { hasNextPage endCursor }
+  edges { cursor node { id uid nickname accountStatus linkedAt
+    quota { amount available outstandingAmount warningLevel belowWarningLevel }
+    policy { effectivePaygFreezeStatus effectivePurchaseControl creditControlStatus shutdownDelayCredit }
+    subAccounts { uid accountStatus } } } } }"""
+
+
+async def test_http_answers_are_the_same_bytes_with_and_without_the_compiled_path(sqlite_api: Api) -> None:
+    await seed(sqlite_api, masters=30)
+    off = create_app(sqlite_api.settings.model_copy(update={"compiled_reads": False}), db=sqlite_api.db)
+    assert off.state.compiled_reads is None
+    compiled = sqlite_api.client._transport.app.state.compiled_reads  # type: ignore[attr-defined]
+    assert compiled is not None
+    headers = {"Authorization": f"Bearer {sqlite_api.tokens['admin']}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=off), base_url="http://test") as plain:
+        for body in [
+            {"query": LIST_PAGE, "variables": {"first": 25}},
+            {"query": "{ summary { accounts totalQuota } }"},
+            {"query": "{ endUsers(first: 500) { totalCount } }"},
+        ]:
+            before = compiled.compiled
+            fast = await sqlite_api.client.post("/graphql", json=body, headers=headers)
+            slow = await plain.post("/graphql", json=body, headers=headers)
+            assert fast.status_code == slow.status_code
+            assert fast.content == slow.content
+            assert fast.headers["content-type"] == slow.headers["content-type"]
+            assert compiled.compiled == before + (0 if "500" in body["query"] else 1)
+
+
+async def test_compiled_list_statements_do_not_grow_with_the_page(api: Api) -> None:
+    await seed(api, masters=110)
+    compiled = api.client._transport.app.state.compiled_reads  # type: ignore[attr-defined]
+    counts = []
+    for first in (10, 100):
+        before = compiled.compiled
+        with StatementCounter(api.db) as counter:
+            data = await api.gql(LIST_PAGE, {"first": first})
+        assert compiled.compiled == before + 1
+        assert len(data["endUsers"]["edges"]) == first
+        counts.append(counter.count)
+    assert counts[0] == counts[1], counts
+
+
+def test_postgres_share_is_configured_when_postgres_is() -> None:
+    assert POSTGRES_CASES > 0 and SQLITE_CASES >= 2000
+    assert PG_URL is None or PG_URL.startswith("postgresql")
+    assert st is not None

@@ -1,0 +1,497 @@
+"""The compiled read path: hot queries answered without graphql-core's per-field executor.
+
+Ordinary execution walks the document for every request and every row:
+graphql-core builds a resolve info, a path and an error boundary per field,
+strawberry wraps every resolver call, and a list page of 1,600 fields spends
+most of its CPU there. Here a query document is planned once per (document,
+operation name, values of the variables its @include/@skip read): the
+selection is collected with graphql-core's own `collect_fields` (fragments,
+aliases and directives applied exactly as ordinary execution applies them)
+into a tree of closures, one per selected field, that call the SAME resolvers
+and then serialize with the SAME scalar and enum serializers as ordinary
+execution. Nothing about tenancy, filters, cursors, ids or money formatting
+exists here: the resolvers (and through them `Actor.account_scope`/`sees`,
+`resolvers.accounts`, `models.money`) do it all, and batched loads still go
+through the request's DataLoaders, one batch per nesting level (awaitables of
+one level are gathered together), so statement counts stay what they are.
+
+`COMPILED_TYPES` and `COMPILED_ROOT_FIELDS` below are the one place that
+decides what is compiled. Anything else -- an unlisted field, a field with a
+field extension, an abstract type's unlisted runtime type, a non-query
+operation, a document that does not parse or validate or exceeds the limits,
+variables that do not coerce, and any exception or null where ordinary
+execution would have produced an error -- makes the request fall back to
+ordinary execution, whole: the compiled attempt's session is closed (it only
+read) and strawberry runs the request from the start. Errors are therefore
+always ordinary execution's own. tests/test_compiled_reads.py runs both paths
+on the same requests and requires identical JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphql import (
+    DirectiveNode,
+    DocumentNode,
+    GraphQLAbstractType,
+    GraphQLField,
+    GraphQLLeafType,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLOutputType,
+    OperationDefinitionNode,
+    OperationType,
+    VariableNode,
+    Visitor,
+    specified_rules,
+    visit,
+)
+from graphql.execution.collect_fields import FieldDetails, collect_fields, collect_subfields
+from graphql.execution.executor import Executor
+from graphql.execution.values import get_argument_values
+from graphql.pyutils import Undefined
+from strawberry.types.arguments import convert_arguments
+from strawberry.types.field import StrawberryField
+
+from uidhub import logs, metrics
+from uidhub.schema import UidhubSchema
+from uidhub.schema.context import Context, Services
+
+#: Object types whose every field is compiled: their resolvers read nothing of `info` but `info.context`.
+#: QuotaForecast is left out: it reads the clock, so no two executions can be compared.
+COMPILED_TYPES = frozenset(
+    {
+        "EndUserConnection",
+        "EndUserEdge",
+        "EndUser",
+        "PageInfo",
+        "Quota",
+        "ShutdownPolicyState",
+        "Partner",
+        "PortfolioSummary",
+        "CreditAlert",
+        "Instance",
+        "Operator",
+        "QuotaAdjustmentConnection",
+        "QuotaAdjustmentEdge",
+        "QuotaAdjustment",
+        "QuotaThreshold",
+        "AuditEntryConnection",
+        "AuditEntryEdge",
+        "AuditEntry",
+        "QuotaAlertEventConnection",
+        "QuotaAlertEventEdge",
+        "QuotaAlertEvent",
+    }
+)
+#: Root query fields that are compiled (`node` only for the runtime types above).
+COMPILED_ROOT_FIELDS = frozenset({"endUsers", "endUser", "node", "summary", "auditEntries", "alertEvents"})
+#: Plans kept per (document, operation name); a hit skips parsing, validation and planning.
+PLAN_CACHE_SIZE = 256
+#: Documents longer than this are not planned (the limiter does not cache them either).
+MAX_PLANNED_QUERY_CHARS = 20_000
+
+
+class Fallback(Exception):
+    """The compiled path cannot answer this request exactly as ordinary execution would: run that instead."""
+
+
+class _Info:
+    """What the compiled resolvers are handed as `info`: they read only `info.context` (see COMPILED_TYPES)."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+
+Completer = Callable[[Any, "_Run"], Any]
+
+
+@dataclass
+class _FieldPlan:
+    key: str
+    get: Callable[[Any, _Run], Any]
+    complete: Completer
+    #: False for plain attributes: only a resolver function can return an awaitable.
+    may_await: bool = True
+
+
+@dataclass
+class _Run:
+    """One request's execution state: its context, converted arguments, and awaitables of the current level."""
+
+    context: Context
+    variable_values: Any
+    info: _Info
+    arguments: dict[int, dict[str, Any]] = field(default_factory=dict)
+    pending: list[tuple[Awaitable[Any], dict[str, Any], str, Completer]] = field(default_factory=list)
+
+
+def _complete_object(fields: list[_FieldPlan], source: Any, run: _Run) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for plan in fields:
+        value = plan.get(source, run)
+        if plan.may_await and inspect.isawaitable(value):
+            out[plan.key] = None  # keeps the key's place in the response order
+            run.pending.append((value, out, plan.key, plan.complete))
+        else:
+            out[plan.key] = plan.complete(value, run)
+    return out
+
+
+class _NotCompilable(Exception):
+    """Raised while planning: the selection holds something the planner does not cover."""
+
+
+@dataclass
+class _Planner:
+    schema: UidhubSchema
+    executor: Executor
+
+    def object_fields(self, type_: GraphQLObjectType, details: list[FieldDetails]) -> list[_FieldPlan]:
+        collected = collect_subfields(
+            self.executor.schema,
+            self.executor.fragments,
+            self.executor.variable_values,
+            self.executor.operation,
+            type_,
+            details,
+        )
+        return self.fields(type_, collected)
+
+    def fields(self, type_: GraphQLObjectType, collected: Any) -> list[_FieldPlan]:
+        grouped, defers, forbidden = collected
+        if defers or forbidden:
+            raise _NotCompilable("@defer")
+        return [self.field(type_, key, group) for key, group in grouped.items()]
+
+    def field(self, parent: GraphQLObjectType, key: str, details: list[FieldDetails]) -> _FieldPlan:
+        node = details[0].node
+        name = node.name.value
+        for detail in details:
+            if detail.fragment_variable_values is not None or detail.defer_usage is not None:
+                raise _NotCompilable("fragment variables or @defer")
+            for directive in detail.node.directives or ():
+                if directive.name.value not in ("include", "skip"):
+                    raise _NotCompilable(f"@{directive.name.value}")
+        if name == "__typename":
+            type_name = parent.name
+            return _FieldPlan(key, lambda _source, _run: type_name, lambda value, _run: value, may_await=False)
+        root = parent is self.executor.schema.query_type
+        if (root and name not in COMPILED_ROOT_FIELDS) or (not root and parent.name not in COMPILED_TYPES):
+            raise _NotCompilable(f"{parent.name}.{name}")
+        definition = parent.fields.get(name)
+        if definition is None:
+            raise _NotCompilable(f"{parent.name}.{name}")
+        get, may_await = self.getter(definition, node)
+        return _FieldPlan(key, get, self.completer(definition.type, details), may_await)
+
+    def getter(self, definition: GraphQLField, node: Any) -> tuple[Callable[[Any, _Run], Any], bool]:
+        strawberry_field = (definition.extensions or {}).get("strawberry-definition")
+        if not isinstance(strawberry_field, StrawberryField) or strawberry_field.extensions:
+            raise _NotCompilable("not a plain strawberry field")
+        if strawberry_field.is_basic_field:
+            attribute = strawberry_field.python_name
+            default = strawberry_field.default_resolver
+            return (lambda source, _run: default(source, attribute)), False
+        resolver = strawberry_field.base_resolver
+        assert resolver is not None
+        pass_self = resolver.self_parameter is not None
+        source_names = [p.name for p in (resolver.parent_parameter, resolver.root_parameter) if p is not None]
+        info_name = resolver.info_parameter.name if resolver.info_parameter is not None else None
+        function = resolver.wrapped_func
+        if not callable(function):
+            raise _NotCompilable("an uncallable resolver")
+        if not strawberry_field.arguments and not source_names and pass_self:
+            # The common case (EndUser.quota, Quota.available, ...): no arguments to convert.
+            if info_name is None:
+                return (lambda source, _run: function(source)), True
+            if info_name == "info":
+                return (lambda source, run: function(source, info=run.info)), True
+        converter = self.schema.schema_converter
+        slot = id(node)
+
+        def arguments(run: _Run) -> dict[str, Any]:
+            # Converted once per request, as graphql-core then strawberry convert them for the resolver.
+            converted = run.arguments.get(slot)
+            if converted is None:
+                raw = get_argument_values(definition, node, run.variable_values)
+                converted = convert_arguments(
+                    raw,
+                    strawberry_field.arguments,
+                    scalar_registry=converter.scalar_registry,
+                    config=converter.config,
+                    info=run.info,  # type: ignore[arg-type]
+                )
+                run.arguments[slot] = converted
+            return converted
+
+        def get(source: Any, run: _Run) -> Any:
+            kwargs = dict(arguments(run))
+            for name in source_names:
+                kwargs[name] = source
+            if info_name is not None:
+                kwargs[info_name] = run.info
+            return function(source, **kwargs) if pass_self else function(**kwargs)
+
+        return get, True
+
+    def completer(self, type_: GraphQLOutputType, details: list[FieldDetails]) -> Completer:
+        if isinstance(type_, GraphQLNonNull):
+            inner = self.nullable_completer(type_.of_type, details)
+
+            def non_null(value: Any, run: _Run) -> Any:
+                if value is None:
+                    raise Fallback("null for a non-null field")  # ordinary execution reports an error here
+                return inner(value, run)
+
+            return non_null
+        complete = self.nullable_completer(type_, details)
+
+        def nullable(value: Any, run: _Run) -> Any:
+            return None if value is None else complete(value, run)
+
+        return nullable
+
+    def nullable_completer(self, type_: GraphQLOutputType, details: list[FieldDetails]) -> Completer:
+        """Completes a value known not to be None."""
+        if isinstance(type_, GraphQLList):
+            item = self.completer(type_.of_type, details)
+
+            def complete_list(value: Any, run: _Run) -> Any:
+                if isinstance(value, str | bytes | dict) or not hasattr(value, "__iter__"):
+                    raise Fallback("not a list")
+                return [item(entry, run) for entry in value]
+
+            return complete_list
+        if isinstance(type_, GraphQLLeafType):
+            return _leaf(type_)
+        if isinstance(type_, GraphQLObjectType):
+            fields = self.object_fields(type_, details)
+
+            def complete_object(value: Any, run: _Run) -> Any:
+                return _complete_object(fields, value, run)
+
+            return complete_object
+        if isinstance(type_, GraphQLAbstractType):
+            plans: dict[str, list[_FieldPlan]] = {}
+            for possible in self.executor.schema.get_possible_types(type_):
+                if possible.name in COMPILED_TYPES:
+                    plans[possible.name] = self.object_fields(possible, details)
+
+            def complete_abstract(value: Any, run: _Run) -> Any:
+                definition = getattr(type(value), "__strawberry_definition__", None)
+                fields = plans.get(getattr(definition, "name", ""))
+                if fields is None:
+                    raise Fallback("a runtime type that is not compiled")
+                return _complete_object(fields, value, run)
+
+            return complete_abstract
+        raise _NotCompilable(str(type_))
+
+
+#: Values graphql-core's own String, ID and Boolean serializers return unchanged: passed through without the call.
+_UNCHANGED = {"String": str, "ID": str, "Boolean": bool}
+
+
+def _leaf(type_: GraphQLLeafType) -> Completer:
+    """The leaf type's own serializer (scalars: Money, DateTime, ...; enums), as ordinary execution calls it."""
+    serialize = type_.serialize
+    unchanged = _UNCHANGED.get(type_.name)
+
+    def leaf(value: Any, _run: _Run) -> Any:
+        if type(value) is unchanged:
+            return value
+        serialized = serialize(value)
+        if serialized is None or serialized is Undefined:
+            raise Fallback("a leaf serialized to nothing")
+        return serialized
+
+    return leaf
+
+
+def _directive_variables(document: DocumentNode) -> tuple[str, ...]:
+    """Variables read by @include/@skip: the selection (so the plan) depends on their values."""
+    names: set[str] = set()
+
+    class Finder(Visitor):
+        def enter_directive(self, node: DirectiveNode, *_args: Any) -> None:
+            if node.name.value in ("include", "skip"):
+                for argument in node.arguments or ():
+                    if isinstance(argument.value, VariableNode):
+                        names.add(argument.value.name.value)
+
+    visit(document, Finder())
+    return tuple(sorted(names))
+
+
+@dataclass
+class _DocumentPlan:
+    document: DocumentNode
+    #: The operation's own name (for metrics: ordinary execution labels by it too).
+    operation_name: str | None
+    directive_variables: tuple[str, ...]
+    #: Root plans per value of the directive variables; None: this selection falls back.
+    roots: dict[tuple[Any, ...], list[_FieldPlan] | None] = field(default_factory=dict)
+
+
+class _Lru(OrderedDict[Any, Any]):
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > PLAN_CACHE_SIZE:
+            self.popitem(last=False)
+
+
+#: Marks a (document, operation) that never compiles: it is not planned again.
+_NEVER = object()
+
+
+class CompiledReads:
+    """Plans and runs compiled queries; `execute` answers None when ordinary execution must run."""
+
+    def __init__(self, schema: UidhubSchema, services: Services) -> None:
+        self.schema = schema
+        self.services = services
+        self.plans = _Lru()
+        #: Counters for tests and bench/: requests answered here, and requests handed back.
+        self.compiled = 0
+        self.fallbacks = 0
+
+    async def document_plan(self, query: str, operation_name: str | None) -> _DocumentPlan | None:
+        key = (query, operation_name)
+        hit = self.plans.get(key)
+        if hit is not None:
+            self.plans.move_to_end(key)
+            return None if hit is _NEVER else hit
+        plan = await self._document_plan(query, operation_name)
+        if len(query) <= MAX_PLANNED_QUERY_CHARS:
+            self.plans.put(key, plan if plan is not None else _NEVER)
+        return plan
+
+    async def _document_plan(self, query: str, operation_name: str | None) -> _DocumentPlan | None:
+        limiter = self.schema.limiter
+        parsed = await limiter.parse(query)
+        if parsed is None or parsed.problem is not None:
+            return None
+        operations = [d for d in parsed.document.definitions if isinstance(d, OperationDefinitionNode)]
+        if len(operations) > 1 and operation_name is None:
+            return None  # OPERATION_NAME_REQUIRED: ordinary execution says so
+        chosen = [op for op in operations if operation_name is None or (op.name and op.name.value == operation_name)]
+        if len(chosen) != 1 or chosen[0].operation is not OperationType.QUERY:
+            return None
+        # The same rules and cache as ordinary execution (strawberry's default rule set): an error falls back.
+        errors = await limiter.validate(self.schema._schema, query, parsed, tuple(specified_rules))
+        if errors:
+            return None
+        name = chosen[0].name.value if chosen[0].name else None
+        return _DocumentPlan(parsed.document, name, _directive_variables(parsed.document))
+
+    def _root_plan(self, plan: _DocumentPlan, executor: Executor) -> list[_FieldPlan] | None:
+        values = executor.variable_values.coerced
+        key = tuple(values.get(name) for name in plan.directive_variables)
+        if key in plan.roots:
+            return plan.roots[key]
+        planner = _Planner(self.schema, executor)
+        query_type = executor.schema.query_type
+        assert query_type is not None
+        try:
+            collected = collect_fields(
+                executor.schema, executor.fragments, executor.variable_values, query_type, executor.operation
+            )
+            root: list[_FieldPlan] | None = planner.fields(query_type, collected)
+        except (_NotCompilable, RecursionError):
+            root = None
+        except Exception:  # anything graphql-core's collection refuses: ordinary execution reports it
+            root = None
+        plan.roots[key] = root
+        return root
+
+    async def execute(
+        self, query: str, variables: Any, operation_name: str | None, context: Context
+    ) -> dict[str, Any] | None:
+        """The response body ({"data": ...}) as ordinary execution would answer it, or None to fall back.
+
+        The caller closes `context` (its session) either way.
+        """
+        if variables is not None and not isinstance(variables, dict):
+            return self._fallback()
+        plan = await self.document_plan(query, operation_name)
+        if plan is None:
+            return self._fallback()
+        executor = Executor.build(
+            self.schema._schema, plan.document, raw_variable_values=variables, operation_name=operation_name
+        )
+        if isinstance(executor, list):  # variables that do not coerce: ordinary execution reports them
+            return self._fallback()
+        root = self._root_plan(plan, executor)
+        if root is None:
+            return self._fallback()
+        run = _Run(context, executor.variable_values, _Info(context))
+        try:
+            data = _complete_object(root, None, run)
+            while run.pending:
+                batch, run.pending = run.pending, []
+                # One level at a time, all together: DataLoaders batch the level's loads into one query each.
+                results = await asyncio.gather(*(item[0] for item in batch), return_exceptions=True)
+                for (_, out, key, complete), value in zip(batch, results, strict=True):
+                    if isinstance(value, BaseException):
+                        raise Fallback("a resolver raised") from value
+                    out[key] = complete(value, run)
+        except Exception:
+            # An error of any kind (a resolver's, a null where ordinary execution reports one): ordinary execution
+            # runs the request again and answers it with its own errors. What this level already started is
+            # awaited first: a resolver may have asked a DataLoader, whose batch would otherwise run after the
+            # caller closed the session and check a connection out that nothing returns.
+            leftovers = [item[0] for item in run.pending]
+            run.pending = []
+            if leftovers:
+                await asyncio.gather(*leftovers, return_exceptions=True)
+            return self._fallback()
+        self.compiled += 1
+        return {"data": data}
+
+    def _fallback(self) -> dict[str, Any] | None:
+        self.fallbacks += 1
+        return None
+
+    async def respond(self, body: bytes, actor: Any, request_id: str, request: Any) -> bytes | None:
+        """The HTTP response body for a POST /graphql `body`, or None when ordinary execution must answer."""
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return None
+        extensions = parsed.get("extensions")
+        operation_name = parsed.get("operationName")
+        if extensions or (operation_name is not None and not isinstance(operation_name, str)):
+            return None
+        accept = request.headers.get("accept", "")
+        if "multipart" in accept or "event-stream" in accept:  # streamed transports: strawberry's business
+            return None
+        context = Context(self.services, request=request, actor=actor, request_id=request_id)
+        # The log context strawberry's LogContext extension sets around an operation.
+        partner = logs.partner_var.set(getattr(actor, "partner_uid", None))
+        operation = logs.operation_var.set(operation_name)
+        start = time.perf_counter()
+        try:
+            result = await self.execute(parsed["query"], parsed.get("variables"), operation_name, context)
+        finally:
+            await context.close()
+            logs.operation_var.reset(operation)
+            logs.partner_var.reset(partner)
+        if result is None:
+            return None
+        plan = self.plans.get((parsed["query"], operation_name))
+        metrics.record_operation("query", getattr(plan, "operation_name", None), time.perf_counter() - start)
+        # strawberry's encoding (strawberry.http.base.encode_json): the same bytes either way.
+        return json.dumps(result, separators=(",", ":")).encode()
