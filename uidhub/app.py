@@ -236,8 +236,8 @@ class GraphQLEndpoint:
         # The compiled read path (uidhub.compiled); off with UIDHUB_COMPILED_READS=false, and while tracing,
         # whose spans are per strawberry operation.
         self.compiled = (
-            CompiledReads(self.view.schema, state.services)  # type: ignore[arg-type]
-            if state.settings.compiled_reads and state.observability.tracing is None
+            CompiledReads(self.view.schema, state.runtime)  # type: ignore[arg-type]
+            if state.runtime.settings.compiled_reads and state.observability.tracing is None
             else None
         )
 

@@ -63,8 +63,9 @@ from strawberry.types.arguments import convert_arguments
 from strawberry.types.field import StrawberryField
 
 from uidhub import logs, metrics
+from uidhub.runtime import Runtime
 from uidhub.schema import UidhubSchema
-from uidhub.schema.context import Context, Services
+from uidhub.schema.context import Context
 
 #: Object types whose every field is compiled: their resolvers read nothing of `info` but `info.context`.
 #: QuotaForecast is left out: it reads the clock, so no two executions can be compared.
@@ -360,9 +361,9 @@ _NEVER = object()
 class CompiledReads:
     """Plans and runs compiled queries; `execute` answers None when ordinary execution must run."""
 
-    def __init__(self, schema: UidhubSchema, services: Services) -> None:
+    def __init__(self, schema: UidhubSchema, runtime: Runtime) -> None:
         self.schema = schema
-        self.services = services
+        self.runtime = runtime
         self.plans = _Lru()
         #: Counters for tests and bench/: requests answered here, and requests handed back.
         self.compiled = 0
@@ -478,7 +479,7 @@ class CompiledReads:
         accept = request.headers.get("accept", "")
         if "multipart" in accept or "event-stream" in accept:  # streamed transports: strawberry's business
             return None
-        context = Context(self.services, request=request, actor=actor, request_id=request_id)
+        context = Context(self.runtime, request=request, actor=actor, request_id=request_id)
         # The log context strawberry's LogContext extension sets around an operation.
         partner = logs.partner_var.set(getattr(actor, "partner_uid", None))
         operation = logs.operation_var.set(operation_name)

@@ -12,8 +12,9 @@ from uidhub.compiled import CompiledReads
 from uidhub.db import Database
 from uidhub.resolvers.actor import Actor
 from uidhub.resolvers.auth import authenticate
+from uidhub.runtime import Runtime
 from uidhub.schema import UidhubSchema, build_schema
-from uidhub.schema.context import Context, Services
+from uidhub.schema.context import Context
 from uidhub.settings import Settings
 
 
@@ -21,21 +22,21 @@ from uidhub.settings import Settings
 class Differ:
     """Runs a request through both paths and keeps the mismatches and how many were compiled."""
 
-    services: Services
+    runtime: Runtime
     schema: UidhubSchema = field(default_factory=build_schema)
     compiled: int = 0
     fallbacks: int = 0
     mismatches: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.reads = CompiledReads(self.schema, self.services)
+        self.reads = CompiledReads(self.schema, self.runtime)
 
     @classmethod
     def over(cls, db: Database, settings: Settings) -> Differ:
-        return cls(Services(settings=settings, db=db))
+        return cls(Runtime.open(settings, db=db))
 
     async def actor(self, token: str) -> Actor:
-        async with self.services.db.read() as session:
+        async with self.runtime.db.read() as session:
             actor = await authenticate(session, token)
         assert actor is not None
         return actor
@@ -43,7 +44,7 @@ class Differ:
     async def ordinary(
         self, query: str, variables: dict[str, Any] | None, actor: Actor, operation_name: str | None = None
     ) -> dict[str, Any]:
-        context = Context(self.services, actor=actor, request_id="differential")
+        context = Context(self.runtime, actor=actor, request_id="differential")
         try:
             result = await self.schema.execute(
                 query, variable_values=variables, context_value=context, operation_name=operation_name
@@ -55,7 +56,7 @@ class Differ:
     async def compiled_answer(
         self, query: str, variables: dict[str, Any] | None, actor: Actor, operation_name: str | None = None
     ) -> dict[str, Any] | None:
-        context = Context(self.services, actor=actor, request_id="differential")
+        context = Context(self.runtime, actor=actor, request_id="differential")
         try:
             return await self.reads.execute(query, variables, operation_name, context)
         finally:
@@ -68,7 +69,7 @@ class Differ:
         compiled = await self.compiled_answer(query, variables, actor, operation_name)
         ordinary = await self.ordinary(query, variables, actor, operation_name)
         # Every connection is back in the pool: nothing either path started outlives its request.
-        assert self.services.db.engine.pool.checkedout() == 0, query  # type: ignore[attr-defined]
+        assert self.runtime.db.engine.pool.checkedout() == 0, query  # type: ignore[attr-defined]
         if compiled is None:
             self.fallbacks += 1
             return False
