@@ -42,6 +42,7 @@ from uidhub.models.enums import (
     PaygFreezeStatus,
     PurchaseControl,
 )
+from uidhub.models.listing import status_counter, type_counter
 from uidhub.models.money import format_money
 from uidhub.resolvers import audit, counters, locks
 from uidhub.resolvers.actor import Actor, Permission
@@ -634,12 +635,15 @@ def counted(actor: Actor, f: EndUserQuery) -> Select[Any]:
     return query.where(*filter_conditions(actor, f))
 
 
-def counter_shape(actor: Actor, f: EndUserQuery) -> tuple[str, str | None] | None:
-    """(counter, counter to subtract) answering the count of `f` from the partner's counters, or None.
+def counter_shape(actor: Actor, f: EndUserQuery) -> tuple[tuple[str, ...], str | None] | None:
+    """(counters to add, counter to subtract) answering the count of `f` from the partner's counters, or None.
 
-    Unfiltered, masters only, and one effective flag (freeze, ban, credit SHUTDOWN, below warning) either way.
+    Unfiltered, masters only, one effective flag (freeze, ban, credit SHUTDOWN, below warning) either way,
+    or one dimension of statuses (`accountStatuses`) or of types (`accountTypes`) alone. Every other
+    combination (two of these at once, masters only with a filter, search, uids, businessManager, link-time
+    ranges, an END_USER's own view) is an exact COUNT over the listing: see the README's "Large partners".
     """
-    if actor.account_id is not None or f.search or f.uids is not None or f.account_types or f.account_statuses:
+    if actor.account_id is not None or f.search or f.uids is not None:
         return None
     if f.business_manager is not None or f.linked_after is not None or f.linked_before is not None:
         return None
@@ -658,14 +662,19 @@ def counter_shape(actor: Actor, f: EndUserQuery) -> tuple[str, str | None] | Non
             return None
     if f.below_warning_level is not None:
         flags.append(("below_warning", f.below_warning_level))
-    if not f.include_sub_accounts:
-        return ("owners", None) if not flags else None
-    if not flags:
-        return ("accounts", None)
-    if len(flags) > 1:
+    dimensions = len(flags) + bool(f.account_statuses) + bool(f.account_types) + (not f.include_sub_accounts)
+    if dimensions > 1:
         return None
+    if f.account_statuses:
+        return tuple(status_counter(s) for s in sorted(set(f.account_statuses))), None
+    if f.account_types:
+        return tuple(type_counter(t) for t in sorted(set(f.account_types))), None
+    if not f.include_sub_accounts:
+        return ("owners",), None
+    if not flags:
+        return ("accounts",), None
     name, value = flags[0]
-    return (name, None) if value else ("accounts", name)
+    return ((name,), None) if value else (("accounts",), name)
 
 
 async def _prefer_search_indexes(session: AsyncSession, f: EndUserQuery) -> None:
@@ -688,7 +697,7 @@ async def count_matching(session: AsyncSession, actor: Actor, f: EndUserQuery) -
         return int(await session.scalar(counted(actor, f)) or 0)
     values = await counters.totals(session, actor.partner_id)
     plus, minus = shape
-    return getattr(values, plus) - (getattr(values, minus) if minus else 0)
+    return sum(getattr(values, name) for name in plus) - (getattr(values, minus) if minus else 0)
 
 
 def sort_expr(sort_field: str) -> ColumnElement[Any] | InstrumentedAttribute[Any]:
