@@ -836,21 +836,21 @@ async def list_end_users(
     limit = check_first(first)
     cursor_kind = f"eu:{sort.field}:{'d' if sort.descending else 'a'}"
     position = decode_cursor(after, cursor_kind, 2)
-    after: tuple[Any, str] | None = None
+    start: tuple[Any, str] | None = None
     if position is not None:
         value, uid = _parse_cursor_value(sort.field, position[0]), position[1]
         if not isinstance(uid, str):
             raise InvalidArgument("`after` is not a valid cursor.")
-        after = (value, uid)
+        start = (value, uid)
     await _prefer_search_indexes(session, f)
     matched = await bounded_search_count(session, actor, f)
     if matched is not None:
-        query = candidates_query(actor, f, sort, limit + 1, after)
+        query = candidates_query(actor, f, sort, limit + 1, start)
     else:
         # The pool and master are joined anyway; selecting them lets nested fields answer without loading them again.
         query = filtered_query(actor, f, sort).add_columns(QuotaPool, Master)
-        if after is not None:
-            query = query.where(_after(sort, *after))
+        if start is not None:
+            query = query.where(_after(sort, *start))
     rows = (await session.execute(query.limit(limit + 1))).all()
     # Every row is the actor's partner's: loaded once, not joined (a join let SQLite put `partners` outermost and
     # sort the partner's accounts instead of walking the order's index).
