@@ -765,8 +765,8 @@ def filtered_query(actor: Actor, f: EndUserQuery, sort: EndUserSort) -> Select[A
     )
 
 
-#: A PostgreSQL trigram search matching at most this many accounts is listed candidates first (see
-#: `bounded_search_count`). Walking an order's index instead visits about page × accounts / matches rows when
+#: A PostgreSQL trigram search matching at most this many accounts is listed from its matches (see
+#: `candidates_query`). Walking an order's index instead visits about page × accounts / matches rows when
 #: the matches are spread evenly, and far more when they cluster (a nickname "Customer 77…" matches one run of
 #: link order): the candidates cost O(matches) whatever their spread, ~100 ms for 20,000 of them on the bench
 #: machine, and past this many matches a walk finds a page within ~page × accounts / 20,000 rows on average.
@@ -777,26 +777,17 @@ def _trigram_search_pg(session: AsyncSession, f: EndUserQuery) -> bool:
     return bool(f.search) and len(f.search or "") >= TRIGRAM_MIN and session.get_bind().dialect.name == "postgresql"
 
 
-async def bounded_search_count(session: AsyncSession, actor: Actor, f: EndUserQuery) -> int | None:
-    """On PostgreSQL, the number of accounts a trigram search matches when it is at most SEARCH_CANDIDATES_MAX,
-    else None (and None elsewhere).
-
-    One COUNT over at most SEARCH_CANDIDATES_MAX + 1 rows: through the trigram bitmaps for a selective term,
-    or a bounded walk for a common one. When it answers, the page is sorted from those candidates
-    (`candidates_query`) and totalCount is this number: no second COUNT.
-    """
-    if not _trigram_search_pg(session, f):
-        return None
-    probe = counted(actor, f).with_only_columns(L.account_id).limit(SEARCH_CANDIDATES_MAX + 1).subquery()
-    matched = int(await session.scalar(select(func.count()).select_from(probe)) or 0)
-    return matched if matched <= SEARCH_CANDIDATES_MAX else None
-
-
 def candidates_query(
     actor: Actor, f: EndUserQuery, sort: EndUserSort, limit: int, after: tuple[Any, str] | None
 ) -> Select[Any]:
-    """The page of a selective search: its matches (a MATERIALIZED CTE, found through the trigram indexes)
-    sorted and cut to the page on their own keys, and only then joined to their accounts, pools and masters.
+    """A PostgreSQL search's count and page in one statement, from its matches.
+
+    The matches (at most SEARCH_CANDIDATES_MAX + 1 of them: a MATERIALIZED CTE, filled through the trigram
+    and pattern indexes for a selective term, by a bounded walk for a common one) are counted, and sorted and
+    cut to the page on their own keys before they are joined to their accounts, pools and masters. Every row
+    carries the count first; a page with no rows is one row of count and NULLs. When the count is at most
+    SEARCH_CANDIDATES_MAX it is the exact totalCount and the rows are the page; past it, the caller walks the
+    order's index instead.
 
     Sorting the CTE's columns is what keeps the planner from walking an order's index and testing every
     row against the search (which it prices as if the matches were spread evenly through the order).
@@ -807,18 +798,21 @@ def candidates_query(
         .select_from(L)
         .join(Account, Account.id == L.account_id)
         .where(*filter_conditions(actor, f))
+        .limit(SEARCH_CANDIDATES_MAX + 1)
         .cte("search_matches")
         .prefix_with("MATERIALIZED")
     )
+    total = select(func.count().label("matched")).select_from(matches).subquery("search_total")
     page = select(matches).order_by(*_order(sort, matches.c.sort_key, matches.c.uid)).limit(limit)
     if after is not None:
         page = page.where(_after(sort, after[0], after[1], matches.c.sort_key, matches.c.uid))
     rows = page.subquery("search_page")
     return (
-        select(Account, rows.c.sort_key, QuotaPool, Master)
-        .select_from(rows)
-        .join(Account, Account.id == rows.c.account_id)
-        .join(QuotaPool, QuotaPool.id == Account.pool_id)
+        select(total.c.matched, Account, rows.c.sort_key, QuotaPool, Master)
+        .select_from(total)
+        .outerjoin(rows, true())
+        .outerjoin(Account, Account.id == rows.c.account_id)
+        .outerjoin(QuotaPool, QuotaPool.id == Account.pool_id)
         .outerjoin(Master, Master.id == Account.master_id)
         .order_by(*_order(sort, rows.c.sort_key, rows.c.uid))
     )
@@ -843,15 +837,19 @@ async def list_end_users(
             raise InvalidArgument("`after` is not a valid cursor.")
         start = (value, uid)
     await _prefer_search_indexes(session, f)
-    matched = await bounded_search_count(session, actor, f)
-    if matched is not None:
-        query = candidates_query(actor, f, sort, limit + 1, start)
-    else:
+    matched: int | None = None
+    rows: Sequence[Any] | None = None
+    if _trigram_search_pg(session, f):
+        found = (await session.execute(candidates_query(actor, f, sort, limit + 1, start))).all()
+        if int(found[0][0]) <= SEARCH_CANDIDATES_MAX:
+            matched = int(found[0][0])
+            rows = [row[1:] for row in found if row[1] is not None]
+    if rows is None:
         # The pool and master are joined anyway; selecting them lets nested fields answer without loading them again.
         query = filtered_query(actor, f, sort).add_columns(QuotaPool, Master)
         if start is not None:
             query = query.where(_after(sort, *start))
-    rows = (await session.execute(query.limit(limit + 1))).all()
+        rows = (await session.execute(query.limit(limit + 1))).all()
     # Every row is the actor's partner's: loaded once, not joined (a join let SQLite put `partners` outermost and
     # sort the partner's accounts instead of walking the order's index).
     partner = await session.get(Partner, actor.partner_id) if rows else None
@@ -860,7 +858,7 @@ async def list_end_users(
 
     async def count() -> int:
         if matched is not None:
-            return matched  # the bounded count was exact
+            return matched  # counted with the page, exactly
         return await count_matching(session, actor, f)
 
     return Page(
