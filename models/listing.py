@@ -4,7 +4,7 @@
 filters and sorts on that live elsewhere: its pool's available amount, quota,
 credit control and warning side, and its effective (master-inherited) freeze
 and purchase control. `partner_account_counters` holds what `summary` and an
-unfiltered `totalCount` report.
+unfiltered, one-flag, one-status or one-type `totalCount` report.
 
 Neither is written from Python. Database triggers created by migration
 0004_scale (uidhub/migrations/versions/0004_scale.py) keep both in step with every
@@ -116,6 +116,26 @@ class PartnerAccountCounters(Base):
     total_quota_cents: Mapped[int] = mapped_column(BigInteger, default=0)
     total_available_cents: Mapped[int] = mapped_column(BigInteger, default=0)
     total_outstanding_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Per status (DELETED included) and per type (non-deleted only, as the list shows them): the totalCount of
+    # exactly one `accountStatuses` or `accountTypes` filter (migration 0005_status_type_counters).
+    status_normal: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    status_to_be_confirmed: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    status_in_process: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    status_terminated: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    status_deleted: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    type_end_user: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    type_enterprise: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    type_reseller: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+def status_counter(status: AccountStatus) -> str:
+    """The counters column of one account status."""
+    return f"status_{status.value.lower()}"
+
+
+def type_counter(account_type: AccountType) -> str:
+    """The counters column of one account type."""
+    return f"type_{account_type.value.lower()}"
 
 
 # Search indexes on PostgreSQL: pg_trgm GIN indexes on accounts.uid, nickname and remarks, and a

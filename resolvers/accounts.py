@@ -42,6 +42,7 @@ from uidhub.models.enums import (
     PaygFreezeStatus,
     PurchaseControl,
 )
+from uidhub.models.listing import status_counter, type_counter
 from uidhub.models.money import format_money
 from uidhub.resolvers import audit, counters, locks
 from uidhub.resolvers.actor import Actor, Permission
@@ -634,12 +635,15 @@ def counted(actor: Actor, f: EndUserQuery) -> Select[Any]:
     return query.where(*filter_conditions(actor, f))
 
 
-def counter_shape(actor: Actor, f: EndUserQuery) -> tuple[str, str | None] | None:
-    """(counter, counter to subtract) answering the count of `f` from the partner's counters, or None.
+def counter_shape(actor: Actor, f: EndUserQuery) -> tuple[tuple[str, ...], str | None] | None:
+    """(counters to add, counter to subtract) answering the count of `f` from the partner's counters, or None.
 
-    Unfiltered, masters only, and one effective flag (freeze, ban, credit SHUTDOWN, below warning) either way.
+    Unfiltered, masters only, one effective flag (freeze, ban, credit SHUTDOWN, below warning) either way,
+    or one dimension of statuses (`accountStatuses`) or of types (`accountTypes`) alone. Every other
+    combination (two of these at once, masters only with a filter, search, uids, businessManager, link-time
+    ranges, an END_USER's own view) is an exact COUNT over the listing: see the README's "Large partners".
     """
-    if actor.account_id is not None or f.search or f.uids is not None or f.account_types or f.account_statuses:
+    if actor.account_id is not None or f.search or f.uids is not None:
         return None
     if f.business_manager is not None or f.linked_after is not None or f.linked_before is not None:
         return None
@@ -658,14 +662,19 @@ def counter_shape(actor: Actor, f: EndUserQuery) -> tuple[str, str | None] | Non
             return None
     if f.below_warning_level is not None:
         flags.append(("below_warning", f.below_warning_level))
-    if not f.include_sub_accounts:
-        return ("owners", None) if not flags else None
-    if not flags:
-        return ("accounts", None)
-    if len(flags) > 1:
+    dimensions = len(flags) + bool(f.account_statuses) + bool(f.account_types) + (not f.include_sub_accounts)
+    if dimensions > 1:
         return None
+    if f.account_statuses:
+        return tuple(status_counter(s) for s in sorted(set(f.account_statuses))), None
+    if f.account_types:
+        return tuple(type_counter(t) for t in sorted(set(f.account_types))), None
+    if not f.include_sub_accounts:
+        return ("owners",), None
+    if not flags:
+        return ("accounts",), None
     name, value = flags[0]
-    return (name, None) if value else ("accounts", name)
+    return ((name,), None) if value else (("accounts",), name)
 
 
 async def _prefer_search_indexes(session: AsyncSession, f: EndUserQuery) -> None:
@@ -688,7 +697,7 @@ async def count_matching(session: AsyncSession, actor: Actor, f: EndUserQuery) -
         return int(await session.scalar(counted(actor, f)) or 0)
     values = await counters.totals(session, actor.partner_id)
     plus, minus = shape
-    return getattr(values, plus) - (getattr(values, minus) if minus else 0)
+    return sum(getattr(values, name) for name in plus) - (getattr(values, minus) if minus else 0)
 
 
 def sort_expr(sort_field: str) -> ColumnElement[Any] | InstrumentedAttribute[Any]:
@@ -724,17 +733,20 @@ def _parse_cursor_value(sort_field: str, value: Any) -> Any:
         raise InvalidArgument("`after` is not a valid cursor for this order.") from None
 
 
-def _order(sort: EndUserSort) -> list[ColumnElement[Any]]:
-    keys = [L.uid] if sort.field == "UID" else [sort_expr(sort.field), L.uid]
+def _order(sort: EndUserSort, key: Any = None, uid_key: Any = None) -> list[ColumnElement[Any]]:
+    """The list order; `key`/`uid_key` replace the listing's sort and uid columns (a search's candidates)."""
+    uid_col = L.uid if uid_key is None else uid_key
+    keys = [uid_col] if sort.field == "UID" else [sort_expr(sort.field) if key is None else key, uid_col]
     return [k.desc() for k in keys] if sort.descending else [k.asc() for k in keys]
 
 
-def _after(sort: EndUserSort, value: Any, uid: str) -> ColumnElement[bool]:
+def _after(sort: EndUserSort, value: Any, uid: str, key: Any = None, uid_key: Any = None) -> ColumnElement[bool]:
     """Rows after the cursor: one row-value comparison, which both databases seek with the order's index."""
+    uid_col = L.uid if uid_key is None else uid_key
     if sort.field == "UID":
-        return L.uid < uid if sort.descending else L.uid > uid
-    key = sort_expr(sort.field)
-    left = tuple_(key, L.uid)
+        return uid_col < uid if sort.descending else uid_col > uid
+    key = sort_expr(sort.field) if key is None else key
+    left = tuple_(key, uid_col)
     right = tuple_(bindparam(None, value, type_=key.type), bindparam(None, uid, type_=L.uid.type))
     return left < right if sort.descending else left > right
 
@@ -753,6 +765,59 @@ def filtered_query(actor: Actor, f: EndUserQuery, sort: EndUserSort) -> Select[A
     )
 
 
+#: A PostgreSQL trigram search matching at most this many accounts is listed from its matches (see
+#: `candidates_query`). Walking an order's index instead visits about page × accounts / matches rows when
+#: the matches are spread evenly, and far more when they cluster (a nickname "Customer 77…" matches one run of
+#: link order): the candidates cost O(matches) whatever their spread, ~100 ms for 20,000 of them on the bench
+#: machine, and past this many matches a walk finds a page within ~page × accounts / 20,000 rows on average.
+SEARCH_CANDIDATES_MAX = 20_000
+
+
+def _trigram_search_pg(session: AsyncSession, f: EndUserQuery) -> bool:
+    return bool(f.search) and len(f.search or "") >= TRIGRAM_MIN and session.get_bind().dialect.name == "postgresql"
+
+
+def candidates_query(
+    actor: Actor, f: EndUserQuery, sort: EndUserSort, limit: int, after: tuple[Any, str] | None
+) -> Select[Any]:
+    """A PostgreSQL search's count and page in one statement, from its matches.
+
+    The matches (at most SEARCH_CANDIDATES_MAX + 1 of them: a MATERIALIZED CTE, filled through the trigram
+    and pattern indexes for a selective term, by a bounded walk for a common one) are counted, and sorted and
+    cut to the page on their own keys before they are joined to their accounts, pools and masters. Every row
+    carries the count first; a page with no rows is one row of count and NULLs. When the count is at most
+    SEARCH_CANDIDATES_MAX it is the exact totalCount and the rows are the page; past it, the caller walks the
+    order's index instead.
+
+    Sorting the CTE's columns is what keeps the planner from walking an order's index and testing every
+    row against the search (which it prices as if the matches were spread evenly through the order).
+    """
+    key = sort_expr(sort.field)
+    matches = (
+        select(L.account_id.label("account_id"), key.label("sort_key"), L.uid.label("uid"))
+        .select_from(L)
+        .join(Account, Account.id == L.account_id)
+        .where(*filter_conditions(actor, f))
+        .limit(SEARCH_CANDIDATES_MAX + 1)
+        .cte("search_matches")
+        .prefix_with("MATERIALIZED")
+    )
+    total = select(func.count().label("matched")).select_from(matches).subquery("search_total")
+    page = select(matches).order_by(*_order(sort, matches.c.sort_key, matches.c.uid)).limit(limit)
+    if after is not None:
+        page = page.where(_after(sort, after[0], after[1], matches.c.sort_key, matches.c.uid))
+    rows = page.subquery("search_page")
+    return (
+        select(total.c.matched, Account, rows.c.sort_key, QuotaPool, Master)
+        .select_from(total)
+        .outerjoin(rows, true())
+        .outerjoin(Account, Account.id == rows.c.account_id)
+        .outerjoin(QuotaPool, QuotaPool.id == Account.pool_id)
+        .outerjoin(Master, Master.id == Account.master_id)
+        .order_by(*_order(sort, rows.c.sort_key, rows.c.uid))
+    )
+
+
 async def list_end_users(
     session: AsyncSession,
     actor: Actor,
@@ -765,15 +830,26 @@ async def list_end_users(
     limit = check_first(first)
     cursor_kind = f"eu:{sort.field}:{'d' if sort.descending else 'a'}"
     position = decode_cursor(after, cursor_kind, 2)
-    # The pool and master are joined anyway; selecting them lets nested fields answer without loading them again.
-    query = filtered_query(actor, f, sort).add_columns(QuotaPool, Master)
+    start: tuple[Any, str] | None = None
     if position is not None:
         value, uid = _parse_cursor_value(sort.field, position[0]), position[1]
         if not isinstance(uid, str):
             raise InvalidArgument("`after` is not a valid cursor.")
-        query = query.where(_after(sort, value, uid))
+        start = (value, uid)
     await _prefer_search_indexes(session, f)
-    rows = (await session.execute(query.limit(limit + 1))).all()
+    matched: int | None = None
+    rows: Sequence[Any] | None = None
+    if _trigram_search_pg(session, f):
+        found = (await session.execute(candidates_query(actor, f, sort, limit + 1, start))).all()
+        if int(found[0][0]) <= SEARCH_CANDIDATES_MAX:
+            matched = int(found[0][0])
+            rows = [row[1:] for row in found if row[1] is not None]
+    if rows is None:
+        # The pool and master are joined anyway; selecting them lets nested fields answer without loading them again.
+        query = filtered_query(actor, f, sort).add_columns(QuotaPool, Master)
+        if start is not None:
+            query = query.where(_after(sort, *start))
+        rows = (await session.execute(query.limit(limit + 1))).all()
     # Every row is the actor's partner's: loaded once, not joined (a join let SQLite put `partners` outermost and
     # sort the partner's accounts instead of walking the order's index).
     partner = await session.get(Partner, actor.partner_id) if rows else None
@@ -781,6 +857,8 @@ async def list_end_users(
     cursors = [encode_cursor(cursor_kind, [_cursor_value(sort.field, row[1]), row[0].uid]) for row in rows[:limit]]
 
     async def count() -> int:
+        if matched is not None:
+            return matched  # counted with the page, exactly
         return await count_matching(session, actor, f)
 
     return Page(

@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from uidhub.db import Database
 from uidhub.models import PartnerAccountCounters
+from uidhub.models.enums import AccountStatus, AccountType
+from uidhub.models.listing import status_counter, type_counter
 
 C = PartnerAccountCounters
 COUNTER_FIELDS = (
@@ -28,6 +30,8 @@ COUNTER_FIELDS = (
     "total_quota_cents",
     "total_available_cents",
     "total_outstanding_cents",
+    *(status_counter(s) for s in AccountStatus),
+    *(type_counter(t) for t in AccountType),
 )
 #: Delta rows a PostgreSQL reader tolerates before folding them (the SUM reads at most about this many).
 COMPACT_AFTER = 64
@@ -44,6 +48,14 @@ class Totals:
     total_quota_cents: int
     total_available_cents: int
     total_outstanding_cents: int
+    status_normal: int
+    status_to_be_confirmed: int
+    status_in_process: int
+    status_terminated: int
+    status_deleted: int
+    type_end_user: int
+    type_enterprise: int
+    type_reseller: int
 
 
 def _compact_sql() -> str:
@@ -78,4 +90,4 @@ async def totals(session: AsyncSession, partner_id: int) -> Totals:
     row = (await session.execute(query)).one()
     if int(row[0]) > COMPACT_AFTER:
         await compact(session, partner_id)
-    return Totals(*(int(v) for v in row[1:]))
+    return Totals(**{f: int(v) for f, v in zip(COUNTER_FIELDS, row[1:], strict=True)})

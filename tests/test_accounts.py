@@ -19,6 +19,7 @@ from tests.support.accounts import (
 )
 from tests.support.api import Api
 from uidhub.models import Account, AuditEntry, QuotaPool
+from uidhub.resolvers import accounts as accounts_resolvers
 
 
 async def counts(api: Api) -> tuple[int, int, int]:
@@ -428,6 +429,31 @@ async def test_every_order_both_directions_and_pagination(api: Api) -> None:
             assert pages == 3
     # ASC is the default direction.
     assert await listed(api, None, {"field": "UID"}) == expected_order(rows, "UID", False)
+
+
+@pytest.mark.parametrize("candidates_max", [20_000, 0])
+async def test_search_pages_in_every_order(api: Api, candidates_max: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search paginates like the list in every order, with an exact totalCount: on PostgreSQL both from its
+    candidates (a selective term) and by walking the order's index (past SEARCH_CANDIDATES_MAX matches)."""
+    monkeypatch.setattr(accounts_resolvers, "SEARCH_CANDIDATES_MAX", candidates_max)
+    rows = await seed_for_order(api)
+    for term in ("kiw", "ppl"):  # three accounts (one a sub-account sharing its master's pool), two
+        expected_rows = {uid: row for uid, row in rows.items() if term in row["NICKNAME"]}
+        for field in ("LINKED_AT", "UID", "NICKNAME", "AVAILABLE_QUOTA"):
+            for direction in ("ASC", "DESC"):
+                order = {"field": field, "direction": direction}
+                walked: list[str] = []
+                after = None
+                while True:
+                    variables = {"filter": {"search": term}, "orderBy": order, "first": 2, "after": after}
+                    data = (await api.gql(LIST, variables))["endUsers"]
+                    assert data["totalCount"] == len(expected_rows), (term, order)
+                    walked += [e["node"]["uid"] for e in data["edges"]]
+                    if not data["pageInfo"]["hasNextPage"]:
+                        break
+                    after = data["pageInfo"]["endCursor"]
+                    assert len(walked) <= len(expected_rows)
+                assert walked == expected_order(expected_rows, field, direction == "DESC"), (term, order)
 
 
 async def test_cursor_stays_valid_while_rows_are_added(api: Api) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from tests.support.api import make_partner
 from tests.test_cli import run
 from tests.test_scale_counters import check_counters, check_listing
+from uidhub import import_accounts as import_accounts_module
 from uidhub.db import Database
 from uidhub.import_accounts import HEADER, ImportFailed, import_accounts, import_actor
 from uidhub.models import Account, AuditEntry, Partner, QuotaAdjustment, QuotaPool
@@ -180,3 +181,35 @@ async def test_agency_rules_are_linkaccounts(db: Database, tmp_path: Path) -> No
     ]
     ok = write_csv(tmp_path / "agency-ok.csv", [["G3", "nick", "", "remarks", "", "", ""]])
     assert await import_accounts(db, "P-AG", ok) == 1
+
+
+async def test_rows_across_batches_and_statements(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches, COPYs and multi-row INSERTs of two rows: a sub-account names a master of an earlier batch, every
+    row lands once with linkAccount's records, and the values read back as the ORM wrote them."""
+    monkeypatch.setattr(import_accounts_module, "BATCH", 2)
+    monkeypatch.setattr(import_accounts_module, "COPY_ROWS", 2)
+    monkeypatch.setattr(import_accounts_module, "SQLITE_ROWS_PER_INSERT", 2)
+    partner = await _partner_with_old_master(db)
+    before = await _counts(db)
+    path = write_csv(tmp_path / "ok.csv", VALID)
+    assert await import_accounts(db, "P-IMP", path) == len(VALID)
+    after = await _counts(db)
+    assert tuple(a - b for a, b in zip(after, before, strict=True)) == (5, 2, 7, 1)
+    async with db.read() as session:
+        m1 = await session.scalar(select(Account).where(Account.uid == "M1"))
+        s2 = await session.scalar(select(Account).where(Account.uid == "M1-S2"))
+        assert m1 is not None and s2 is not None
+        assert s2.master_id == m1.id and s2.pool_id == m1.pool_id and s2.remarks == "Hangzhou"
+        assert m1.linked_at.tzinfo is not None
+        entries = (await session.scalars(select(AuditEntry).where(AuditEntry.account_id == m1.id))).all()
+        by_action = {e.action: e for e in entries}
+        assert by_action[AuditAction.QUOTA_CREATED].before == {"amount": "0.00"}
+        assert by_action[AuditAction.QUOTA_CREATED].after == {"amount": "1000.50"}
+        assert by_action[AuditAction.WARNING_THRESHOLD_CHANGED].before == {"warningThresholdPercent": None}
+        assert by_action[AuditAction.ACCOUNT_LINKED].before is None
+        assert by_action[AuditAction.ACCOUNT_LINKED].after["remarks"] == "Key account"
+        assert by_action[AuditAction.ACCOUNT_LINKED].occurred_at == m1.linked_at
+    await check_listing(db)
+    await check_counters(db, import_actor(partner))

@@ -39,6 +39,7 @@ from uidhub.models.enums import (
     Role,
     ShutdownPolicy,
 )
+from uidhub.models.listing import status_counter, type_counter
 from uidhub.resolvers import accounts, orders, policy, quota
 from uidhub.resolvers.actor import Actor
 from uidhub.resolvers.counters import totals
@@ -58,12 +59,20 @@ operation = st.one_of(
     st.tuples(st.sampled_from(["record", "deduct", "repay"]), uid_st, cents_st),
     st.tuples(st.just("order"), uid_st, cents_st),
 )
-# Who links what: each UID is a master/standalone (None) or a sub-account of an earlier UID, with a quota or not.
+# Who links what: each UID is a master/standalone (None) or a sub-account of an earlier UID, with a quota or not,
+# of some account type.
 layout_st = st.lists(
-    st.tuples(st.one_of(st.none(), st.integers(min_value=0, max_value=7)), st.one_of(st.none(), cents_st)),
+    st.tuples(
+        st.one_of(st.none(), st.integers(min_value=0, max_value=7)),
+        st.one_of(st.none(), cents_st),
+        st.sampled_from(list(AccountType)),
+    ),
     min_size=len(UIDS),
     max_size=len(UIDS),
 )
+
+
+Layout = list[tuple[int | None, int | None, AccountType]]
 
 
 def _actor(partner: Partner) -> Actor:
@@ -144,6 +153,29 @@ async def check_counters(db: Database, actor: Actor) -> None:
         truth.total_outstanding_cents,
     )
     assert maintained.owners == owners
+    async with db.read() as session:
+        by_status = dict(
+            (
+                await session.execute(
+                    select(Account.status, func.count())
+                    .where(Account.partner_id == actor.partner_id)
+                    .group_by(Account.status)
+                )
+            ).all()
+        )
+        by_type = dict(
+            (
+                await session.execute(
+                    select(Account.account_type, func.count())
+                    .where(Account.partner_id == actor.partner_id, Account.status != AccountStatus.DELETED)
+                    .group_by(Account.account_type)
+                )
+            ).all()
+        )
+    for status in AccountStatus:
+        assert getattr(maintained, status_counter(status)) == by_status.get(status, 0), status
+    for account_type in AccountType:
+        assert getattr(maintained, type_counter(account_type)) == by_type.get(account_type, 0), account_type
 
 
 async def check_listing(db: Database) -> None:
@@ -205,6 +237,19 @@ COUNT_SHAPES: list[dict[str, Any]] = [
     {"credit_control_statuses": [CreditControlStatus.NORMAL, CreditControlStatus.ARREARS_NOT_SHUTDOWN]},
     {"below_warning_level": True},
     {"below_warning_level": False},
+    *({"account_statuses": [status]} for status in AccountStatus),
+    {"account_statuses": [AccountStatus.NORMAL, AccountStatus.DELETED]},
+    {"account_statuses": [AccountStatus.TERMINATED, AccountStatus.TERMINATED]},
+    *({"account_types": [account_type]} for account_type in AccountType),
+    {"account_types": [AccountType.END_USER, AccountType.RESELLER]},
+]
+#: Shapes that stay exact COUNTs: two dimensions at once, or a filter the counters do not hold.
+EXACT_SHAPES: list[dict[str, Any]] = [
+    {"account_statuses": [AccountStatus.NORMAL], "account_types": [AccountType.END_USER]},
+    {"account_statuses": [AccountStatus.NORMAL], "include_sub_accounts": False},
+    {"account_types": [AccountType.ENTERPRISE], "payg_freeze_status": PaygFreezeStatus.FROZEN},
+    {"payg_freeze_status": PaygFreezeStatus.FROZEN, "purchase_control": PurchaseControl.BANNED},
+    {"business_manager": "bm"},
 ]
 
 
@@ -217,9 +262,11 @@ async def check_counts(db: Database, actor: Actor) -> None:
             fast = await accounts.count_matching(session, actor, f)
             slow = await session.scalar(accounts.counted(actor, f))
             assert fast == slow, shape
+        for shape in EXACT_SHAPES:
+            assert accounts.counter_shape(actor, accounts.EndUserQuery(**shape)) is None, shape
 
 
-async def run_sequence(db: Database, layout: list[tuple[int | None, int | None]], ops: list[tuple[Any, ...]]) -> None:
+async def run_sequence(db: Database, layout: Layout, ops: list[tuple[Any, ...]]) -> None:
     async with db.write() as session:
         partners = [
             Partner(uid=f"P{i}", name=f"P{i}", kind=PartnerKind.DISTRIBUTOR, alert_emails=["a@example.com"])
@@ -227,7 +274,7 @@ async def run_sequence(db: Database, layout: list[tuple[int | None, int | None]]
         ]
         session.add_all(partners)
     actors = [_actor(p) for p in partners]
-    for i, (master, amount) in enumerate(layout):
+    for i, (master, amount, account_type) in enumerate(layout):
         actor = actors[i % 2]
         master_uid = UIDS[master] if master is not None and master < i and master % 2 == i % 2 else None
         try:
@@ -236,7 +283,7 @@ async def run_sequence(db: Database, layout: list[tuple[int | None, int | None]]
                     session,
                     actor,
                     uid=UIDS[i],
-                    account_type=AccountType.END_USER,
+                    account_type=account_type,
                     nickname=f"n{i}",
                     email=None,
                     master_uid=master_uid,
@@ -266,7 +313,7 @@ def _settings() -> Any:
 @_settings()
 @given(layout=layout_st, ops=st.lists(operation, min_size=1, max_size=30))
 def test_counters_equal_rows_sqlite(
-    layout: list[tuple[int | None, int | None]], ops: list[tuple[Any, ...]], sqlite_template: Path, tmp_path: Path
+    layout: Layout, ops: list[tuple[Any, ...]], sqlite_template: Path, tmp_path: Path
 ) -> None:
     target = tmp_path / f"{uuid.uuid4().hex}.db"
     shutil.copy(sqlite_template, target)
@@ -288,9 +335,7 @@ def test_counters_equal_rows_sqlite(
 @pytest.mark.skipif(not PG_URL, reason="UIDHUB_TEST_POSTGRES_URL is not set")
 @_settings()
 @given(layout=layout_st, ops=st.lists(operation, min_size=1, max_size=30))
-def test_counters_equal_rows_postgres(
-    layout: list[tuple[int | None, int | None]], ops: list[tuple[Any, ...]], pg_database_url: str
-) -> None:
+def test_counters_equal_rows_postgres(layout: Layout, ops: list[tuple[Any, ...]], pg_database_url: str) -> None:
     async def run() -> None:
         db = Database(pg_database_url)
         try:

@@ -9,11 +9,11 @@ is checked first with linkAccount's own rules (`resolvers.accounts.link_input_er
 the text limits of updateBasicInfo, money parsing), against the file itself (duplicates, masters) and
 against the database (UIDs already linked, masters' state, read with the masters locked). Any problem:
 nothing is written, and the first `MAX_REPORTED` problems come back as `line N: CODE message`. Otherwise
-the rows go in with multi-row INSERTs, `BATCH` at a time: pools, accounts, quota records (QUOTA_CREATE)
-and audit entries (ACCOUNT_LINKED, QUOTA_CREATED, WARNING_THRESHOLD_CHANGED), as linkAccount,
-setQuotaAmount and setWarningThreshold write them. The listing, counters and search index follow through
-the database's triggers (migration 0004_scale). A second run of the same file finds every UID linked and
-reports each as ALREADY_LINKED: it changes nothing.
+the rows go in `BATCH` accounts at a time, through COPY (PostgreSQL) or multi-row INSERTs (SQLite), see
+`_insert`: pools, accounts, quota records (QUOTA_CREATE) and audit entries (ACCOUNT_LINKED, QUOTA_CREATED,
+WARNING_THRESHOLD_CHANGED), as linkAccount, setQuotaAmount and setWarningThreshold write them. The listing,
+counters and search index follow through the database's triggers (migration 0004_scale). A second run of
+the same file finds every UID linked and reports each as ALREADY_LINKED: it changes nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import select, text
 
 from uidhub.db import Database
 from uidhub.models import Account, AuditEntry, Partner, QuotaAdjustment, QuotaPool
@@ -53,7 +53,13 @@ from uidhub.resolvers.errors import UserError
 
 HEADER = ["uid", "nickname", "business_manager", "remarks", "master_uid", "quota_amount", "warning_percent"]
 MAX_REPORTED = 100
-BATCH = 2_000
+#: Accounts per batch (pools, accounts and quota records of a batch go in together; sub-accounts may name a
+#: master of the same batch).
+BATCH = 10_000
+#: Rows per COPY on PostgreSQL: each COPY is one statement, under the statement timeout.
+COPY_ROWS = 50_000
+#: Rows per INSERT on SQLite: 500 × 15 columns stays far below its 32,766 bound parameters.
+SQLITE_ROWS_PER_INSERT = 500
 #: Names per IN (...) lookup: under SQLite's and asyncpg's bound-parameter limits.
 LOOKUP_CHUNK = 900
 
@@ -231,16 +237,52 @@ async def _reserve_ids(session: Any, table: Any, count: int) -> list[int]:
     return list(range(top + 1, top + 1 + count))
 
 
+def _convert(process: Callable[[Any], Any], cells: list[Any]) -> list[Any]:
+    """`process` over `cells`, once per distinct object: most cells of a column are the same object (the
+    batch's timestamp, the operator, an action, a constant audit `before`), and JSON or timestamp conversion is
+    most of the Python time of an import. Keyed by id(): every cell stays alive in `cells` meanwhile."""
+    done: dict[int, Any] = {}
+    out = []
+    for cell in cells:
+        key = id(cell)
+        if key not in done:
+            done[key] = process(cell)
+        out.append(done[key])
+    return out
+
+
 async def _insert(session: Any, table: Any, rows: list[dict[str, Any]]) -> None:
-    """Multi-row INSERT … VALUES statements. On PostgreSQL one statement is one firing of the statement-level
-    triggers (one listing insert, one counters delta row), where an executemany would fire them per row."""
-    if session.get_bind().dialect.name != "postgresql":
-        if rows:  # SQLite's executemany is already one prepared statement stepped per row: the fastest path
-            await session.execute(insert(table), rows)
+    """Write `rows` (dicts with the same keys) in as few statements as the database allows, each value through
+    its column type's own bind conversion (what an ORM insert would store), without SQLAlchemy's per-row
+    statement machinery (which cost as much Python time as the database spent).
+
+    PostgreSQL: binary COPY, `COPY_ROWS` at a time. One COPY is one firing of the statement-level triggers
+    (one listing INSERT … SELECT, one counters delta row) and one round trip, whatever its number of rows.
+    SQLite: multi-row INSERT … VALUES. Its triggers run per row either way, but one statement per row (an
+    executemany) cost 140 µs a row where 500-row statements cost 58 µs (listing, counters and FTS triggers,
+    100,000 accounts, measured with the sqlite3 module).
+    """
+    if not rows:
         return
-    if rows:
-        # RETURNING makes SQLAlchemy batch the rows into multi-row VALUES ("insertmanyvalues"), compiled once.
-        await session.execute(insert(table).returning(table.c.id), rows)
+    conn = await session.connection()
+    dialect = conn.dialect
+    columns = list(rows[0])
+    # Column by column: each column's conversion mapped over its values (C-level iteration), then zipped.
+    values: list[list[Any]] = []
+    for name in columns:
+        process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        cells = [row[name] for row in rows]
+        values.append(cells if process is None else _convert(process, cells))
+    records = list(zip(*values, strict=True))
+    if dialect.name == "postgresql":
+        raw = (await conn.get_raw_connection()).driver_connection
+        for chunk in _chunks(records, COPY_ROWS):
+            await raw.copy_records_to_table(table.name, records=chunk, columns=columns)
+        return
+    one = "(" + ", ".join("?" for _ in columns) + ")"
+    head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
+    for chunk in _chunks(records, SQLITE_ROWS_PER_INSERT):
+        await conn.exec_driver_sql(head + ", ".join([one] * len(chunk)), tuple(v for r in chunk for v in r))
 
 
 async def _link_batch(
@@ -251,47 +293,55 @@ async def _link_batch(
     operator = actor.operator_fields()
     owners = [r for r in batch if r.master_uid is None]
     pool_ids = await _reserve_ids(session, QuotaPool.__table__, len(owners))
+    pool_shared = {
+        "partner_id": actor.partner_id,
+        "deducted_cents": 0,
+        "undeducted_cents": 0,
+        "warning_below": False,
+        "shutdown_policy": ShutdownPolicy.IMMEDIATE_STOP,
+        "delay_credit_cents": 0,
+        "credit_control_status": CreditControlStatus.NORMAL,
+        "updated_at": now,
+    }
     await _insert(
         session,
         QuotaPool.__table__,
         [
             {
+                **pool_shared,
                 "id": pool_id,
-                "partner_id": actor.partner_id,
                 "amount_cents": r.quota_cents or 0,
-                "deducted_cents": 0,
-                "undeducted_cents": 0,
                 "quota_created": r.quota_cents is not None,
                 "warning_percent": r.warning_percent,
-                "warning_below": False,
-                "shutdown_policy": ShutdownPolicy.IMMEDIATE_STOP,
-                "delay_credit_cents": 0,
-                "credit_control_status": CreditControlStatus.NORMAL,
-                "updated_at": now,
             }
             for r, pool_id in zip(owners, pool_ids, strict=True)
         ],
     )
     pool_of = {r.uid: p for r, p in zip(owners, pool_ids, strict=True)}
 
+    # What every account of the batch shares, built once (enum member lookups cost, a million times over).
+    shared = {
+        "partner_id": actor.partner_id,
+        "account_type": AccountType.END_USER,
+        "email": None,
+        "status": AccountStatus.NORMAL,
+        "linked_at": now,
+        "payg_freeze": PaygFreezeStatus.NORMAL,
+        "purchase_control": PurchaseControl.NORMAL,
+        "updated_at": now,
+    }
+
     def account_row(r: Row, account_id: int) -> dict[str, Any]:
         master = known[r.master_uid] if r.master_uid is not None else None
         return {
+            **shared,
             "id": account_id,
-            "partner_id": actor.partner_id,
             "uid": r.uid,
-            "account_type": AccountType.END_USER,
             "nickname": r.nickname,
             "business_manager": r.business_manager,
             "remarks": r.remarks,
-            "email": None,
-            "status": AccountStatus.NORMAL,
-            "linked_at": now,
             "master_id": master[0] if master else None,
             "pool_id": master[1] if master else pool_of[r.uid],
-            "payg_freeze": PaygFreezeStatus.NORMAL,
-            "purchase_control": PurchaseControl.NORMAL,
-            "updated_at": now,
         }
 
     # Owners first: a sub-account of this batch may name a master of this batch.
@@ -306,25 +356,32 @@ async def _link_batch(
         known[r.uid] = (account_id, known[r.master_uid][1])  # type: ignore[index]
 
     adjustments = []
+    entry_shared = {
+        "partner_id": actor.partner_id,
+        "method": actor.method,
+        "occurred_at": now,
+        "reason": None,
+        "cascade_from_id": None,
+        **operator,
+    }
+    linked, quota_created, warning_changed = (
+        AuditAction.ACCOUNT_LINKED,
+        AuditAction.QUOTA_CREATED,
+        AuditAction.WARNING_THRESHOLD_CHANGED,
+    )
+    end_user, quota_create = AccountType.END_USER.value, QuotaOperationType.QUOTA_CREATE
+    # One object for every row's identical `before` (converted once, see _convert; never mutated).
+    quota_before, warning_before = {"amount": format_money(0)}, {"warningThresholdPercent": None}
     for r in batch:
-        account_id = known[r.uid][0]
-        entry = {
-            "partner_id": actor.partner_id,
-            "account_id": account_id,
-            "method": actor.method,
-            "occurred_at": now,
-            "reason": None,
-            "cascade_from_id": None,
-            **operator,
-        }
+        entry = {**entry_shared, "account_id": known[r.uid][0]}
         audit.append(
             {
                 **entry,
-                "action": AuditAction.ACCOUNT_LINKED,
+                "action": linked,
                 "before": None,
                 "after": {
                     "uid": r.uid,
-                    "accountType": AccountType.END_USER.value,
+                    "accountType": end_user,
                     "nickname": r.nickname,
                     "email": None,
                     "masterUid": r.master_uid,
@@ -337,7 +394,7 @@ async def _link_batch(
             adjustments.append(
                 {
                     "pool_id": pool_of[r.uid],
-                    "operation_type": QuotaOperationType.QUOTA_CREATE,
+                    "operation_type": quota_create,
                     "occurred_at": now,
                     "before_cents": 0,
                     "value_cents": r.quota_cents,
@@ -349,8 +406,8 @@ async def _link_batch(
             audit.append(
                 {
                     **entry,
-                    "action": AuditAction.QUOTA_CREATED,
-                    "before": {"amount": format_money(0)},
+                    "action": quota_created,
+                    "before": quota_before,
                     "after": {"amount": format_money(r.quota_cents)},
                 }
             )
@@ -358,8 +415,8 @@ async def _link_batch(
             audit.append(
                 {
                     **entry,
-                    "action": AuditAction.WARNING_THRESHOLD_CHANGED,
-                    "before": {"warningThresholdPercent": None},
+                    "action": warning_changed,
+                    "before": warning_before,
                     "after": {"warningThresholdPercent": r.warning_percent},
                 }
             )

@@ -30,6 +30,7 @@ rows already there, before the triggers exist (so nothing is counted twice).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import sqlalchemy as sa
@@ -117,6 +118,41 @@ COUNTER_INPUTS = (
 
 # ---------------------------------------------------------------- SQLite
 
+
+def sqlite_counter_triggers(
+    columns: Sequence[str], contribs: Callable[[str], list[str]], inputs: Sequence[str]
+) -> list[str]:
+    """listing → counters on SQLite (one row per partner): `contribs(row)` is each of `columns`' share of a row,
+    and a listing UPDATE moves them only when one of `inputs` changed. Migration 0005 reuses it with more columns."""
+    return [
+        f"""CREATE TRIGGER trg_listing_counters_insert AFTER INSERT ON account_listing BEGIN
+  INSERT INTO partner_account_counters (partner_id, {", ".join(columns)})
+    SELECT NEW.partner_id, {", ".join("0" for _ in columns)}
+    WHERE NOT EXISTS (SELECT 1 FROM partner_account_counters WHERE partner_id = NEW.partner_id);
+  UPDATE partner_account_counters SET {
+            ", ".join(f"{c} = {c} + {e}" for c, e in zip(columns, contribs("NEW"), strict=True))
+        }
+  WHERE partner_id = NEW.partner_id;
+END""",
+        f"""CREATE TRIGGER trg_listing_counters_update AFTER UPDATE ON account_listing
+WHEN {" OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in inputs)}
+BEGIN
+  UPDATE partner_account_counters SET {
+            ", ".join(
+                f"{c} = {c} + ({n}) - ({o})" for c, n, o in zip(columns, contribs("NEW"), contribs("OLD"), strict=True)
+            )
+        }
+  WHERE partner_id = NEW.partner_id;
+END""",
+        f"""CREATE TRIGGER trg_listing_counters_delete AFTER DELETE ON account_listing BEGIN
+  UPDATE partner_account_counters SET {
+            ", ".join(f"{c} = {c} - ({e})" for c, e in zip(columns, contribs("OLD"), strict=True))
+        }
+  WHERE partner_id = OLD.partner_id;
+END""",
+    ]
+
+
 SQLITE_TRIGGERS = [
     # accounts → listing
     f"""CREATE TRIGGER trg_accounts_listing_insert AFTER INSERT ON accounts BEGIN
@@ -155,32 +191,7 @@ BEGIN
   WHERE pool_id = NEW.id;
 END""",
     # listing → counters (one row per partner)
-    f"""CREATE TRIGGER trg_listing_counters_insert AFTER INSERT ON account_listing BEGIN
-  INSERT INTO partner_account_counters (partner_id, {", ".join(COUNTER_COLUMNS)})
-    SELECT NEW.partner_id, {", ".join("0" for _ in COUNTER_COLUMNS)}
-    WHERE NOT EXISTS (SELECT 1 FROM partner_account_counters WHERE partner_id = NEW.partner_id);
-  UPDATE partner_account_counters SET {
-        ", ".join(f"{c} = {c} + {e}" for c, e in zip(COUNTER_COLUMNS, contributions("NEW"), strict=True))
-    }
-  WHERE partner_id = NEW.partner_id;
-END""",
-    f"""CREATE TRIGGER trg_listing_counters_update AFTER UPDATE ON account_listing
-WHEN {" OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in COUNTER_INPUTS)}
-BEGIN
-  UPDATE partner_account_counters SET {
-        ", ".join(
-            f"{c} = {c} + ({n}) - ({o})"
-            for c, n, o in zip(COUNTER_COLUMNS, contributions("NEW"), contributions("OLD"), strict=True)
-        )
-    }
-  WHERE partner_id = NEW.partner_id;
-END""",
-    f"""CREATE TRIGGER trg_listing_counters_delete AFTER DELETE ON account_listing BEGIN
-  UPDATE partner_account_counters SET {
-        ", ".join(f"{c} = {c} - ({e})" for c, e in zip(COUNTER_COLUMNS, contributions("OLD"), strict=True))
-    }
-  WHERE partner_id = OLD.partner_id;
-END""",
+    *sqlite_counter_triggers(COUNTER_COLUMNS, contributions, COUNTER_INPUTS),
     # accounts → the FTS5 trigram index (external content: the old values must be given to delete)
     """CREATE TRIGGER trg_accounts_search_insert AFTER INSERT ON accounts BEGIN
   INSERT INTO account_search (rowid, uid, nickname, remarks) VALUES (NEW.id, NEW.uid, NEW.nickname, NEW.remarks);
@@ -215,18 +226,38 @@ SQLITE_TRIGGER_NAMES = [
 # ---------------------------------------------------------------- PostgreSQL
 
 
-def _pg_counter_insert(rows_sql: str) -> str:
-    sums = ", ".join(f"sum({c})" for c in COUNTER_COLUMNS)
-    nonzero = " OR ".join(f"sum({c}) <> 0" for c in COUNTER_COLUMNS)
+def _pg_counter_insert(rows_sql: str, columns: Sequence[str]) -> str:
+    sums = ", ".join(f"sum({c})" for c in columns)
+    nonzero = " OR ".join(f"sum({c}) <> 0" for c in columns)
     return (
-        f"INSERT INTO partner_account_counters (partner_id, {', '.join(COUNTER_COLUMNS)}) "
+        f"INSERT INTO partner_account_counters (partner_id, {', '.join(columns)}) "
         f"SELECT partner_id, {sums} FROM ({rows_sql}) d GROUP BY partner_id HAVING {nonzero};"
     )
 
 
-def _pg_rows(table: str, sign: str) -> str:
-    cols = ", ".join(f"{sign}({e}) AS {c}" for c, e in zip(COUNTER_COLUMNS, contributions("r"), strict=True))
+def _pg_rows(table: str, sign: str, columns: Sequence[str], contribs: Callable[[str], list[str]]) -> str:
+    cols = ", ".join(f"{sign}({e}) AS {c}" for c, e in zip(columns, contribs("r"), strict=True))
     return f"SELECT r.partner_id, {cols} FROM {table} r"
+
+
+def pg_counters_function(columns: Sequence[str], contribs: Callable[[str], list[str]], replace: bool = False) -> str:
+    """listing → one delta row of counters per statement (PostgreSQL); migration 0005 reuses it with more columns."""
+
+    def rows(table: str, sign: str) -> str:
+        return _pg_rows(table, sign, columns, contribs)
+
+    return f"""CREATE {"OR REPLACE " if replace else ""}FUNCTION uidhub_listing_counters() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    {_pg_counter_insert(rows("new_rows", "+"), columns)}
+  ELSIF TG_OP = 'DELETE' THEN
+    {_pg_counter_insert(rows("old_rows", "-"), columns)}
+  ELSE
+    {_pg_counter_insert(rows("new_rows", "+") + " UNION ALL " + rows("old_rows", "-"), columns)}
+  END IF;
+  RETURN NULL;
+END $$"""
 
 
 # Statement-level triggers with transition tables: one statement of the application (a multi-row insert of an
@@ -268,17 +299,7 @@ BEGIN
                           n.credit_control_status);
   RETURN NULL;
 END $$""",
-    f"""CREATE FUNCTION uidhub_listing_counters() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF TG_OP = 'INSERT' THEN
-    {_pg_counter_insert(_pg_rows("new_rows", "+"))}
-  ELSIF TG_OP = 'DELETE' THEN
-    {_pg_counter_insert(_pg_rows("old_rows", "-"))}
-  ELSE
-    {_pg_counter_insert(_pg_rows("new_rows", "+") + " UNION ALL " + _pg_rows("old_rows", "-"))}
-  END IF;
-  RETURN NULL;
-END $$""",
+    pg_counters_function(COUNTER_COLUMNS, contributions),
 ]
 
 PG_TRIGGERS = [
@@ -318,14 +339,23 @@ PG_FUNCTION_NAMES = [
 # ---------------------------------------------------------------- backfill (shared)
 
 
-def backfill_sql() -> list[str]:
+def backfill_sql(
+    columns: Sequence[str] = COUNTER_COLUMNS, contribs: Callable[[str], list[str]] = contributions
+) -> list[str]:
     """Fill the listing and the counters from the rows already there (run before the triggers exist)."""
-    sums = ", ".join(f"sum({e})" for e in contributions("r"))
     return [
         f"INSERT INTO account_listing ({LISTING_COLUMNS}) {listing_select('a', 'accounts a')}",
-        f"INSERT INTO partner_account_counters (partner_id, {', '.join(COUNTER_COLUMNS)}) "
-        f"SELECT r.partner_id, {sums} FROM account_listing r GROUP BY r.partner_id",
+        counters_from_listing(columns, contribs),
     ]
+
+
+def counters_from_listing(columns: Sequence[str], contribs: Callable[[str], list[str]]) -> str:
+    """One counters row per partner, summed from its listing rows."""
+    sums = ", ".join(f"sum({e})" for e in contribs("r"))
+    return (
+        f"INSERT INTO partner_account_counters (partner_id, {', '.join(columns)}) "
+        f"SELECT r.partner_id, {sums} FROM account_listing r GROUP BY r.partner_id"
+    )
 
 
 # ---------------------------------------------------------------- upgrade / downgrade
