@@ -27,14 +27,14 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
-from uidhub import observe, routes
+from uidhub import gctune, observe, routes
 from uidhub.background import STARTERS
 from uidhub.dashboard import routes as dashboard_routes
 from uidhub.db import Database, PoolConfig
 from uidhub.logs import current_request_id
 from uidhub.notifications.bus import Bus, make_bus
 from uidhub.ratelimit import RateLimiter, RateLimitMiddleware
-from uidhub.resolvers.auth import authenticate, bearer
+from uidhub.resolvers.auth import ActorCache, authenticate, authenticate_cached, bearer
 from uidhub.schema import build_schema
 from uidhub.schema.context import Context, Services
 from uidhub.settings import Settings
@@ -57,7 +57,12 @@ class AppState:
         self.bus = bus
         self.services = Services(settings=settings, db=db)
         self.observability = observe.setup(settings, db)
-        self.token_watch = TokenWatch(db.background, bus, settings.token_recheck_seconds)
+        #: Token → actor for a few seconds: a request pays no session of its own to authenticate.
+        self.actor_cache = ActorCache(settings.token_cache_seconds)
+        # Each pass of the watch (at once on a revocation's Redis wake-up) also empties the cache.
+        self.token_watch = TokenWatch(
+            db.background, bus, settings.token_recheck_seconds, on_pass=self.actor_cache.clear
+        )
 
 
 def _error(status: int, message: str, code: str, **headers: str) -> JSONResponse:
@@ -318,8 +323,7 @@ class GraphQLEndpoint:
         token = bearer(headers.get("authorization"))
 
         async def read_actor() -> Any:
-            async with self.state.db.read() as session:
-                return await authenticate(session, token)
+            return await authenticate_cached(self.state.db.read, self.state.actor_cache, token)
 
         try:
             # Retried once on a connection the server had closed (no pre-ping): the pool is renewed by then.
@@ -346,7 +350,8 @@ async def healthz(_request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
-def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, db: Database | None = None, tune_gc: bool = False) -> Starlette:
+    """The app; `tune_gc` (a serving process, uidhub.asgi) freezes what start-up built once the lifespan has started."""
     settings = settings or Settings()
     database = db or Database(
         settings.database_url,
@@ -373,6 +378,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         state.token_watch.start()
         stops = [await start(state) for start in STARTERS]
         stops.insert(0, state.token_watch.stop)
+        if tune_gc and settings.gc_freeze:
+            gctune.freeze_after_startup(settings.gc_gen0_threshold)
         try:
             async with state.observability.lifespan():
                 yield
