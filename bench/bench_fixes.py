@@ -18,6 +18,9 @@ The load generator (tests/support/loadgen.py, second core) sends the list page (
 policy and sub-accounts), a flat list of 100 x 5 scalars and recordConsumption to each, interleaved over
 `--rounds` rounds. Printed: median req/s and server CPU ms per request per variant and shape, each
 variant's ratio to base and to tree (the fix alone), and each server's RSS after start-up and at the end.
+
+`--gc-thresholds 2000,20000,100000` replaces the variants by tree and one +gc variant per first-generation
+threshold (token cache off), to choose the threshold.
 """
 
 from __future__ import annotations
@@ -52,6 +55,14 @@ VARIANTS: list[tuple[str, bool, dict[str, str]]] = [
 ]
 
 
+def gc_variants(thresholds: str) -> list[tuple[str, bool, dict[str, str]]]:
+    off = {"UIDHUB_TOKEN_CACHE_SECONDS": "0"}
+    variants = [("base", True, {}), ("tree", False, {"UIDHUB_GC_FREEZE": "false", **off})]
+    for value in thresholds.split(","):
+        variants.append((f"+gc {value}", False, {"UIDHUB_GC_FREEZE": "true", "UIDHUB_GC_GEN0_THRESHOLD": value, **off}))
+    return variants
+
+
 def start(name: str, tree: Path, url: str, port: int, settings: dict[str, str]) -> Server:
     env = uidhub_env(url, **settings)
     command = [sys.executable, "-m", "tests.support.servetree", str(tree), str(port)]
@@ -59,6 +70,7 @@ def start(name: str, tree: Path, url: str, port: int, settings: dict[str, str]) 
 
 
 async def run(args: argparse.Namespace) -> None:
+    variants = gc_variants(args.gc_thresholds) if args.gc_thresholds else VARIANTS
     name = f"uidhub_fixes_{uuid.uuid4().hex[:8]}"
     url = make_url(args.postgres_url).set(database=name).render_as_string(hide_password=False)
     await admin_exec(args.postgres_url, f'CREATE DATABASE "{name}"')
@@ -68,7 +80,7 @@ async def run(args: argparse.Namespace) -> None:
         with baseline_tree(args.baseline_rev) as base_tree:
             token, _partner_id, _pool_id = await prepare(url)
             ports = {}
-            for variant, is_base, settings in VARIANTS:
+            for variant, is_base, settings in variants:
                 ports[variant] = free_port()
                 servers.append(start(variant, base_tree if is_base else ROOT, url, ports[variant], settings))
             for server in servers:
@@ -87,7 +99,7 @@ async def run(args: argparse.Namespace) -> None:
             loads = [
                 Load(f"{variant} {shape}", ports[variant], "/graphql", json.dumps({"query": q}), header, pid=s.pid)
                 for shape, q in shapes.items()
-                for (variant, _b, _s), s in zip(VARIANTS, servers, strict=True)
+                for (variant, _b, _s), s in zip(variants, servers, strict=True)
             ]
             print(
                 f"baseline {args.baseline_rev}; {args.rounds} interleaved rounds of {args.seconds:g} s, "
@@ -98,17 +110,19 @@ async def run(args: argparse.Namespace) -> None:
             )
             print()
             for shape in shapes:
-                print(f"{shape}: {'req/s':>9} {'CPU ms':>8} {'/ base':>7} {'/ tree':>7}")
+                columns = ("rps/base", "rps/tree", "CPU/base", "CPU/tree")
+                print(f"{shape}: {'req/s':>9} {'CPU ms':>8} " + " ".join(f"{c:>9}" for c in columns))
                 base = medians[f"base {shape}"]
                 tree = medians[f"tree {shape}"]
-                for variant, _b, _s in VARIANTS:
+                for variant, _b, _s in variants:
                     m = medians[f"{variant} {shape}"]
                     print(
-                        f"  {variant:<14} {m['rps']:9.1f} {m.get('cpu_ms', 0):8.2f} "
-                        f"{m['rps'] / base['rps']:7.2f} {m['rps'] / tree['rps']:7.2f}"
+                        f"  {variant:<14} {m['rps']:9.1f} {m['cpu_ms']:8.2f} {m['rps'] / base['rps']:9.2f} "
+                        f"{m['rps'] / tree['rps']:9.2f} {m['cpu_ms'] / base['cpu_ms']:9.2f} "
+                        f"{m['cpu_ms'] / tree['cpu_ms']:9.2f}"
                     )
             print()
-            print("RSS (MiB) after start-up and warm-up -> after the run:")
+            print("RSS (MiB) after start-up and one list page -> after the run:")
             for server in servers:
                 print(f"  {server.name:<14} {rss_start[server.name]:6.1f} -> {rss_mib(server.pid):6.1f}")
     finally:
@@ -126,6 +140,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--gc-thresholds", help="comma-separated first-generation thresholds to compare instead")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -245,6 +245,9 @@ async def prepare(url: str) -> tuple[str, int, int]:
     token = await load(url)
     db = Database(url)
     try:
+        async with db.engine.connect() as conn:  # statistics, as autovacuum would gather: plans as in production
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql("ANALYZE")
         async with db.read() as session:
             partner_id = int(await session.scalar(select(Partner.id).where(Partner.uid == "BENCH")) or 0)
             pool_id = int(await session.scalar(select(Account.pool_id).where(Account.uid == "1000000000000000")) or 0)
