@@ -290,27 +290,24 @@ async def _change_balance_in_one_statement(
     def key(name: str) -> Any:
         return cast(literal(name), Text)
 
-    stored = (
-        update(keys)
-        # The key and the pool are the same partner's: the join condition that ties the two.
-        .where(keys.c.id == claim_.record_id, keys.c.partner_id == changed.c.partner_id)
-        .values(
-            response=func.json_build_object(
-                key("poolId"),
-                changed.c.id,
-                key("ownerId"),
-                cast(literal(owner_id), BigInteger),
-                key("amount"),
-                changed.c.amount_cents,
-                key("deducted"),
-                changed.c.deducted_cents,
-                key("undeducted"),
-                changed.c.undeducted_cents,
-                key("warningPercent"),
-                changed.c.warning_percent,
-            )
+    response = select(
+        func.json_build_object(
+            key("poolId"),
+            changed.c.id,
+            key("ownerId"),
+            cast(literal(owner_id), BigInteger),
+            key("amount"),
+            changed.c.amount_cents,
+            key("deducted"),
+            changed.c.deducted_cents,
+            key("undeducted"),
+            changed.c.undeducted_cents,
+            key("warningPercent"),
+            changed.c.warning_percent,
         )
-    )
+    ).scalar_subquery()
+    # Subqueries, not a join: the key row is written only when the UPDATE returned the pool.
+    stored = update(keys).where(keys.c.id == claim_.record_id, select(changed.c.id).exists()).values(response=response)
     statement = select(*changed.c).add_cte(ledger_row.cte("ledger_row"), stored.cte("stored"))
     result = await session.execute(
         select(QuotaPool).from_statement(statement).execution_options(populate_existing=True)
