@@ -251,7 +251,7 @@ async def count_statements(url: str, token: str) -> None:
             per_request = len(statements) / rounds
             print(
                 f"  SQL statements per recordConsumption request: {per_request:.1f} "
-                "(incl. token lookup; BEGIN/COMMIT not counted)"
+                "(the token is cached after the warm-up: UIDHUB_TOKEN_CACHE_SECONDS; BEGIN/COMMIT not counted)"
             )
             for statement in statements[: int(per_request)]:
                 print(f"    {statement}")

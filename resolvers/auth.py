@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -75,6 +79,67 @@ async def authenticate(session: AsyncSession, token: str | None) -> Actor | None
         account_id=api_token.account_id,
         token_id=api_token.id,
     )
+
+
+class ActorCache:
+    """Token hash → Actor for `ttl` seconds, so that a request does not pay a session and a query to authenticate.
+
+    Revocation is honoured at once in the revoking process (`revoke_token` forgets the
+    token in every cache of the process when its transaction commits), at once in every
+    worker reached by the revocation's Redis wake-up (uidhub.tokenwatch clears the cache on
+    each pass), and within `ttl` seconds everywhere else. Only valid tokens are kept (an
+    unknown one is looked up every time); at most `size` of them, the oldest dropped first.
+    A ttl of 0 switches the cache off.
+    """
+
+    def __init__(self, ttl: float, size: int = 10_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: dict[str, tuple[float, Actor]] = {}
+        _CACHES.add(self)
+
+    def get(self, token_hash: str) -> Actor | None:
+        entry = self._entries.get(token_hash)
+        if entry is None:
+            return None
+        if entry[0] <= time.monotonic():
+            self._entries.pop(token_hash, None)
+            return None
+        return entry[1]
+
+    def put(self, token_hash: str, actor: Actor) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= self.size:  # dicts keep insertion order: the first key is the oldest
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[token_hash] = (time.monotonic() + self.ttl, actor)
+
+    def forget(self, token_hash: str) -> None:
+        self._entries.pop(token_hash, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+#: Every ActorCache of this process, for `revoke_token` to reach.
+_CACHES: weakref.WeakSet[ActorCache] = weakref.WeakSet()
+
+
+async def authenticate_cached(
+    session_factory: Callable[[], AbstractAsyncContextManager[AsyncSession]], cache: ActorCache, token: str | None
+) -> Actor | None:
+    """`authenticate` through `cache`; `session_factory()` opens a read session only on a miss."""
+    if not token or len(token) > 200:
+        return None
+    key = hash_token(token)
+    actor = cache.get(key)
+    if actor is not None:
+        return actor
+    async with session_factory() as session:
+        actor = await authenticate(session, token)
+    if actor is not None:
+        cache.put(key, actor)
+    return actor
 
 
 async def create_token(
@@ -225,4 +290,12 @@ async def revoke_token(
         return token, False
     token.revoked_at = utcnow()
     await session.flush()
+    revoked_hash = token.token_hash
+
+    def forget(_session: Any) -> None:
+        for cache in list(_CACHES):
+            cache.forget(revoked_hash)
+
+    # After the commit, not now: a request authenticating meanwhile would cache the still-valid row again.
+    event.listen(session.sync_session, "after_commit", forget, once=True)
     return token, True

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -232,7 +232,8 @@ async def evaluate_pool(session: AsyncSession, pool: QuotaPool, now: datetime | 
 
     `pool` must be locked and up to date (see resolvers.pools). Costs one
     query for the pool's thresholds (with the recent spend when one of them is
-    RUNS_OUT_WITHIN_DAYS) and one for the credit alerts of the pool, plus,
+    RUNS_OUT_WITHIN_DAYS, and whether the pool has enabled credit alerts), one
+    for the credit alerts only when it has some, plus,
     only when something crossed, one for the owner account, one for the
     partner and one guarded UPDATE per crossing. A BREACHED
     crossing of a threshold with an action applies it (or stores it for
@@ -256,13 +257,27 @@ async def evaluate_pool(session: AsyncSession, pool: QuotaPool, now: datetime | 
     spent_column = case(
         (QuotaThreshold.kind == ThresholdKind.RUNS_OUT_WITHIN_DAYS, recent_spend_query(pool.id, now)), else_=None
     )
+    # One statement for both kinds of threshold: the pool's thresholds, outer-joined to one row so that a pool
+    # without any still answers whether it has enabled credit alerts (most have none: their query is skipped).
+    has_credit_alerts = (
+        select(CreditAlert.account_id)
+        .where(CreditAlert.pool_id == pool.id, CreditAlert.enabled.is_(True))
+        .limit(1)
+        .exists()
+    )
+    one_row = select(literal(1).label("one")).subquery("one_row")
     rows = (
         await session.execute(
-            select(*_STATE_COLUMNS, spent_column).where(QuotaThreshold.pool_id == pool.id).order_by(QuotaThreshold.id)
+            select(*_STATE_COLUMNS, spent_column, has_credit_alerts)
+            .select_from(one_row)
+            .outerjoin(QuotaThreshold, QuotaThreshold.pool_id == pool.id)
+            .order_by(QuotaThreshold.id)
         )
     ).all()
-    thresholds = [ThresholdState(*row[:-1]) for row in rows]
-    facts = _PoolFacts(pool, next((int(row[-1]) for row in rows if row[-1] is not None), None))
+    credit_alerts_exist = bool(rows[0][-1])
+    rows = [row for row in rows if row[0] is not None]
+    thresholds = [ThresholdState(*row[:-2]) for row in rows]
+    facts = _PoolFacts(pool, next((int(row[-2]) for row in rows if row[-2] is not None), None))
     warning = next((t for t in thresholds if t.kind is ThresholdKind.PERCENT_OF_QUOTA), None)
 
     # A warning percent stored without its threshold row (data written around the resolvers): the old rule.
@@ -318,16 +333,20 @@ async def evaluate_pool(session: AsyncSession, pool: QuotaPool, now: datetime | 
         crossings.append(_Crossing(event, owner, list(recipients), threshold))
 
     # Each end user's own absolute credit alert, for every account spending from this pool.
-    rows = (
-        await session.execute(
-            select(CreditAlert, Account)
-            .join(Account, Account.id == CreditAlert.account_id)
-            .where(CreditAlert.pool_id == pool.id, CreditAlert.enabled.is_(True))
-            .order_by(CreditAlert.account_id)
-            .execution_options(populate_existing=True)
-        )
-    ).all()
-    for alert, account in rows:
+    alert_rows = (
+        (
+            await session.execute(
+                select(CreditAlert, Account)
+                .join(Account, Account.id == CreditAlert.account_id)
+                .where(CreditAlert.pool_id == pool.id, CreditAlert.enabled.is_(True))
+                .order_by(CreditAlert.account_id)
+                .execution_options(populate_existing=True)
+            )
+        ).all()
+        if credit_alerts_exist
+        else []
+    )
+    for alert, account in alert_rows:
         state = _crossing(bool(alert.below), available < alert.threshold_cents)
         if state is None:
             continue

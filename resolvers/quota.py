@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import typing
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update
+from sqlalchemy import BigInteger, Table, Text, bindparam, cast, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from uidhub.models import Account, LedgerEntry, QuotaAdjustment, QuotaPool
+from uidhub.models import Account, IdempotencyRecord, LedgerEntry, QuotaAdjustment, QuotaPool
 from uidhub.models.base import utcnow
 from uidhub.models.enums import AuditAction, ErrorCode, LedgerKind, QuotaOperationType
 from uidhub.models.money import format_money
@@ -135,8 +136,26 @@ class BalanceOp(Enum):
         self.permission = permission
 
 
+def _table(model: type[Any]) -> Table:
+    return typing.cast(Table, model.__table__)  # a Table; the ORM types it as a FromClause
+
+
+def balance_update_core(op: BalanceOp, pool_id: int, d: int) -> Any:
+    """One atomic UPDATE of the pool; the guard sits in the WHERE clause so no race can go below zero."""
+    pools = _table(QuotaPool)
+    # updated_at set here: inside a CTE the column's onupdate default is not filled in.
+    stmt = update(pools).where(pools.c.id == pool_id).values(updated_at=utcnow())
+    if op is BalanceOp.RECORD:
+        return stmt.values(undeducted_cents=pools.c.undeducted_cents + d)
+    if op is BalanceOp.DEDUCT:
+        return stmt.where(pools.c.undeducted_cents >= d).values(
+            undeducted_cents=pools.c.undeducted_cents - d, deducted_cents=pools.c.deducted_cents + d
+        )
+    return stmt.where(pools.c.deducted_cents >= d).values(deducted_cents=pools.c.deducted_cents - d)
+
+
 def balance_update(op: BalanceOp, pool_id: int, d: int) -> Any:
-    """One atomic UPDATE … RETURNING; the guard sits in the WHERE clause so no race can go below zero."""
+    """One atomic UPDATE … RETURNING the pool (the session's object, refreshed); the guard as in the Core form."""
     stmt = update(QuotaPool).where(QuotaPool.id == pool_id)
     if op is BalanceOp.RECORD:
         stmt = stmt.values(undeducted_cents=QuotaPool.undeducted_cents + d)
@@ -175,21 +194,29 @@ async def change_balance(
     # The account is read to decide (FOR SHARE): a termination committing meanwhile is seen, not raced.
     account = await accounts.get(session, actor, uid, "input", "uid", share=True)
     accounts.require_active(account, "input", "uid")
-    # The ledger row goes in first: the pool row stays locked from its UPDATE to the commit, so the
-    # less that runs after it, the less concurrent writers of the pool wait.
-    session.add(
-        LedgerEntry(
-            pool_id=account.pool_id,
-            account_id=account.id,
-            kind=op.kind,
-            amount_cents=amount_cents,
-            method=actor.method,
-            operator_uid=actor.operator_uid,
-            idempotency_key=idempotency_key,
+    owner_id = _owner_id(account)
+    if session.get_bind().dialect.name == "postgresql":
+        pool = await _change_balance_in_one_statement(
+            session, actor, op, account, amount_cents, idempotency_key, claim_, owner_id
         )
-    )
-    await session.flush()
-    pool = (await session.scalars(balance_update(op, account.pool_id, amount_cents))).one_or_none()
+    else:
+        # The ledger row goes in first: the pool row stays locked from its UPDATE to the commit, so the
+        # less that runs after it, the less concurrent writers of the pool wait.
+        session.add(
+            LedgerEntry(
+                pool_id=account.pool_id,
+                account_id=account.id,
+                kind=op.kind,
+                amount_cents=amount_cents,
+                method=actor.method,
+                operator_uid=actor.operator_uid,
+                idempotency_key=idempotency_key,
+            )
+        )
+        await session.flush()
+        pool = (await session.scalars(balance_update(op, account.pool_id, amount_cents))).one_or_none()
+        if pool is not None:
+            await idempotency.complete(session, claim_, snapshot(PoolResult(pool=pool, owner_id=owner_id)))
     if pool is None:
         current = await session.get(QuotaPool, account.pool_id, populate_existing=True)
         assert current is not None, "every account has a pool"
@@ -223,9 +250,69 @@ async def change_balance(
             },
         )
     await after_pool_change(session, pool, actor)
-    result = PoolResult(pool=pool, owner_id=_owner_id(account))
-    await idempotency.complete(session, claim_, snapshot(result))
-    return result
+    return PoolResult(pool=pool, owner_id=owner_id)
+
+
+async def _change_balance_in_one_statement(
+    session: AsyncSession,
+    actor: Actor,
+    op: BalanceOp,
+    account: Account,
+    amount_cents: int,
+    idempotency_key: str,
+    claim_: idempotency.Claim,
+    owner_id: int,
+) -> QuotaPool | None:
+    """PostgreSQL: the guarded balance UPDATE, its ledger row and the key's stored result as one statement.
+
+    Data-modifying CTEs run in one round trip and stand or fall together: when the guard refuses (the
+    UPDATE returns no row) the ledger INSERT and the key UPDATE, which read from it, write nothing; the
+    caller raises and the transaction rolls back anyway. The stored result is built by the database from
+    the row the UPDATE returns, with the same keys as `pool_amounts.snapshot`. Returns the updated pool
+    (the session's object refreshed), or None when the guard refused.
+    """
+    pools, ledger, keys = _table(QuotaPool), _table(LedgerEntry), _table(IdempotencyRecord)
+    changed = balance_update_core(op, account.pool_id, amount_cents).returning(*pools.c).cte("changed")
+    ledger_row = insert(ledger).from_select(
+        ["pool_id", "account_id", "kind", "amount_cents", "occurred_at", "method", "operator_uid", "idempotency_key"],
+        select(
+            changed.c.id,
+            bindparam(None, account.id, type_=ledger.c.account_id.type),
+            bindparam(None, op.kind, type_=ledger.c.kind.type),
+            bindparam(None, amount_cents, type_=ledger.c.amount_cents.type),
+            bindparam(None, utcnow(), type_=ledger.c.occurred_at.type),
+            bindparam(None, actor.method, type_=ledger.c.method.type),
+            bindparam(None, actor.operator_uid, type_=ledger.c.operator_uid.type),
+            bindparam(None, idempotency_key, type_=ledger.c.idempotency_key.type),
+        ),
+    )
+
+    def key(name: str) -> Any:
+        return cast(literal(name), Text)
+
+    response = select(
+        func.json_build_object(
+            key("poolId"),
+            changed.c.id,
+            key("ownerId"),
+            cast(literal(owner_id), BigInteger),
+            key("amount"),
+            changed.c.amount_cents,
+            key("deducted"),
+            changed.c.deducted_cents,
+            key("undeducted"),
+            changed.c.undeducted_cents,
+            key("warningPercent"),
+            changed.c.warning_percent,
+        )
+    ).scalar_subquery()
+    # Subqueries, not a join: the key row is written only when the UPDATE returned the pool.
+    stored = update(keys).where(keys.c.id == claim_.record_id, select(changed.c.id).exists()).values(response=response)
+    statement = select(*changed.c).add_cte(ledger_row.cte("ledger_row"), stored.cte("stored"))
+    result = await session.execute(
+        select(QuotaPool).from_statement(statement).execution_options(populate_existing=True)
+    )
+    return result.scalars().one_or_none()
 
 
 async def purge_expired(db: Database, settings: Settings) -> int:

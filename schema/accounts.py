@@ -186,8 +186,8 @@ class EndUser(Node):
         loader = info.context.loaders.pool
         pool = peek(loader, self._row.pool_id)
         if pool is not MISSING:
-            return Quota(_pool=pool, _owner_id=owner_id)
-        return _then(loader.load(self._row.pool_id), lambda p: Quota(_pool=p, _owner_id=owner_id))  # type: ignore[return-value]
+            return Quota.of(pool, owner_id)
+        return _then(loader.load(self._row.pool_id), lambda p: Quota.of(p, owner_id))  # type: ignore[return-value]
 
     @strawberry.field(description="The account's instances, newest first.")
     async def instances(

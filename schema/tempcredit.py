@@ -131,7 +131,7 @@ def _errors(errors: list[UserError]) -> TemporaryCreditPayload:
 def _payload(credit: CreditRow, pool: PoolResult) -> TemporaryCreditPayload:
     return TemporaryCreditPayload(
         temporary_credit=TemporaryCredit.of(credit),
-        quota=Quota(_pool=pool.pool, _owner_id=pool.owner_id),
+        quota=Quota.of(pool.pool, pool.owner_id),
         user_errors=[],
     )
 

@@ -307,7 +307,9 @@ async def test_a_request_that_cannot_get_a_connection_answers_503(pg_database_ur
                         break
                     await asyncio.sleep(0.01)
                 assert db.engine.pool.checkedout() == 1  # type: ignore[attr-defined]
-                refused = await api.post("{ __typename }", token=api.tokens["admin"])
+                # A token this process has not authenticated yet: its lookup needs a connection (a cached one
+                # would answer `__typename` without the database).
+                refused = await api.post("{ __typename }", token=api.tokens["other"])
                 await blocker.rollback()
             answered = await slow
             assert refused.status_code == 503

@@ -402,6 +402,7 @@ async def _preview_statements(api: Api, master_uid: str) -> tuple[int, dict[str,
         "mutation($i: FreezeInput!) { freezePayg(input: $i) { applied affectedPaygInstances "
         "affectedAccounts { uid } results { uid endUser { uid } userErrors { code } } userErrors { code } } }"
     )
+    await api.gql("{ __typename }")  # the token authenticated (and cached) first: only the preview is counted
     with StatementCounter(api.db) as counter:
         data = await api.gql(query, {"i": {"uids": [master_uid], "confirm": False}})
     return counter.count, data["freezePayg"]

@@ -27,14 +27,14 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
-from uidhub import observe, routes
+from uidhub import gctune, observe, routes
 from uidhub.background import STARTERS
 from uidhub.compiled import CompiledReads
 from uidhub.dashboard import routes as dashboard_routes
 from uidhub.db import Database
 from uidhub.logs import current_request_id
 from uidhub.ratelimit import RateLimiter, RateLimitMiddleware
-from uidhub.resolvers.auth import authenticate, bearer
+from uidhub.resolvers.auth import ActorCache, authenticate, authenticate_cached, bearer
 from uidhub.runtime import Runtime
 from uidhub.schema import build_schema
 from uidhub.schema.context import Context
@@ -52,12 +52,18 @@ MAX_SUBSCRIPTIONS_PER_CONNECTION = 20
 
 
 class AppState:
-    """The runtime plus what only the ASGI app has: observability and the watch over revoked tokens."""
+    """The runtime plus what only the ASGI app has: observability, the HTTP actor cache, the watch over tokens."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.observability = observe.setup(runtime.settings, runtime.db)
-        self.token_watch = TokenWatch(runtime.db.background, runtime.bus, runtime.settings.token_recheck_seconds)
+        settings = runtime.settings
+        self.observability = observe.setup(settings, runtime.db)
+        #: Token → actor for a few seconds: a request pays no session of its own to authenticate.
+        self.actor_cache = ActorCache(settings.token_cache_seconds)
+        # Each pass of the watch (at once on a revocation's Redis wake-up) also empties the cache.
+        self.token_watch = TokenWatch(
+            runtime.db.background, runtime.bus, settings.token_recheck_seconds, on_pass=self.actor_cache.clear
+        )
 
 
 def _error(status: int, message: str, code: str, **headers: str) -> JSONResponse:
@@ -338,8 +344,7 @@ class GraphQLEndpoint:
         token = bearer(headers.get("authorization"))
 
         async def read_actor() -> Any:
-            async with self.state.runtime.db.read() as session:
-                return await authenticate(session, token)
+            return await authenticate_cached(self.state.runtime.db.read, self.state.actor_cache, token)
 
         try:
             # Retried once on a connection the server had closed (no pre-ping): the pool is renewed by then.
@@ -366,10 +371,11 @@ async def healthz(_request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
-def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, db: Database | None = None, tune_gc: bool = False) -> Starlette:
     """The app over a new runtime for `settings`; `db` (a test's database) is used through a view carrying the bus.
 
-    `app.state.uidhub.runtime` is that runtime: writes through its `db` wake the app's subscribers.
+    `app.state.uidhub.runtime` is that runtime: writes through its `db` wake the app's subscribers. `tune_gc`
+    (a serving process, uidhub.asgi) freezes what start-up built once the lifespan has started.
     """
     runtime = Runtime.open(settings or Settings(), db=db)
     settings, database, bus = runtime.settings, runtime.db, runtime.bus
@@ -388,6 +394,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         state.token_watch.start()
         stops = [await start(runtime) for start in STARTERS]
         stops.insert(0, state.token_watch.stop)
+        if tune_gc and settings.gc_freeze:
+            gctune.freeze_after_startup(settings.gc_gen0_threshold)
         try:
             async with state.observability.lifespan():
                 yield

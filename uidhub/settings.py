@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     resync_seconds: float = Field(default=1.0, gt=0)
     #: The longest a revoked token's open websocket stays open without a Redis wake-up (uidhub.tokenwatch).
     token_recheck_seconds: float = Field(default=5.0, gt=0)
+    #: How long a worker trusts a token it authenticated (resolvers.auth.ActorCache); 0 looks it up per request.
+    #: Without Redis the bound on a revoked token's HTTP requests reaching another worker; with Redis it is at once.
+    token_cache_seconds: float = Field(default=2.0, ge=0)
     #: How often each worker looks for lapsed temporary credits to revert (resolvers.tempcredit).
     temporary_credit_poll_seconds: float = Field(default=1.0, gt=0)
     #: How often the background pass re-evaluates RUNS_OUT_WITHIN_DAYS thresholds (time alone moves a forecast).
@@ -73,6 +76,11 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(default=10.0, gt=0)
     #: Answer the hot read queries through the compiled read path (uidhub.compiled); false: always strawberry.
     compiled_reads: bool = True
+
+    #: Serving processes (uidhub.asgi) freeze their start-up objects out of garbage collection and collect the
+    #: young generation every `gc_gen0_threshold` net allocations instead of 700 (uidhub.gctune).
+    gc_freeze: bool = True
+    gc_gen0_threshold: int = Field(default=20_000, ge=100)
 
     # Connections (uidhub.db): one bounded request pool and one small background pool per process.
     # A process opens at most db_pool_size + db_max_overflow + db_background_pool_size connections;

@@ -1,8 +1,9 @@
 """Revoked tokens stop working at once, open websockets included.
 
-HTTP needs nothing here: every request authenticates its token again
-(`resolvers.auth.authenticate` refuses a revoked one, so the next request
-after the revocation commits gets 401). A websocket authenticates once, in
+HTTP requests authenticate through a short-lived actor cache
+(`resolvers.auth.ActorCache`, `token_cache_seconds`): every pass here empties
+it, so with Redis the next request after the revocation's wake-up gets 401,
+and without Redis one within `token_cache_seconds` does. A websocket authenticates once, in
 `connection_init`, and then lives for hours; so each server process keeps
 the open websockets by token id and, on every pass, asks the database which
 of those tokens are revoked, and closes their sockets with 4403 (as a bad
@@ -23,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -54,8 +55,12 @@ def _gone(websocket: Any) -> bool:
 class TokenWatch:
     """The open websockets of this process by token id, closed when their token is revoked."""
 
-    def __init__(self, db: Database, bus: Bus | None, interval: float) -> None:
+    def __init__(
+        self, db: Database, bus: Bus | None, interval: float, on_pass: Callable[[], None] | None = None
+    ) -> None:
         self.db = db
+        #: Called at the start of every pass: the HTTP actor cache forgets every token (uidhub.app).
+        self.on_pass = on_pass
         self.bus = bus
         self.interval = interval
         self._open: dict[int, set[Any]] = {}
@@ -114,6 +119,8 @@ class TokenWatch:
 
     def start(self) -> None:
         async def one_pass() -> bool:
+            if self.on_pass is not None:
+                self.on_pass()
             await self.check_once()
             return False
 

@@ -92,11 +92,16 @@ async def make_token(
 
 #: The suite's in-process clients send far faster than any console; the rate limits have their own tests.
 NO_REQUEST_RATE_LIMITS = {"rate_limit_token_burst": 0, "rate_limit_ip_burst": 0}
+#: Every request looks its token up (the cache's entries expire on the clock, which would make the statement
+#: counts of a slow run differ from a fast one's); tests/test_token_cache.py switches the cache on.
+NO_TOKEN_CACHE = {"token_cache_seconds": 0}
 
 
 async def make_api(db: Database, tmp_path: Path, **settings: Any) -> AsyncIterator[Api]:
     config = Settings(
-        database_url=db.url, export_dir=str(tmp_path / "exports"), **{**NO_REQUEST_RATE_LIMITS, **settings}
+        database_url=db.url,
+        export_dir=str(tmp_path / "exports"),
+        **{**NO_REQUEST_RATE_LIMITS, **NO_TOKEN_CACHE, **settings},
     )
     app = create_app(config, db=db)
     runtime: Runtime = app.state.uidhub.runtime
