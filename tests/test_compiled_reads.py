@@ -16,11 +16,10 @@ import httpx
 import pytest
 from graphql import OperationDefinitionNode, OperationType, parse
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from tests.support.api import Api
 from tests.support.compiled import Request, World, build_world, strategies
-from tests.support.db import PG_URL, StatementCounter, needs_postgres, sqlite_url_for, truncate_all
+from tests.support.db import StatementCounter, needs_postgres, sqlite_url_for, truncate_all
 from tests.test_accounts_querycount import seed
 from tests.test_readme import readme_operations
 from uidhub.app import create_app
@@ -221,9 +220,3 @@ async def test_compiled_list_statements_do_not_grow_with_the_page(api: Api) -> N
         assert len(data["endUsers"]["edges"]) == first
         counts.append(counter.count)
     assert counts[0] == counts[1], counts
-
-
-def test_postgres_share_is_configured_when_postgres_is() -> None:
-    assert POSTGRES_CASES > 0 and SQLITE_CASES >= 2000
-    assert PG_URL is None or PG_URL.startswith("postgresql")
-    assert st is not None
