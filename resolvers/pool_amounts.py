@@ -94,17 +94,24 @@ class PoolResult:
     owner_id: int
 
 
+#: The stored result's keys that come from the pool, and the QuotaPool column each holds. One list for
+#: `snapshot` and for PostgreSQL's one-statement balance change, which builds the same object in SQL.
+SNAPSHOT_POOL_COLUMNS = {
+    "poolId": "id",
+    "amount": "amount_cents",
+    "deducted": "deducted_cents",
+    "undeducted": "undeducted_cents",
+    "warningPercent": "warning_percent",
+}
+#: The stored result's key for the account that owns the pool (the master of a trusteeship).
+SNAPSHOT_OWNER_KEY = "ownerId"
+
+
 def snapshot(result: PoolResult) -> dict[str, Any]:
     """The stored first result of a keyed operation: enough to rebuild its payload."""
-    pool = result.pool
-    return {
-        "poolId": pool.id,
-        "ownerId": result.owner_id,
-        "amount": pool.amount_cents,
-        "deducted": pool.deducted_cents,
-        "undeducted": pool.undeducted_cents,
-        "warningPercent": pool.warning_percent,
-    }
+    data: dict[str, Any] = {key: getattr(result.pool, column) for key, column in SNAPSHOT_POOL_COLUMNS.items()}
+    data[SNAPSHOT_OWNER_KEY] = result.owner_id
+    return data
 
 
 def from_snapshot(data: dict[str, Any]) -> PoolResult:

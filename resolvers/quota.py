@@ -17,7 +17,14 @@ from uidhub.models.money import format_money
 from uidhub.resolvers import accounts, audit, idempotency, thresholds
 from uidhub.resolvers.actor import Actor, Permission
 from uidhub.resolvers.errors import UserErrors, invalid
-from uidhub.resolvers.pool_amounts import PoolResult, apply_quota_amount, from_snapshot, snapshot
+from uidhub.resolvers.pool_amounts import (
+    SNAPSHOT_OWNER_KEY,
+    SNAPSHOT_POOL_COLUMNS,
+    PoolResult,
+    apply_quota_amount,
+    from_snapshot,
+    snapshot,
+)
 from uidhub.resolvers.pools import after_pool_change, lock_pool
 
 if TYPE_CHECKING:
@@ -290,22 +297,10 @@ async def _change_balance_in_one_statement(
     def key(name: str) -> Any:
         return cast(literal(name), Text)
 
-    response = select(
-        func.json_build_object(
-            key("poolId"),
-            changed.c.id,
-            key("ownerId"),
-            cast(literal(owner_id), BigInteger),
-            key("amount"),
-            changed.c.amount_cents,
-            key("deducted"),
-            changed.c.deducted_cents,
-            key("undeducted"),
-            changed.c.undeducted_cents,
-            key("warningPercent"),
-            changed.c.warning_percent,
-        )
-    ).scalar_subquery()
+    pairs: list[Any] = [key(SNAPSHOT_OWNER_KEY), cast(literal(owner_id), BigInteger)]
+    for name, column in SNAPSHOT_POOL_COLUMNS.items():
+        pairs += [key(name), changed.c[column]]
+    response = select(func.json_build_object(*pairs)).scalar_subquery()
     # Subqueries, not a join: the key row is written only when the UPDATE returned the pool.
     stored = update(keys).where(keys.c.id == claim_.record_id, select(changed.c.id).exists()).values(response=response)
     statement = select(*changed.c).add_cte(ledger_row.cte("ledger_row"), stored.cte("stored"))

@@ -16,7 +16,8 @@ from tests.support.accounts import link
 from tests.support.api import Api
 from tests.support.db import StatementCounter
 from tests.support.quota import set_amount
-from uidhub.models import IdempotencyRecord, LedgerEntry
+from uidhub.models import Account, IdempotencyRecord, LedgerEntry, QuotaPool
+from uidhub.resolvers.pool_amounts import PoolResult, snapshot
 
 #: The payload reads nothing beyond the pool the mutation returns, so every statement counted is the mutation's.
 MUTATION = (
@@ -57,6 +58,12 @@ async def test_balance_operations_run_the_pinned_number_of_statements(api: Api) 
         assert [k.value for k in kinds] == ["CONSUMPTION", "DEDUCTION", "REPAYMENT"]
         stored = await session.scalar(select(IdempotencyRecord.response).where(IdempotencyRecord.key == "key-record"))
         assert stored is not None and stored["undeducted"] == 30_00 and stored["deducted"] == 0
+        pool = await session.scalar(select(QuotaPool))
+        assert pool is not None
+        # Whichever path stored it (SQL on PostgreSQL, Python on SQLite), it is what `snapshot` would store.
+        owner = await session.scalar(select(Account.id).where(Account.uid == "U1"))
+        expected = snapshot(PoolResult(pool=pool, owner_id=owner))
+        assert stored == {**expected, "deducted": 0, "undeducted": 30_00}
     again = await _call(api, "record", "30.00", "key-record")
     assert again["quota"] == {"available": "70.00", "consumedDeducted": "0.00", "consumedUndeducted": "30.00"}
     async with api.db.read() as session:
