@@ -51,6 +51,11 @@ def takes_changes(status: AccountStatus) -> bool:
     return status in SETTLING_STATUSES
 
 
+def available(amount_cents: int, deducted_cents: int, undeducted_cents: int) -> int:
+    """What a pool may still spend: the credit line less what was consumed; negative means money is owed."""
+    return amount_cents - deducted_cents - undeducted_cents
+
+
 def has_outstanding_balance(available_cents: int, undeducted_cents: int) -> bool:
     """Termination is refused while money is owed or consumption is not yet deducted."""
     return available_cents < 0 or undeducted_cents > 0

@@ -21,6 +21,7 @@ from sqlalchemy import (
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from uidhub.models import rules
 from uidhub.models.base import Base, BigId, UTCDateTime, utcnow
 from uidhub.models.enums import (
     AccountStatus,
@@ -122,7 +123,7 @@ class QuotaPool(Base):
 
     @property
     def available_cents(self) -> int:
-        return self.amount_cents - self.deducted_cents - self.undeducted_cents
+        return rules.available(self.amount_cents, self.deducted_cents, self.undeducted_cents)
 
 
 class Account(Base):

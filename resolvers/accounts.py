@@ -31,7 +31,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 from sqlalchemy.types import NullType, TypeEngine
 
-from uidhub.models import Account, AccountListing, Partner, QuotaPool
+from uidhub.models import Account, AccountListing, QuotaPool
 from uidhub.models import rules as R
 from uidhub.models.enums import (
     AccountStatus,
@@ -44,6 +44,17 @@ from uidhub.models.enums import (
 )
 from uidhub.models.listing import status_counter, type_counter
 from uidhub.models.money import format_money
+from uidhub.models.rows import (
+    ACCOUNT_WIDTH,
+    POOL_WIDTH,
+    AccountLike,
+    AccountRow,
+    PoolRow,
+    account_at,
+    account_columns,
+    pool_at,
+    pool_columns,
+)
 from uidhub.resolvers import audit, counters, locks
 from uidhub.resolvers.actor import Actor, Permission
 from uidhub.resolvers.errors import UserError, UserErrors, invalid, not_found
@@ -88,7 +99,7 @@ async def get(
     return account
 
 
-def visible(actor: Actor, account: Account | None) -> bool:
+def visible(actor: Actor, account: AccountLike | None) -> bool:
     """Whether `actor` may see `account`: `Actor.sees`, the one Python form of the tenancy rule."""
     return actor.sees(account)
 
@@ -808,7 +819,7 @@ def candidates_query(
         page = page.where(_after(sort, after[0], after[1], matches.c.sort_key, matches.c.uid))
     rows = page.subquery("search_page")
     return (
-        select(total.c.matched, Account, rows.c.sort_key, QuotaPool, Master)
+        select(total.c.matched, *_page_columns(rows.c.sort_key))
         .select_from(total)
         .outerjoin(rows, true())
         .outerjoin(Account, Account.id == rows.c.account_id)
@@ -816,6 +827,19 @@ def candidates_query(
         .outerjoin(Master, Master.id == Account.master_id)
         .order_by(*_order(sort, rows.c.sort_key, rows.c.uid))
     )
+
+
+def _page_columns(sort_key: Any) -> list[Any]:
+    """A list row: the account, its sort key, its pool and its master, as columns (see models.rows)."""
+    return [*account_columns(), sort_key, *pool_columns(), *account_columns(Master)]
+
+
+def _page_row(values: Sequence[Any]) -> tuple[AccountRow, Any, PoolRow, AccountRow | None]:
+    """(account, sort key, pool, master or None) of a row selected by `_page_columns`."""
+    account = account_at(values, 0)
+    pool = pool_at(values, ACCOUNT_WIDTH + 1)
+    assert account is not None and pool is not None  # inner joins: never NULL
+    return account, values[ACCOUNT_WIDTH], pool, account_at(values, ACCOUNT_WIDTH + 1 + POOL_WIDTH)
 
 
 async def list_end_users(
@@ -826,7 +850,7 @@ async def list_end_users(
     after: str | None,
     f: EndUserQuery,
     sort: EndUserSort,
-) -> Page[Account]:
+) -> Page[AccountLike]:
     limit = check_first(first)
     cursor_kind = f"eu:{sort.field}:{'d' if sort.descending else 'a'}"
     position = decode_cursor(after, cursor_kind, 2)
@@ -845,16 +869,17 @@ async def list_end_users(
             matched = int(found[0][0])
             rows = [row[1:] for row in found if row[1] is not None]
     if rows is None:
-        # The pool and master are joined anyway; selecting them lets nested fields answer without loading them again.
-        query = filtered_query(actor, f, sort).add_columns(QuotaPool, Master)
+        # The pool and master are joined anyway; selecting them lets nested fields answer without loading them
+        # again. Plain rows, not entities: see models.rows.
+        query = filtered_query(actor, f, sort).with_only_columns(
+            *_page_columns(sort_expr(sort.field).label("sort_key"))
+        )
         if start is not None:
             query = query.where(_after(sort, *start))
         rows = (await session.execute(query.limit(limit + 1))).all()
-    # Every row is the actor's partner's: loaded once, not joined (a join let SQLite put `partners` outermost and
-    # sort the partner's accounts instead of walking the order's index).
-    partner = await session.get(Partner, actor.partner_id) if rows else None
-    items = [row[0] for row in rows[:limit]]
-    cursors = [encode_cursor(cursor_kind, [_cursor_value(sort.field, row[1]), row[0].uid]) for row in rows[:limit]]
+    page = [_page_row(row) for row in rows[: limit + 1]]
+    items: list[AccountLike] = [account for account, _, _, _ in page[:limit]]
+    cursors = [encode_cursor(cursor_kind, [_cursor_value(sort.field, key), a.uid]) for a, key, _, _ in page[:limit]]
 
     async def count() -> int:
         if matched is not None:
@@ -867,7 +892,7 @@ async def list_end_users(
         has_next=len(rows) > limit,
         has_previous=position is not None,
         count=count,
-        related=[(row[2], row[3], partner) for row in rows[:limit]],
+        related=[(pool, master) for _, _, pool, master in page[:limit]],
     )
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import ColumnElement, or_
 
 from uidhub.models import Account
 from uidhub.models.enums import OperationMethod, PartnerKind, Role
+from uidhub.models.rows import AccountLike
 from uidhub.resolvers.errors import Forbidden
 
 
@@ -140,7 +141,7 @@ class Actor:
             condition = condition & or_(entity.id == self.account_id, entity.master_id == self.account_id)
         return condition
 
-    def sees(self, account: Account | None) -> bool:
+    def sees(self, account: AccountLike | None) -> bool:
         """The Python twin of `account_scope`, for rows reached by id (loaders, node(id:), nested fields)."""
         if account is None or account.partner_id != self.partner_id:
             return False

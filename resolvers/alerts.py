@@ -27,6 +27,7 @@ from uidhub.models.enums import (
     NotificationStatus,
 )
 from uidhub.models.money import format_money
+from uidhub.models.rows import AccountLike
 from uidhub.resolvers import accounts as account_ops
 from uidhub.resolvers import audit
 from uidhub.resolvers.actor import Actor, Permission
@@ -126,7 +127,7 @@ async def set_alert_emails(session: AsyncSession, actor: Actor, emails: Sequence
 # ---------------------------------------------------------------- lists
 
 
-def event_visible(actor: Actor, event: AlertEvent, account: Account | None) -> bool:
+def event_visible(actor: Actor, event: AlertEvent, account: AccountLike | None) -> bool:
     """Whether `actor` may see `event` (its partner's; for END_USER, its own accounts' only)."""
     if event.partner_id != actor.partner_id:
         return False

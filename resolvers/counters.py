@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from uidhub.db import Database
@@ -82,12 +82,16 @@ async def compact(session: AsyncSession, partner_id: int) -> None:
         await conn.execute(text(_compact_sql()), {"partner_id": partner_id})
 
 
+#: Built once: constructing its 18 SUMs cost more CPU than the indexed read itself (a list's totalCount, the
+#: summary), and SQLAlchemy's compiled cache keys on the structure, so only the partner is a parameter.
+_TOTALS = select(func.count(), *(func.coalesce(func.sum(getattr(C, f)), 0) for f in COUNTER_FIELDS)).where(
+    C.partner_id == bindparam("partner_id")
+)
+
+
 async def totals(session: AsyncSession, partner_id: int) -> Totals:
     """The partner's counters: one indexed SUM over at most ~COMPACT_AFTER rows."""
-    query = select(func.count(), *(func.coalesce(func.sum(getattr(C, f)), 0) for f in COUNTER_FIELDS)).where(
-        C.partner_id == partner_id
-    )
-    row = (await session.execute(query)).one()
+    row = (await session.execute(_TOTALS, {"partner_id": partner_id})).one()
     if int(row[0]) > COMPACT_AFTER:
         await compact(session, partner_id)
     return Totals(**{f: int(v) for f, v in zip(COUNTER_FIELDS, row[1:], strict=True)})

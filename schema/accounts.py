@@ -20,6 +20,7 @@ from uidhub.models.enums import (
     PaygFreezeStatus,
     PurchaseControl,
 )
+from uidhub.models.rows import AccountLike
 from uidhub.models.rules import PolicyView
 from uidhub.resolvers import accounts as ops
 from uidhub.resolvers.actor import Actor
@@ -50,7 +51,7 @@ async def _then(awaitable: Awaitable[Any], then: Callable[[Any], Any]) -> Any:
     return then(await awaitable)
 
 
-def shown(row: Account | None) -> EndUser | None:
+def shown(row: AccountLike | None) -> EndUser | None:
     """The EndUser of a row that came through the viewer's scope (`Context.accounts`), or None."""
     return EndUser.of(row) if row is not None else None
 
@@ -85,12 +86,12 @@ class EndUser(Node):
     email: str | None = strawberry.field(description="Contact email given when linking.")
     account_status: AccountStatus = strawberry.field(description="Where the account is in the termination process.")
     linked_at: datetime = strawberry.field(description="When the account was linked to the partner.")
-    _row: strawberry.Private[Account]
+    _row: strawberry.Private[AccountLike]
     #: The limited view's pool owner (its placeholder row has id 0): `quota.account` stays limited, not missing.
     _pool_owner: strawberry.Private[int | None] = None
 
     @classmethod
-    def of(cls, row: Account) -> EndUser:
+    def of(cls, row: AccountLike) -> EndUser:
         # Plain attributes, copied once: a resolver function per scalar field costs
         # strawberry's resolver machinery on every one of thousands of fields in a list.
         return cls(
@@ -107,7 +108,7 @@ class EndUser(Node):
         )
 
     @classmethod
-    def limited(cls, row: Account) -> EndUser:
+    def limited(cls, row: AccountLike) -> EndUser:
         """What a viewer gets for an account outside its scope where the field cannot be null.
 
         `Quota.account` of a sub-account's pool is its master; an END_USER token
@@ -233,7 +234,7 @@ class EndUserEdge:
 class EndUserConnection:
     edges: list[EndUserEdge] = strawberry.field(description="This page's accounts.")
     page_info: PageInfo = strawberry.field(description="Paging state.")
-    _page: strawberry.Private[Page[Account]]
+    _page: strawberry.Private[Page[AccountLike]]
 
     @strawberry.field(description="Accounts matching the filter, over all pages.")
     async def total_count(self) -> int:
@@ -399,11 +400,8 @@ class AccountQueries:
         )
         loaders = info.context.loaders
         loaders.prime_accounts(page.items)
-        loaders.prime_related(
-            [pool for pool, _, _ in page.related],
-            [master for _, master, _ in page.related],
-            [partner for _, _, partner in page.related[:1]],
-        )
+        # Not the partner: `EndUser.partner` loads it (once, batched) only when a query selects it.
+        loaders.prime_related([pool for pool, _ in page.related], [master for _, master in page.related])
         return EndUserConnection(
             edges=[EndUserEdge(cursor=c, node=EndUser.of(r)) for r, c in zip(page.items, page.cursors, strict=True)],
             page_info=PageInfo.of(page),

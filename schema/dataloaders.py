@@ -24,6 +24,7 @@ from uidhub.models import (
     TemporaryCredit,
 )
 from uidhub.models.enums import AuditAction, QuotaOperationType, TemporaryCreditStatus
+from uidhub.models.rows import AccountLike, AccountRow, PoolLike, account_columns
 from uidhub.resolvers.crossing import SPEND_KINDS  # the forecast's spend, shared with RUNS_OUT_WITHIN_DAYS thresholds
 from uidhub.resolvers.quota import adjustment_conditions
 
@@ -39,6 +40,21 @@ def _by_key(model: Any, column: Any, session_getter: SessionGetter) -> DataLoade
         rows = (await session.scalars(select(model).where(column.in_(list(keys))))).all()
         found = {getattr(row, column.key): row for row in rows}
         return [found.get(k) for k in keys]
+
+    return DataLoader(load_fn=load)
+
+
+def _sub_account_rows(session_getter: SessionGetter) -> DataLoader[int, list[AccountRow]]:
+    """A master's sub-accounts by UID, as plain rows (models.rows): one query for every master of a list."""
+
+    async def load(keys: Sequence[int]) -> list[list[AccountRow]]:
+        session: AsyncSession = await session_getter()
+        query = select(*account_columns()).where(Account.master_id.in_(list(keys))).order_by(Account.uid)
+        grouped: dict[int | None, list[AccountRow]] = defaultdict(list)
+        for values in (await session.execute(query)).all():
+            row = AccountRow._make(values)
+            grouped[row.master_id].append(row)
+        return [grouped.get(k, []) for k in keys]
 
     return DataLoader(load_fn=load)
 
@@ -172,7 +188,7 @@ class ScopedAccounts:
     scope (`Actor.sees`) is applied here, per viewer, on every read.
     """
 
-    def __init__(self, rows: DataLoader[int, Account | None], sees: Callable[[Account | None], bool]) -> None:
+    def __init__(self, rows: DataLoader[int, AccountLike | None], sees: Callable[[AccountLike | None], bool]) -> None:
         self._rows = rows
         self._sees = sees
 
@@ -183,7 +199,7 @@ class ScopedAccounts:
             return _MISSING
         return row if self._sees(row) else None
 
-    async def load(self, account_id: int) -> Account | None:
+    async def load(self, account_id: int) -> AccountLike | None:
         row = await self._rows.load(account_id)
         return row if self._sees(row) else None
 
@@ -198,7 +214,7 @@ class Loaders:
         self.partner = _by_key(Partner, Partner.id, session_getter)
         self.pool = _by_key(QuotaPool, QuotaPool.id, session_getter)
         self.credit_alert = _by_key(CreditAlert, CreditAlert.account_id, session_getter)
-        self.sub_accounts = _grouped(Account, Account.master_id, session_getter, Account.uid)
+        self.sub_accounts = _sub_account_rows(session_getter)
         self.instances = _grouped(Instance, Instance.account_id, session_getter, Instance.id.desc())
         self.audit_page = _newest_pages(AuditEntry, AuditEntry.account_id, _audit_where, session_getter)
         self.adjustment_page = _newest_pages(
@@ -216,18 +232,14 @@ class Loaders:
         #: A pool's alert thresholds: one query for every pool of a list.
         self.thresholds = _grouped(QuotaThreshold, QuotaThreshold.pool_id, session_getter, QuotaThreshold.id)
 
-    def prime_accounts(self, accounts: Sequence[Account]) -> None:
+    def prime_accounts(self, accounts: Sequence[AccountLike]) -> None:
         for account in accounts:
             self.account_row.prime(account.id, account)
 
-    def prime_related(
-        self, pools: Sequence[QuotaPool], masters: Sequence[Account | None], partners: Sequence[Partner]
-    ) -> None:
-        """Rows a list query joined anyway: pools, masters and the partner, for synchronous nested fields."""
+    def prime_related(self, pools: Sequence[PoolLike], masters: Sequence[AccountLike | None]) -> None:
+        """Rows a list query joined anyway: pools and masters, for synchronous nested fields."""
         for pool in pools:
             self.pool.prime(pool.id, pool)
         for master in masters:
             if master is not None:
                 self.account_row.prime(master.id, master)
-        for partner in partners:
-            self.partner.prime(partner.id, partner)

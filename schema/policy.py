@@ -20,6 +20,7 @@ from uidhub.models.enums import (
     ShutdownPolicy,
     StopReason,
 )
+from uidhub.models.rows import AccountLike
 from uidhub.models.rules import PolicyView, instance_status
 from uidhub.resolvers import orders as order_ops
 from uidhub.resolvers import policy as policy_ops
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 LazyEndUser = strawberry.lazy("uidhub.schema.accounts")
 
 
-async def load_policy_view(info: Info, account: Account) -> PolicyView:
+async def load_policy_view(info: Info, account: AccountLike) -> PolicyView:
     loaders = info.context.loaders
     master = await loaders.account_row.load(account.master_id) if account.master_id else None
     pool = await loaders.pool.load(account.pool_id)
