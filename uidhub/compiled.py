@@ -119,12 +119,29 @@ Completer = Callable[[Any, "_Run"], Any]
 
 
 @dataclass
+class _LeafPlan:
+    """How a leaf field's value is completed, for the generated code to do it inline (see `_leaf`)."""
+
+    non_null: bool
+    #: The type's serializer wrapped as ordinary execution calls it (`_leaf`).
+    serialize: Completer
+    #: Values of this type are passed through unchanged (String, ID, Boolean); None: always serialize.
+    unchanged: type | None
+
+
+@dataclass
 class _FieldPlan:
     key: str
     get: Callable[[Any, _Run], Any]
     complete: Completer
     #: False for plain attributes: only a resolver function can return an awaitable.
     may_await: bool = True
+    #: For the generated code (`_generate`): the attribute a plain field reads, the function a resolver field
+    #: calls with (self) or (self, info=...), the constant of __typename, and the leaf to complete inline.
+    attribute: str | None = None
+    call: tuple[Callable[..., Any], bool] | None = None
+    constant: str | None = None
+    leaf: _LeafPlan | None = None
 
 
 @dataclass
@@ -148,6 +165,69 @@ def _complete_object(fields: list[_FieldPlan], source: Any, run: _Run) -> dict[s
         else:
             out[plan.key] = plan.complete(value, run)
     return out
+
+
+def _generate(fields: list[_FieldPlan]) -> Callable[[Any, _Run], dict[str, Any]]:
+    """`_complete_object` for these fields as one generated function: no loop, no closure call per field.
+
+    A list page completes ~1,600 fields; the loop above costs four or five Python calls per field
+    (getter, completer, non-null check, leaf). The generated function reads each plain attribute
+    directly, calls each resolver directly, and completes leaves inline with the same serializer
+    and the same null rules, so its output is the loop's, byte for byte (tests/test_compiled_reads.py).
+    """
+    names: dict[str, Any] = {"Fallback": Fallback, "isawaitable": inspect.isawaitable}
+    lines = ["def complete(source, run):", "    out = {}", "    info = run.info"]
+
+    def bind(prefix: str, index: int, value: Any) -> str:
+        name = f"{prefix}{index}"
+        names[name] = value
+        return name
+
+    def finish(index: int, plan: _FieldPlan, key: str, indent: str) -> list[str]:
+        """Lines that complete `v` (not an awaitable) into out[key]."""
+        leaf = plan.leaf
+        if leaf is None:
+            return [f"{indent}out[{key}] = {bind('x', index, plan.complete)}(v, run)"]
+        serialize = bind("s", index, leaf.serialize)
+        value = (
+            f"v if type(v) is {bind('u', index, leaf.unchanged)} else {serialize}(v, run)"
+            if leaf.unchanged is not None
+            else f"{serialize}(v, run)"
+        )
+        if leaf.non_null:
+            return [
+                f"{indent}if v is None:",
+                f"{indent}    raise Fallback('null for a non-null field')",
+                f"{indent}out[{key}] = {value}",
+            ]
+        return [f"{indent}out[{key}] = None if v is None else {value}"]
+
+    for index, plan in enumerate(fields):
+        key = repr(plan.key)
+        if plan.constant is not None:
+            lines.append(f"    out[{key}] = {plan.constant!r}")
+            continue
+        if plan.attribute is not None and plan.attribute.isidentifier():
+            lines.append(f"    v = source.{plan.attribute}")
+        elif plan.call is not None:
+            function, with_info = plan.call
+            lines.append(f"    v = {bind('f', index, function)}(source{', info=info' if with_info else ''})")
+        else:
+            lines.append(f"    v = {bind('g', index, plan.get)}(source, run)")
+        if plan.may_await:
+            lines.append("    if isawaitable(v):")
+            lines.append(f"        out[{key}] = None")  # keeps the key's place in the response order
+            lines.append(f"        run.pending.append((v, out, {key}, {bind('x', index, plan.complete)}))")
+            lines.append("    else:")
+            lines.extend(finish(index, plan, key, "        "))
+        else:
+            lines.extend(finish(index, plan, key, "    "))
+    lines.append("    return out")
+    # No request text reaches the source: keys and the __typename constant go in through repr(), attributes are
+    # checked identifiers of the schema's own Python names, and everything else is bound by generated name.
+    exec(compile("\n".join(lines), "<uidhub.compiled>", "exec"), names)
+    complete: Callable[[Any, _Run], dict[str, Any]] = names["complete"]
+    return complete
 
 
 class _NotCompilable(Exception):
@@ -187,7 +267,9 @@ class _Planner:
                     raise _NotCompilable(f"@{directive.name.value}")
         if name == "__typename":
             type_name = parent.name
-            return _FieldPlan(key, lambda _source, _run: type_name, lambda value, _run: value, may_await=False)
+            return _FieldPlan(
+                key, lambda _source, _run: type_name, lambda value, _run: value, may_await=False, constant=type_name
+            )
         root = parent is self.executor.schema.query_type
         if (root and name not in COMPILED_ROOT_FIELDS) or (not root and parent.name not in COMPILED_TYPES):
             raise _NotCompilable(f"{parent.name}.{name}")
@@ -195,7 +277,28 @@ class _Planner:
         if definition is None:
             raise _NotCompilable(f"{parent.name}.{name}")
         get, may_await = self.getter(definition, node)
-        return _FieldPlan(key, get, self.completer(definition.type, details), may_await)
+        plan = _FieldPlan(key, get, self.completer(definition.type, details), may_await)
+        plan.leaf = _leaf_plan(definition.type)
+        strawberry_field = (definition.extensions or {})["strawberry-definition"]
+        if strawberry_field.is_basic_field:
+            plan.attribute = strawberry_field.python_name
+        else:
+            plan.call = self.direct_call(strawberry_field)
+        return plan
+
+    @staticmethod
+    def direct_call(strawberry_field: StrawberryField) -> tuple[Callable[..., Any], bool] | None:
+        """(function, pass info) when the resolver is a method taking nothing but self and maybe info."""
+        resolver = strawberry_field.base_resolver
+        if resolver is None or strawberry_field.arguments or resolver.self_parameter is None:
+            return None
+        if resolver.parent_parameter is not None or resolver.root_parameter is not None:
+            return None
+        info = resolver.info_parameter
+        if info is not None and info.name != "info":
+            return None
+        function = resolver.wrapped_func
+        return (function, info is not None) if callable(function) else None
 
     def getter(self, definition: GraphQLField, node: Any) -> tuple[Callable[[Any, _Run], Any], bool]:
         strawberry_field = (definition.extensions or {}).get("strawberry-definition")
@@ -278,24 +381,19 @@ class _Planner:
         if isinstance(type_, GraphQLLeafType):
             return _leaf(type_)
         if isinstance(type_, GraphQLObjectType):
-            fields = self.object_fields(type_, details)
-
-            def complete_object(value: Any, run: _Run) -> Any:
-                return _complete_object(fields, value, run)
-
-            return complete_object
+            return _generate(self.object_fields(type_, details))
         if isinstance(type_, GraphQLAbstractType):
-            plans: dict[str, list[_FieldPlan]] = {}
+            plans: dict[str, Callable[[Any, _Run], dict[str, Any]]] = {}
             for possible in self.executor.schema.get_possible_types(type_):
                 if possible.name in COMPILED_TYPES:
-                    plans[possible.name] = self.object_fields(possible, details)
+                    plans[possible.name] = _generate(self.object_fields(possible, details))
 
             def complete_abstract(value: Any, run: _Run) -> Any:
                 definition = getattr(type(value), "__strawberry_definition__", None)
-                fields = plans.get(getattr(definition, "name", ""))
-                if fields is None:
+                complete = plans.get(getattr(definition, "name", ""))
+                if complete is None:
                     raise Fallback("a runtime type that is not compiled")
-                return _complete_object(fields, value, run)
+                return complete(value, run)
 
             return complete_abstract
         raise _NotCompilable(str(type_))
@@ -319,6 +417,15 @@ def _leaf(type_: GraphQLLeafType) -> Completer:
         return serialized
 
     return leaf
+
+
+def _leaf_plan(type_: GraphQLOutputType) -> _LeafPlan | None:
+    """The inline completion of a leaf field's type (nullable or not), or None for lists and objects."""
+    non_null = isinstance(type_, GraphQLNonNull)
+    inner = type_.of_type if isinstance(type_, GraphQLNonNull) else type_
+    if not isinstance(inner, GraphQLLeafType):
+        return None
+    return _LeafPlan(non_null, _leaf(inner), _UNCHANGED.get(inner.name))
 
 
 def _directive_variables(document: DocumentNode) -> tuple[str, ...]:
