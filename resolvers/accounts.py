@@ -60,11 +60,11 @@ from uidhub.resolvers.actor import Actor, Permission
 from uidhub.resolvers.errors import UserError, UserErrors, invalid, not_found
 from uidhub.resolvers.pagination import (
     InvalidArgument,
+    LazyCursors,
     Page,
     check_first,
     check_list,
     decode_cursor,
-    encode_cursor,
 )
 from uidhub.resolvers.pool_amounts import apply_quota_amount
 
@@ -789,7 +789,7 @@ def _trigram_search_pg(session: AsyncSession, f: EndUserQuery) -> bool:
 
 
 def candidates_query(
-    actor: Actor, f: EndUserQuery, sort: EndUserSort, limit: int, after: tuple[Any, str] | None
+    actor: Actor, f: EndUserQuery, sort: EndUserSort, limit: int, after: tuple[Any, str] | None, related: bool = True
 ) -> Select[Any]:
     """A PostgreSQL search's count and page in one statement, from its matches.
 
@@ -819,7 +819,7 @@ def candidates_query(
         page = page.where(_after(sort, after[0], after[1], matches.c.sort_key, matches.c.uid))
     rows = page.subquery("search_page")
     return (
-        select(total.c.matched, *_page_columns(rows.c.sort_key))
+        select(total.c.matched, *_page_columns(rows.c.sort_key, related))
         .select_from(total)
         .outerjoin(rows, true())
         .outerjoin(Account, Account.id == rows.c.account_id)
@@ -829,16 +829,20 @@ def candidates_query(
     )
 
 
-def _page_columns(sort_key: Any) -> list[Any]:
-    """A list row: the account, its sort key, its pool and its master, as columns (see models.rows)."""
-    return [*account_columns(), sort_key, *pool_columns(), *account_columns(Master)]
+def _page_columns(sort_key: Any, related: bool = True) -> list[Any]:
+    """A list row: the account, its sort key, and (`related`) its pool and its master, as columns (models.rows)."""
+    columns = [*account_columns(), sort_key]
+    return [*columns, *pool_columns(), *account_columns(Master)] if related else columns
 
 
-def _page_row(values: Sequence[Any]) -> tuple[AccountRow, Any, PoolRow, AccountRow | None]:
-    """(account, sort key, pool, master or None) of a row selected by `_page_columns`."""
+def _page_row(values: Sequence[Any]) -> tuple[AccountRow, Any, PoolRow | None, AccountRow | None]:
+    """(account, sort key, pool, master or None) of a row selected by `_page_columns`; no pool when not related."""
     account = account_at(values, 0)
+    assert account is not None  # the page's own rows: never NULL
+    if len(values) == ACCOUNT_WIDTH + 1:
+        return account, values[ACCOUNT_WIDTH], None, None
     pool = pool_at(values, ACCOUNT_WIDTH + 1)
-    assert account is not None and pool is not None  # inner joins: never NULL
+    assert pool is not None  # an inner join
     return account, values[ACCOUNT_WIDTH], pool, account_at(values, ACCOUNT_WIDTH + 1 + POOL_WIDTH)
 
 
@@ -850,7 +854,13 @@ async def list_end_users(
     after: str | None,
     f: EndUserQuery,
     sort: EndUserSort,
+    related: bool = True,
 ) -> Page[AccountLike]:
+    """One page of the viewer's accounts matching `f`, in `sort` order, after the cursor `after`.
+
+    `related=False` leaves each account's pool and master out (`Page.related` then holds Nones): the compiled
+    read path asks for that when the query selects nothing of them.
+    """
     limit = check_first(first)
     cursor_kind = f"eu:{sort.field}:{'d' if sort.descending else 'a'}"
     position = decode_cursor(after, cursor_kind, 2)
@@ -864,7 +874,7 @@ async def list_end_users(
     matched: int | None = None
     rows: Sequence[Any] | None = None
     if _trigram_search_pg(session, f):
-        found = (await session.execute(candidates_query(actor, f, sort, limit + 1, start))).all()
+        found = (await session.execute(candidates_query(actor, f, sort, limit + 1, start, related))).all()
         if int(found[0][0]) <= SEARCH_CANDIDATES_MAX:
             matched = int(found[0][0])
             rows = [row[1:] for row in found if row[1] is not None]
@@ -872,14 +882,14 @@ async def list_end_users(
         # The pool and master are joined anyway; selecting them lets nested fields answer without loading them
         # again. Plain rows, not entities: see models.rows.
         query = filtered_query(actor, f, sort).with_only_columns(
-            *_page_columns(sort_expr(sort.field).label("sort_key"))
+            *_page_columns(sort_expr(sort.field).label("sort_key"), related)
         )
         if start is not None:
             query = query.where(_after(sort, *start))
         rows = (await session.execute(query.limit(limit + 1))).all()
     page = [_page_row(row) for row in rows[: limit + 1]]
     items: list[AccountLike] = [account for account, _, _, _ in page[:limit]]
-    cursors = [encode_cursor(cursor_kind, [_cursor_value(sort.field, key), a.uid]) for a, key, _, _ in page[:limit]]
+    cursors = LazyCursors(cursor_kind, [[_cursor_value(sort.field, key), a.uid] for a, key, _, _ in page[:limit]])
 
     async def count() -> int:
         if matched is not None:

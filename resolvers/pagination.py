@@ -101,12 +101,37 @@ def decode_id_cursor(cursor: str | None, kind: str) -> int | None:
     return values[0]
 
 
+class LazyCursors(Sequence[str]):
+    """A page's cursors, each encoded when first read.
+
+    Encoding one costs a JSON dump and a base64 per row; the compiled read path
+    (uidhub.compiled) answers a list that selects no `cursor` without paying it,
+    while ordinary execution, reading them all, gets the same strings.
+    """
+
+    def __init__(self, kind: str, values: list[list[Any]]) -> None:
+        self._kind = kind
+        self._values = values
+        self._encoded: list[str | None] = [None] * len(values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        encoded = self._encoded[index]
+        if encoded is None:
+            encoded = self._encoded[index] = encode_cursor(self._kind, self._values[index])
+        return encoded
+
+
 @dataclass
 class Page(Generic[T]):
     """One page of a connection. `count` runs the COUNT only if totalCount is asked for."""
 
     items: list[T]
-    cursors: list[str]
+    cursors: Sequence[str]
     has_next: bool
     has_previous: bool
     count: Callable[[], Awaitable[int]] = field(repr=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any
@@ -20,7 +20,7 @@ from uidhub.models.enums import (
     PaygFreezeStatus,
     PurchaseControl,
 )
-from uidhub.models.rows import AccountLike
+from uidhub.models.rows import AccountLike, AccountRow, PoolLike
 from uidhub.models.rules import PolicyView
 from uidhub.resolvers import accounts as ops
 from uidhub.resolvers.actor import Actor
@@ -74,6 +74,42 @@ async def required_end_user(info: Info, account_id: int) -> EndUser:
     return EndUser.limited(hidden)
 
 
+#: EndUser's plain fields and the account column each shows. `EndUser.of` copies these, and the compiled read
+#: path (uidhub.compiled, its row plans) reads the same columns from a list's rows: one mapping for both.
+END_USER_COLUMNS = {
+    "uid": "uid",
+    "account_type": "account_type",
+    "nickname": "nickname",
+    "business_manager": "business_manager",
+    "remarks": "remarks",
+    "email": "email",
+    "account_status": "status",
+    "linked_at": "linked_at",
+}
+
+
+def end_user_id(account_id: int) -> strawberry.ID:
+    """EndUser.id: the account's global id."""
+    return to_global_id("EndUser", account_id)
+
+
+def quota_of(row: AccountLike, pool: PoolLike, pool_owner: int | None = None) -> Quota:
+    """EndUser.quota: the pool the account spends from, owned by its master when it has one."""
+    return Quota.of(pool, pool_owner or row.master_id or row.id)
+
+
+def policy_of(row: AccountLike, master: AccountLike | None, pool: PoolLike) -> ShutdownPolicyState:
+    """EndUser.policy: the account's own settings and the policy in force (its master's and its pool's)."""
+    return ShutdownPolicyState.of(PolicyView.of(row, master, pool))
+
+
+def visible_sub_accounts(actor: Actor, master: AccountLike, rows: Sequence[AccountRow]) -> list[AccountRow]:
+    """EndUser.subAccounts: a master's sub-accounts the viewer may see; none for a sub-account."""
+    if master.master_id is not None:
+        return []
+    return [r for r in rows if actor.sees(r)]
+
+
 @strawberry.type(description="A linked end-user account (UID).")
 class EndUser(Node):
     uid: str = strawberry.field(description="The account UID.")
@@ -95,16 +131,9 @@ class EndUser(Node):
         # Plain attributes, copied once: a resolver function per scalar field costs
         # strawberry's resolver machinery on every one of thousands of fields in a list.
         return cls(
-            id=to_global_id("EndUser", row.id),
-            uid=row.uid,
-            account_type=row.account_type,
-            nickname=row.nickname,
-            business_manager=row.business_manager,
-            remarks=row.remarks,
-            email=row.email,
-            account_status=row.status,
-            linked_at=row.linked_at,
+            id=end_user_id(row.id),
             _row=row,
+            **{name: getattr(row, column) for name, column in END_USER_COLUMNS.items()},
         )
 
     @classmethod
@@ -168,9 +197,8 @@ class EndUser(Node):
     async def sub_accounts(self, info: Info) -> list[EndUser]:
         if self._row.master_id is not None:
             return []
-        actor = info.context.require_actor()
         rows = await info.context.loaders.sub_accounts.load(self._row.id)
-        return [EndUser.of(r) for r in rows if actor.sees(r)]
+        return [EndUser.of(r) for r in visible_sub_accounts(info.context.require_actor(), self._row, rows)]
 
     @strawberry.field(description="Own settings and the shutdown policy in force.")
     def policy(self, info: Info) -> ShutdownPolicyState:
@@ -178,17 +206,18 @@ class EndUser(Node):
         pool = peek(loaders.pool, self._row.pool_id)
         master = peek(loaders.account_row, self._row.master_id) if self._row.master_id is not None else None
         if pool is not MISSING and master is not MISSING:
-            return ShutdownPolicyState.of(PolicyView.of(self._row, master, pool))
+            return policy_of(self._row, master, pool)
         return _then(load_policy_view(info, self._row), ShutdownPolicyState.of)  # type: ignore[return-value]
 
     @strawberry.field(description="The quota pool this account spends from: a sub-account shares its master's.")
     def quota(self, info: Info) -> Quota:
-        owner_id = self._pool_owner or self._row.master_id or self._row.id
         loader = info.context.loaders.pool
         pool = peek(loader, self._row.pool_id)
         if pool is not MISSING:
-            return Quota.of(pool, owner_id)
-        return _then(loader.load(self._row.pool_id), lambda p: Quota.of(p, owner_id))  # type: ignore[return-value]
+            return quota_of(self._row, pool, self._pool_owner)
+        return _then(  # type: ignore[return-value]
+            loader.load(self._row.pool_id), lambda p: quota_of(self._row, p, self._pool_owner)
+        )
 
     @strawberry.field(description="The account's instances, newest first.")
     async def instances(
@@ -365,6 +394,32 @@ class ChangeAccountStatusInput:
 # ---------------------------------------------------------------- root fields
 
 
+async def end_user_page(
+    info: Info,
+    first: int | None,
+    after: str | None,
+    filter: EndUserFilter | None,
+    order_by: EndUserOrder | None,
+    related: bool = True,
+) -> Page[AccountLike]:
+    """The page `endUsers` shows for these arguments; the compiled read path (uidhub.compiled) calls it too,
+    with `related=False` when it selects nothing of the accounts' pools and masters."""
+    sort = (
+        ops.EndUserSort(field=order_by.field.name, descending=order_by.direction is OrderDirection.DESC)
+        if order_by
+        else ops.EndUserSort()
+    )
+    return await ops.list_end_users(
+        await info.context.session(),
+        info.context.require_actor(),
+        first=first,
+        after=after,
+        f=filter.to_query() if filter else ops.EndUserQuery(),
+        sort=sort,
+        related=related,
+    )
+
+
 @strawberry.type
 class AccountQueries:
     @strawberry.field(description="One account by UID; null when it does not exist or is not visible to you.")
@@ -384,20 +439,7 @@ class AccountQueries:
         filter: Annotated[EndUserFilter | None, strawberry.argument(description="Which accounts.")] = None,
         order_by: Annotated[EndUserOrder | None, strawberry.argument(description="Sort order.")] = None,
     ) -> EndUserConnection:
-        session = await info.context.session()
-        sort = (
-            ops.EndUserSort(field=order_by.field.name, descending=order_by.direction is OrderDirection.DESC)
-            if order_by
-            else ops.EndUserSort()
-        )
-        page = await ops.list_end_users(
-            session,
-            info.context.require_actor(),
-            first=first,
-            after=after,
-            f=filter.to_query() if filter else ops.EndUserQuery(),
-            sort=sort,
-        )
+        page = await end_user_page(info, first=first, after=after, filter=filter, order_by=order_by)
         loaders = info.context.loaders
         loaders.prime_accounts(page.items)
         # Not the partner: `EndUser.partner` loads it (once, batched) only when a query selects it.

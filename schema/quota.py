@@ -9,7 +9,7 @@ import strawberry
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from uidhub.models import Account, QuotaPool, rules
+from uidhub.models import Account, rules
 from uidhub.models import QuotaAdjustment as AdjustmentRow
 from uidhub.models import QuotaThreshold as ThresholdRow
 from uidhub.models import forecast as forecasts
@@ -20,6 +20,7 @@ from uidhub.models.enums import (
     ThresholdAction,
     ThresholdKind,
 )
+from uidhub.models.rows import PoolLike
 from uidhub.resolvers import quota as quota_ops
 from uidhub.resolvers import thresholds as threshold_ops
 from uidhub.resolvers.actor import Actor
@@ -196,11 +197,11 @@ class Quota:
         description="The warning level: amount * warningThresholdPercent / 100, rounded half up to cents."
     )
     below_warning_level: bool = strawberry.field(description="True while available is below the warning level.")
-    _pool: strawberry.Private[QuotaPool]
+    _pool: strawberry.Private[PoolLike]
     _owner_id: strawberry.Private[int]
 
     @classmethod
-    def of(cls, pool: QuotaPool, owner_id: int) -> Quota:
+    def of(cls, pool: PoolLike, owner_id: int) -> Quota:
         available = pool.available_cents
         level = rules.warning_level(pool.amount_cents, pool.warning_percent)
         return cls(

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -142,6 +143,8 @@ class _FieldPlan:
     call: tuple[Callable[..., Any], bool] | None = None
     constant: str | None = None
     leaf: _LeafPlan | None = None
+    #: For row plans: a Python expression over the generated function's parameters, and the names it uses.
+    expression: tuple[str, dict[str, Any]] | None = None
 
 
 @dataclass
@@ -152,6 +155,8 @@ class _Run:
     variable_values: Any
     info: _Info
     arguments: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: Fields answered by a row plan (for tests and bench/: that the planner picks them).
+    row_plans: int = 0
     pending: list[tuple[Awaitable[Any], dict[str, Any], str, Completer]] = field(default_factory=list)
 
 
@@ -167,7 +172,7 @@ def _complete_object(fields: list[_FieldPlan], source: Any, run: _Run) -> dict[s
     return out
 
 
-def _generate(fields: list[_FieldPlan]) -> Callable[[Any, _Run], dict[str, Any]]:
+def _generate(fields: list[_FieldPlan], parameters: str = "source") -> Callable[..., dict[str, Any]]:
     """`_complete_object` for these fields as one generated function: no loop, no closure call per field.
 
     A list page completes ~1,600 fields; the loop above costs four or five Python calls per field
@@ -176,7 +181,7 @@ def _generate(fields: list[_FieldPlan]) -> Callable[[Any, _Run], dict[str, Any]]
     and the same null rules, so its output is the loop's, byte for byte (tests/test_compiled_reads.py).
     """
     names: dict[str, Any] = {"Fallback": Fallback, "isawaitable": inspect.isawaitable}
-    lines = ["def complete(source, run):", "    out = {}", "    info = run.info"]
+    lines = [f"def complete({parameters}, run):", "    out = {}", "    info = run.info"]
 
     def bind(prefix: str, index: int, value: Any) -> str:
         name = f"{prefix}{index}"
@@ -207,7 +212,12 @@ def _generate(fields: list[_FieldPlan]) -> Callable[[Any, _Run], dict[str, Any]]
         if plan.constant is not None:
             lines.append(f"    out[{key}] = {plan.constant!r}")
             continue
-        if plan.attribute is not None and plan.attribute.isidentifier():
+        if plan.expression is not None:
+            expression, used = plan.expression
+            for name, value in used.items():  # bound per field: two aliases of one field bind different values
+                expression = re.sub(rf"\b{name}\b", bind(f"{name}_", index, value), expression)
+            lines.append(f"    v = {expression}")
+        elif plan.attribute is not None and plan.attribute.isidentifier():
             lines.append(f"    v = source.{plan.attribute}")
         elif plan.call is not None:
             function, with_info = plan.call
@@ -226,12 +236,44 @@ def _generate(fields: list[_FieldPlan]) -> Callable[[Any, _Run], dict[str, Any]]
     # No request text reaches the source: keys and the __typename constant go in through repr(), attributes are
     # checked identifiers of the schema's own Python names, and everything else is bound by generated name.
     exec(compile("\n".join(lines), "<uidhub.compiled>", "exec"), names)
-    complete: Callable[[Any, _Run], dict[str, Any]] = names["complete"]
+    complete: Callable[..., dict[str, Any]] = names["complete"]
     return complete
 
 
 class _NotCompilable(Exception):
     """Raised while planning: the selection holds something the planner does not cover."""
+
+
+class _NotRowPlannable(Exception):
+    """Raised while planning a row plan: the selection needs the field-by-field plan."""
+
+
+def _check_directives(details: list[FieldDetails]) -> None:
+    """Only @include/@skip (already applied by field collection): any other directive is not compiled."""
+    for detail in details:
+        if detail.fragment_variable_values is not None or detail.defer_usage is not None:
+            raise _NotCompilable("fragment variables or @defer")
+        for directive in detail.node.directives or ():
+            if directive.name.value not in ("include", "skip"):
+                raise _NotCompilable(f"@{directive.name.value}")
+
+
+def _unused(_source: Any, _run: _Run) -> Any:
+    raise AssertionError("a row plan's fields are read by their expressions")
+
+
+def _identity(value: Any, _run: _Run) -> Any:
+    """The completion of a value a row plan already completed."""
+    return value
+
+
+def _object_type(type_: GraphQLOutputType) -> GraphQLObjectType:
+    """The object type under non-null and list wrappers; anything else is not row-plannable."""
+    while isinstance(type_, GraphQLNonNull | GraphQLList):
+        type_ = type_.of_type
+    if not isinstance(type_, GraphQLObjectType):
+        raise _NotRowPlannable(str(type_))
+    return type_
 
 
 @dataclass
@@ -259,12 +301,7 @@ class _Planner:
     def field(self, parent: GraphQLObjectType, key: str, details: list[FieldDetails]) -> _FieldPlan:
         node = details[0].node
         name = node.name.value
-        for detail in details:
-            if detail.fragment_variable_values is not None or detail.defer_usage is not None:
-                raise _NotCompilable("fragment variables or @defer")
-            for directive in detail.node.directives or ():
-                if directive.name.value not in ("include", "skip"):
-                    raise _NotCompilable(f"@{directive.name.value}")
+        _check_directives(details)
         if name == "__typename":
             type_name = parent.name
             return _FieldPlan(
@@ -276,6 +313,10 @@ class _Planner:
         definition = parent.fields.get(name)
         if definition is None:
             raise _NotCompilable(f"{parent.name}.{name}")
+        if root and name == "endUsers":
+            rows = self.end_users_rows(key, definition, details)
+            if rows is not None:
+                return rows
         get, may_await = self.getter(definition, node)
         plan = _FieldPlan(key, get, self.completer(definition.type, details), may_await)
         plan.leaf = _leaf_plan(definition.type)
@@ -322,11 +363,175 @@ class _Planner:
                 return (lambda source, _run: function(source)), True
             if info_name == "info":
                 return (lambda source, run: function(source, info=run.info)), True
+        arguments = self.arguments(definition, node, strawberry_field)
+
+        def get(source: Any, run: _Run) -> Any:
+            kwargs = dict(arguments(run))
+            for name in source_names:
+                kwargs[name] = source
+            if info_name is not None:
+                kwargs[info_name] = run.info
+            return function(source, **kwargs) if pass_self else function(**kwargs)
+
+        return get, True
+
+    # ------------------------------------------------------------ row plans
+
+    def subfields(self, type_: GraphQLOutputType, details: list[FieldDetails]) -> dict[str, list[FieldDetails]]:
+        """The selection under a field of (non-null) object type `type_`, by response key."""
+        inner = type_.of_type if isinstance(type_, GraphQLNonNull) else type_
+        if not isinstance(inner, GraphQLObjectType):
+            raise _NotCompilable(str(type_))
+        grouped, defers, forbidden = collect_subfields(
+            self.executor.schema,
+            self.executor.fragments,
+            self.executor.variable_values,
+            self.executor.operation,
+            inner,
+            details,
+        )
+        if defers or forbidden:
+            raise _NotCompilable("@defer")
+        for group in grouped.values():
+            _check_directives(group)
+        return grouped
+
+    def end_users_rows(self, key: str, definition: GraphQLField, details: list[FieldDetails]) -> _FieldPlan | None:
+        """`endUsers` answered straight from the list's rows, or None when the selection needs more.
+
+        Ordinary execution (and the field-by-field plan) builds an EndUser, an edge, loader entries and
+        an encoded cursor per row before reading a single field. Here the response is built from the rows
+        `end_user_page` returns -- the same function, so the same tenancy, filters, order and cursors --
+        by generated functions over (account, pool, master) that read END_USER_COLUMNS and call
+        `end_user_id`, `quota_of`, `policy_of` and `visible_sub_accounts`: the functions EndUser's own
+        fields call. Nested Quota, ShutdownPolicyState and PageInfo selections are completed by the
+        ordinary plan of their type. Anything else under an EndUser makes this return None.
+        """
+        try:
+            return self._end_users_rows(key, definition, details)
+        except _NotRowPlannable:
+            return None
+
+    def _end_users_rows(self, key: str, definition: GraphQLField, details: list[FieldDetails]) -> _FieldPlan:
+        # lazy: uidhub.schema.accounts is the schema's own module; the planner reads its row functions only here
+        from uidhub.schema.accounts import (
+            END_USER_COLUMNS,
+            end_user_id,
+            end_user_page,
+            policy_of,
+            quota_of,
+            visible_sub_accounts,
+        )
+        from uidhub.schema.common import PageInfo
+
+        needs = {"total": False, "subs": False, "related": False}
+
+        def plan(key: str, type_: GraphQLOutputType | None, expression: str, **names: Any) -> _FieldPlan:
+            """A field whose value is `expression`; a leaf is completed inline, anything else is given complete."""
+            leaf = _leaf_plan(type_) if type_ is not None else None
+            return _FieldPlan(key, _unused, _identity, False, leaf=leaf, expression=(expression, names))
+
+        def typename(key: str, name: str) -> _FieldPlan:
+            return _FieldPlan(key, _unused, _identity, False, constant=name)
+
+        def node_function(type_: GraphQLOutputType, group: list[FieldDetails], top: bool) -> Callable[..., Any]:
+            parent = _object_type(type_)
+            fields: list[_FieldPlan] = []
+            for node_key, node_group in self.subfields(parent, group).items():
+                name = node_group[0].node.name.value
+                if name == "__typename":
+                    fields.append(typename(node_key, parent.name))
+                    continue
+                field_type = parent.fields[name].type
+                python = parent.fields[name].extensions["strawberry-definition"].python_name
+                if python in END_USER_COLUMNS:
+                    fields.append(plan(node_key, field_type, f"acc.{END_USER_COLUMNS[python]}"))
+                elif python == "id":
+                    fields.append(plan(node_key, field_type, "end_user_id(acc.id)", end_user_id=end_user_id))
+                elif python == "quota" and top:
+                    needs["related"] = True
+                    nested = plan(node_key, None, "quota_of(acc, pool)", quota_of=quota_of)
+                    nested.complete = self.completer(field_type, node_group)
+                    fields.append(nested)
+                elif python == "policy" and top:
+                    needs["related"] = True
+                    nested = plan(node_key, None, "policy_of(acc, master, pool)", policy_of=policy_of)
+                    nested.complete = self.completer(field_type, node_group)
+                    fields.append(nested)
+                elif python == "sub_accounts" and top:
+                    needs["subs"] = True
+                    sub_node = node_function(_object_type(field_type), node_group, top=False)
+                    expression = "[sub_node(s, None, acc, None, run) for s in subs]"
+                    fields.append(plan(node_key, None, expression, sub_node=sub_node))
+                elif python == "sub_accounts":  # a sub-account's own: none, as visible_sub_accounts says
+                    expression = "visible_sub_accounts(None, acc, ())"
+                    fields.append(plan(node_key, None, expression, visible_sub_accounts=visible_sub_accounts))
+                else:
+                    raise _NotRowPlannable(python)
+            return _generate(fields, "acc, pool, master, subs")
+
+        connection_type = _object_type(definition.type)
+        connection_fields: list[_FieldPlan] = []
+        for field_key, group in self.subfields(connection_type, details).items():
+            name = group[0].node.name.value
+            field_type = connection_type.fields[name].type if name in connection_type.fields else None
+            if name == "__typename":
+                connection_fields.append(typename(field_key, connection_type.name))
+            elif name == "totalCount":
+                needs["total"] = True
+                connection_fields.append(plan(field_key, field_type, "total"))
+            elif name == "pageInfo" and field_type is not None:
+                page_info = plan(field_key, None, "page_info_of(page)", page_info_of=PageInfo.of)
+                page_info.complete = self.completer(field_type, group)
+                connection_fields.append(page_info)
+            elif name == "edges" and field_type is not None:
+                edge_type = _object_type(field_type)
+                edge_fields: list[_FieldPlan] = []
+                for edge_key, edge_group in self.subfields(edge_type, group).items():
+                    edge_name = edge_group[0].node.name.value
+                    if edge_name == "__typename":
+                        edge_fields.append(typename(edge_key, edge_type.name))
+                    elif edge_name == "cursor":
+                        edge_fields.append(plan(edge_key, edge_type.fields["cursor"].type, "page.cursors[i]"))
+                    elif edge_name == "node":
+                        node = node_function(edge_type.fields["node"].type, edge_group, top=True)
+                        edge_fields.append(plan(edge_key, None, "node(acc, pool, master, subs, run)", node=node))
+                    else:
+                        raise _NotRowPlannable(edge_name)
+                expression = (
+                    "[edge(page, i, acc, pool, master, subs[i], run)"
+                    " for i, (acc, (pool, master)) in enumerate(zip(page.items, page.related))]"
+                )
+                edge = _generate(edge_fields, "page, i, acc, pool, master, subs")
+                connection_fields.append(plan(field_key, None, expression, edge=edge))
+            else:
+                raise _NotRowPlannable(name)
+        connection = _generate(connection_fields, "page, total, subs")
+        arguments = self.arguments(definition, details[0].node, definition.extensions["strawberry-definition"])
+        with_total, with_subs, related = needs["total"], needs["subs"], needs["related"]
+
+        async def get(_source: Any, run: _Run) -> dict[str, Any]:
+            run.row_plans += 1
+            page = await end_user_page(run.info, **arguments(run), related=related)  # type: ignore[arg-type]
+            subs: list[Any] = [()] * len(page.items)
+            if with_subs:
+                actor = run.context.require_actor()
+                loaded = await run.context.loaders.sub_accounts.load_many([a.id for a in page.items])
+                subs = [visible_sub_accounts(actor, a, rows) for a, rows in zip(page.items, loaded, strict=True)]
+            total = await page.count() if with_total else None
+            return connection(page, total, subs, run)
+
+        return _FieldPlan(key, get, _identity, True)
+
+    def arguments(
+        self, definition: GraphQLField, node: Any, strawberry_field: StrawberryField
+    ) -> Callable[[_Run], dict[str, Any]]:
+        """The field's arguments as its resolver receives them, converted once per request."""
         converter = self.schema.schema_converter
         slot = id(node)
 
         def arguments(run: _Run) -> dict[str, Any]:
-            # Converted once per request, as graphql-core then strawberry convert them for the resolver.
+            # As graphql-core then strawberry convert them for the resolver.
             converted = run.arguments.get(slot)
             if converted is None:
                 raw = get_argument_values(definition, node, run.variable_values)
@@ -340,15 +545,7 @@ class _Planner:
                 run.arguments[slot] = converted
             return converted
 
-        def get(source: Any, run: _Run) -> Any:
-            kwargs = dict(arguments(run))
-            for name in source_names:
-                kwargs[name] = source
-            if info_name is not None:
-                kwargs[info_name] = run.info
-            return function(source, **kwargs) if pass_self else function(**kwargs)
-
-        return get, True
+        return arguments
 
     def completer(self, type_: GraphQLOutputType, details: list[FieldDetails]) -> Completer:
         if isinstance(type_, GraphQLNonNull):
@@ -475,6 +672,8 @@ class CompiledReads:
         #: Counters for tests and bench/: requests answered here, and requests handed back.
         self.compiled = 0
         self.fallbacks = 0
+        #: Answered requests that used a row plan (`_Planner.end_users_rows`).
+        self.row_planned = 0
 
     async def document_plan(self, query: str, operation_name: str | None) -> _DocumentPlan | None:
         key = (query, operation_name)
@@ -567,6 +766,7 @@ class CompiledReads:
                 await asyncio.gather(*leftovers, return_exceptions=True)
             return self._fallback()
         self.compiled += 1
+        self.row_planned += run.row_plans > 0
         return {"data": data}
 
     def _fallback(self) -> dict[str, Any] | None:
