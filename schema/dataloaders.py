@@ -7,7 +7,8 @@ from collections.abc import Callable, Hashable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, any_, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.dataloader import DataLoader
 
@@ -44,14 +45,21 @@ def _by_key(model: Any, column: Any, session_getter: SessionGetter) -> DataLoade
     return DataLoader(load_fn=load)
 
 
+#: A page's sub-accounts, built once. PostgreSQL takes the masters as one array parameter: an IN list is
+#: rendered anew for every page size, one cast bind parameter per master.
+_SUB_ACCOUNTS = select(*account_columns()).order_by(Account.uid)
+_SUB_ACCOUNTS_IN = _SUB_ACCOUNTS.where(Account.master_id.in_(bindparam("masters", expanding=True)))
+_SUB_ACCOUNTS_ANY = _SUB_ACCOUNTS.where(Account.master_id == any_(bindparam("masters", type_=ARRAY(BigInteger))))
+
+
 def _sub_account_rows(session_getter: SessionGetter) -> DataLoader[int, list[AccountRow]]:
     """A master's sub-accounts by UID, as plain rows (models.rows): one query for every master of a list."""
 
     async def load(keys: Sequence[int]) -> list[list[AccountRow]]:
         session: AsyncSession = await session_getter()
-        query = select(*account_columns()).where(Account.master_id.in_(list(keys))).order_by(Account.uid)
+        query = _SUB_ACCOUNTS_ANY if session.get_bind().dialect.name == "postgresql" else _SUB_ACCOUNTS_IN
         grouped: dict[int | None, list[AccountRow]] = defaultdict(list)
-        for values in (await session.execute(query)).all():
+        for values in (await session.execute(query, {"masters": list(keys)})).all():
             row = AccountRow._make(values)
             grouped[row.master_id].append(row)
         return [grouped.get(k, []) for k in keys]

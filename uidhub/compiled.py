@@ -516,8 +516,12 @@ class _Planner:
             subs: list[Any] = [()] * len(page.items)
             if with_subs:
                 actor = run.context.require_actor()
-                loaded = await run.context.loaders.sub_accounts.load_many([a.id for a in page.items])
-                subs = [visible_sub_accounts(actor, a, rows) for a, rows in zip(page.items, loaded, strict=True)]
+                # The loader's own batch function, called once for the page's masters (the loader's per-key
+                # futures would cost more than the query); a sub-account has none (visible_sub_accounts).
+                masters = [a.id for a in page.items if a.master_id is None]
+                found = await run.context.loaders.sub_accounts.load_fn(masters) if masters else []
+                loaded: dict[int, Any] = dict(zip(masters, found, strict=True))
+                subs = [visible_sub_accounts(actor, a, loaded.get(a.id, ())) for a in page.items]
             total = await page.count() if with_total else None
             return connection(page, total, subs, run)
 
