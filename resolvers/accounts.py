@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Join,
     Select,
     String,
     and_,
@@ -29,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import InstrumentedAttribute, aliased
+from sqlalchemy.orm import join as orm_join
 from sqlalchemy.types import NullType, TypeEngine
 
 from uidhub.models import Account, AccountListing, QuotaPool
@@ -762,15 +765,32 @@ def _after(sort: EndUserSort, value: Any, uid: str, key: Any = None, uid_key: An
     return left < right if sort.descending else left > right
 
 
+@functools.cache
+def _listed() -> Join:
+    """The listing joined to its accounts, pools and masters: what every list query reads FROM.
+
+    Built once (SQLAlchemy spends ~60 µs on these three ORM joins): a list request's statement
+    is this plus its columns, conditions, order and limit.
+    """
+    return (
+        orm_join(L, Account, Account.id == L.account_id)
+        .join(QuotaPool, QuotaPool.id == L.pool_id)
+        .outerjoin(Master, Master.id == L.master_id)
+    )
+
+
+@functools.cache
+def _page_select(sort_field: str, related: bool) -> Select[Any]:
+    """A list page's columns (`_page_columns`) over `_listed`, per order and shape; built once each."""
+    return select(*_page_columns(sort_expr(sort_field).label("sort_key"), related)).select_from(_listed())
+
+
 def filtered_query(actor: Actor, f: EndUserQuery, sort: EndUserSort) -> Select[Any]:
     """Every account matching the filter, in list order (the export reads the same query)."""
     key = sort_expr(sort.field)
     return (
         select(Account, key.label("sort_key"))
-        .select_from(L)
-        .join(Account, Account.id == L.account_id)
-        .join(QuotaPool, QuotaPool.id == L.pool_id)
-        .outerjoin(Master, Master.id == L.master_id)
+        .select_from(_listed())
         .where(*filter_conditions(actor, f))
         .order_by(*_order(sort))
     )
@@ -881,9 +901,7 @@ async def list_end_users(
     if rows is None:
         # The pool and master are joined anyway; selecting them lets nested fields answer without loading them
         # again. Plain rows, not entities: see models.rows.
-        query = filtered_query(actor, f, sort).with_only_columns(
-            *_page_columns(sort_expr(sort.field).label("sort_key"), related)
-        )
+        query = _page_select(sort.field, related).where(*filter_conditions(actor, f)).order_by(*_order(sort))
         if start is not None:
             query = query.where(_after(sort, *start))
         rows = (await session.execute(query.limit(limit + 1))).all()
