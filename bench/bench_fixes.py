@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_contention import baseline_tree  # noqa: E402
-from bench_peer import RECORD, UIDHUB_FLAT, UIDHUB_LIST, Server, admin_exec, post, prepare, uidhub_env  # noqa: E402
+from bench_peer import RECORD_BODY, UIDHUB_FLAT, UIDHUB_LIST, Server, admin_exec, post, prepare, uidhub_env  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from tests.support.loadgen import SERVER_CORE, Load, interleaved, rss_mib  # noqa: E402
@@ -95,10 +95,14 @@ async def run(args: argparse.Namespace) -> None:
             assert len(answers) == 1, "every variant answers the list page byte for byte the same"
             rss_start = {s.name: rss_mib(s.pid) for s in servers}
             header = [f"Authorization: Bearer {token}"]
-            shapes = {"list page": UIDHUB_LIST, "flat list": UIDHUB_FLAT, "recordConsumption": RECORD}
+            shapes = {
+                "list page": json.dumps({"query": UIDHUB_LIST}),
+                "flat list": json.dumps({"query": UIDHUB_FLAT}),
+                "recordConsumption": RECORD_BODY,
+            }
             loads = [
-                Load(f"{variant} {shape}", ports[variant], "/graphql", json.dumps({"query": q}), header, pid=s.pid)
-                for shape, q in shapes.items()
+                Load(f"{variant} {shape}", ports[variant], "/graphql", body, header, pid=s.pid)
+                for shape, body in shapes.items()
                 for (variant, _b, _s), s in zip(variants, servers, strict=True)
             ]
             print(

@@ -83,10 +83,15 @@ POSTGRAPHILE_FLAT = """query($partner: BigInt!) {
   }
 }"""
 
+#: The idempotency key travels as a variable, as a client library sends it: one document for every call, so
+#: its parse and validation are cached (a key written into the document makes every call a new document).
 RECORD = (
-    'mutation { recordConsumption(input: {uid: "1000000000000000", amount: "0.01", idempotencyKey: "k-{seq}"}) '
+    "mutation($key: String!) { recordConsumption(input: "
+    '{uid: "1000000000000000", amount: "0.01", idempotencyKey: $key}) '
     "{ quota { consumedUndeducted available } userErrors { code } } }"
 )
+#: The request body; the load generator makes `{seq}` unique per request.
+RECORD_BODY = json.dumps({"query": RECORD, "variables": {"key": "k-{seq}"}})
 
 LIST_SQL = """
 SELECT a.id, a.uid, a.nickname, a.status, a.business_manager, a.payg_freeze, m.payg_freeze AS master_freeze,
@@ -443,7 +448,7 @@ async def run(args: argparse.Namespace) -> None:
                 Load("plain flat list", ports["plain"], "/flat", "{}"),
             ],
             "recordConsumption": [
-                Load("uidhub recordConsumption", ports["uidhub"], "/graphql", json.dumps({"query": RECORD}), auth),
+                Load("uidhub recordConsumption", ports["uidhub"], "/graphql", RECORD_BODY, auth),
                 Load("plain UPDATE", ports["plain"], "/consume", "{}"),
             ],
         }
