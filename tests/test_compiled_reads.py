@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +223,22 @@ async def test_compiled_list_statements_do_not_grow_with_the_page(api: Api) -> N
         assert len(data["endUsers"]["edges"]) == first
         counts.append(counter.count)
     assert counts[0] == counts[1], counts
+
+
+async def test_row_plan_selects_pools_and_masters_only_when_a_field_reads_them(api: Api) -> None:
+    await seed(api, masters=5)
+    compiled = api.client._transport.app.state.compiled_reads  # type: ignore[attr-defined]
+    flat = "{ endUsers(first: 5) { edges { node { uid nickname accountStatus } } } }"
+    with_quota = "{ endUsers(first: 5) { edges { node { uid quota { available } } } } }"
+    selected = {}
+    for name, query in (("flat", flat), ("quota", with_quota)):
+        before = compiled.row_planned
+        with StatementCounter(api.db) as counter:
+            data = await api.gql(query)
+        assert compiled.row_planned == before + 1, name  # answered by a row plan
+        assert len(data["endUsers"]["edges"]) == 5
+        (listing,) = [s for s in counter.statements if "account_listing" in s]
+        selected[name] = re.split(r"\sFROM\s", listing)[0]  # the select list
+    # The flat list reads no pool or master column; the quota needs the pool (and the policy's master with it).
+    assert "quota_pools.amount_cents" not in selected["flat"] and "master_account." not in selected["flat"]
+    assert "quota_pools.amount_cents" in selected["quota"]
