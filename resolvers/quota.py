@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import typing
 from datetime import datetime, timedelta
 from enum import Enum
@@ -147,11 +148,14 @@ def _table(model: type[Any]) -> Table:
     return typing.cast(Table, model.__table__)  # a Table; the ORM types it as a FromClause
 
 
-def balance_update_core(op: BalanceOp, pool_id: int, d: int) -> Any:
-    """One atomic UPDATE of the pool; the guard sits in the WHERE clause so no race can go below zero."""
+def balance_update_core(op: BalanceOp, pool_id: Any, d: Any, now: Any) -> Any:
+    """One atomic UPDATE of the pool; the guard sits in the WHERE clause so no race can go below zero.
+
+    The values may be bind parameters: `_one_statement` builds it once per operation.
+    """
     pools = _table(QuotaPool)
     # updated_at set here: inside a CTE the column's onupdate default is not filled in.
-    stmt = update(pools).where(pools.c.id == pool_id).values(updated_at=utcnow())
+    stmt = update(pools).where(pools.c.id == pool_id).values(updated_at=now)
     if op is BalanceOp.RECORD:
         return stmt.values(undeducted_cents=pools.c.undeducted_cents + d)
     if op is BalanceOp.DEDUCT:
@@ -260,6 +264,55 @@ async def change_balance(
     return PoolResult(pool=pool, owner_id=owner_id)
 
 
+@functools.cache
+def _one_statement(op: BalanceOp) -> Any:
+    """`_change_balance_in_one_statement`'s statement for `op`, built once: every value is a bind parameter.
+
+    Building its CTEs cost more CPU than running them (a few hundred SQLAlchemy constructs per call).
+    """
+    pools, ledger, keys = _table(QuotaPool), _table(LedgerEntry), _table(IdempotencyRecord)
+
+    def param(name: str, column: Any) -> Any:
+        return bindparam(name, type_=column.type)
+
+    changed = (
+        balance_update_core(
+            op, param("pool_id", pools.c.id), param("d", pools.c.amount_cents), param("now", pools.c.updated_at)
+        )
+        .returning(*pools.c)
+        .cte("changed")
+    )
+    ledger_row = insert(ledger).from_select(
+        ["pool_id", "account_id", "kind", "amount_cents", "occurred_at", "method", "operator_uid", "idempotency_key"],
+        select(
+            changed.c.id,
+            param("account_id", ledger.c.account_id),
+            bindparam("kind", op.kind, type_=ledger.c.kind.type),
+            param("d_ledger", ledger.c.amount_cents),
+            param("now_ledger", ledger.c.occurred_at),
+            param("method", ledger.c.method),
+            param("operator_uid", ledger.c.operator_uid),
+            param("idempotency_key", ledger.c.idempotency_key),
+        ),
+    )
+
+    def key(name: str) -> Any:
+        return cast(literal(name), Text)
+
+    pairs: list[Any] = [key(SNAPSHOT_OWNER_KEY), cast(bindparam("owner_id", type_=BigInteger), BigInteger)]
+    for name, column in SNAPSHOT_POOL_COLUMNS.items():
+        pairs += [key(name), changed.c[column]]
+    response = select(func.json_build_object(*pairs)).scalar_subquery()
+    # Subqueries, not a join: the key row is written only when the UPDATE returned the pool.
+    stored = (
+        update(keys)
+        .where(keys.c.id == param("record_id", keys.c.id), select(changed.c.id).exists())
+        .values(response=response)
+    )
+    statement = select(*changed.c).add_cte(ledger_row.cte("ledger_row"), stored.cte("stored"))
+    return select(QuotaPool).from_statement(statement).execution_options(populate_existing=True)
+
+
 async def _change_balance_in_one_statement(
     session: AsyncSession,
     actor: Actor,
@@ -278,35 +331,21 @@ async def _change_balance_in_one_statement(
     the row the UPDATE returns, with the same keys as `pool_amounts.snapshot`. Returns the updated pool
     (the session's object refreshed), or None when the guard refused.
     """
-    pools, ledger, keys = _table(QuotaPool), _table(LedgerEntry), _table(IdempotencyRecord)
-    changed = balance_update_core(op, account.pool_id, amount_cents).returning(*pools.c).cte("changed")
-    ledger_row = insert(ledger).from_select(
-        ["pool_id", "account_id", "kind", "amount_cents", "occurred_at", "method", "operator_uid", "idempotency_key"],
-        select(
-            changed.c.id,
-            bindparam(None, account.id, type_=ledger.c.account_id.type),
-            bindparam(None, op.kind, type_=ledger.c.kind.type),
-            bindparam(None, amount_cents, type_=ledger.c.amount_cents.type),
-            bindparam(None, utcnow(), type_=ledger.c.occurred_at.type),
-            bindparam(None, actor.method, type_=ledger.c.method.type),
-            bindparam(None, actor.operator_uid, type_=ledger.c.operator_uid.type),
-            bindparam(None, idempotency_key, type_=ledger.c.idempotency_key.type),
-        ),
-    )
-
-    def key(name: str) -> Any:
-        return cast(literal(name), Text)
-
-    pairs: list[Any] = [key(SNAPSHOT_OWNER_KEY), cast(literal(owner_id), BigInteger)]
-    for name, column in SNAPSHOT_POOL_COLUMNS.items():
-        pairs += [key(name), changed.c[column]]
-    response = select(func.json_build_object(*pairs)).scalar_subquery()
-    # Subqueries, not a join: the key row is written only when the UPDATE returned the pool.
-    stored = update(keys).where(keys.c.id == claim_.record_id, select(changed.c.id).exists()).values(response=response)
-    statement = select(*changed.c).add_cte(ledger_row.cte("ledger_row"), stored.cte("stored"))
-    result = await session.execute(
-        select(QuotaPool).from_statement(statement).execution_options(populate_existing=True)
-    )
+    now = utcnow()
+    params = {
+        "pool_id": account.pool_id,
+        "d": amount_cents,
+        "now": now,
+        "account_id": account.id,
+        "d_ledger": amount_cents,
+        "now_ledger": now,
+        "method": actor.method,
+        "operator_uid": actor.operator_uid,
+        "idempotency_key": idempotency_key,
+        "owner_id": owner_id,
+        "record_id": claim_.record_id,
+    }
+    result = await session.execute(_one_statement(op), params)
     return result.scalars().one_or_none()
 
 
