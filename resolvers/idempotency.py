@@ -16,13 +16,14 @@ takes the key and applies the change, and the first call's retry
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -53,6 +54,24 @@ class Claim:
         return self.replay is not None
 
 
+@functools.cache
+def _claim_statement(postgres: bool) -> Any:
+    """The claiming INSERT … ON CONFLICT DO NOTHING RETURNING id, built once per dialect (values are parameters)."""
+    insert = pg_insert if postgres else sqlite_insert
+    columns = IdempotencyRecord.__table__.c
+    values = {name: bindparam(name, type_=columns[name].type) for name in CLAIM_COLUMNS}
+    return (
+        insert(IdempotencyRecord)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["partner_id", "key"])
+        .returning(IdempotencyRecord.id)
+    )
+
+
+#: What a claim writes: the key, what it is for, and an empty result until `complete` stores it.
+CLAIM_COLUMNS = ("partner_id", "key", "operation", "request_hash", "response", "created_at")
+
+
 async def claim(
     session: AsyncSession, actor: Actor, key: str, operation: str, request: dict[str, Any], *field: str
 ) -> Claim:
@@ -60,20 +79,16 @@ async def claim(
     if not key or len(key) > KEY_MAX:
         raise UserErrors.one(ErrorCode.INVALID_INPUT, f"idempotencyKey must be 1 to {KEY_MAX} characters.", *field)
     digest = request_hash(operation, request)
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     inserted = await session.scalar(
-        insert(IdempotencyRecord)
-        .values(
-            partner_id=actor.partner_id,
-            key=key,
-            operation=operation,
-            request_hash=digest,
-            response={},
-            created_at=utcnow(),
-        )
-        .on_conflict_do_nothing(index_elements=["partner_id", "key"])
-        .returning(IdempotencyRecord.id)
+        _claim_statement(session.get_bind().dialect.name == "postgresql"),
+        {
+            "partner_id": actor.partner_id,
+            "key": key,
+            "operation": operation,
+            "request_hash": digest,
+            "response": {},
+            "created_at": utcnow(),
+        },
     )
     if inserted is not None:
         return Claim(record_id=inserted, replay=None)
