@@ -66,6 +66,15 @@ from strawberry.types.field import StrawberryField
 from uidhub import logs, metrics
 from uidhub.runtime import Runtime
 from uidhub.schema import UidhubSchema
+from uidhub.schema.accounts import (
+    END_USER_COLUMNS,
+    end_user_id,
+    end_user_page,
+    policy_of,
+    quota_of,
+    visible_sub_accounts,
+)
+from uidhub.schema.common import PageInfo
 from uidhub.schema.context import Context
 
 #: Object types whose every field is compiled: their resolvers read nothing of `info` but `info.context`.
@@ -413,17 +422,6 @@ class _Planner:
             return None
 
     def _end_users_rows(self, key: str, definition: GraphQLField, details: list[FieldDetails]) -> _FieldPlan:
-        # lazy: uidhub.schema.accounts is the schema's own module; the planner reads its row functions only here
-        from uidhub.schema.accounts import (
-            END_USER_COLUMNS,
-            end_user_id,
-            end_user_page,
-            policy_of,
-            quota_of,
-            visible_sub_accounts,
-        )
-        from uidhub.schema.common import PageInfo
-
         needs = {"total": False, "subs": False, "related": False}
 
         def plan(key: str, type_: GraphQLOutputType | None, expression: str, **names: Any) -> _FieldPlan:
