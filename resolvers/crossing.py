@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, literal, select, update
+from sqlalchemy import bindparam, case, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -147,17 +147,51 @@ class _Crossing:
 FORECAST_BASIS_DAYS = forecasts.DEFAULT_BASIS_DAYS
 
 
-def recent_spend_query(pool_id: int, now: datetime, days: int = FORECAST_BASIS_DAYS) -> Any:
-    """Cents the pool spent (consumption and subscription orders) in the `days` before `now`, as a scalar subquery."""
+def recent_spend_query(pool_id: Any, since: Any, now: Any) -> Any:
+    """Cents the pool spent (consumption and subscription orders) from `since` to `now`, as a scalar subquery.
+
+    The arguments are values or bind parameters (`_thresholds_statement` builds it once).
+    """
     return (
         select(func.coalesce(func.sum(LedgerEntry.amount_cents), 0))
         .where(
             LedgerEntry.pool_id == pool_id,
             LedgerEntry.kind.in_(SPEND_KINDS),
-            LedgerEntry.occurred_at >= now - timedelta(days=days),
+            LedgerEntry.occurred_at >= since,
             LedgerEntry.occurred_at <= now,
         )
         .scalar_subquery()
+    )
+
+
+@functools.cache
+def _thresholds_statement() -> Any:
+    """A pool's thresholds with the recent spend and whether it has enabled credit alerts (see `evaluate_pool`).
+
+    Built once, with the pool and the spend window as parameters: building it cost more CPU than running it,
+    on every balance change.
+    """
+    pool_id = bindparam("pool_id", type_=QuotaThreshold.pool_id.type)
+    since = bindparam("since", type_=LedgerEntry.occurred_at.type)
+    now = bindparam("now", type_=LedgerEntry.occurred_at.type)
+    spent_column = case(
+        (QuotaThreshold.kind == ThresholdKind.RUNS_OUT_WITHIN_DAYS, recent_spend_query(pool_id, since, now)),
+        else_=None,
+    )
+    # One statement for both kinds of threshold: the pool's thresholds, outer-joined to one row so that a pool
+    # without any still answers whether it has enabled credit alerts (most have none: their query is skipped).
+    has_credit_alerts = (
+        select(CreditAlert.account_id)
+        .where(CreditAlert.pool_id == pool_id, CreditAlert.enabled.is_(True))
+        .limit(1)
+        .exists()
+    )
+    one_row = select(literal(1).label("one")).subquery("one_row")
+    return (
+        select(*_STATE_COLUMNS, spent_column, has_credit_alerts)
+        .select_from(one_row)
+        .outerjoin(QuotaThreshold, QuotaThreshold.pool_id == pool_id)
+        .order_by(QuotaThreshold.id)
     )
 
 
@@ -254,26 +288,8 @@ async def evaluate_pool(session: AsyncSession, pool: QuotaPool, now: datetime | 
             owner_partner = (owner, partner)
         return owner_partner
 
-    spent_column = case(
-        (QuotaThreshold.kind == ThresholdKind.RUNS_OUT_WITHIN_DAYS, recent_spend_query(pool.id, now)), else_=None
-    )
-    # One statement for both kinds of threshold: the pool's thresholds, outer-joined to one row so that a pool
-    # without any still answers whether it has enabled credit alerts (most have none: their query is skipped).
-    has_credit_alerts = (
-        select(CreditAlert.account_id)
-        .where(CreditAlert.pool_id == pool.id, CreditAlert.enabled.is_(True))
-        .limit(1)
-        .exists()
-    )
-    one_row = select(literal(1).label("one")).subquery("one_row")
-    rows = (
-        await session.execute(
-            select(*_STATE_COLUMNS, spent_column, has_credit_alerts)
-            .select_from(one_row)
-            .outerjoin(QuotaThreshold, QuotaThreshold.pool_id == pool.id)
-            .order_by(QuotaThreshold.id)
-        )
-    ).all()
+    window = {"pool_id": pool.id, "since": now - timedelta(days=FORECAST_BASIS_DAYS), "now": now}
+    rows = (await session.execute(_thresholds_statement(), window)).all()
     credit_alerts_exist = bool(rows[0][-1])
     rows = [row for row in rows if row[0] is not None]
     thresholds = [ThresholdState(*row[:-2]) for row in rows]
