@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sqlite3
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -522,8 +523,10 @@ class SearchMatch(ColumnElement[bool]):
     # `account_id IN (…)` term from its planner.
     type = cast("TypeEngine[bool]", NullType())
 
-    def __init__(self, term: str) -> None:
+    def __init__(self, term: str, on_accounts: bool = False) -> None:
         self.term = term
+        # SQLite: match `accounts.id` rather than the listing's `account_id` (a query without the listing).
+        self.on_accounts = on_accounts
 
 
 @compiles(SearchMatch)
@@ -542,7 +545,8 @@ def _compile_search_default(element: SearchMatch, compiler: Any, **kw: Any) -> s
     fts = table("account_search", column("rowid"), column("account_search"))
     phrase = '"' + term.replace('"', '""') + '"'
     candidates = select(fts.c.rowid).where(fts.c.account_search.op("MATCH")(bindparam(None, phrase, String())))
-    return f"({compiler.process(and_(L.account_id.in_(candidates), _scan_search(term)), **kw)})"
+    matched = Account.id if element.on_accounts else L.account_id
+    return f"({compiler.process(and_(matched.in_(candidates), _scan_search(term)), **kw)})"
 
 
 #: Case variants of a UID prefix searched through the pattern index before falling back to the trigram index.
@@ -828,8 +832,10 @@ def _on_accounts(expressions: Sequence[Any]) -> list[Any] | None:
     listing = cast(Any, L.__table__)
     missing = False
 
-    def twin(element: Any) -> Any:
+    def twin(element: Any, **_kw: Any) -> Any:
         nonlocal missing
+        if isinstance(element, SearchMatch):
+            return SearchMatch(element.term, on_accounts=True)
         if getattr(element, "table", None) is listing:
             if element.name not in ACCOUNT_TWINS:
                 missing = True
@@ -837,21 +843,29 @@ def _on_accounts(expressions: Sequence[Any]) -> list[Any] | None:
             return ACCOUNT_TWINS[element.name].expression
         return None
 
-    out = [replacement_traverse(e.expression if hasattr(e, "expression") else e, {}, twin) for e in expressions]
+    out: list[Any] = []
+    for expression in expressions:
+        element: ColumnElement[Any] = expression.expression if hasattr(expression, "expression") else expression
+        out.append(replacement_traverse(element, {}, twin))
     return None if missing else out
 
 
-def _trigram_search_pg(session: AsyncSession, f: EndUserQuery) -> bool:
-    return bool(f.search) and len(f.search or "") >= TRIGRAM_MIN and session.get_bind().dialect.name == "postgresql"
+def _trigram_search(session: AsyncSession, f: EndUserQuery) -> bool:
+    """A search listed from its candidates (`candidates_query`): a term with trigrams, on PostgreSQL, and on
+    SQLite from 3.35 (`AS MATERIALIZED`)."""
+    if not f.search or len(f.search) < TRIGRAM_MIN:
+        return False
+    return session.get_bind().dialect.name == "postgresql" or sqlite3.sqlite_version_info >= (3, 35, 0)
 
 
 def candidates_query(
     actor: Actor, f: EndUserQuery, sort: EndUserSort, limit: int, after: tuple[Any, str] | None, related: bool = True
 ) -> Select[Any]:
-    """A PostgreSQL search's count and page in one statement, from its matches.
+    """A search's count and page in one statement, from its matches (PostgreSQL, and SQLite's FTS5 search).
 
     The matches (at most SEARCH_CANDIDATES_MAX + 1 of them: a MATERIALIZED CTE, filled through the trigram
-    and pattern indexes for a selective term, by a bounded walk for a common one) are counted, and sorted and
+    and pattern indexes or the FTS5 table for a selective term, by a bounded walk for a common one) are
+    counted, and sorted and
     cut to the page on their own keys before they are joined to their accounts, pools and masters. Every row
     carries the count first; a page with no rows is one row of count and NULLs. When the count is at most
     SEARCH_CANDIDATES_MAX it is the exact totalCount and the rows are the page; past it, the caller walks the
@@ -938,7 +952,7 @@ async def list_end_users(
     await _prefer_search_indexes(session, f)
     matched: int | None = None
     rows: Sequence[Any] | None = None
-    if _trigram_search_pg(session, f):
+    if _trigram_search(session, f):
         found = (await session.execute(candidates_query(actor, f, sort, limit + 1, start, related))).all()
         if int(found[0][0]) <= SEARCH_CANDIDATES_MAX:
             matched = int(found[0][0])

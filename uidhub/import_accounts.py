@@ -373,7 +373,11 @@ class Writer:
 
     def abandon(self) -> None:
         """Stop writing (the import failed elsewhere; its transaction is rolled back)."""
-        self.task.cancel()
+        if self.task.done():
+            if not self.task.cancelled():
+                self.task.exception()  # retrieved: the caller's own exception is the one reported
+        else:
+            self.task.cancel()
 
 
 @dataclass
