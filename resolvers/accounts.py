@@ -536,10 +536,14 @@ def _compile_search_default(element: SearchMatch, compiler: Any, **kw: Any) -> s
         return f"({compiler.process(_scan_search(term), **kw)})"
     if compiler.dialect.name == "postgresql":
         like = _escape_like(term)
+        # The substrings first: PostgreSQL evaluates an OR in the order written, once per row the bitmaps
+        # return (and again as a filter), and a common term's matches are nickname matches, which then cost one
+        # ILIKE each instead of the up to 16 LIKEs of the UID spellings first (a third of the scan at 11,111
+        # matches).
         expr = or_(
-            _uid_prefix_pg(term),
             Account.nickname.ilike(f"%{like}%", escape="\\"),
             Account.remarks.ilike(f"%{like}%", escape="\\"),
+            _uid_prefix_pg(term),
         )
         return f"({compiler.process(expr, **kw)})"
     fts = table("account_search", column("rowid"), column("account_search"))
