@@ -63,7 +63,8 @@ def has_outstanding_balance(available_cents: int, undeducted_cents: int) -> bool
 
 def text_problem(value: str, *, max_bytes: int | None = None, max_chars: int | None = None) -> str | None:
     """Why a free-text field is invalid, or None. Control characters other than \\n and \\t are refused."""
-    for ch in value:
+    # isprintable() is False for every control character: the per-character search only when there may be one.
+    for ch in "" if value.isprintable() else value:
         code = ord(ch)
         if (code < 0x20 and ch not in "\n\t") or 0x7F <= code < 0xA0:
             return f"contains a control character (U+{code:04X})"

@@ -213,3 +213,27 @@ async def test_rows_across_batches_and_statements(
         assert by_action[AuditAction.ACCOUNT_LINKED].occurred_at == m1.linked_at
     await check_listing(db)
     await check_counters(db, import_actor(partner))
+
+
+async def test_a_failed_write_links_nothing(db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows are written by a task of their own while the next batch is prepared: a write that fails midway
+    (after earlier batches went in) reaches the caller, and the transaction links nothing."""
+    monkeypatch.setattr(import_accounts_module, "BATCH", 2)
+    real_write = import_accounts_module.write
+    calls = 0
+
+    async def failing_write(session: object, prepared: import_accounts_module.Prepared) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise RuntimeError("disk full")
+        await real_write(session, prepared)
+
+    monkeypatch.setattr(import_accounts_module, "write", failing_write)
+    partner = await _partner_with_old_master(db)
+    before = await _counts(db)
+    with pytest.raises(RuntimeError, match="disk full"):
+        await import_accounts(db, "P-IMP", write_csv(tmp_path / "ok.csv", VALID))
+    assert calls == 4
+    assert await _counts(db) == before
+    await check_counters(db, import_actor(partner))

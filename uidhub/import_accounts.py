@@ -18,8 +18,11 @@ the same file finds every UID linked and reports each as ALREADY_LINKED: it chan
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import itertools
+import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -60,8 +63,10 @@ BATCH = 10_000
 COPY_ROWS = 50_000
 #: Rows per INSERT on SQLite: 500 × 15 columns stays far below its 32,766 bound parameters.
 SQLITE_ROWS_PER_INSERT = 500
-#: Names per IN (...) lookup: under SQLite's and asyncpg's bound-parameter limits.
-LOOKUP_CHUNK = 900
+#: Names per IN (...) lookup: under asyncpg's bound-parameter limit (32,767) and SQLite's since 3.32 (32,766;
+#: `lookup_chunk` falls back to 900 under older SQLite builds' 999). A round trip per 900 names was a second per
+#: 100,000 rows.
+LOOKUP_CHUNK = 30_000
 
 
 class ImportFailed(Exception):
@@ -180,6 +185,10 @@ def parse_rows(handle: io.TextIOBase | Any, actor: Actor, problems: Problems) ->
     return rows
 
 
+def lookup_chunk() -> int:
+    return LOOKUP_CHUNK if sqlite3.sqlite_version_info >= (3, 32, 0) else min(LOOKUP_CHUNK, 900)
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -189,12 +198,13 @@ async def _check_database(session: Any, actor: Actor, rows: list[Row], problems:
     """UIDs already linked (any partner), and the masters named from the database (locked, like linkAccount)."""
     uids = [r.uid for r in rows]
     linked: set[str] = set()
-    for chunk in _chunks(uids, LOOKUP_CHUNK):
+    size = lookup_chunk()
+    for chunk in _chunks(uids, size):
         linked.update((await session.scalars(select(Account.uid).where(Account.uid.in_(list(chunk))))).all())
     in_file = {r.uid for r in rows}
     wanted = sorted({r.master_uid for r in rows if r.master_uid is not None and r.master_uid not in in_file})
     masters: dict[str, Account] = {}
-    for chunk in _chunks(wanted, LOOKUP_CHUNK):
+    for chunk in _chunks(wanted, size):
         query = (
             select(Account)
             .where(Account.uid.in_(list(chunk)), actor.account_scope())
@@ -223,24 +233,50 @@ async def _check_database(session: Any, actor: Actor, rows: list[Row], problems:
 
 async def _reserve_ids(session: Any, table: Any, count: int) -> list[int]:
     """`count` fresh ids for `table`, so that rows go in with plain multi-row INSERTs (no RETURNING, which
-    SQLAlchemy runs row by row on SQLite). PostgreSQL draws them from the table's sequence; on SQLite this
-    transaction holds the write lock (BEGIN IMMEDIATE), so the ids above the current maximum are ours."""
+    SQLAlchemy runs row by row on SQLite). PostgreSQL draws them from the table's sequence (one row: an array);
+    on SQLite this transaction holds the write lock (BEGIN IMMEDIATE), so the ids above the current maximum are
+    ours."""
     if count == 0:
         return []
     if session.get_bind().dialect.name == "postgresql":
-        result = await session.execute(
-            text(f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) FROM generate_series(1, :n)"),
+        drawn = await session.scalar(
+            text(
+                f"SELECT array(SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) "
+                "FROM generate_series(1, :n))"
+            ),
             {"n": count},
         )
-        return [int(r[0]) for r in result.all()]
+        return [int(i) for i in drawn]
     top = int(await session.scalar(text(f"SELECT coalesce(max(id), 0) FROM {table.name}")) or 0)
     return list(range(top + 1, top + 1 + count))
 
 
+class Same:
+    """One value for every row of a column: converted once, repeated."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+#: Rows to insert, column by column: one value per row (a list), or `Same` for all of them.
+Columns = dict[str, "list[Any] | Same"]
+
+
+@dataclass
+class Prepared:
+    """Rows of one table ready for the driver: each value already through its column type's bind conversion."""
+
+    table: Any
+    names: list[str]
+    records: list[tuple[Any, ...]]
+
+
 def _convert(process: Callable[[Any], Any], cells: list[Any]) -> list[Any]:
-    """`process` over `cells`, once per distinct object: most cells of a column are the same object (the
-    batch's timestamp, the operator, an action, a constant audit `before`), and JSON or timestamp conversion is
-    most of the Python time of an import. Keyed by id(): every cell stays alive in `cells` meanwhile."""
+    """`process` over `cells`, once per distinct object: many cells of a column are the same object (an action,
+    a constant audit `before`), and JSON or timestamp conversion is most of the Python time of an import.
+    Keyed by id(): every cell stays alive in `cells` meanwhile."""
     done: dict[int, Any] = {}
     out = []
     for cell in cells:
@@ -251,10 +287,31 @@ def _convert(process: Callable[[Any], Any], cells: list[Any]) -> list[Any]:
     return out
 
 
-async def _insert(session: Any, table: Any, rows: list[dict[str, Any]]) -> None:
-    """Write `rows` (dicts with the same keys) in as few statements as the database allows, each value through
-    its column type's own bind conversion (what an ORM insert would store), without SQLAlchemy's per-row
-    statement machinery (which cost as much Python time as the database spent).
+def prepare(dialect: Any, table: Any, count: int, columns: Columns) -> Prepared:
+    """`count` rows of `table` as driver values: each value through its column type's own bind conversion (what
+    an ORM insert would store), without SQLAlchemy's per-row statement machinery (which cost as much Python time
+    as the database spent). Pure Python: it runs while the database writes the previous batch (`Writer`)."""
+    names = list(columns)
+    values: list[Iterable[Any]] = []
+    for name in names:
+        process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        cells = columns[name]
+        if isinstance(cells, Same):
+            values.append(itertools.repeat(cells.value if process is None else process(cells.value), count))
+        else:
+            values.append(cells if process is None else _convert(process, cells))
+    return Prepared(table, names, list(zip(*values, strict=True)))
+
+
+def sqlite_rows_per_insert(columns: int) -> int:
+    """Rows per multi-row INSERT on SQLite: SQLITE_ROWS_PER_INSERT, within the bound-parameter limit of builds
+    older than 3.32 (999) and newer ones (32,766)."""
+    limit = 32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+    return max(1, min(SQLITE_ROWS_PER_INSERT, limit // columns))
+
+
+async def write(session: Any, prepared: Prepared) -> None:
+    """Write prepared rows in as few statements as the database allows.
 
     PostgreSQL: binary COPY, `COPY_ROWS` at a time. One COPY is one firing of the statement-level triggers
     (one listing INSERT … SELECT, one counters delta row) and one round trip, whatever its number of rows.
@@ -262,166 +319,241 @@ async def _insert(session: Any, table: Any, rows: list[dict[str, Any]]) -> None:
     executemany) cost 140 µs a row where 500-row statements cost 58 µs (listing, counters and FTS triggers,
     100,000 accounts, measured with the sqlite3 module).
     """
-    if not rows:
+    records, names, name = prepared.records, prepared.names, prepared.table.name
+    if not records:
         return
     conn = await session.connection()
-    dialect = conn.dialect
-    columns = list(rows[0])
-    # Column by column: each column's conversion mapped over its values (C-level iteration), then zipped.
-    values: list[list[Any]] = []
-    for name in columns:
-        process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-        cells = [row[name] for row in rows]
-        values.append(cells if process is None else _convert(process, cells))
-    records = list(zip(*values, strict=True))
-    if dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql":
         raw = (await conn.get_raw_connection()).driver_connection
         for chunk in _chunks(records, COPY_ROWS):
-            await raw.copy_records_to_table(table.name, records=chunk, columns=columns)
+            await raw.copy_records_to_table(name, records=chunk, columns=names)
         return
-    one = "(" + ", ".join("?" for _ in columns) + ")"
-    head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
-    for chunk in _chunks(records, SQLITE_ROWS_PER_INSERT):
-        await conn.exec_driver_sql(head + ", ".join([one] * len(chunk)), tuple(v for r in chunk for v in r))
+    one = "(" + ", ".join("?" for _ in names) + ")"
+    head = f"INSERT INTO {name} ({', '.join(names)}) VALUES "
+    for chunk in _chunks(records, sqlite_rows_per_insert(len(names))):
+        await conn.exec_driver_sql(head + ", ".join([one] * len(chunk)), tuple(itertools.chain.from_iterable(chunk)))
 
 
-async def _link_batch(
-    session: Any, actor: Actor, batch: Sequence[Row], known: dict[str, tuple[int, int]], audit: list[dict[str, Any]]
-) -> None:
-    """Pools, accounts and quota records of one batch; `known` maps UID → (account id, pool id) as they go in."""
+class Writer:
+    """Writes prepared rows in order, in a task of its own on the session's connection, while the import
+    prepares the next batch: the database maintains its indexes and triggers while Python builds rows (on
+    PostgreSQL the server process, on SQLite aiosqlite's thread, which releases the GIL while SQLite works).
+    At most `AHEAD` writes wait; the first failure is raised to the caller at its next `put` or at `close`."""
+
+    AHEAD = 4
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.queue: asyncio.Queue[Prepared | None] = asyncio.Queue(self.AHEAD)
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while (item := await self.queue.get()) is not None:
+            await write(self.session, item)
+
+    async def put(self, item: Prepared) -> None:
+        put = asyncio.ensure_future(self.queue.put(item))
+        await asyncio.wait({put, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            self.task.result()  # the write that failed raises here
+            raise RuntimeError("the import's writer stopped")  # pragma: no cover - _run only ends on None
+
+    async def close(self) -> None:
+        """Wait for every write; raises the first failure."""
+        if not self.task.done():
+            await self.put_end()
+        await self.task
+
+    async def put_end(self) -> None:
+        put = asyncio.ensure_future(self.queue.put(None))
+        await asyncio.wait({put, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+
+    def abandon(self) -> None:
+        """Stop writing (the import failed elsewhere; its transaction is rolled back)."""
+        if self.task.done():
+            if not self.task.cancelled():
+                self.task.exception()  # retrieved: the caller's own exception is the one reported
+        else:
+            self.task.cancel()
+
+
+@dataclass
+class Ids:
+    """Ids reserved for the whole file before the first write, drawn in batch order (so that preparing a batch
+    never waits for the database)."""
+
+    pools: list[int]
+    accounts: list[int]
+    pools_used: int = 0
+    accounts_used: int = 0
+
+    def take_pools(self, count: int) -> list[int]:
+        self.pools_used += count
+        return self.pools[self.pools_used - count : self.pools_used]
+
+    def take_accounts(self, count: int) -> list[int]:
+        self.accounts_used += count
+        return self.accounts[self.accounts_used - count : self.accounts_used]
+
+
+@dataclass
+class AuditColumns:
+    """The import's audit entries (ACCOUNT_LINKED, QUOTA_CREATED, WARNING_THRESHOLD_CHANGED), column by column,
+    in the order linkAccount, setQuotaAmount and setWarningThreshold would write them, row after row."""
+
+    account_id: list[int]
+    action: list[AuditAction]
+    before: list[Any]
+    after: list[Any]
+
+
+def _batch_tables(
+    dialect: Any, actor: Actor, batch: Sequence[Row], ids: Ids, known: dict[str, tuple[int, int]]
+) -> tuple[list[Prepared], Prepared]:
+    """Pools, accounts (owners, then sub-accounts: a sub-account may name a master of the same batch) and quota
+    records of one batch, prepared, and its audit entries (written last, see import_accounts). `known` maps
+    UID → (account id, pool id) as rows are given ids."""
     now = utcnow()
-    operator = actor.operator_fields()
+    operator = {name: Same(value) for name, value in actor.operator_fields().items()}
     owners = [r for r in batch if r.master_uid is None]
-    pool_ids = await _reserve_ids(session, QuotaPool.__table__, len(owners))
-    pool_shared = {
-        "partner_id": actor.partner_id,
-        "deducted_cents": 0,
-        "undeducted_cents": 0,
-        "warning_below": False,
-        "shutdown_policy": ShutdownPolicy.IMMEDIATE_STOP,
-        "delay_credit_cents": 0,
-        "credit_control_status": CreditControlStatus.NORMAL,
-        "updated_at": now,
-    }
-    await _insert(
-        session,
-        QuotaPool.__table__,
-        [
-            {
-                **pool_shared,
-                "id": pool_id,
-                "amount_cents": r.quota_cents or 0,
-                "quota_created": r.quota_cents is not None,
-                "warning_percent": r.warning_percent,
-            }
-            for r, pool_id in zip(owners, pool_ids, strict=True)
-        ],
-    )
-    pool_of = {r.uid: p for r, p in zip(owners, pool_ids, strict=True)}
-
-    # What every account of the batch shares, built once (enum member lookups cost, a million times over).
-    shared = {
-        "partner_id": actor.partner_id,
-        "account_type": AccountType.END_USER,
-        "email": None,
-        "status": AccountStatus.NORMAL,
-        "linked_at": now,
-        "payg_freeze": PaygFreezeStatus.NORMAL,
-        "purchase_control": PurchaseControl.NORMAL,
-        "updated_at": now,
-    }
-
-    def account_row(r: Row, account_id: int) -> dict[str, Any]:
-        master = known[r.master_uid] if r.master_uid is not None else None
-        return {
-            **shared,
-            "id": account_id,
-            "uid": r.uid,
-            "nickname": r.nickname,
-            "business_manager": r.business_manager,
-            "remarks": r.remarks,
-            "master_id": master[0] if master else None,
-            "pool_id": master[1] if master else pool_of[r.uid],
-        }
-
-    # Owners first: a sub-account of this batch may name a master of this batch.
-    ids = await _reserve_ids(session, Account.__table__, len(owners))
-    for r, account_id in zip(owners, ids, strict=True):
-        known[r.uid] = (account_id, pool_of[r.uid])
-    await _insert(session, Account.__table__, [account_row(r, i) for r, i in zip(owners, ids, strict=True)])
     subs = [r for r in batch if r.master_uid is not None]
-    ids = await _reserve_ids(session, Account.__table__, len(subs))
-    await _insert(session, Account.__table__, [account_row(r, i) for r, i in zip(subs, ids, strict=True)])
-    for r, account_id in zip(subs, ids, strict=True):
-        known[r.uid] = (account_id, known[r.master_uid][1])  # type: ignore[index]
+    pool_ids = ids.take_pools(len(owners))
+    pools = prepare(
+        dialect,
+        QuotaPool.__table__,
+        len(owners),
+        {
+            "id": pool_ids,
+            "partner_id": Same(actor.partner_id),
+            "amount_cents": [r.quota_cents or 0 for r in owners],
+            "deducted_cents": Same(0),
+            "undeducted_cents": Same(0),
+            "quota_created": [r.quota_cents is not None for r in owners],
+            "warning_percent": [r.warning_percent for r in owners],
+            "warning_below": Same(False),
+            "shutdown_policy": Same(ShutdownPolicy.IMMEDIATE_STOP),
+            "delay_credit_cents": Same(0),
+            "credit_control_status": Same(CreditControlStatus.NORMAL),
+            "updated_at": Same(now),
+        },
+    )
+    pool_of = dict(zip((r.uid for r in owners), pool_ids, strict=True))
+    owner_ids = ids.take_accounts(len(owners))
+    for r, account_id in zip(owners, owner_ids, strict=True):
+        known[r.uid] = (account_id, pool_of[r.uid])
+    sub_ids = ids.take_accounts(len(subs))
+    sub_masters = [known[r.master_uid] for r in subs]  # type: ignore[index]
+    for r, account_id, master in zip(subs, sub_ids, sub_masters, strict=True):
+        known[r.uid] = (account_id, master[1])
 
-    adjustments = []
-    entry_shared = {
-        "partner_id": actor.partner_id,
-        "method": actor.method,
-        "occurred_at": now,
-        "reason": None,
-        "cascade_from_id": None,
-        **operator,
-    }
+    def accounts(rows: list[Row], account_ids: list[int], masters: list[int | None], pools: list[int]) -> Prepared:
+        return prepare(
+            dialect,
+            Account.__table__,
+            len(rows),
+            {
+                "id": account_ids,
+                "partner_id": Same(actor.partner_id),
+                "uid": [r.uid for r in rows],
+                "account_type": Same(AccountType.END_USER),
+                "nickname": [r.nickname for r in rows],
+                "business_manager": [r.business_manager for r in rows],
+                "remarks": [r.remarks for r in rows],
+                "email": Same(None),
+                "status": Same(AccountStatus.NORMAL),
+                "linked_at": Same(now),
+                "master_id": masters,
+                "pool_id": pools,
+                "payg_freeze": Same(PaygFreezeStatus.NORMAL),
+                "purchase_control": Same(PurchaseControl.NORMAL),
+                "updated_at": Same(now),
+            },
+        )
+
+    prepared = [
+        pools,
+        accounts(owners, owner_ids, [None] * len(owners), pool_ids),
+        accounts(subs, sub_ids, [m[0] for m in sub_masters], [m[1] for m in sub_masters]),
+    ]
+    quota_owners = [r for r in owners if r.quota_cents is not None]
+    if quota_owners:
+        prepared.append(
+            prepare(
+                dialect,
+                QuotaAdjustment.__table__,
+                len(quota_owners),
+                {
+                    "pool_id": [pool_of[r.uid] for r in quota_owners],
+                    "operation_type": Same(QuotaOperationType.QUOTA_CREATE),
+                    "occurred_at": Same(now),
+                    "before_cents": Same(0),
+                    "value_cents": [r.quota_cents for r in quota_owners],
+                    "after_cents": [r.quota_cents for r in quota_owners],
+                    "method": Same(actor.method),
+                    **operator,
+                },
+            )
+        )
     linked, quota_created, warning_changed = (
         AuditAction.ACCOUNT_LINKED,
         AuditAction.QUOTA_CREATED,
         AuditAction.WARNING_THRESHOLD_CHANGED,
     )
-    end_user, quota_create = AccountType.END_USER.value, QuotaOperationType.QUOTA_CREATE
+    end_user = AccountType.END_USER.value
+    audit = AuditColumns([], [], [], [])
     # One object for every row's identical `before` (converted once, see _convert; never mutated).
     quota_before, warning_before = {"amount": format_money(0)}, {"warningThresholdPercent": None}
     for r in batch:
-        entry = {**entry_shared, "account_id": known[r.uid][0]}
-        audit.append(
+        account_id = known[r.uid][0]
+        audit.account_id.append(account_id)
+        audit.action.append(linked)
+        audit.before.append(None)
+        audit.after.append(
             {
-                **entry,
-                "action": linked,
-                "before": None,
-                "after": {
-                    "uid": r.uid,
-                    "accountType": end_user,
-                    "nickname": r.nickname,
-                    "email": None,
-                    "masterUid": r.master_uid,
-                    "businessManager": r.business_manager,
-                    "remarks": r.remarks,
-                },
+                "uid": r.uid,
+                "accountType": end_user,
+                "nickname": r.nickname,
+                "email": None,
+                "masterUid": r.master_uid,
+                "businessManager": r.business_manager,
+                "remarks": r.remarks,
             }
         )
         if r.quota_cents is not None:
-            adjustments.append(
-                {
-                    "pool_id": pool_of[r.uid],
-                    "operation_type": quota_create,
-                    "occurred_at": now,
-                    "before_cents": 0,
-                    "value_cents": r.quota_cents,
-                    "after_cents": r.quota_cents,
-                    "method": actor.method,
-                    **operator,
-                }
-            )
-            audit.append(
-                {
-                    **entry,
-                    "action": quota_created,
-                    "before": quota_before,
-                    "after": {"amount": format_money(r.quota_cents)},
-                }
-            )
+            audit.account_id.append(account_id)
+            audit.action.append(quota_created)
+            audit.before.append(quota_before)
+            audit.after.append({"amount": format_money(r.quota_cents)})
         if r.warning_percent is not None:
-            audit.append(
-                {
-                    **entry,
-                    "action": warning_changed,
-                    "before": warning_before,
-                    "after": {"warningThresholdPercent": r.warning_percent},
-                }
-            )
-    if adjustments:
-        await _insert(session, QuotaAdjustment.__table__, adjustments)
+            audit.account_id.append(account_id)
+            audit.action.append(warning_changed)
+            audit.before.append(warning_before)
+            audit.after.append({"warningThresholdPercent": r.warning_percent})
+    return prepared, _audit_table(dialect, actor, audit, now)
+
+
+def _audit_table(dialect: Any, actor: Actor, audit: AuditColumns, now: Any) -> Prepared:
+    operator = {name: Same(value) for name, value in actor.operator_fields().items()}
+    return prepare(
+        dialect,
+        AuditEntry.__table__,
+        len(audit.account_id),
+        {
+            "partner_id": Same(actor.partner_id),
+            "account_id": audit.account_id,
+            "action": audit.action,
+            "occurred_at": Same(now),
+            "method": Same(actor.method),
+            "before": audit.before,
+            "after": audit.after,
+            "reason": Same(None),
+            "cascade_from_id": Same(None),
+            **operator,
+        },
+    )
 
 
 async def import_accounts(
@@ -440,19 +572,35 @@ async def import_accounts(
             if problems.total:
                 raise ImportFailed(problems.lines, problems.total)
             known = {uid: (a.id, a.pool_id) for uid, a in masters.items()}
-            audit: list[dict[str, Any]] = []
-            done = 0
-            for batch in _chunks(rows, BATCH):
-                await _link_batch(session, actor, batch, known, audit)
-                done += len(batch)
-                if progress:
-                    progress(done, len(rows))
+            owners = sum(1 for r in rows if r.master_uid is None)
+            ids = Ids(
+                await _reserve_ids(session, QuotaPool.__table__, owners),
+                await _reserve_ids(session, Account.__table__, len(rows)),
+            )
+            dialect = (await session.connection()).dialect
+            entries = Prepared(AuditEntry.__table__, [], [])
+            writer = Writer(session)
+            try:
+                done = 0
+                for batch in _chunks(rows, BATCH):
+                    tables, batch_entries = _batch_tables(dialect, actor, batch, ids, known)
+                    for prepared in tables:
+                        await writer.put(prepared)
+                    entries.names = batch_entries.names
+                    entries.records += batch_entries.records
+                    done += len(batch)
+                    if progress:
+                        progress(done, len(rows))
+                await writer.close()
+            except BaseException:
+                writer.abandon()
+                raise
             # Audit ids must follow commit order (notifications.log): on PostgreSQL under the log's lock,
             # taken last and held only for these inserts and the commit.
             if db.is_postgres:
                 await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": log.LOG_LOCK_KEY})
-            await _insert(session, AuditEntry.__table__, audit)
-            if audit:
+            await write(session, entries)
+            if entries.records:
                 log.add_topic(session, f"audit:{partner.id}")
         async with db.read() as session:
             await counters.compact(session, partner.id)  # fold the import's delta rows (PostgreSQL)
