@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import hashlib
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import event, text
@@ -20,6 +26,26 @@ REDIS_URL = os.environ.get("UIDHUB_TEST_REDIS_URL")
 
 needs_postgres = pytest.mark.skipif(not PG_URL, reason="UIDHUB_TEST_POSTGRES_URL is not set")
 needs_redis = pytest.mark.skipif(not REDIS_URL, reason="UIDHUB_TEST_REDIS_URL is not set")
+
+
+@contextlib.contextmanager
+def redis_lock() -> Iterator[None]:
+    """Hold the machine-wide lock of the Redis server at REDIS_URL, blocking until no other test holds it.
+
+    The wake-ups go over one channel for the whole server (every database number), so two pytest-xdist
+    workers (or two test runs) on one Redis would see each other's: a test that reads the channel would get
+    a stranger's message, and a stranger's wake-up could pass for the one a test waits for. A file lock, not
+    an xdist group: it also holds between runs, and the lock is released when its process dies.
+    """
+    assert REDIS_URL is not None
+    server = hashlib.sha256(urlsplit(REDIS_URL).netloc.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"uidhub-test-redis-{server}.lock"
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def in_thread(fn: Any, *args: Any) -> Any:
