@@ -13,4 +13,7 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/python scripts/typecheck.py
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Two pytest-xdist workers (CI has 2 cores; the suite mostly waits on servers and databases). Each worker has
+# its own PostgreSQL database and SQLite files and its own free ports; the tests of the shared Redis take
+# turns (tests/support/db.py redis_lock). UIDHUB_TEST_WORKERS=0 runs in one process.
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "${UIDHUB_TEST_WORKERS:-2}" "$@"

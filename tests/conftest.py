@@ -16,7 +16,16 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.support.api import Api, make_api
-from tests.support.db import PG_URL, in_thread, needs_postgres, pg_admin_exec, sqlite_url_for, truncate_all
+from tests.support.db import (
+    PG_URL,
+    in_thread,
+    needs_postgres,
+    needs_redis,
+    pg_admin_exec,
+    redis_lock,
+    sqlite_url_for,
+    truncate_all,
+)
 from uidhub.db import Database
 from uidhub.migrate import upgrade_sync
 
@@ -74,6 +83,26 @@ async def pg_db(pg_database_url: str) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.dispose()
+
+
+# ---------------------------------------------------------------- the shared Redis
+
+
+@pytest.fixture
+def shared_redis() -> Iterator[None]:
+    """The Redis at UIDHUB_TEST_REDIS_URL to this test alone (pytest-xdist workers run side by side; see
+    redis_lock). Every `needs_redis` test takes it by itself; a test that uses the Redis optionally asks for it."""
+    with redis_lock():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _needs_redis_takes_the_shared_redis(request: pytest.FixtureRequest) -> None:
+    if needs_redis.mark in request.node.iter_markers("skipif"):
+        request.getfixturevalue("shared_redis")
+
+
+# ---------------------------------------------------------------- apps
 
 
 @pytest.fixture

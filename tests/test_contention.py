@@ -242,6 +242,7 @@ async def test_sqlite_busy_timeout_is_a_retryable_conflict(tmp_path: Path) -> No
 
 
 @needs_postgres
+@pytest.mark.usefixtures("shared_redis")
 async def test_two_workers_against_one_database(pg_api: Api, tmp_path: Path) -> None:
     env = {
         "UIDHUB_DATABASE_URL": pg_api.db.url,
