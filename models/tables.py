@@ -18,11 +18,10 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy import Enum as SAEnum
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from uidhub.models import rules
-from uidhub.models.base import Base, BigId, UTCDateTime, utcnow
+from uidhub.models.base import Base, BigId, StoredEnum, UTCDateTime, utcnow
 from uidhub.models.enums import (
     AccountStatus,
     AccountType,
@@ -53,9 +52,9 @@ from uidhub.models.enums import (
 )
 
 
-def enum_col(enum: type[StrEnum]) -> SAEnum:
+def enum_col(enum: type[StrEnum]) -> StoredEnum:
     """Enums stored as their names in a VARCHAR: portable, and migrations need no ALTER TYPE."""
-    return SAEnum(enum, native_enum=False, create_constraint=False, length=32, validate_strings=True)
+    return StoredEnum(enum, native_enum=False, create_constraint=False, length=32, validate_strings=True)
 
 
 Cents = BigInteger

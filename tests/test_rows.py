@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import select, text
 
-from uidhub.models import Account, QuotaPool
-from uidhub.models.enums import CreditControlStatus, ShutdownPolicy
+from uidhub.db import Database
+from uidhub.models import Account, Partner, QuotaPool
+from uidhub.models.enums import AccountStatus, AccountType, CreditControlStatus, PartnerKind, ShutdownPolicy
 from uidhub.models.rows import AccountRow, PoolRow, account_at, account_columns, pool_at, pool_columns
 
 
@@ -47,3 +49,43 @@ def test_outer_join_nulls_are_no_row() -> None:
     nulls = (None,) * len(AccountRow._fields)
     assert account_at(("x", *nulls), 1) is None
     assert pool_at((None,) * len(PoolRow._fields), 0) is None
+
+
+async def test_stored_enums_and_timestamps_read_back_as_written(db: Database) -> None:
+    """The fast result processors (models.base.StoredEnum, UTCDateTime on asyncpg) give the members and aware UTC
+    datetimes the stock ones gave, on both databases; a name the enum does not know still raises."""
+    written = datetime(2026, 3, 4, 5, 6, 7, 890_000, tzinfo=UTC)
+    async with db.session(write=True) as session:
+        partner = Partner(uid="P-ROWS", name="rows", kind=PartnerKind.RESELLER)
+        session.add(partner)
+        await session.flush()
+        for status in AccountStatus:
+            pool = QuotaPool(partner_id=partner.id)
+            session.add(pool)
+            await session.flush()
+            session.add(
+                Account(
+                    partner_id=partner.id,
+                    uid=f"rows-{status.value}",
+                    account_type=AccountType.END_USER,
+                    pool_id=pool.id,
+                    status=status,
+                    linked_at=written,
+                )
+            )
+        await session.commit()
+    async with db.read() as session:
+        rows = (
+            await session.execute(
+                select(Account.status, Account.linked_at, Account.master_id).where(Account.partner_id == partner.id)
+            )
+        ).all()
+        assert sorted(status for status, _, _ in rows) == sorted(AccountStatus)
+        for status, linked_at, master_id in rows:
+            assert type(status) is AccountStatus
+            assert linked_at == written and linked_at.tzinfo is UTC
+            assert master_id is None
+        # Past the bind-side validation, as a row written by another program would be.
+        await session.execute(text("UPDATE accounts SET status = 'NO_SUCH' WHERE uid = 'rows-NORMAL'"))
+        with pytest.raises(LookupError):
+            await session.execute(select(Account.status).where(Account.uid == "rows-NORMAL"))
