@@ -9,6 +9,7 @@ import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import DisableIntrospection
 from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.schema_converter import CustomGraphQLEnumType
 from strawberry.types import ExecutionContext
 
 from uidhub.schema import enums as _enums  # noqa: F401  (registers enum descriptions)
@@ -61,4 +62,26 @@ def build_schema(*, introspection: bool = True, extra_extensions: Sequence[Any] 
         config=StrawberryConfig(auto_camel_case=True, disable_field_suggestions=True, scalar_map=SCALAR_MAP),
     )
     schema.limiter = limiter
+    for type_ in schema._schema.type_map.values():
+        if isinstance(type_, CustomGraphQLEnumType):
+            _serialize_members_by_lookup(type_)
     return schema
+
+
+def _serialize_members_by_lookup(type_: CustomGraphQLEnumType) -> None:
+    """Serialize the enum's own members by one dict lookup; anything else as strawberry does.
+
+    strawberry's serializer scans the type's values comparing `.value` (a Python property) on every call:
+    a list page serializes hundreds of enum values. The mapping is built from that same scan, once, so the
+    answer is strawberry's own (tests/test_enum_serialize.py compares both for every member of every enum).
+    """
+    slow = type_.serialize
+    wrapped: Any = type_.wrapped_cls
+    names: dict[Any, Any] = {member: slow(member) for member in wrapped}
+
+    def serialize(value: Any) -> Any:
+        if type(value) is wrapped:
+            return names[value]
+        return slow(value)
+
+    type_.serialize = serialize  # type: ignore[method-assign,assignment]
