@@ -27,7 +27,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
-from uidhub import gctune, observe, routes
+from uidhub import gctune, observe, routes, wire
 from uidhub.background import STARTERS
 from uidhub.compiled import CompiledReads
 from uidhub.dashboard import routes as dashboard_routes
@@ -157,6 +157,11 @@ class UidhubGraphQL(GraphQL):
 
     def decode_json(self, data: str | bytes) -> object:
         return decode_json(data)
+
+    def encode_json(self, data: object) -> str:
+        # Text, not bytes: strawberry sends bytes over a websocket as binary frames, which
+        # graphql-transport-ws clients do not read. The same encoder as the compiled path's.
+        return wire.encode(data).decode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """strawberry answers its HTTP errors in plain text: ours are JSON with extensions.code."""

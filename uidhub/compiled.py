@@ -63,7 +63,7 @@ from graphql.pyutils import Undefined
 from strawberry.types.arguments import convert_arguments
 from strawberry.types.field import StrawberryField
 
-from uidhub import logs, metrics
+from uidhub import logs, metrics, wire
 from uidhub.runtime import Runtime
 from uidhub.schema import UidhubSchema
 from uidhub.schema.accounts import (
@@ -803,5 +803,5 @@ class CompiledReads:
             return None
         plan = self.plans.get((parsed["query"], operation_name))
         metrics.record_operation("query", getattr(plan, "operation_name", None), time.perf_counter() - start)
-        # strawberry's encoding (strawberry.http.base.encode_json): the same bytes either way.
-        return json.dumps(result, separators=(",", ":")).encode()
+        # The view's own encoding (UidhubGraphQL.encode_json): the same bytes either way.
+        return wire.encode(result)
