@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import sqlite3
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -36,6 +37,7 @@ from sqlalchemy.orm import join as orm_join
 from sqlalchemy.sql.visitors import replacement_traverse
 from sqlalchemy.types import NullType, TypeEngine
 
+from uidhub.db import in_autocommit, invalidate, rows_of
 from uidhub.models import Account, AccountListing, QuotaPool
 from uidhub.models import rules as R
 from uidhub.models.enums import (
@@ -614,7 +616,7 @@ def check_search(term: str | None) -> None:
         raise InvalidArgument("`search` must not contain control characters.")
 
 
-def filter_conditions(actor: Actor, f: EndUserQuery) -> list[ColumnElement[bool]]:
+def filter_conditions(actor: Actor | _Viewer, f: EndUserQuery) -> list[ColumnElement[bool]]:
     check_list(f.uids, "uids")
     check_search(f.search)
     conditions: list[ColumnElement[bool]] = [L.partner_id == actor.partner_id]
@@ -702,24 +704,41 @@ def counter_shape(actor: Actor, f: EndUserQuery) -> tuple[tuple[str, ...], str |
     return ((name,), None) if value else (("accounts",), name)
 
 
-async def _prefer_search_indexes(session: AsyncSession, f: EndUserQuery) -> None:
-    """On PostgreSQL, keep a search on its trigram and pattern indexes for the rest of this transaction.
+@asynccontextmanager
+async def _search_indexes(session: AsyncSession, f: EndUserQuery) -> AsyncIterator[None]:
+    """On PostgreSQL, keep a search on its trigram and pattern indexes for the statements inside.
 
     The planner prices a bitmap OR of three GIN scans above a sequential scan of `accounts` up to a few
     hundred thousand rows; the scan then costs O(accounts) on every keystroke of a search box, where the
-    indexes cost O(matches). Every other statement of a list request is an index lookup anyway, and the
-    setting ends with the transaction (SET LOCAL).
+    indexes cost O(matches). Every other statement of a list request is an index lookup anyway. In a
+    transaction the setting is SET LOCAL (it ends with the transaction); a session without one
+    (`Database.session(autocommit=True)`) sets it for the connection and resets it after the statements,
+    and a connection whose reset did not happen is invalidated rather than handed to the next request.
     """
-    if f.search and len(f.search) >= TRIGRAM_MIN and session.get_bind().dialect.name == "postgresql":
+    if not (f.search and len(f.search) >= TRIGRAM_MIN and session.get_bind().dialect.name == "postgresql"):
+        yield
+        return
+    if not in_autocommit(session):
         await session.execute(text("SET LOCAL enable_seqscan = off"))
+        yield
+        return
+    await session.execute(text("SET enable_seqscan = off"))
+    reset = False
+    try:
+        yield
+        await session.execute(text("RESET enable_seqscan"))
+        reset = True
+    finally:
+        if not reset:
+            await invalidate(session)
 
 
 async def count_matching(session: AsyncSession, actor: Actor, f: EndUserQuery) -> int:
     """totalCount: from the maintained counters when they answer the shape, else an indexed COUNT."""
     shape = counter_shape(actor, f)
     if shape is None:
-        await _prefer_search_indexes(session, f)
-        return int(await session.scalar(counted(actor, f)) or 0)
+        async with _search_indexes(session, f):
+            return int(await session.scalar(counted(actor, f)) or 0)
     values = await counters.totals(session, actor.partner_id)
     plus, minus = shape
     return sum(getattr(values, name) for name in plus) - (getattr(values, minus) if minus else 0)
@@ -929,6 +948,59 @@ def _page_row(values: Sequence[Any]) -> tuple[AccountRow, Any, PoolRow | None, A
     return account, values[ACCOUNT_WIDTH], pool, account_at(values, ACCOUNT_WIDTH + 1 + POOL_WIDTH)
 
 
+def query_key(f: EndUserQuery) -> tuple[Any, ...]:
+    """`f` as a hashable value (its sequences as tuples): a key of `page_statement`'s cache."""
+    return tuple(tuple(v) if isinstance(v, list | tuple) else v for v in vars(f).values())
+
+
+#: Page statements kept per (viewer, filter, order); see `page_statement`.
+PAGE_STATEMENTS = 512
+
+
+@functools.lru_cache(maxsize=PAGE_STATEMENTS)
+def page_statement(
+    partner_id: int, account_id: int | None, f_key: tuple[Any, ...], sort_field: str, descending: bool
+) -> Any:
+    """The page statements of one (viewer, filter, order), as a function of (related, cursor, limit).
+
+    Building a list statement (conditions, order, SQLAlchemy's cache key over ~40 columns) cost more CPU than
+    running it. The same viewer asking the same list again -- a dashboard's refresh, the next page, another
+    page size -- gets the same statement object back, whose cache key SQLAlchemy has memoized: one dictionary
+    lookup to its compiled form. The inner cache is small and per statement shape, so a deep-paging client
+    fills the outer entry's 64 cursors at most, each statement a few KiB. Conditions are `filter_conditions`
+    itself (tenancy included): nothing about scope is decided here.
+    """
+    f = EndUserQuery(*f_key)
+    sort = EndUserSort(field=sort_field, descending=descending)
+    # The pool and master are joined anyway; selecting them lets nested fields answer without loading them
+    # again. Plain rows, not entities: see models.rows.
+    base = {
+        related: _page_select(sort_field, related).where(*filter_conditions(_Viewer(partner_id, account_id), f))
+        for related in (False, True)
+    }
+    ordered = {related: query.order_by(*_order(sort)) for related, query in base.items()}
+
+    @functools.lru_cache(maxsize=64)
+    def statement(related: bool, start: tuple[Any, str] | None, limit: int) -> Select[Any]:
+        query = ordered[related]
+        if start is not None:
+            query = query.where(_after(sort, *start))
+        return query.limit(limit)
+
+    return statement
+
+
+@dataclass(frozen=True)
+class _Viewer:
+    """What `filter_conditions` reads of an Actor (its tenancy), so that a cached statement depends on nothing else."""
+
+    partner_id: int
+    account_id: int | None
+
+    def account_scope(self, entity: Any = Account) -> ColumnElement[bool]:
+        return Actor.scope_of(self.partner_id, self.account_id, entity)
+
+
 async def list_end_users(
     session: AsyncSession,
     actor: Actor,
@@ -953,24 +1025,21 @@ async def list_end_users(
         if not isinstance(uid, str):
             raise InvalidArgument("`after` is not a valid cursor.")
         start = (value, uid)
-    await _prefer_search_indexes(session, f)
     matched: int | None = None
     rows: Sequence[Any] | None = None
-    if _trigram_search(session, f):
-        found = (await session.execute(candidates_query(actor, f, sort, limit + 1, start, related))).all()
-        if int(found[0][0]) <= SEARCH_CANDIDATES_MAX:
-            matched = int(found[0][0])
-            rows = [row[1:] for row in found if row[1] is not None]
-    if rows is None:
-        # The pool and master are joined anyway; selecting them lets nested fields answer without loading them
-        # again. Plain rows, not entities: see models.rows.
-        query = _page_select(sort.field, related).where(*filter_conditions(actor, f)).order_by(*_order(sort))
-        if start is not None:
-            query = query.where(_after(sort, *start))
-        rows = (await session.execute(query.limit(limit + 1))).all()
+    async with _search_indexes(session, f):
+        if _trigram_search(session, f):
+            found = await rows_of(session, candidates_query(actor, f, sort, limit + 1, start, related))
+            if int(found[0][0]) <= SEARCH_CANDIDATES_MAX:
+                matched = int(found[0][0])
+                rows = [row[1:] for row in found if row[1] is not None]
+        if rows is None:
+            query = page_statement(actor.partner_id, actor.account_id, query_key(f), sort.field, sort.descending)
+            rows = await rows_of(session, query(related, start, limit + 1))
     page = [_page_row(row) for row in rows[: limit + 1]]
     items: list[AccountLike] = [account for account, _, _, _ in page[:limit]]
-    cursors = LazyCursors(cursor_kind, [[_cursor_value(sort.field, key), a.uid] for a, key, _, _ in page[:limit]])
+    field = sort.field
+    cursors = LazyCursors(cursor_kind, len(items), lambda i: [_cursor_value(field, page[i][1]), items[i].uid])
 
     async def count() -> int:
         if matched is not None:

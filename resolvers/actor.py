@@ -136,9 +136,15 @@ class Actor:
         Its partner's accounts; an END_USER token only its own account and that
         account's sub-accounts (never its master, never a sibling).
         """
-        condition = entity.partner_id == self.partner_id
-        if self.account_id is not None:
-            condition = condition & or_(entity.id == self.account_id, entity.master_id == self.account_id)
+        return self.scope_of(self.partner_id, self.account_id, entity)
+
+    @staticmethod
+    def scope_of(partner_id: int, account_id: int | None, entity: Any = Account) -> ColumnElement[bool]:
+        """`account_scope` of the actor with this partner and (END_USER) account: what statements cached per
+        viewer (resolvers.accounts.page_statement) are built from."""
+        condition = entity.partner_id == partner_id
+        if account_id is not None:
+            condition = condition & or_(entity.id == account_id, entity.master_id == account_id)
         return condition
 
     def sees(self, account: AccountLike | None) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from uidhub.db import Database
+from uidhub.db import Database, rows_of
 from uidhub.models import PartnerAccountCounters
 from uidhub.models.enums import AccountStatus, AccountType
 from uidhub.models.listing import status_counter, type_counter
@@ -91,7 +91,7 @@ _TOTALS = select(func.count(), *(func.coalesce(func.sum(getattr(C, f)), 0) for f
 
 async def totals(session: AsyncSession, partner_id: int) -> Totals:
     """The partner's counters: one indexed SUM over at most ~COMPACT_AFTER rows."""
-    row = (await session.execute(_TOTALS, {"partner_id": partner_id})).one()
+    (row,) = await rows_of(session, _TOTALS, {"partner_id": partner_id})
     if int(row[0]) > COMPACT_AFTER:
         await compact(session, partner_id)
     return Totals(**{f: int(v) for f, v in zip(COUNTER_FIELDS, row[1:], strict=True)})

@@ -102,27 +102,30 @@ def decode_id_cursor(cursor: str | None, kind: str) -> int | None:
 
 
 class LazyCursors(Sequence[str]):
-    """A page's cursors, each encoded when first read.
+    """A page's cursors, each built and encoded when first read.
 
     Encoding one costs a JSON dump and a base64 per row; the compiled read path
     (uidhub.compiled) answers a list that selects no `cursor` without paying it,
-    while ordinary execution, reading them all, gets the same strings.
+    and PageInfo reads only the last one, while ordinary execution, reading them
+    all, gets the same strings. `value_of(i)` gives the i-th row's cursor values.
     """
 
-    def __init__(self, kind: str, values: list[list[Any]]) -> None:
+    def __init__(self, kind: str, count: int, value_of: Callable[[int], list[Any]]) -> None:
         self._kind = kind
-        self._values = values
-        self._encoded: list[str | None] = [None] * len(values)
+        self._value_of = value_of
+        self._encoded: list[str | None] = [None] * count
 
     def __len__(self) -> int:
-        return len(self._values)
+        return len(self._encoded)
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self._encoded)  # value_of sees the page's own positions, never a negative one
         encoded = self._encoded[index]
         if encoded is None:
-            encoded = self._encoded[index] = encode_cursor(self._kind, self._values[index])
+            encoded = self._encoded[index] = encode_cursor(self._kind, self._value_of(index))
         return encoded
 
 

@@ -72,6 +72,8 @@ class Context:
         self.websocket = websocket
         self.request_id = request_id or uuid.uuid4().hex[:16]
         self.write = False
+        #: A read that needs no transaction (uidhub.db.Database.session): the compiled read path's.
+        self.autocommit = False
         self.connection_params: dict[str, Any] | None = None
         self._session: AsyncSession | None = None
         self._loaders: Loaders | None = None
@@ -107,7 +109,7 @@ class Context:
         if self.websocket:
             return await self._event_child().session()
         if self._session is None:
-            self._session = self.db.session(write=self.write)
+            self._session = self.db.session(write=self.write, autocommit=self.autocommit)
         return self._session
 
     @property

@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.dataloader import DataLoader
 
+from uidhub.db import rows_of
 from uidhub.models import (
     Account,
     AuditEntry,
@@ -59,7 +60,7 @@ def _sub_account_rows(session_getter: SessionGetter) -> DataLoader[int, list[Acc
         session: AsyncSession = await session_getter()
         query = _SUB_ACCOUNTS_ANY if session.get_bind().dialect.name == "postgresql" else _SUB_ACCOUNTS_IN
         grouped: dict[int | None, list[AccountRow]] = defaultdict(list)
-        for values in (await session.execute(query, {"masters": list(keys)})).all():
+        for values in await rows_of(session, query, {"masters": list(keys)}):
             row = AccountRow._make(values)
             grouped[row.master_id].append(row)
         return [grouped.get(k, []) for k in keys]

@@ -125,3 +125,27 @@ async def test_statement_count_does_not_grow_with_page_size(api: Api) -> None:
     assert counts[10] > 3, "the counter sees the statements"
     assert counts[10] == counts[100], counts
     assert counts[100] <= 15, counter.statements
+
+
+async def test_page_statements_are_built_once_per_viewer_filter_and_order(api: Api) -> None:
+    """A list asked again reuses its statement (resolvers.accounts.page_statement); another viewer never does."""
+    from uidhub.resolvers.accounts import page_statement
+
+    await seed(api, masters=4, subs_per_master=1)
+    query = """query($f: EndUserFilter, $after: String) {
+      endUsers(first: 2, filter: $f, after: $after) { edges { node { uid } } pageInfo { endCursor } } }"""
+    page_statement.cache_clear()
+    first = await api.gql(query, {"f": {"includeSubAccounts": False}})
+    again = await api.gql(query, {"f": {"includeSubAccounts": False}})
+    assert first == again and page_statement.cache_info().hits >= 1
+    # The next page: the same (viewer, filter, order) entry, a cursor of its own.
+    after = first["endUsers"]["pageInfo"]["endCursor"]
+    misses = page_statement.cache_info().misses
+    second = await api.gql(query, {"f": {"includeSubAccounts": False}, "after": after})
+    assert page_statement.cache_info().misses == misses
+    uids = [e["node"]["uid"] for e in first["endUsers"]["edges"] + second["endUsers"]["edges"]]
+    assert len(set(uids)) == 4 and all("-S" not in uid for uid in uids)
+    # Another partner asking the very same list gets a statement of its own: none of P-MAIN's accounts.
+    theirs = await api.gql(query, {"f": {"includeSubAccounts": False}}, as_="other")
+    assert theirs["endUsers"]["edges"] == []
+    assert page_statement.cache_info().misses == misses + 1

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from graphql import OperationDefinitionNode, OperationType, parse
 from hypothesis import HealthCheck, given, settings
+from sqlalchemy import event
 
 from tests.support.api import Api
 from tests.support.compiled import Request, World, build_world, strategies
@@ -242,3 +243,43 @@ async def test_row_plan_selects_pools_and_masters_only_when_a_field_reads_them(a
     # The flat list reads no pool or master column; the quota needs the pool (and the policy's master with it).
     assert "quota_pools.amount_cents" not in selected["flat"] and "master_account." not in selected["flat"]
     assert "quota_pools.amount_cents" in selected["quota"]
+
+
+async def test_compiled_reads_run_without_a_transaction_and_leave_no_setting_behind(pg_api: Api) -> None:
+    """PostgreSQL: the compiled path's statements run in autocommit (no BEGIN/ROLLBACK round trips), and a
+    search's `enable_seqscan = off` is reset before its connection goes back to the pool."""
+    await seed(pg_api, masters=12)
+    compiled = pg_api.client._transport.app.state.compiled_reads  # type: ignore[attr-defined]
+    isolation: list[Any] = []
+
+    def record(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "account_listing" in statement:
+            isolation.append(conn.get_execution_options().get("isolation_level"))
+
+    search = '{ endUsers(first: 5, filter: {search: "Acme"}) { totalCount edges { node { uid } } } }'
+    event.listen(pg_api.db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        before = compiled.compiled
+        for query, variables in ((LIST_PAGE, {"first": 5}), (search, None)):
+            assert "errors" not in (await pg_api.post(query, variables, pg_api.tokens["admin"])).json()
+        assert compiled.compiled == before + 2
+    finally:
+        event.remove(pg_api.db.engine.sync_engine, "before_cursor_execute", record)
+    assert isolation and set(isolation) == {"AUTOCOMMIT"}, isolation
+    # Every connection the pool holds now answers with the server's default.
+    pool = pg_api.db.engine.pool
+    held = [await pg_api.db.engine.connect() for _ in range(pool.checkedin())]  # type: ignore[attr-defined]
+    try:
+        for conn in held:
+            assert (await conn.exec_driver_sql("SHOW enable_seqscan")).scalar_one() == "on"
+    finally:
+        for conn in held:
+            await conn.close()
+    # Ordinary execution (a mutation, a query it answers) still runs in transactions.
+    isolation.clear()
+    event.listen(pg_api.db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        await pg_api.gql("{ endUsers(first: 3) { edges { node { uid quota { forecast { daysLeft } } } } } }")
+    finally:
+        event.remove(pg_api.db.engine.sync_engine, "before_cursor_execute", record)
+    assert isolation and "AUTOCOMMIT" not in isolation, isolation

@@ -789,6 +789,8 @@ class CompiledReads:
         if "multipart" in accept or "event-stream" in accept:  # streamed transports: strawberry's business
             return None
         context = Context(self.runtime, request=request, actor=actor, request_id=request_id)
+        # Only queries run here, each statement a read: no BEGIN/ROLLBACK around them (Database.session).
+        context.autocommit = True
         # The log context strawberry's LogContext extension sets around an operation.
         partner = logs.partner_var.set(getattr(actor, "partner_uid", None))
         operation = logs.operation_var.set(operation_name)

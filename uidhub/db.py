@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Executable, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 WRITE_OPTION = "uidhub_write"
 #: session.info key of the Database a session belongs to (`Database.of`).
 _SESSION_DB = "uidhub_db"
+#: session.info key: the session is in autocommit mode (`Database.session`).
+_AUTOCOMMIT = "uidhub_autocommit"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: Defaults of UIDHUB_DB_STATEMENT_TIMEOUT_SECONDS and UIDHUB_DB_CONNECT_TIMEOUT_SECONDS (PostgreSQL).
 STATEMENT_TIMEOUT_SECONDS = 30.0
@@ -155,8 +157,44 @@ def create_engine(
     )
 
 
-def _serialized(name: str) -> Any:
-    method = getattr(AsyncSession, name)
+async def _rows(
+    session: AsyncSession, statement: Executable, parameters: Mapping[str, Any] | None = None
+) -> Sequence[Any]:
+    """Core execution of a read statement on the session's connection, in its transaction.
+
+    `session.execute` runs every statement through the ORM's execution and loading layers, which build
+    each row again in Python even when the statement selects only columns: a third of a list page's
+    SQLAlchemy time. A statement of columns needs none of it. Pending changes are flushed first, as
+    the ORM's autoflush would.
+    """
+    if session.new or session.deleted or session.dirty:
+        await AsyncSession.flush(session)
+    connection = await AsyncSession.connection(session)
+    return (await connection.execute(statement, parameters)).all()
+
+
+async def rows_of(
+    session: AsyncSession, statement: Executable, parameters: Mapping[str, Any] | None = None
+) -> Sequence[Any]:
+    """The rows of a statement that selects columns (not entities), without the ORM's loading (`_rows`)."""
+    if isinstance(session, SerialSession):
+        return await session.rows(statement, parameters)
+    return await _rows(session, statement, parameters)
+
+
+def in_autocommit(session: AsyncSession) -> bool:
+    """The session runs each statement as its own transaction (`Database.session(autocommit=True)`)."""
+    return bool(session.info.get(_AUTOCOMMIT))
+
+
+async def invalidate(session: AsyncSession) -> None:
+    """Discard the session's connection (closed, not returned to the pool): its state is not known."""
+    connection = await session.connection()
+    await connection.invalidate()
+
+
+def _serialized(name: str, method: Any = None) -> Any:
+    method = method or getattr(AsyncSession, name)
 
     async def locked(self: SerialSession, *args: Any, **kwargs: Any) -> Any:
         async with self._lock:
@@ -215,6 +253,7 @@ class SerialSession(AsyncSession):
     delete = _serialized("delete")
     connection = _serialized("connection")
     run_sync = _serialized("run_sync")
+    rows = _serialized("rows", _rows)
 
 
 class Database:
@@ -261,6 +300,17 @@ class Database:
         self._background_pool: PoolConfig | None = background_pool or BACKGROUND_POOL
         self._background_view: Database | None = None
         self._read = async_sessionmaker(self.engine, class_=SerialSession, expire_on_commit=False, autoflush=True)
+        #: Read sessions without BEGIN/ROLLBACK (PostgreSQL): see `session(autocommit=True)`.
+        self._autocommit = (
+            async_sessionmaker(
+                self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+                class_=SerialSession,
+                expire_on_commit=False,
+                autoflush=True,
+            )
+            if self.dialect == "postgresql"
+            else self._read
+        )
         self._write = async_sessionmaker(
             self.engine.execution_options(**{WRITE_OPTION: True}),
             class_=SerialSession,
@@ -314,9 +364,17 @@ class Database:
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
 
-    def session(self, *, write: bool = False) -> AsyncSession:
-        """A new session; `write=True` makes its transactions take the write lock up front on SQLite."""
-        session = (self._write if write else self._read)()
+    def session(self, *, write: bool = False, autocommit: bool = False) -> AsyncSession:
+        """A new session; `write=True` makes its transactions take the write lock up front on SQLite.
+
+        `autocommit=True` (a read, on PostgreSQL): every statement is its own transaction, without the
+        BEGIN and ROLLBACK round trips around them. Under READ COMMITTED, PostgreSQL's default and
+        uidhub's, each statement of a transaction takes its own snapshot anyway, so a read of several
+        statements sees exactly what it would see inside one; only SET LOCAL has nothing to apply to
+        (`in_autocommit`). SQLite sessions are unchanged (a deferred BEGIN costs no round trip there).
+        """
+        session = (self._write if write else self._autocommit if autocommit else self._read)()
+        session.info[_AUTOCOMMIT] = autocommit and self._autocommit is not self._read
         session.info[_SESSION_DB] = self
         return session
 
