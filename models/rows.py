@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, TypeAlias
 
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import null
 
 from uidhub.models import rules
 from uidhub.models.enums import (
@@ -77,14 +78,41 @@ AccountLike: TypeAlias = Account | AccountRow
 PoolLike: TypeAlias = QuotaPool | PoolRow
 
 
-def account_columns(entity: Any = Account) -> list[InstrumentedAttribute[Any]]:
-    """The columns to select for an AccountRow, over `entity` (Account or an alias of it), in field order."""
-    return [getattr(entity, name) for name in AccountRow._fields]
+#: What every AccountRow of a narrowed read (`account_columns(reads=...)`) still carries: its identity, and
+#: what tenancy (`Actor.sees`), grouping by master and the list's cursor read.
+ACCOUNT_KEYS = frozenset({"id", "partner_id", "uid", "master_id"})
+#: What a policy reads of an account and of its master (rules.PolicyView.of).
+POLICY_READS = frozenset({"payg_freeze", "purchase_control"})
+#: What nothing of the read path shows: left out of narrowed reads.
+UNREAD = frozenset({"updated_at"})
 
 
-def pool_columns() -> list[InstrumentedAttribute[Any]]:
-    """The columns to select for a PoolRow, in field order."""
-    return [getattr(QuotaPool, name) for name in PoolRow._fields]
+def account_columns(entity: Any = Account, reads: frozenset[str] | None = None) -> list[Any]:
+    """The columns to select for an AccountRow, over `entity` (Account or an alias of it), in field order.
+
+    `reads` narrows them for a caller that reads only these fields (and ACCOUNT_KEYS): the others are
+    selected as NULL, so the row keeps its shape and positions while the database sends, and the driver
+    decodes, nothing for them (a timestamp costs the driver more than the rest of a row). Such rows must
+    not reach a loader or an ordinary resolver, which may read any field.
+    """
+    if reads is None:
+        return [getattr(entity, name) for name in AccountRow._fields]
+    keep = reads | ACCOUNT_KEYS
+    return [getattr(entity, name) if name in keep else _absent(entity, name) for name in AccountRow._fields]
+
+
+def pool_columns(narrow: bool = False) -> list[Any]:
+    """The columns to select for a PoolRow, in field order; `narrow`: without what nothing shows (UNREAD)."""
+    return [
+        _absent(QuotaPool, name) if narrow and name in UNREAD else getattr(QuotaPool, name) for name in PoolRow._fields
+    ]
+
+
+def _absent(entity: Any, name: str) -> Any:
+    """A NULL in place of `entity.name`, labelled after it (several entities' NULLs never collide)."""
+    inspected = sa_inspect(entity)
+    owner = inspected.name if inspected.is_aliased_class else inspected.class_.__name__
+    return null().label(f"absent_{owner}_{name}")
 
 
 ACCOUNT_WIDTH = len(AccountRow._fields)

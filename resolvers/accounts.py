@@ -53,6 +53,7 @@ from uidhub.models.listing import status_counter, type_counter
 from uidhub.models.money import format_money
 from uidhub.models.rows import (
     ACCOUNT_WIDTH,
+    POLICY_READS,
     POOL_WIDTH,
     AccountLike,
     AccountRow,
@@ -810,9 +811,9 @@ def _listed() -> Join:
 
 
 @functools.cache
-def _page_select(sort_field: str, related: bool) -> Select[Any]:
+def _page_select(sort_field: str, related: bool, reads: frozenset[str] | None = None) -> Select[Any]:
     """A list page's columns (`_page_columns`) over `_listed`, per order and shape; built once each."""
-    return select(*_page_columns(sort_expr(sort_field).label("sort_key"), related)).select_from(_listed())
+    return select(*_page_columns(sort_expr(sort_field).label("sort_key"), related, reads)).select_from(_listed())
 
 
 def filtered_query(actor: Actor, f: EndUserQuery, sort: EndUserSort) -> Select[Any]:
@@ -882,7 +883,13 @@ def _trigram_search(session: AsyncSession, f: EndUserQuery) -> bool:
 
 
 def candidates_query(
-    actor: Actor, f: EndUserQuery, sort: EndUserSort, limit: int, after: tuple[Any, str] | None, related: bool = True
+    actor: Actor,
+    f: EndUserQuery,
+    sort: EndUserSort,
+    limit: int,
+    after: tuple[Any, str] | None,
+    related: bool = True,
+    reads: frozenset[str] | None = None,
 ) -> Select[Any]:
     """A search's count and page in one statement, from its matches (PostgreSQL, and SQLite's FTS5 search).
 
@@ -921,7 +928,7 @@ def candidates_query(
         page = page.where(_after(sort, after[0], after[1], matches.c.sort_key, matches.c.uid))
     rows = page.subquery("search_page")
     return (
-        select(total.c.matched, *_page_columns(rows.c.sort_key, related))
+        select(total.c.matched, *_page_columns(rows.c.sort_key, related, reads))
         .select_from(total)
         .outerjoin(rows, true())
         .outerjoin(Account, Account.id == rows.c.account_id)
@@ -931,10 +938,17 @@ def candidates_query(
     )
 
 
-def _page_columns(sort_key: Any, related: bool = True) -> list[Any]:
-    """A list row: the account, its sort key, and (`related`) its pool and its master, as columns (models.rows)."""
-    columns = [*account_columns(), sort_key]
-    return [*columns, *pool_columns(), *account_columns(Master)] if related else columns
+def _page_columns(sort_key: Any, related: bool = True, reads: frozenset[str] | None = None) -> list[Any]:
+    """A list row: the account, its sort key, and (`related`) its pool and its master, as columns (models.rows).
+
+    `reads` (see `list_end_users`) narrows the account to those fields, the master to what a policy reads
+    of it and the pool to what is shown.
+    """
+    columns = [*account_columns(Account, reads), sort_key]
+    if not related:
+        return columns
+    narrow = reads is not None
+    return [*columns, *pool_columns(narrow), *account_columns(Master, POLICY_READS if narrow else None)]
 
 
 def _page_row(values: Sequence[Any]) -> tuple[AccountRow, Any, PoolRow | None, AccountRow | None]:
@@ -961,7 +975,7 @@ PAGE_STATEMENTS = 512
 def page_statement(
     partner_id: int, account_id: int | None, f_key: tuple[Any, ...], sort_field: str, descending: bool
 ) -> Any:
-    """The page statements of one (viewer, filter, order), as a function of (related, cursor, limit).
+    """The page statements of one (viewer, filter, order), as a function of (related, reads, cursor, limit).
 
     Building a list statement (conditions, order, SQLAlchemy's cache key over ~40 columns) cost more CPU than
     running it. The same viewer asking the same list again -- a dashboard's refresh, the next page, another
@@ -972,17 +986,16 @@ def page_statement(
     """
     f = EndUserQuery(*f_key)
     sort = EndUserSort(field=sort_field, descending=descending)
-    # The pool and master are joined anyway; selecting them lets nested fields answer without loading them
-    # again. Plain rows, not entities: see models.rows.
-    base = {
-        related: _page_select(sort_field, related).where(*filter_conditions(_Viewer(partner_id, account_id), f))
-        for related in (False, True)
-    }
-    ordered = {related: query.order_by(*_order(sort)) for related, query in base.items()}
+    conditions = filter_conditions(_Viewer(partner_id, account_id), f)
+    order = _order(sort)
 
     @functools.lru_cache(maxsize=64)
-    def statement(related: bool, start: tuple[Any, str] | None, limit: int) -> Select[Any]:
-        query = ordered[related]
+    def statement(
+        related: bool, reads: frozenset[str] | None, start: tuple[Any, str] | None, limit: int
+    ) -> Select[Any]:
+        # The pool and master are joined anyway; selecting them lets nested fields answer without loading them
+        # again. Plain rows, not entities: see models.rows.
+        query = _page_select(sort_field, related, reads).where(*conditions).order_by(*order)
         if start is not None:
             query = query.where(_after(sort, *start))
         return query.limit(limit)
@@ -1010,11 +1023,14 @@ async def list_end_users(
     f: EndUserQuery,
     sort: EndUserSort,
     related: bool = True,
+    reads: frozenset[str] | None = None,
 ) -> Page[AccountLike]:
     """One page of the viewer's accounts matching `f`, in `sort` order, after the cursor `after`.
 
     `related=False` leaves each account's pool and master out (`Page.related` then holds Nones): the compiled
-    read path asks for that when the query selects nothing of them.
+    read path asks for that when the query selects nothing of them. `reads` (the compiled read path's row
+    plans) names the AccountRow fields the caller reads of the page's accounts: the others come back as None
+    (models.rows.account_columns), and such rows must not be handed to loaders or ordinary resolvers.
     """
     limit = check_first(first)
     cursor_kind = f"eu:{sort.field}:{'d' if sort.descending else 'a'}"
@@ -1029,13 +1045,13 @@ async def list_end_users(
     rows: Sequence[Any] | None = None
     async with _search_indexes(session, f):
         if _trigram_search(session, f):
-            found = await rows_of(session, candidates_query(actor, f, sort, limit + 1, start, related))
+            found = await rows_of(session, candidates_query(actor, f, sort, limit + 1, start, related, reads))
             if int(found[0][0]) <= SEARCH_CANDIDATES_MAX:
                 matched = int(found[0][0])
                 rows = [row[1:] for row in found if row[1] is not None]
         if rows is None:
             query = page_statement(actor.partner_id, actor.account_id, query_key(f), sort.field, sort.descending)
-            rows = await rows_of(session, query(related, start, limit + 1))
+            rows = await rows_of(session, query(related, reads, start, limit + 1))
     page = [_page_row(row) for row in rows[: limit + 1]]
     items: list[AccountLike] = [account for account, _, _, _ in page[:limit]]
     field = sort.field

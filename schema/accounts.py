@@ -401,9 +401,11 @@ async def end_user_page(
     filter: EndUserFilter | None,
     order_by: EndUserOrder | None,
     related: bool = True,
+    reads: frozenset[str] | None = None,
 ) -> Page[AccountLike]:
     """The page `endUsers` shows for these arguments; the compiled read path (uidhub.compiled) calls it too,
-    with `related=False` when it selects nothing of the accounts' pools and masters."""
+    with `related=False` when it selects nothing of the accounts' pools and masters and `reads` naming what
+    it reads of the accounts (resolvers.accounts.list_end_users)."""
     sort = (
         ops.EndUserSort(field=order_by.field.name, descending=order_by.direction is OrderDirection.DESC)
         if order_by
@@ -417,6 +419,7 @@ async def end_user_page(
         f=filter.to_query() if filter else ops.EndUserQuery(),
         sort=sort,
         related=related,
+        reads=reads,
     )
 
 

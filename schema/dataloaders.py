@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -46,24 +47,37 @@ def _by_key(model: Any, column: Any, session_getter: SessionGetter) -> DataLoade
     return DataLoader(load_fn=load)
 
 
-#: A page's sub-accounts, built once. PostgreSQL takes the masters as one array parameter: an IN list is
-#: rendered anew for every page size, one cast bind parameter per master.
-_SUB_ACCOUNTS = select(*account_columns()).order_by(Account.uid)
-_SUB_ACCOUNTS_IN = _SUB_ACCOUNTS.where(Account.master_id.in_(bindparam("masters", expanding=True)))
-_SUB_ACCOUNTS_ANY = _SUB_ACCOUNTS.where(Account.master_id == any_(bindparam("masters", type_=ARRAY(BigInteger))))
+@functools.cache
+def _sub_accounts_query(postgres: bool, reads: frozenset[str] | None) -> Any:
+    """A page's sub-accounts, built once per shape. PostgreSQL takes the masters as one array parameter: an IN
+    list is rendered anew for every page size, one cast bind parameter per master."""
+    query = select(*account_columns(Account, reads)).order_by(Account.uid)
+    if postgres:
+        return query.where(Account.master_id == any_(bindparam("masters", type_=ARRAY(BigInteger))))
+    return query.where(Account.master_id.in_(bindparam("masters", expanding=True)))
+
+
+async def sub_account_rows(
+    session: AsyncSession, masters: Sequence[int], reads: frozenset[str] | None = None
+) -> list[list[AccountRow]]:
+    """The sub-accounts of each of `masters`, by UID, as plain rows (models.rows), in one statement.
+
+    `reads` narrows the rows as `account_columns` does (the compiled read path's row plans); the loader
+    below reads whole rows.
+    """
+    query = _sub_accounts_query(session.get_bind().dialect.name == "postgresql", reads)
+    grouped: dict[int | None, list[AccountRow]] = defaultdict(list)
+    for values in await rows_of(session, query, {"masters": list(masters)}):
+        row = AccountRow._make(values)
+        grouped[row.master_id].append(row)
+    return [grouped.get(k, []) for k in masters]
 
 
 def _sub_account_rows(session_getter: SessionGetter) -> DataLoader[int, list[AccountRow]]:
     """A master's sub-accounts by UID, as plain rows (models.rows): one query for every master of a list."""
 
     async def load(keys: Sequence[int]) -> list[list[AccountRow]]:
-        session: AsyncSession = await session_getter()
-        query = _SUB_ACCOUNTS_ANY if session.get_bind().dialect.name == "postgresql" else _SUB_ACCOUNTS_IN
-        grouped: dict[int | None, list[AccountRow]] = defaultdict(list)
-        for values in await rows_of(session, query, {"masters": list(keys)}):
-            row = AccountRow._make(values)
-            grouped[row.master_id].append(row)
-        return [grouped.get(k, []) for k in keys]
+        return await sub_account_rows(await session_getter(), keys)
 
     return DataLoader(load_fn=load)
 
@@ -213,6 +227,13 @@ class ScopedAccounts:
         return row if self._sees(row) else None
 
 
+#: The loaders' orders and conditions, built once: every request creates its Loaders, and building these
+#: SQL expressions cost more than the rest of the constructor.
+_INSTANCE_ORDER = Instance.id.desc()
+_CREDIT_ORDER = [TemporaryCredit.ends_at, TemporaryCredit.id]
+_CREDIT_ACTIVE = TemporaryCredit.status == TemporaryCreditStatus.ACTIVE
+
+
 class Loaders:
     """Created per request (and per subscription event); cleared after a mutation commits."""
 
@@ -224,7 +245,7 @@ class Loaders:
         self.pool = _by_key(QuotaPool, QuotaPool.id, session_getter)
         self.credit_alert = _by_key(CreditAlert, CreditAlert.account_id, session_getter)
         self.sub_accounts = _sub_account_rows(session_getter)
-        self.instances = _grouped(Instance, Instance.account_id, session_getter, Instance.id.desc())
+        self.instances = _grouped(Instance, Instance.account_id, session_getter, _INSTANCE_ORDER)
         self.audit_page = _newest_pages(AuditEntry, AuditEntry.account_id, _audit_where, session_getter)
         self.adjustment_page = _newest_pages(
             QuotaAdjustment, QuotaAdjustment.pool_id, _adjustment_where, session_getter
@@ -232,11 +253,7 @@ class Loaders:
         self.recent_spend = _recent_spend(session_getter)
         #: A pool's ACTIVE temporary credits, soonest end first (Quota.temporaryCredits).
         self.temporary_credits = _grouped(
-            TemporaryCredit,
-            TemporaryCredit.pool_id,
-            session_getter,
-            [TemporaryCredit.ends_at, TemporaryCredit.id],
-            TemporaryCredit.status == TemporaryCreditStatus.ACTIVE,
+            TemporaryCredit, TemporaryCredit.pool_id, session_getter, _CREDIT_ORDER, _CREDIT_ACTIVE
         )
         #: A pool's alert thresholds: one query for every pool of a list.
         self.thresholds = _grouped(QuotaThreshold, QuotaThreshold.pool_id, session_getter, QuotaThreshold.id)

@@ -243,6 +243,40 @@ async def test_row_plan_selects_pools_and_masters_only_when_a_field_reads_them(a
     # The flat list reads no pool or master column; the quota needs the pool (and the policy's master with it).
     assert "quota_pools.amount_cents" not in selected["flat"] and "master_account." not in selected["flat"]
     assert "quota_pools.amount_cents" in selected["quota"]
+    # Of the accounts, only what the selection shows (and their keys): the rest is NULL, decoded for free.
+    assert "accounts.nickname" in selected["flat"] and "accounts.status" in selected["flat"]
+    for unread in ("accounts.remarks", "accounts.email", "accounts.linked_at", "accounts.updated_at"):
+        assert unread not in selected["flat"] and unread not in selected["quota"], unread
+    assert "quota_pools.updated_at" not in selected["quota"] and "master_account.nickname" not in selected["quota"]
+
+
+async def test_row_plan_reads_only_the_selected_columns_of_sub_accounts(api: Api) -> None:
+    await seed(api, masters=3)
+    compiled = api.client._transport.app.state.compiled_reads  # type: ignore[attr-defined]
+    query = (
+        "{ endUsers(first: 3, filter: {includeSubAccounts: false}) "
+        "{ edges { node { uid subAccounts { accountStatus } } } } }"
+    )
+    before = compiled.row_planned
+    with StatementCounter(api.db) as counter:
+        data = await api.gql(query)
+    assert compiled.row_planned == before + 1
+    subs = [s for e in data["endUsers"]["edges"] for s in e["node"]["subAccounts"]]
+    assert len(subs) == 6 and all(s["accountStatus"] == "NORMAL" for s in subs)
+    (statement,) = [s for s in counter.statements if "master_id" in s and "account_listing" not in s]
+    columns = re.split(r"\sFROM\s", statement)[0]
+    assert "accounts.status" in columns and "accounts.master_id" in columns
+    assert "accounts.linked_at" not in columns and "accounts.remarks" not in columns
+    # Ordinary execution's loader reads whole rows (its resolvers may read any field).
+    off = create_app(api.settings.model_copy(update={"compiled_reads": False}), db=api.db)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=off), base_url="http://test") as plain:
+        with StatementCounter(api.db) as counter:
+            response = await plain.post(
+                "/graphql", json={"query": query}, headers={"Authorization": f"Bearer {api.tokens['admin']}"}
+            )
+    assert response.json() == {"data": data}
+    (statement,) = [s for s in counter.statements if "master_id" in s and "account_listing" not in s]
+    assert "accounts.linked_at" in re.split(r"\sFROM\s", statement)[0]
 
 
 async def test_compiled_reads_run_without_a_transaction_and_leave_no_setting_behind(pg_api: Api) -> None:

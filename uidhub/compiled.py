@@ -64,6 +64,7 @@ from strawberry.types.arguments import convert_arguments
 from strawberry.types.field import StrawberryField
 
 from uidhub import logs, metrics, wire
+from uidhub.models.rows import POLICY_READS
 from uidhub.runtime import Runtime
 from uidhub.schema import UidhubSchema
 from uidhub.schema.accounts import (
@@ -76,6 +77,7 @@ from uidhub.schema.accounts import (
 )
 from uidhub.schema.common import PageInfo
 from uidhub.schema.context import Context
+from uidhub.schema.dataloaders import sub_account_rows
 
 #: Object types whose every field is compiled: their resolvers read nothing of `info` but `info.context`.
 #: QuotaForecast is left out: it reads the clock, so no two executions can be compared.
@@ -432,8 +434,14 @@ class _Planner:
         def typename(key: str, name: str) -> _FieldPlan:
             return _FieldPlan(key, _unused, _identity, False, constant=name)
 
+        #: The AccountRow fields each level reads (beyond models.rows.ACCOUNT_KEYS): the statements select only
+        #: those (list_end_users' and sub_account_rows' `reads`).
+        top_reads: set[str] = set()
+        sub_reads: set[str] = set()
+
         def node_function(type_: GraphQLOutputType, group: list[FieldDetails], top: bool) -> Callable[..., Any]:
             parent = _object_type(type_)
+            reads = top_reads if top else sub_reads
             fields: list[_FieldPlan] = []
             for node_key, node_group in self.subfields(parent, group).items():
                 name = node_group[0].node.name.value
@@ -443,6 +451,7 @@ class _Planner:
                 field_type = parent.fields[name].type
                 python = parent.fields[name].extensions["strawberry-definition"].python_name
                 if python in END_USER_COLUMNS:
+                    reads.add(END_USER_COLUMNS[python])
                     fields.append(plan(node_key, field_type, f"acc.{END_USER_COLUMNS[python]}"))
                 elif python == "id":
                     fields.append(plan(node_key, field_type, "end_user_id(acc.id)", end_user_id=end_user_id))
@@ -453,6 +462,7 @@ class _Planner:
                     fields.append(nested)
                 elif python == "policy" and top:
                     needs["related"] = True
+                    reads.update(POLICY_READS)
                     nested = plan(node_key, None, "policy_of(acc, master, pool)", policy_of=policy_of)
                     nested.complete = self.completer(field_type, node_group)
                     fields.append(nested)
@@ -507,17 +517,20 @@ class _Planner:
         connection = _generate(connection_fields, "page, total, subs")
         arguments = self.arguments(definition, details[0].node, definition.extensions["strawberry-definition"])
         with_total, with_subs, related = needs["total"], needs["subs"], needs["related"]
+        page_reads, subs_reads = frozenset(top_reads), frozenset(sub_reads)
 
         async def get(_source: Any, run: _Run) -> dict[str, Any]:
             run.row_plans += 1
-            page = await end_user_page(run.info, **arguments(run), related=related)  # type: ignore[arg-type]
+            info: Any = run.info  # reads only `context`, all that end_user_page reads of it
+            page = await end_user_page(info, **arguments(run), related=related, reads=page_reads)
             subs: list[Any] = [()] * len(page.items)
             if with_subs:
                 actor = run.context.require_actor()
-                # The loader's own batch function, called once for the page's masters (the loader's per-key
-                # futures would cost more than the query); a sub-account has none (visible_sub_accounts).
+                # The loader's own query, once for the page's masters (the loader's per-key futures would cost
+                # more than the query) and narrowed to what is read; a sub-account has none (visible_sub_accounts).
                 masters = [a.id for a in page.items if a.master_id is None]
-                found = await run.context.loaders.sub_accounts.load_fn(masters) if masters else []
+                session = await run.context.session()
+                found = await sub_account_rows(session, masters, subs_reads) if masters else []
                 loaded: dict[int, Any] = dict(zip(masters, found, strict=True))
                 subs = [visible_sub_accounts(actor, a, loaded.get(a.id, ())) for a in page.items]
             total = await page.count() if with_total else None
@@ -531,8 +544,14 @@ class _Planner:
         """The field's arguments as its resolver receives them, converted once per request."""
         converter = self.schema.schema_converter
         slot = id(node)
+        # Arguments written into the document (no variable anywhere in them) convert to the same values on
+        # every request: converted once, on the plan (the resolvers copy or read them, never change them).
+        constant = not _reads_variables(node)
+        converted_once: list[dict[str, Any]] = []
 
         def arguments(run: _Run) -> dict[str, Any]:
+            if converted_once:
+                return converted_once[0]
             # As graphql-core then strawberry convert them for the resolver.
             converted = run.arguments.get(slot)
             if converted is None:
@@ -545,6 +564,8 @@ class _Planner:
                     info=run.info,  # type: ignore[arg-type]
                 )
                 run.arguments[slot] = converted
+                if constant:
+                    converted_once.append(converted)
             return converted
 
         return arguments
@@ -625,6 +646,20 @@ def _leaf_plan(type_: GraphQLOutputType) -> _LeafPlan | None:
     if not isinstance(inner, GraphQLLeafType):
         return None
     return _LeafPlan(non_null, _leaf(inner), _UNCHANGED.get(inner.name))
+
+
+def _reads_variables(node: Any) -> bool:
+    """A field node whose arguments refer to a variable somewhere (its directives are the plan's business)."""
+    found = False
+
+    class Finder(Visitor):
+        def enter_variable(self, *_args: Any) -> None:
+            nonlocal found
+            found = True
+
+    for argument in node.arguments or ():
+        visit(argument, Finder())
+    return found
 
 
 def _directive_variables(document: DocumentNode) -> tuple[str, ...]:
