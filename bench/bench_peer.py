@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,7 +51,15 @@ import httpx  # noqa: E402
 from bench_metrics import LIST_PAGE  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from tests.support.loadgen import SERVER_CORE, Load, interleaved, pinned, rss_mib, stop_process  # noqa: E402
+from tests.support.loadgen import (  # noqa: E402
+    SERVER_CORE,
+    Load,
+    interleaved,
+    pinned,
+    rss_mib,
+    stop_process,
+    tree_pids,
+)
 from tests.support.net import free_port  # noqa: E402
 
 # ---------------------------------------------------------------- the three shapes
@@ -299,7 +309,12 @@ class Server:
         return Path(self.log.name).read_text(errors="replace")[-1500:]
 
     def stop(self) -> None:
+        # npx runs node as a child: stopping npx alone left PostGraphile serving after the benchmark ended.
+        children = [pid for pid in tree_pids(self.process.pid) if pid != self.process.pid]
         stop_process(self.process)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         Path(self.log.name).unlink(missing_ok=True)
 
 
