@@ -15,14 +15,24 @@ exists here: the resolvers (and through them `Actor.account_scope`/`sees`,
 through the request's DataLoaders, one batch per nesting level (awaitables of
 one level are gathered together), so statement counts stay what they are.
 
-`COMPILED_TYPES` and `COMPILED_ROOT_FIELDS` below are the one place that
-decides what is compiled. Anything else -- an unlisted field, a field with a
-field extension, an abstract type's unlisted runtime type, a non-query
-operation, a document that does not parse or validate or exceeds the limits,
-variables that do not coerce, and any exception or null where ordinary
-execution would have produced an error -- makes the request fall back to
-ordinary execution, whole: the compiled attempt's session is closed (it only
-read) and strawberry runs the request from the start. Errors are therefore
+Mutations: a document whose one root field is a balance change
+(`COMPILED_MUTATION_FIELDS`) runs the same way -- the same resolver, so the
+same `schema.common.mutate` transaction, idempotency claim and alert
+evaluation -- in a write session, its payload completed by the same plans.
+Falling back after such a change committed runs the request again in
+ordinary execution, where its required idempotency key replays the first
+result (tests/test_compiled_mutations.py).
+
+`COMPILED_TYPES`, `COMPILED_ROOT_FIELDS` and `COMPILED_MUTATION_FIELDS`
+below are the one place that decides what is compiled. Anything else -- an
+unlisted field, a field with a field extension, an abstract type's unlisted
+runtime type, a subscription, a mutation other than one balance change, a
+document that does not parse or validate or exceeds the limits, variables
+that do not coerce, and any exception or null where ordinary execution would
+have produced an error -- makes the request fall back to ordinary execution,
+whole: the compiled attempt's session is closed (a query's only read; a
+balance change has committed or rolled back) and strawberry runs the request
+from the start. Errors are therefore
 always ordinary execution's own. tests/test_compiled_reads.py runs both paths
 on the same requests and requires identical JSON.
 """
@@ -104,10 +114,15 @@ COMPILED_TYPES = frozenset(
         "QuotaAlertEventConnection",
         "QuotaAlertEventEdge",
         "QuotaAlertEvent",
+        "QuotaPayload",
+        "UserError",
     }
 )
 #: Root query fields that are compiled (`node` only for the runtime types above).
 COMPILED_ROOT_FIELDS = frozenset({"endUsers", "endUser", "node", "summary", "auditEntries", "alertEvents"})
+#: Root mutation fields that are compiled, alone in their document: the balance changes, whose required
+#: idempotency key makes running them again (a fallback after the change committed) replay the first result.
+COMPILED_MUTATION_FIELDS = frozenset({"recordConsumption", "deductConsumption", "repayOutstanding"})
 #: Plans kept per (document, operation name); a hit skips parsing, validation and planning.
 PLAN_CACHE_SIZE = 256
 #: Documents longer than this are not planned (the limiter does not cache them either).
@@ -119,12 +134,14 @@ class Fallback(Exception):
 
 
 class _Info:
-    """What the compiled resolvers are handed as `info`: they read only `info.context` (see COMPILED_TYPES)."""
+    """What the compiled resolvers are handed as `info`: they read only `info.context` (see COMPILED_TYPES),
+    and a compiled mutation `info.field_name` (schema.common.mutate names it in its logs)."""
 
-    __slots__ = ("context",)
+    __slots__ = ("context", "field_name")
 
     def __init__(self, context: Context) -> None:
         self.context = context
+        self.field_name: str | None = None
 
 
 Completer = Callable[[Any, "_Run"], Any]
@@ -318,8 +335,10 @@ class _Planner:
             return _FieldPlan(
                 key, lambda _source, _run: type_name, lambda value, _run: value, may_await=False, constant=type_name
             )
-        root = parent is self.executor.schema.query_type
-        if (root and name not in COMPILED_ROOT_FIELDS) or (not root and parent.name not in COMPILED_TYPES):
+        mutation = parent is self.executor.schema.mutation_type
+        root = mutation or parent is self.executor.schema.query_type
+        allowed = COMPILED_MUTATION_FIELDS if mutation else COMPILED_ROOT_FIELDS
+        if (root and name not in allowed) or (not root and parent.name not in COMPILED_TYPES):
             raise _NotCompilable(f"{parent.name}.{name}")
         definition = parent.fields.get(name)
         if definition is None:
@@ -329,6 +348,13 @@ class _Planner:
             if rows is not None:
                 return rows
         get, may_await = self.getter(definition, node)
+        if mutation:
+            resolve = get
+
+            def get(source: Any, run: _Run) -> Any:
+                run.info.field_name = name
+                return resolve(source, run)
+
         plan = _FieldPlan(key, get, self.completer(definition.type, details), may_await)
         plan.leaf = _leaf_plan(definition.type)
         strawberry_field = (definition.extensions or {})["strawberry-definition"]
@@ -682,6 +708,8 @@ class _DocumentPlan:
     document: DocumentNode
     #: The operation's own name (for metrics: ordinary execution labels by it too).
     operation_name: str | None
+    #: QUERY, or MUTATION for the compiled balance changes (COMPILED_MUTATION_FIELDS).
+    operation: OperationType
     directive_variables: tuple[str, ...]
     #: Root plans per value of the directive variables; None: this selection falls back.
     roots: dict[tuple[Any, ...], list[_FieldPlan] | None] = field(default_factory=dict)
@@ -732,14 +760,14 @@ class CompiledReads:
         if len(operations) > 1 and operation_name is None:
             return None  # OPERATION_NAME_REQUIRED: ordinary execution says so
         chosen = [op for op in operations if operation_name is None or (op.name and op.name.value == operation_name)]
-        if len(chosen) != 1 or chosen[0].operation is not OperationType.QUERY:
+        if len(chosen) != 1 or chosen[0].operation not in (OperationType.QUERY, OperationType.MUTATION):
             return None
         # The same rules and cache as ordinary execution (strawberry's default rule set): an error falls back.
         errors = await limiter.validate(self.schema._schema, query, parsed, tuple(specified_rules))
         if errors:
             return None
         name = chosen[0].name.value if chosen[0].name else None
-        return _DocumentPlan(parsed.document, name, _directive_variables(parsed.document))
+        return _DocumentPlan(parsed.document, name, chosen[0].operation, _directive_variables(parsed.document))
 
     def _root_plan(self, plan: _DocumentPlan, executor: Executor) -> list[_FieldPlan] | None:
         values = executor.variable_values.coerced
@@ -747,13 +775,19 @@ class CompiledReads:
         if key in plan.roots:
             return plan.roots[key]
         planner = _Planner(self.schema, executor)
-        query_type = executor.schema.query_type
-        assert query_type is not None
+        mutation = plan.operation is OperationType.MUTATION
+        root_type = executor.schema.mutation_type if mutation else executor.schema.query_type
+        assert root_type is not None
         try:
             collected = collect_fields(
-                executor.schema, executor.fragments, executor.variable_values, query_type, executor.operation
+                executor.schema, executor.fragments, executor.variable_values, root_type, executor.operation
             )
-            root: list[_FieldPlan] | None = planner.fields(query_type, collected)
+            grouped = collected[0]
+            names = [group[0].node.name.value for group in grouped.values()]
+            if mutation and (len(names) != 1 or names[0] not in COMPILED_MUTATION_FIELDS):
+                # One balance change per document (no serial execution to reproduce), and nothing else.
+                raise _NotCompilable(f"mutation {names}")
+            root: list[_FieldPlan] | None = planner.fields(root_type, collected)
         except (_NotCompilable, RecursionError):
             root = None
         except Exception:  # anything graphql-core's collection refuses: ordinary execution reports it
@@ -781,6 +815,10 @@ class CompiledReads:
         root = self._root_plan(plan, executor)
         if root is None:
             return self._fallback()
+        # A query's statements are all reads: no BEGIN/ROLLBACK around them (Database.session). A balance change
+        # runs as ordinary execution runs a mutation (RequestLifecycle): a write session, its own transaction.
+        mutation = plan.operation is OperationType.MUTATION
+        context.write, context.autocommit = mutation, not mutation
         run = _Run(context, executor.variable_values, _Info(context))
         try:
             data = _complete_object(root, None, run)
@@ -824,8 +862,6 @@ class CompiledReads:
         if "multipart" in accept or "event-stream" in accept:  # streamed transports: strawberry's business
             return None
         context = Context(self.runtime, request=request, actor=actor, request_id=request_id)
-        # Only queries run here, each statement a read: no BEGIN/ROLLBACK around them (Database.session).
-        context.autocommit = True
         # The log context strawberry's LogContext extension sets around an operation.
         partner = logs.partner_var.set(getattr(actor, "partner_uid", None))
         operation = logs.operation_var.set(operation_name)
@@ -839,6 +875,7 @@ class CompiledReads:
         if result is None:
             return None
         plan = self.plans.get((parsed["query"], operation_name))
-        metrics.record_operation("query", getattr(plan, "operation_name", None), time.perf_counter() - start)
+        kind = plan.operation.value if isinstance(plan, _DocumentPlan) else "query"
+        metrics.record_operation(kind, getattr(plan, "operation_name", None), time.perf_counter() - start)
         # The view's own encoding (UidhubGraphQL.encode_json): the same bytes either way.
         return wire.encode(result)
