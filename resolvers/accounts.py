@@ -985,27 +985,31 @@ def page_statement(
     """The page statements of one (viewer, filter, order), as a function of (related, reads, cursor, limit).
 
     Building a list statement (conditions, order, SQLAlchemy's cache key over ~40 columns) cost more CPU than
-    running it. The same viewer asking the same list again -- a dashboard's refresh, the next page, another
-    page size -- gets the same statement object back, whose cache key SQLAlchemy has memoized: one dictionary
-    lookup to its compiled form. The inner cache is small and per statement shape, so a deep-paging client
-    fills the outer entry's 64 cursors at most, each statement a few KiB. Conditions are `filter_conditions`
-    itself (tenancy included): nothing about scope is decided here.
+    running it. The same viewer asking the same first page again -- a dashboard's refresh, another page
+    size -- gets the same statement object back, whose cache key SQLAlchemy has memoized: one dictionary
+    lookup to its compiled form. A page after a cursor reuses the conditions and the order and adds its
+    cursor to a new statement, which is not kept (a cursor is rarely asked twice, and a deep-paging client
+    must not fill memory with them). Conditions are `filter_conditions` itself (tenancy included): nothing
+    about scope is decided here.
     """
     f = EndUserQuery(*f_key)
     sort = EndUserSort(field=sort_field, descending=descending)
     conditions = filter_conditions(_Viewer(partner_id, account_id), f)
     order = _order(sort)
 
-    @functools.lru_cache(maxsize=64)
+    @functools.lru_cache(maxsize=16)
+    def first_page(related: bool, reads: frozenset[str] | None, limit: int) -> Select[Any]:
+        # The pool and master are joined anyway; selecting them lets nested fields answer without loading them
+        # again. Plain rows, not entities: see models.rows.
+        return _page_select(sort_field, related, reads).where(*conditions).order_by(*order).limit(limit)
+
     def statement(
         related: bool, reads: frozenset[str] | None, start: tuple[Any, str] | None, limit: int
     ) -> Select[Any]:
-        # The pool and master are joined anyway; selecting them lets nested fields answer without loading them
-        # again. Plain rows, not entities: see models.rows.
-        query = _page_select(sort_field, related, reads).where(*conditions).order_by(*order)
-        if start is not None:
-            query = query.where(_after(sort, *start))
-        return query.limit(limit)
+        if start is None:
+            return first_page(related, reads, limit)
+        query = _page_select(sort_field, related, reads).where(*conditions, _after(sort, *start))
+        return query.order_by(*order).limit(limit)
 
     return statement
 

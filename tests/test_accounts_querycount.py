@@ -138,7 +138,7 @@ async def test_page_statements_are_built_once_per_viewer_filter_and_order(api: A
     first = await api.gql(query, {"f": {"includeSubAccounts": False}})
     again = await api.gql(query, {"f": {"includeSubAccounts": False}})
     assert first == again and page_statement.cache_info().hits >= 1
-    # The next page: the same (viewer, filter, order) entry, a cursor of its own.
+    # The next page: the same (viewer, filter, order) entry, its cursor in a statement not kept.
     after = first["endUsers"]["pageInfo"]["endCursor"]
     misses = page_statement.cache_info().misses
     second = await api.gql(query, {"f": {"includeSubAccounts": False}, "after": after})

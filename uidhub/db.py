@@ -368,9 +368,10 @@ class Database:
         """A new session; `write=True` makes its transactions take the write lock up front on SQLite.
 
         `autocommit=True` (a read, on PostgreSQL): every statement is its own transaction, without the
-        BEGIN and ROLLBACK round trips around them. Under READ COMMITTED, PostgreSQL's default and
-        uidhub's, each statement of a transaction takes its own snapshot anyway, so a read of several
-        statements sees exactly what it would see inside one; only SET LOCAL has nothing to apply to
+        BEGIN and ROLLBACK round trips around them. Under READ COMMITTED, PostgreSQL's default (uidhub
+        sets no other), each statement of a transaction takes its own snapshot anyway, so a read of several
+        statements sees exactly what it would see inside one; a server configured for a stricter default
+        would lose the one snapshot per request for these reads. SET LOCAL has nothing to apply to
         (`in_autocommit`). SQLite sessions are unchanged (a deferred BEGIN costs no round trip there).
         """
         session = (self._write if write else self._autocommit if autocommit else self._read)()
