@@ -191,6 +191,8 @@ async def change_balance(
     """
     actor.require(op.permission)
     _check_positive(amount_cents)
+    # The account is read to decide (FOR SHARE): a termination committing meanwhile is seen, not raced. It
+    # comes with the key's claim (one statement on PostgreSQL), read only when the key is new.
     claim_ = await idempotency.claim(
         session,
         actor,
@@ -199,11 +201,11 @@ async def change_balance(
         {"uid": uid, "amount": amount_cents},
         "input",
         "idempotencyKey",
+        then=accounts.find_query(actor, uid, share=True),
     )
     if claim_.replay is not None:
         return from_snapshot(claim_.replay)
-    # The account is read to decide (FOR SHARE): a termination committing meanwhile is seen, not raced.
-    account = await accounts.get(session, actor, uid, "input", "uid", share=True)
+    account = accounts.found(claim_.found, uid, "input", "uid")
     accounts.require_active(account, "input", "uid")
     owner_id = _owner_id(account)
     if session.get_bind().dialect.name == "postgresql":
