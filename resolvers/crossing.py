@@ -50,7 +50,7 @@ from sqlalchemy import bindparam, case, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
-from uidhub.db import Database
+from uidhub.db import Database, rows_of
 from uidhub.models import (
     Account,
     AlertEvent,
@@ -289,7 +289,8 @@ async def evaluate_pool(session: AsyncSession, pool: QuotaPool, now: datetime | 
         return owner_partner
 
     window = {"pool_id": pool.id, "since": now - timedelta(days=FORECAST_BASIS_DAYS), "now": now}
-    rows = (await session.execute(_thresholds_statement(), window)).all()
+    # Columns, not entities: Core rows (flushed first, as autoflush would), without the ORM's loading layer.
+    rows = await rows_of(session, _thresholds_statement(), window)
     credit_alerts_exist = bool(rows[0][-1])
     rows = [row for row in rows if row[0] is not None]
     thresholds = [ThresholdState(*row[:-2]) for row in rows]
