@@ -73,6 +73,23 @@ def test_json_formatter_keeps_one_record_on_one_line() -> None:
     assert json.loads(line)["message"] == "two\nlines \u2028 and 漢字"
 
 
+@pytest.mark.parametrize("access_log", [True, False])
+def test_uvicorn_access_log_flag_is_honoured(access_log: bool) -> None:
+    """`uvicorn uidhub.asgi:app --no-access-log`: uidhub's own log setup (uidhub.asgi) must not turn it back on."""
+    script = (
+        "import logging, uvicorn\n"
+        f"uvicorn.Config('uidhub.asgi:app', access_log={access_log})  # configures logging as uvicorn's CLI does\n"
+        "from uidhub import logs\n"
+        "logs.configure(force=False)\n"
+        "logging.getLogger('uvicorn.access').info('ACCESS-LINE')\n"
+        "logging.getLogger('uidhub').warning('APP-LINE')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "APP-LINE" in done.stderr
+    assert ("ACCESS-LINE" in done.stderr) is access_log, done.stderr
+
+
 def test_tracing_off_imports_nothing(tmp_path: Path) -> None:
     """Without OTEL_EXPORTER_OTLP_ENDPOINT no opentelemetry module is even imported."""
     code = (

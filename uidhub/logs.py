@@ -127,7 +127,13 @@ def configure(fmt: LogFormat = "text", level: str = "INFO", *, force: bool = Tru
     """Apply `logging_config`; with force=False only when the root logger has no handler yet."""
     if not force and logging.getLogger().handlers:
         return
+    # `uvicorn --no-access-log` leaves the access logger without handlers and not propagating; the config
+    # below would turn it back on (one log line per request the operator asked not to have).
+    access = logging.getLogger("uvicorn.access")
+    access_off = not force and not access.handlers and not access.propagate
     logging.config.dictConfig(logging_config(fmt, level))
+    if access_off:
+        access.propagate = False
 
 
 class RequestContext:
