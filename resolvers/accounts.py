@@ -834,9 +834,22 @@ def _listed() -> Join:
 
 
 @functools.cache
+def _listed_accounts() -> Join:
+    """The listing joined to its accounts only: enough FROM for a page that shows nothing of pools or masters.
+
+    Every filter condition, order and cursor reads the listing and the account alone (the listing carries the
+    pool's and master's values they need), and every account has a pool, so leaving the two joins out changes
+    no row: it only spares the database two index lookups per row.
+    """
+    return orm_join(L, Account, Account.id == L.account_id)
+
+
+@functools.cache
 def _page_select(sort_field: str, related: bool, reads: frozenset[str] | None = None) -> Select[Any]:
-    """A list page's columns (`_page_columns`) over `_listed`, per order and shape; built once each."""
-    return select(*_page_columns(sort_expr(sort_field).label("sort_key"), related, reads)).select_from(_listed())
+    """A list page's columns (`_page_columns`) over `_listed` (`_listed_accounts` when not `related`), per
+    order and shape; built once each."""
+    columns = _page_columns(sort_expr(sort_field).label("sort_key"), related, reads)
+    return select(*columns).select_from(_listed() if related else _listed_accounts())
 
 
 def filtered_query(actor: Actor, f: EndUserQuery, sort: EndUserSort) -> Select[Any]:
