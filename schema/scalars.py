@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any, NewType
 
+import orjson
 import strawberry
 from graphql import IntValueNode, StringValueNode, ValueNode
 
@@ -82,8 +83,14 @@ def _parse_datetime_literal(node: ValueNode, _variables: Any = None) -> datetime
 
 
 def _serialize_datetime(value: datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
+    """ISO 8601 with the offset: `value.isoformat()` of the instant in UTC (a naive value is UTC).
+
+    The common case, a UTC or naive value (what both databases return), is written by orjson: the same
+    characters (tests/test_scalars.py checks them against `isoformat` over the whole range) at a quarter of
+    the cost, which was the largest single Python cost of a list page showing `linkedAt`.
+    """
+    if value.tzinfo is None or value.tzinfo is UTC:
+        return orjson.dumps(value, option=orjson.OPT_NAIVE_UTC)[1:-1].decode()
     return value.isoformat()
 
 
