@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Executable, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -170,7 +171,104 @@ async def _rows(
     if session.new or session.deleted or session.dirty:
         await AsyncSession.flush(session)
     connection = await AsyncSession.connection(session)
+    if session.info.get(_AUTOCOMMIT):
+        rows = await _driver_rows(connection, statement, parameters or {})
+        if rows is not None:
+            return rows
     return (await connection.execute(statement, parameters)).all()
+
+
+class _DriverPlan:
+    """What running one compiled read statement on asyncpg needs beyond its SQL: its parameters in order with
+    their bind converters, and each result column's converter. Built once per compiled form (kept on it)."""
+
+    __slots__ = ("binds", "converts", "names")
+
+    def __init__(self, compiled: Any, dialect: Any) -> None:
+        self.names: list[str] = list(compiled.positiontup or ())
+        processors = compiled._bind_processors
+        self.binds: list[Any] = [processors.get(name) for name in self.names]
+        results = [column[3]._cached_result_processor(dialect, None) for column in compiled._result_columns]
+        #: (column index, converter) of the columns SQLAlchemy converts (enums); the others pass as asyncpg gives them.
+        self.converts: list[tuple[int, Any]] = [(i, f) for i, f in enumerate(results) if f is not None]
+
+
+_PLAN = "_uidhub_driver_plan"
+
+
+async def _driver_rows(connection: Any, statement: Executable, parameters: Mapping[str, Any]) -> list[Any] | None:
+    """The rows of a read statement run on the asyncpg connection itself, or None when SQLAlchemy must run it.
+
+    Why: SQLAlchemy's execution layers (execution context, cursor adaptation, result metadata, Row objects)
+    cost more CPU than asyncpg's own round trip for a list page's statement, on every request. This takes the
+    statement's compiled form from the engine's own compiled cache (as `Connection.execute` does: the same
+    SQL, the same extracted literal values) and applies SQLAlchemy's own bind and result processors, so the
+    values are the ones SQLAlchemy would return (tests/test_compiled_reads.py compares whole responses with
+    ordinary execution, which runs through SQLAlchemy). Only autocommit reads come here
+    (`Database.session(autocommit=True)`, PostgreSQL): there is no transaction of the session's to be inside
+    of. The engine's `before_cursor_execute` / `after_cursor_execute` listeners still see every statement.
+    Statements that need SQLAlchemy's parameter expansion (IN lists, literal execution) are left to it.
+    """
+    sync = connection.sync_connection
+    dialect = sync.dialect
+    if dialect.driver != "asyncpg" or dialect.paramstyle != "numeric_dollar":
+        return None
+    compiled: Any
+    compiled, extracted, collected, _hit = statement._compile_w_cache(
+        dialect=dialect,
+        compiled_cache=sync.engine._compiled_cache,
+        column_keys=sorted(parameters),
+        for_executemany=False,
+        schema_translate_map=None,
+        linting=dialect.compiler_linting,
+    )
+    if compiled.post_compile_params or compiled.literal_execute_params or not compiled._result_columns:
+        return None
+    plan: _DriverPlan | bool | None = getattr(compiled, _PLAN, None)
+    if plan is None:
+        try:
+            plan = _DriverPlan(compiled, dialect)
+        except Exception:
+            # A result type whose conversion depends on the driver's column type (NUMERIC: uidhub stores money
+            # as integers) cannot be planned without a round trip: SQLAlchemy runs such statements.
+            plan = False
+        setattr(compiled, _PLAN, plan)
+    if plan is False:
+        return None
+    assert isinstance(plan, _DriverPlan)
+    values = compiled.construct_params(
+        parameters, extracted_parameters=extracted, escape_names=False, _collected_params=collected
+    )
+    # A tuple, as SQLAlchemy hands a positional statement's parameters to the driver and to the listeners.
+    arguments = tuple(
+        value if bind is None or value is None else bind(value)
+        for bind, value in zip(plan.binds, (values[name] for name in plan.names), strict=True)
+    )
+    sql = compiled.string
+    listened = sync._has_events or sync.engine._has_events
+    if listened:
+        sync.dispatch.before_cursor_execute(sync, None, sql, arguments, None, False)
+    try:
+        records = await sync.connection.driver_connection.fetch(sql, *arguments)
+    except Exception as error:
+        # The connection's state after a driver error is not known here: discard it (closed, not pooled), and
+        # report the error as SQLAlchemy reports a failed statement, which every caller handles.
+        await connection.invalidate()
+        raise StatementError(str(error), sql, arguments, error) from error
+    if listened:
+        sync.dispatch.after_cursor_execute(sync, None, sql, arguments, None, False)
+    converts = plan.converts
+    if not converts:
+        return [tuple(record) for record in records]
+    rows = []
+    for record in records:
+        row = list(record)
+        for index, convert in converts:
+            value = row[index]
+            if value is not None:
+                row[index] = convert(value)
+        rows.append(row)
+    return rows
 
 
 async def rows_of(
