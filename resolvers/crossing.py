@@ -261,10 +261,13 @@ async def _flip(session: AsyncSession, threshold: ThresholdState, below: bool) -
     return True
 
 
-async def evaluate_pool(session: AsyncSession, pool: QuotaPool, now: datetime | None = None) -> list[AlertEvent]:
+async def evaluate_pool(
+    session: AsyncSession, pool: QuotaPool, now: datetime | None = None, *, rules_current: bool = False
+) -> list[AlertEvent]:
     """Store BREACHED/RECOVERED events (and BREACHED emails) for the thresholds `pool` crossed.
 
-    `pool` must be locked and up to date (see resolvers.pools). Costs one
+    `pool` must be locked and up to date (see resolvers.pools). `rules_current`: `pool.alert_rules` is
+    the count the caller's own UPDATE … RETURNING gave (a balance change), so 0 reads nothing. Costs one
     query for the pool's thresholds (with the recent spend when one of them is
     RUNS_OUT_WITHIN_DAYS, and whether the pool has enabled credit alerts), one
     for the credit alerts only when it has some, plus,
@@ -288,10 +291,16 @@ async def evaluate_pool(session: AsyncSession, pool: QuotaPool, now: datetime | 
             owner_partner = (owner, partner)
         return owner_partner
 
-    window = {"pool_id": pool.id, "since": now - timedelta(days=FORECAST_BASIS_DAYS), "now": now}
-    # Columns, not entities: Core rows (flushed first, as autoflush would), without the ORM's loading layer.
-    rows = await rows_of(session, _thresholds_statement(), window)
-    credit_alerts_exist = bool(rows[0][-1])
+    if rules_current and pool.alert_rules == 0:
+        # No threshold row and no enabled credit alert watch the pool (the count the change's own UPDATE
+        # returned, from the row it holds locked, and kept by triggers on both tables): nothing to read.
+        rows: Sequence[Any] = []
+        credit_alerts_exist = False
+    else:
+        window = {"pool_id": pool.id, "since": now - timedelta(days=FORECAST_BASIS_DAYS), "now": now}
+        # Columns, not entities: Core rows (flushed first, as autoflush would), without the ORM's loading layer.
+        rows = await rows_of(session, _thresholds_statement(), window)
+        credit_alerts_exist = bool(rows[0][-1])
     rows = [row for row in rows if row[0] is not None]
     thresholds = [ThresholdState(*row[:-2]) for row in rows]
     facts = _PoolFacts(pool, next((int(row[-2]) for row in rows if row[-2] is not None), None))

@@ -21,7 +21,12 @@ from uidhub.resolvers.locks import lock_pool
 __all__ = ["after_pool_change", "lock_pool"]
 
 
-async def after_pool_change(session: AsyncSession, pool: QuotaPool, actor: Actor | None) -> None:
-    """Re-evaluate credit control and thresholds for `pool` in this transaction."""
+async def after_pool_change(
+    session: AsyncSession, pool: QuotaPool, actor: Actor | None, *, rules_current: bool = False
+) -> None:
+    """Re-evaluate credit control and thresholds for `pool` in this transaction.
+
+    `rules_current`: `pool` comes from the caller's own UPDATE … RETURNING (see `evaluate_pool`).
+    """
     await recompute_credit_control(session, pool)
-    await evaluate_pool(session, pool)
+    await evaluate_pool(session, pool, rules_current=rules_current)

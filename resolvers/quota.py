@@ -262,7 +262,8 @@ async def change_balance(
                 "repaid": format_money(amount_cents),
             },
         )
-    await after_pool_change(session, pool, actor)
+    # The pool is the row the UPDATE … RETURNING just gave (populate_existing): its alert rule count is current.
+    await after_pool_change(session, pool, actor, rules_current=True)
     return PoolResult(pool=pool, owner_id=owner_id)
 
 

@@ -6,17 +6,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from alembic import command
-from sqlalchemy import select
+from sqlalchemy import func, insert, select
 from sqlalchemy.engine import make_url
 
 from tests.support.db import PG_URL, in_thread, pg_admin_exec
 from tests.test_scale_counters import check_counters, check_listing
 from uidhub.db import Database
 from uidhub.migrate import alembic_config
-from uidhub.models import Account, Partner, QuotaPool
+from uidhub.models import Account, CreditAlert, Partner, QuotaPool, QuotaThreshold
 from uidhub.models.enums import (
     AccountStatus,
     AccountType,
@@ -53,25 +54,31 @@ async def _fill_at_0001(db: Database) -> Actor:
         partner = Partner(uid="P", name="P", kind=PartnerKind.DISTRIBUTOR, alert_emails=["a@example.com"])
         session.add(partner)
         await session.flush()
-        pools = [
-            QuotaPool(
-                partner_id=partner.id,
-                amount_cents=10_000,
-                deducted_cents=2_000,
-                undeducted_cents=500,
-                warning_percent=90,
-            ),  # below warning: 7,500 < 9,000
-            QuotaPool(
-                partner_id=partner.id,
-                amount_cents=1_000,
-                undeducted_cents=3_000,
-                credit_control_status=CreditControlStatus.SHUTDOWN,
-            ),  # owes 2,000
-            QuotaPool(partner_id=partner.id, amount_cents=500),
-            QuotaPool(partner_id=partner.id, amount_cents=700),
+        # Core inserts of the columns 0001 has: the model's later columns (alert_rules) do not exist yet.
+        pool_rows: list[dict[str, object]] = [
+            {
+                "amount_cents": 10_000,
+                "deducted_cents": 2_000,
+                "undeducted_cents": 500,
+                "warning_percent": 90,
+            },  # below warning: 7,500 < 9,000
+            {
+                "amount_cents": 1_000,
+                "undeducted_cents": 3_000,
+                "credit_control_status": CreditControlStatus.SHUTDOWN,
+            },  # owes 2,000
+            {"amount_cents": 500},
+            {"amount_cents": 700},
         ]
-        session.add_all(pools)
-        await session.flush()
+        table = QuotaPool.__table__
+        pools = [
+            SimpleNamespace(
+                id=await session.scalar(
+                    insert(table).values(partner_id=partner.id, **values).returning(table.c.id)  # type: ignore[attr-defined]
+                )
+            )
+            for values in pool_rows
+        ]
         master = Account(
             partner_id=partner.id,
             uid="M1",
@@ -117,6 +124,15 @@ async def _fill_at_0001(db: Database) -> Actor:
                 ),
             ]
         )
+        # Credit alerts on the first pool (the master's, enabled, and its sub-account's, disabled): 0006 counts them.
+        await session.flush()
+        for uid, enabled in (("M1", True), ("M1-S1", False)):
+            account_id = await session.scalar(select(Account.id).where(Account.uid == uid))
+            await session.execute(
+                insert(CreditAlert.__table__).values(  # type: ignore[arg-type]
+                    account_id=account_id, pool_id=pools[0].id, enabled=enabled, threshold_cents=100, email="a@b.co"
+                )
+            )
     return Actor(
         partner_id=partner.id,
         partner_uid="P",
@@ -152,6 +168,19 @@ async def test_upgrade_from_0001_backfills(empty_url: str) -> None:
         # 5 live accounts (D1 is deleted); money over the three live pools' owners.
         assert (t.accounts, t.owners, t.frozen, t.banned, t.shutdown, t.below_warning) == (5, 3, 2, 2, 2, 2)
         assert (t.total_quota_cents, t.total_available_cents, t.total_outstanding_cents) == (11_500, 6_000, 2_000)
+        # Every pool's alert rule count (0006) is its thresholds (0003 made the warning's) and enabled credit alerts.
+        async with db.read() as session:
+            for pool_id, stored in (await session.execute(select(QuotaPool.id, QuotaPool.alert_rules))).all():
+                thresholds = await session.scalar(
+                    select(func.count()).select_from(QuotaThreshold).where(QuotaThreshold.pool_id == pool_id)
+                )
+                alerts = await session.scalar(
+                    select(func.count())
+                    .select_from(CreditAlert)
+                    .where(CreditAlert.pool_id == pool_id, CreditAlert.enabled)
+                )
+                assert stored == thresholds + alerts, (pool_id, stored, thresholds, alerts)
+            assert await session.scalar(select(func.max(QuotaPool.alert_rules))) >= 1
         # The search index holds the rows that were there before the upgrade.
         assert await _uids(db, actor, search="alpha") == {"M1"}
         assert await _uids(db, actor, search="HANGZHOU") == {"M2"}

@@ -537,7 +537,7 @@ async def test_threshold_calls_after_pool_change(api: Api, monkeypatch: pytest.M
 
     seen: list[int | None] = []
 
-    async def spy(_session: Any, pool: Any) -> None:
+    async def spy(_session: Any, pool: Any, **_options: Any) -> None:
         seen.append(pool.warning_percent)
 
     monkeypatch.setattr(pools, "evaluate_pool", spy)
