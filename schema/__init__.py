@@ -84,4 +84,6 @@ def _serialize_members_by_lookup(type_: CustomGraphQLEnumType) -> None:
             return names[value]
         return slow(value)
 
+    #: What the compiled read path inlines (uidhub.compiled): this class's members and their names.
+    serialize.members = (wrapped, names)  # type: ignore[attr-defined]
     type_.serialize = serialize  # type: ignore[method-assign,assignment]

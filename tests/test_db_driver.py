@@ -8,11 +8,12 @@ connection is not pooled again, and the engine's listeners see every statement.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import BigInteger, DateTime, bindparam, event, literal, null, select
+from sqlalchemy import BigInteger, DateTime, Float, bindparam, event, func, literal, null, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from tests.support.db import needs_postgres
@@ -88,3 +89,25 @@ async def test_a_failing_statement_is_sqlalchemys_error_and_its_connection_is_dr
     # The next read gets a working connection.
     async with pg_db.session(autocommit=True) as session:
         assert [tuple(r) for r in await rows_of(session, select(literal(7)))] == [(7,)]
+
+
+async def test_a_cancelled_statement_drops_its_connection(pg_db: Database) -> None:
+    """A request cancelled at its time budget in the middle of a read: the connection is not pooled again."""
+    pool: Any = pg_db.engine.pool
+
+    async def slow_read() -> None:
+        async with pg_db.session(autocommit=True) as session:
+            await rows_of(session, select(func.pg_sleep(bindparam("s", type_=Float)), literal(1)), {"s": 5.0})
+
+    task = asyncio.create_task(slow_read())
+    for _ in range(200):  # until the statement is running on the server
+        await asyncio.sleep(0.01)
+        if pool.checkedout():
+            break
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pool.checkedout() == 0
+    async with pg_db.session(autocommit=True) as session:
+        assert [tuple(r) for r in await rows_of(session, select(literal(8)))] == [(8,)]

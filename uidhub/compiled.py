@@ -156,6 +156,10 @@ class _LeafPlan:
     serialize: Completer
     #: Values of this type are passed through unchanged (String, ID, Boolean); None: always serialize.
     unchanged: type | None
+    #: The type's own serializer (`serialize` calls it), for the generated code to call without the wrapper.
+    direct: Callable[[Any], Any] | None = None
+    #: An enum's (member class, member → name) lookup that its serializer uses (schema._serialize_members_by_lookup).
+    members: tuple[type, dict[Any, Any]] | None = None
 
 
 @dataclass
@@ -208,7 +212,7 @@ def _generate(fields: list[_FieldPlan], parameters: str = "source") -> Callable[
     directly, calls each resolver directly, and completes leaves inline with the same serializer
     and the same null rules, so its output is the loop's, byte for byte (tests/test_compiled_reads.py).
     """
-    names: dict[str, Any] = {"Fallback": Fallback, "isawaitable": inspect.isawaitable}
+    names: dict[str, Any] = {"Fallback": Fallback, "isawaitable": inspect.isawaitable, "Undefined": Undefined}
     lines = [f"def complete({parameters}, run):", "    out = {}", "    info = run.info"]
 
     def bind(prefix: str, index: int, value: Any) -> str:
@@ -221,6 +225,32 @@ def _generate(fields: list[_FieldPlan], parameters: str = "source") -> Callable[
         leaf = plan.leaf
         if leaf is None:
             return [f"{indent}out[{key}] = {bind('x', index, plan.complete)}(v, run)"]
+        if leaf.direct is not None:
+            # The type's serializer called inline, with `_leaf`'s rules (unchanged types passed through, nothing
+            # serialized is a fallback): one Python call per leaf instead of three, on every row of a list.
+            direct = bind("d", index, leaf.direct)
+            if leaf.members is not None:
+                member_class, names_of = leaf.members
+                value = (
+                    f"{bind('n', index, names_of)}[v] if type(v) is {bind('w', index, member_class)} else {direct}(v)"
+                )
+            elif leaf.unchanged is not None:
+                value = f"v if type(v) is {bind('u', index, leaf.unchanged)} else {direct}(v)"
+            else:
+                value = f"{direct}(v)"
+            lines = [f"{indent}if v is None:"]
+            if leaf.non_null:
+                lines.append(f"{indent}    raise Fallback('null for a non-null field')")
+            else:
+                lines.append(f"{indent}    out[{key}] = None")
+            return [
+                *lines,
+                f"{indent}else:",
+                f"{indent}    z = {value}",
+                f"{indent}    if z is None or z is Undefined:",
+                f"{indent}        raise Fallback('a leaf serialized to nothing')",
+                f"{indent}    out[{key}] = z",
+            ]
         serialize = bind("s", index, leaf.serialize)
         value = (
             f"v if type(v) is {bind('u', index, leaf.unchanged)} else {serialize}(v, run)"
@@ -671,7 +701,8 @@ def _leaf_plan(type_: GraphQLOutputType) -> _LeafPlan | None:
     inner = type_.of_type if isinstance(type_, GraphQLNonNull) else type_
     if not isinstance(inner, GraphQLLeafType):
         return None
-    return _LeafPlan(non_null, _leaf(inner), _UNCHANGED.get(inner.name))
+    direct = inner.serialize
+    return _LeafPlan(non_null, _leaf(inner), _UNCHANGED.get(inner.name), direct, getattr(direct, "members", None))
 
 
 def _reads_variables(node: Any) -> bool:

@@ -250,11 +250,14 @@ async def _driver_rows(connection: Any, statement: Executable, parameters: Mappi
         sync.dispatch.before_cursor_execute(sync, None, sql, arguments, None, False)
     try:
         records = await sync.connection.driver_connection.fetch(sql, *arguments)
-    except Exception as error:
-        # The connection's state after a driver error is not known here: discard it (closed, not pooled), and
-        # report the error as SQLAlchemy reports a failed statement, which every caller handles.
+    except BaseException as error:
+        # The connection's state after a driver error, or after a cancellation in the middle of the statement,
+        # is not known here: discard it (closed, not pooled), as SQLAlchemy does in both cases, and report an
+        # error as SQLAlchemy reports a failed statement, which every caller handles.
         await connection.invalidate()
-        raise StatementError(str(error), sql, arguments, error) from error
+        if isinstance(error, Exception):
+            raise StatementError(str(error), sql, arguments, error) from error
+        raise
     if listened:
         sync.dispatch.after_cursor_execute(sync, None, sql, arguments, None, False)
     converts = plan.converts
