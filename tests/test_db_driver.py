@@ -111,3 +111,28 @@ async def test_a_cancelled_statement_drops_its_connection(pg_db: Database) -> No
     assert pool.checkedout() == 0
     async with pg_db.session(autocommit=True) as session:
         assert [tuple(r) for r in await rows_of(session, select(literal(8)))] == [(8,)]
+
+
+async def test_a_steady_load_above_the_old_pool_size_opens_no_new_connections(pg_db: Database) -> None:
+    """The default request pool is fixed (15, no overflow): overflow connections are closed as soon as they are
+    returned while the pool is full, so 16 concurrent readers with 10 + 5 reconnected all the time."""
+    connects: list[object] = []
+
+    def connected(*_args: Any) -> None:
+        connects.append(1)
+
+    event.listen(pg_db.engine.sync_engine, "connect", connected)
+
+    async def read() -> None:
+        async with pg_db.session(autocommit=True) as session:
+            await rows_of(session, select(func.pg_sleep(0.002), literal(1)))
+
+    try:
+        for _round in range(3):  # warm-up: the pool opens what the load needs
+            await asyncio.gather(*(read() for _ in range(15)))
+        opened = len(connects)
+        for _round in range(20):
+            await asyncio.gather(*(read() for _ in range(16)))
+        assert len(connects) == opened, f"{len(connects) - opened} connections opened under a steady load"
+    finally:
+        event.remove(pg_db.engine.sync_engine, "connect", connected)

@@ -96,8 +96,8 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
 class PoolConfig:
     """One bounded connection pool (see the module docstring); the defaults are the settings' defaults."""
 
-    size: int = 10
-    overflow: int = 5
+    size: int = 15
+    overflow: int = 0
     timeout: float = 10.0
     recycle: float = 1800.0
 
