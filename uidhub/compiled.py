@@ -152,12 +152,10 @@ class _LeafPlan:
     """How a leaf field's value is completed, for the generated code to do it inline (see `_leaf`)."""
 
     non_null: bool
-    #: The type's serializer wrapped as ordinary execution calls it (`_leaf`).
-    serialize: Completer
     #: Values of this type are passed through unchanged (String, ID, Boolean); None: always serialize.
     unchanged: type | None
-    #: The type's own serializer (`serialize` calls it), for the generated code to call without the wrapper.
-    direct: Callable[[Any], Any] | None = None
+    #: The type's own serializer (what `_leaf` calls), called by the generated code directly.
+    direct: Callable[[Any], Any]
     #: An enum's (member class, member → name) lookup that its serializer uses (schema._serialize_members_by_lookup).
     members: tuple[type, dict[Any, Any]] | None = None
 
@@ -225,45 +223,26 @@ def _generate(fields: list[_FieldPlan], parameters: str = "source") -> Callable[
         leaf = plan.leaf
         if leaf is None:
             return [f"{indent}out[{key}] = {bind('x', index, plan.complete)}(v, run)"]
-        if leaf.direct is not None:
-            # The type's serializer called inline, with `_leaf`'s rules (unchanged types passed through, nothing
-            # serialized is a fallback): one Python call per leaf instead of three, on every row of a list.
-            direct = bind("d", index, leaf.direct)
-            if leaf.members is not None:
-                member_class, names_of = leaf.members
-                value = (
-                    f"{bind('n', index, names_of)}[v] if type(v) is {bind('w', index, member_class)} else {direct}(v)"
-                )
-            elif leaf.unchanged is not None:
-                value = f"v if type(v) is {bind('u', index, leaf.unchanged)} else {direct}(v)"
-            else:
-                value = f"{direct}(v)"
-            lines = [f"{indent}if v is None:"]
-            if leaf.non_null:
-                lines.append(f"{indent}    raise Fallback('null for a non-null field')")
-            else:
-                lines.append(f"{indent}    out[{key}] = None")
-            return [
-                *lines,
-                f"{indent}else:",
-                f"{indent}    z = {value}",
-                f"{indent}    if z is None or z is Undefined:",
-                f"{indent}        raise Fallback('a leaf serialized to nothing')",
-                f"{indent}    out[{key}] = z",
-            ]
-        serialize = bind("s", index, leaf.serialize)
-        value = (
-            f"v if type(v) is {bind('u', index, leaf.unchanged)} else {serialize}(v, run)"
-            if leaf.unchanged is not None
-            else f"{serialize}(v, run)"
-        )
-        if leaf.non_null:
-            return [
-                f"{indent}if v is None:",
-                f"{indent}    raise Fallback('null for a non-null field')",
-                f"{indent}out[{key}] = {value}",
-            ]
-        return [f"{indent}out[{key}] = None if v is None else {value}"]
+        # The type's own serializer called inline, with `_leaf`'s rules (unchanged types passed through, nothing
+        # serialized is a fallback): one Python call per leaf instead of three, on every row of a list.
+        direct = bind("d", index, leaf.direct)
+        if leaf.members is not None:
+            member_class, names_of = leaf.members
+            value = f"{bind('n', index, names_of)}[v] if type(v) is {bind('w', index, member_class)} else {direct}(v)"
+        elif leaf.unchanged is not None:
+            value = f"v if type(v) is {bind('u', index, leaf.unchanged)} else {direct}(v)"
+        else:
+            value = f"{direct}(v)"
+        on_null = "raise Fallback('null for a non-null field')" if leaf.non_null else f"out[{key}] = None"
+        return [
+            f"{indent}if v is None:",
+            f"{indent}    {on_null}",
+            f"{indent}else:",
+            f"{indent}    z = {value}",
+            f"{indent}    if z is None or z is Undefined:",
+            f"{indent}        raise Fallback('a leaf serialized to nothing')",
+            f"{indent}    out[{key}] = z",
+        ]
 
     for index, plan in enumerate(fields):
         key = repr(plan.key)
@@ -702,7 +681,7 @@ def _leaf_plan(type_: GraphQLOutputType) -> _LeafPlan | None:
     if not isinstance(inner, GraphQLLeafType):
         return None
     direct = inner.serialize
-    return _LeafPlan(non_null, _leaf(inner), _UNCHANGED.get(inner.name), direct, getattr(direct, "members", None))
+    return _LeafPlan(non_null, _UNCHANGED.get(inner.name), direct, getattr(direct, "members", None))
 
 
 def _reads_variables(node: Any) -> bool:

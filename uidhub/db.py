@@ -36,6 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.compiler import WARN_LINTING
 
 from uidhub.notifications.log import commit
 
@@ -220,7 +221,7 @@ async def _driver_rows(connection: Any, statement: Executable, parameters: Mappi
         column_keys=sorted(parameters),
         for_executemany=False,
         schema_translate_map=None,
-        linting=dialect.compiler_linting,
+        linting=dialect.compiler_linting | WARN_LINTING,  # as Connection.execute compiles it
     )
     if compiled.post_compile_params or compiled.literal_execute_params or not compiled._result_columns:
         return None
