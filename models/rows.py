@@ -67,6 +67,7 @@ class PoolRow(NamedTuple):
     delay_credit_cents: int
     credit_control_status: CreditControlStatus
     updated_at: datetime
+    alert_rules: int
 
     @property
     def available_cents(self) -> int:
@@ -84,7 +85,7 @@ ACCOUNT_KEYS = frozenset({"id", "partner_id", "uid", "master_id"})
 #: What a policy reads of an account and of its master (rules.PolicyView.of).
 POLICY_READS = frozenset({"payg_freeze", "purchase_control"})
 #: What nothing of the read path shows: left out of narrowed reads.
-UNREAD = frozenset({"updated_at"})
+UNREAD = frozenset({"updated_at", "alert_rules"})
 
 
 def account_columns(entity: Any = Account, reads: frozenset[str] | None = None) -> list[Any]:

@@ -118,12 +118,12 @@ class QuotaPool(Base):
     credit_control_status: Mapped[CreditControlStatus] = mapped_column(
         enum_col(CreditControlStatus), default=CreditControlStatus.NORMAL
     )
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     #: How many alert rules watch this pool: its thresholds plus the enabled credit alerts of its accounts. Kept
     #: by triggers on quota_thresholds and credit_alerts (migration 0006), never written by the ORM: a balance
     #: change reads it from its own UPDATE … RETURNING (the locked, current row) and skips the alert rules'
     #: query when it is 0, as it is for most pools.
     alert_rules: Mapped[int] = mapped_column(Integer, server_default="0")
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     @property
     def available_cents(self) -> int:

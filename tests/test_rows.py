@@ -40,6 +40,7 @@ def test_pool_row_available_is_the_entity_rule(amount: int, deducted: int, unded
         0,
         CreditControlStatus.NORMAL,
         now,
+        0,
     )
     entity = QuotaPool(**dict(zip(PoolRow._fields, values, strict=True)))
     assert PoolRow._make(values).available_cents == entity.available_cents == amount - deducted - undeducted
