@@ -26,9 +26,12 @@ down_revision = "0005_status_type_counters"
 branch_labels = None
 depends_on = None
 
+#: Only the pools that have a rule are written (the column's default is 0 for the others): a write to a pool
+#: row fires the listing's trigger (0004_scale), and a million pools without rules need none.
 COUNT = """UPDATE quota_pools SET alert_rules =
   (SELECT count(*) FROM quota_thresholds t WHERE t.pool_id = quota_pools.id)
-  + (SELECT count(*) FROM credit_alerts c WHERE c.pool_id = quota_pools.id AND c.enabled)"""
+  + (SELECT count(*) FROM credit_alerts c WHERE c.pool_id = quota_pools.id AND c.enabled)
+WHERE id IN (SELECT pool_id FROM quota_thresholds UNION SELECT pool_id FROM credit_alerts WHERE enabled)"""
 
 PG_FUNCTION = """CREATE OR REPLACE FUNCTION uidhub_pool_alert_rules() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
