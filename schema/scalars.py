@@ -83,7 +83,7 @@ def _parse_datetime_literal(node: ValueNode, _variables: Any = None) -> datetime
 
 
 def _serialize_datetime(value: datetime) -> str:
-    """ISO 8601 with the offset: `value.isoformat()` of the instant in UTC (a naive value is UTC).
+    """ISO 8601 with the offset, as `isoformat()` writes it (a naive value is UTC; stored values are UTC).
 
     The common case, a UTC or naive value (what both databases return), is written by orjson: the same
     characters (tests/test_scalars.py checks them against `isoformat` over the whole range) at a quarter of
