@@ -3,7 +3,8 @@
 What must hold: the rows are the ones SQLAlchemy's own execution returns (same values, same Python types:
 enums converted, NULLs kept, literal values of a new statement object of a cached shape applied), statements
 SQLAlchemy must expand are left to it, a failing statement is reported as SQLAlchemy reports one and its
-connection is not pooled again, and the engine's listeners see every statement.
+connection is not pooled again, and the engine's listeners see every statement. Also here (uidhub.db): the
+default request pool is fixed, so a steady load opens no new connections.
 """
 
 from __future__ import annotations
