@@ -10,6 +10,8 @@ default request pool is fixed, so a steady load opens no new connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,6 +58,21 @@ async def _both(db: Database, statement: Any, params: dict[str, Any]) -> tuple[l
     return driver, contexts
 
 
+@contextlib.contextmanager
+def _invalidations(db: Database) -> Iterator[list[object]]:
+    """The connections the engine invalidates (closes instead of pooling) inside the block."""
+    seen: list[object] = []
+
+    def on_invalidate(*_args: Any) -> None:
+        seen.append(1)
+
+    event.listen(db.engine.sync_engine, "invalidate", on_invalidate)
+    try:
+        yield seen
+    finally:
+        event.remove(db.engine.sync_engine, "invalidate", on_invalidate)
+
+
 async def test_rows_are_sqlalchemys_rows(pg_db: Database) -> None:
     at = datetime(2025, 3, 4, 5, 6, 7, 890, tzinfo=UTC)
     for uid, status in (("U-1", AccountStatus.NORMAL), ("U-2", AccountStatus.TERMINATED)):
@@ -83,9 +100,10 @@ async def test_results_whose_conversion_needs_the_column_type_are_left_to_sqlalc
 
 async def test_a_failing_statement_is_sqlalchemys_error_and_its_connection_is_dropped(pg_db: Database) -> None:
     pool: Any = pg_db.engine.pool
-    with pytest.raises(SQLAlchemyError, match="division by zero"):
+    with _invalidations(pg_db) as invalidated, pytest.raises(SQLAlchemyError, match="division by zero"):
         async with pg_db.session(autocommit=True) as session:
             await rows_of(session, select(literal(1) // bindparam("zero", type_=BigInteger)), {"zero": 0})
+    assert invalidated == [1]
     assert pool.checkedout() == 0
     # The next read gets a working connection.
     async with pg_db.session(autocommit=True) as session:
@@ -100,15 +118,17 @@ async def test_a_cancelled_statement_drops_its_connection(pg_db: Database) -> No
         async with pg_db.session(autocommit=True) as session:
             await rows_of(session, select(func.pg_sleep(bindparam("s", type_=Float)), literal(1)), {"s": 5.0})
 
-    task = asyncio.create_task(slow_read())
-    for _ in range(200):  # until the statement is running on the server
-        await asyncio.sleep(0.01)
-        if pool.checkedout():
-            break
-    await asyncio.sleep(0.1)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    with _invalidations(pg_db) as invalidated:
+        task = asyncio.create_task(slow_read())
+        for _ in range(200):  # until the statement is running on the server
+            await asyncio.sleep(0.01)
+            if pool.checkedout():
+                break
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert invalidated == [1]  # discarded, not handed to the next request mid-cancellation
     assert pool.checkedout() == 0
     async with pg_db.session(autocommit=True) as session:
         assert [tuple(r) for r in await rows_of(session, select(literal(8)))] == [(8,)]
