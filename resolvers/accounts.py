@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Join,
     Select,
@@ -34,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 from sqlalchemy.orm import join as orm_join
-from sqlalchemy.sql.visitors import replacement_traverse
+from sqlalchemy.sql.visitors import InternalTraversal, replacement_traverse
 from sqlalchemy.types import NullType, TypeEngine
 
 from uidhub.db import in_autocommit, invalidate, rows_of
@@ -522,29 +523,46 @@ def _escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _scan_search(term: str) -> ColumnElement[bool]:
-    """UID prefix or nickname/remarks substring, case-insensitive: the reference semantics of `search`."""
+def _scan_binds(term: str) -> tuple[BindParameter[str], BindParameter[str]]:
     like = _escape_like(term.lower())
+    return bindparam(None, f"{like}%", String()), bindparam(None, f"%{like}%", String())
+
+
+def _scan_condition(
+    prefix: BindParameter[str], nickname: BindParameter[str], remarks: BindParameter[str]
+) -> ColumnElement[bool]:
+    """UID prefix or nickname/remarks substring, case-insensitive: the reference semantics of `search`."""
     return or_(
-        func.lower(Account.uid).like(f"{like}%", escape="\\"),
-        func.lower(Account.nickname).like(f"%{like}%", escape="\\"),
-        func.lower(Account.remarks).like(f"%{like}%", escape="\\"),
+        func.lower(Account.uid).like(prefix, escape="\\"),
+        func.lower(Account.nickname).like(nickname, escape="\\"),
+        func.lower(Account.remarks).like(remarks, escape="\\"),
     )
 
 
 class SearchMatch(ColumnElement[bool]):
-    """`search` through the database's indexes, with the same results as `_scan_search`.
+    """`search` through the database's indexes, with the same results as `_scan_condition`.
 
     PostgreSQL: the UID prefix as ranges of a `varchar_pattern_ops` index (one per case spelling, see
     `case_variants`; ILIKE through a pg_trgm index past MAX_PREFIX_VARIANTS), nickname and remarks by
     ILIKE through pg_trgm GIN indexes. SQLite: the ids the FTS5 trigram table `account_search` matches
-    (a superset: the term anywhere in any of the three columns), narrowed by `_scan_search` to exactly
-    its semantics. Terms shorter than `TRIGRAM_MIN` have no trigram: they use `_scan_search` alone,
+    (a superset: the term anywhere in any of the three columns), narrowed by `_scan_condition` to exactly
+    its semantics. Terms shorter than `TRIGRAM_MIN` have no trigram: they use `_scan_condition` alone,
     which walks the partner's rows in list order (cheap when a 1–2 character term matches often, as it
     almost always does; a full scan of the partner when it matches nothing).
+
+    Cacheable: the term's values are bind parameters built here and listed in `_traverse_internals`, so
+    SQLAlchemy's compiled cache keys a statement on the term's *shape* (short or not, how many UID case
+    spellings) and substitutes a new term's values on a cache hit. Before, the class opted out of caching
+    and every search request compiled its whole statement again (about 10 ms of a 30 ms request).
     """
 
-    inherit_cache = False
+    # The key: the shape (what `_compile_search` renders depends on it), the table matched and the binds (their
+    # values are extracted per statement, not keyed).
+    _traverse_internals = [
+        ("shape", InternalTraversal.dp_plain_obj),
+        ("on_accounts", InternalTraversal.dp_boolean),
+        ("binds", InternalTraversal.dp_clauseelement_tuple),
+    ]
     # Untyped on purpose: a Boolean-typed element would be rendered `(…) = 1` on SQLite, which hides the
     # `account_id IN (…)` term from its planner.
     type = cast("TypeEngine[bool]", NullType())
@@ -553,30 +571,50 @@ class SearchMatch(ColumnElement[bool]):
         self.term = term
         # SQLite: match `accounts.id` rather than the listing's `account_id` (a query without the listing).
         self.on_accounts = on_accounts
+        prefix, substring = _scan_binds(term)
+        # The scan's binds (short terms, and SQLite's narrowing), one per use so that no dialect renders a bind twice.
+        scan = (prefix, substring, bindparam(None, substring.value, String()))
+        if len(term) < TRIGRAM_MIN:
+            self.shape: tuple[Any, ...] = ("scan",)
+            self.binds: tuple[BindParameter[Any], ...] = scan
+            return
+        like = _escape_like(term)
+        variants = case_variants(term)
+        # PostgreSQL's UID prefix: one literal_execute pattern per spelling (rendered inline at execution, so
+        # the planner sees constant prefixes, see `_uid_prefix_pg`), or one ILIKE pattern past the limit.
+        uid: tuple[BindParameter[str], ...] = (
+            (bindparam(None, f"{like}%", String()),)
+            if variants is None
+            else tuple(bindparam(None, f"{_escape_like(v)}%", String(), literal_execute=True) for v in variants)
+        )
+        self.shape = ("index", variants is None, len(uid))
+        phrase = bindparam(None, '"' + term.replace('"', '""') + '"', String())
+        substrings = (bindparam(None, f"%{like}%", String()), bindparam(None, f"%{like}%", String()))
+        self.binds = (*scan, phrase, *substrings, *uid)
 
 
 @compiles(SearchMatch)
-def _compile_search_default(element: SearchMatch, compiler: Any, **kw: Any) -> str:
-    term = element.term
-    if len(term) < TRIGRAM_MIN:
-        return f"({compiler.process(_scan_search(term), **kw)})"
+def _compile_search(element: SearchMatch, compiler: Any, **kw: Any) -> str:
+    binds = element.binds
+    scan = _scan_condition(*binds[:3])
+    if element.shape[0] == "scan":
+        return f"({compiler.process(scan, **kw)})"
+    phrase, nickname, remarks, *uid = binds[3:]
     if compiler.dialect.name == "postgresql":
-        like = _escape_like(term)
         # The substrings first: PostgreSQL evaluates an OR in the order written, once per row the bitmaps
         # return (and again as a filter), and a common term's matches are nickname matches, which then cost one
         # ILIKE each instead of the up to 16 LIKEs of the UID spellings first (a third of the scan at 11,111
         # matches).
         expr = or_(
-            Account.nickname.ilike(f"%{like}%", escape="\\"),
-            Account.remarks.ilike(f"%{like}%", escape="\\"),
-            _uid_prefix_pg(term),
+            Account.nickname.ilike(nickname, escape="\\"),
+            Account.remarks.ilike(remarks, escape="\\"),
+            _uid_prefix_pg(uid, trigram=element.shape[1]),
         )
         return f"({compiler.process(expr, **kw)})"
     fts = table("account_search", column("rowid"), column("account_search"))
-    phrase = '"' + term.replace('"', '""') + '"'
-    candidates = select(fts.c.rowid).where(fts.c.account_search.op("MATCH")(bindparam(None, phrase, String())))
+    candidates = select(fts.c.rowid).where(fts.c.account_search.op("MATCH")(phrase))
     matched = Account.id if element.on_accounts else L.account_id
-    return f"({compiler.process(and_(matched.in_(candidates), _scan_search(term)), **kw)})"
+    return f"({compiler.process(and_(matched.in_(candidates), scan), **kw)})"
 
 
 #: Case variants of a UID prefix searched through the pattern index before falling back to the trigram index.
@@ -600,19 +638,14 @@ def case_variants(term: str) -> list[str] | None:
     return variants
 
 
-def _uid_prefix_pg(term: str) -> ColumnElement[bool]:
-    variants = case_variants(term)
-    if variants is None:
-        return Account.uid.ilike(f"{_escape_like(term)}%", escape="\\")  # the trigram index
+def _uid_prefix_pg(patterns: Sequence[BindParameter[str]], trigram: bool) -> ColumnElement[bool]:
+    """A case-insensitive UID prefix on PostgreSQL, from `SearchMatch`'s binds."""
+    if trigram:
+        return Account.uid.ilike(patterns[0], escape="\\")  # the trigram index
     # Inlined patterns (literal_execute): the planner sees a constant prefix on every execution, which is what
-    # lets it turn LIKE into an index range even under a generic prepared-statement plan.
-    return or_(
-        *(
-            # (No ESCAPE clause: backslash is LIKE's default escape, and a constant pattern is what the planner needs.)
-            Account.uid.like(bindparam(None, f"{_escape_like(v)}%", String(), literal_execute=True))
-            for v in variants
-        )
-    )
+    # lets it turn LIKE into an index range even under a generic prepared-statement plan. (No ESCAPE clause:
+    # backslash is LIKE's default escape, and a constant pattern is what the planner needs.)
+    return or_(*(Account.uid.like(pattern) for pattern in patterns))
 
 
 def _flag(column: ColumnElement[bool] | InstrumentedAttribute[bool], value: bool) -> ColumnElement[bool]:

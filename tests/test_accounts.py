@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
+from sqlalchemy.engine.default import CACHE_HIT
 
 from tests.support.accounts import (
     audit_of,
@@ -454,6 +455,30 @@ async def test_search_pages_in_every_order(api: Api, candidates_max: int, monkey
                     after = data["pageInfo"]["endCursor"]
                     assert len(walked) <= len(expected_rows)
                 assert walked == expected_order(expected_rows, field, direction == "DESC"), (term, order)
+
+
+async def test_a_search_statement_is_compiled_once_per_shape(api: Api) -> None:
+    """Two terms of the same shape (length ≥ 3, as many UID case spellings) run one cached statement with each
+    term's own values. Before, `SearchMatch` opted out of SQLAlchemy's compiled cache and every search request
+    compiled its whole statement again (about a third of a search request)."""
+    for uid, nickname in (("U1", "kiwi fruit"), ("U2", "lime pie"), ("U3", "kiwano")):
+        await link(api, uid, nickname=nickname)
+    searches: list[Any] = []
+
+    def record(_c: Any, _cur: Any, statement: str, _p: Any, context: Any, _many: bool) -> None:
+        if context is not None and ("ILIKE" in statement or "account_search" in statement):
+            searches.append(context.cache_hit)
+
+    event.listen(api.db.engine.sync_engine, "after_cursor_execute", record)
+    try:
+        # "kiwi" and "lime" both have 16 ASCII case spellings: one shape, two sets of values.
+        assert set(await listed(api, {"search": "kiwi"})) == {"U1"}
+        assert set(await listed(api, {"search": "lime"})) == {"U2"}
+        assert set(await listed(api, {"search": "KIWA"})) == {"U3"}
+    finally:
+        event.remove(api.db.engine.sync_engine, "after_cursor_execute", record)
+    assert searches, "no search statement seen"
+    assert searches[-1] is CACHE_HIT, searches
 
 
 async def test_cursor_stays_valid_while_rows_are_added(api: Api) -> None:
