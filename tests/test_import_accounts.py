@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import logging
+import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
 
 from tests.support.api import make_partner
 from tests.test_cli import run
@@ -237,3 +240,43 @@ async def test_a_failed_write_links_nothing(db: Database, tmp_path: Path, monkey
     assert calls == 4
     assert await _counts(db) == before
     await check_counters(db, import_actor(partner))
+
+
+# ---------------------------------------------------------------- PostgreSQL: the search indexes after an import
+
+
+async def test_an_import_leaves_no_pending_search_entries(pg_db: Database, tmp_path: Path) -> None:
+    """The trigram indexes' pending lists are merged once the import has committed: no search after it reads
+    them. Before, they held what the import wrote until autovacuum merged it (never, where it is off)."""
+    await make_partner(pg_db, "P-IMP")
+    rows = [[f"U{i}", f"Customer {i}", "", f"Remarks {i}", "", "", ""] for i in range(300)]
+    assert await import_accounts(pg_db, "P-IMP", write_csv(tmp_path / "many.csv", rows)) == 300
+    async with pg_db.engine.connect() as conn:
+        for name in import_accounts_module.TRIGRAM_INDEXES:
+            # The number of pending pages merged now: none are left.
+            left = await conn.scalar(text("SELECT gin_clean_pending_list(to_regclass(:name))"), {"name": name})
+            assert left == 0, name
+
+
+async def test_a_user_who_may_not_flush_the_search_indexes_gets_a_warning(
+    pg_db: Database, pg_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only an index's owner may merge its pending list: another database user's import still succeeds (it
+    has committed) and is told why searches may read the pending entries for a while."""
+    role = f"uidhub_limited_{uuid.uuid4().hex[:8]}"
+    async with pg_db.engine.connect() as conn:
+        await conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        await conn.execute(text(f"GRANT USAGE ON SCHEMA public TO {role}"))
+        await conn.commit()
+    limited = Database(make_url(pg_database_url).set(username=role).render_as_string(hide_password=False))
+    try:
+        with caplog.at_level(logging.WARNING, logger="uidhub.import_accounts"):
+            await import_accounts_module.flush_search_pending(limited)
+        warned = [r.getMessage() for r in caplog.records if "not allowed to flush" in r.getMessage()]
+        assert len(warned) == len(import_accounts_module.TRIGRAM_INDEXES), warned
+    finally:
+        await limited.dispose()
+        async with pg_db.engine.connect() as conn:
+            await conn.execute(text(f"DROP OWNED BY {role}"))
+            await conn.execute(text(f"DROP ROLE {role}"))
+            await conn.commit()
