@@ -6,7 +6,7 @@ from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from uidhub.db import Database
 from uidhub.migrate import upgrade
@@ -43,3 +43,15 @@ async def test_upgrade_is_idempotent(db: Database) -> None:
     await upgrade(db.url)
     async with db.engine.connect() as conn:
         assert await conn.run_sync(_diff) == []
+
+
+async def test_trigram_indexes_have_a_small_pending_list(pg_db: Database) -> None:
+    """0007: every search reads a trigram index's whole pending list, so it is bounded to 256 kB (32 pages)
+    instead of the server's 4 MB."""
+    query = text(
+        "SELECT relname, reloptions FROM pg_class WHERE relname IN "
+        "('ix_accounts_uid_trgm', 'ix_accounts_nickname_trgm', 'ix_accounts_remarks_trgm')"
+    )
+    async with pg_db.engine.connect() as conn:
+        options = dict((await conn.execute(query)).all())
+    assert options == {name: ["gin_pending_list_limit=256"] for name in options} and len(options) == 3
