@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import event, func, select
 from sqlalchemy.engine.default import CACHE_HIT
 
@@ -479,6 +483,19 @@ async def test_a_search_statement_is_compiled_once_per_shape(api: Api) -> None:
         event.remove(api.db.engine.sync_engine, "after_cursor_execute", record)
     assert searches, "no search statement seen"
     assert searches[-1] is CACHE_HIT, searches
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=12), term=st.text(min_size=1, max_size=4))
+def test_sqlite_like_ignores_case_as_lower_like_does(text: str, term: str) -> None:
+    """SQLite's search narrowing compares `x LIKE p` instead of `lower(x) LIKE p` (no new string per row):
+    the same verdict for any text, because SQLite's LIKE ignores ASCII case and its lower() folds nothing else."""
+    pattern = "%" + accounts_resolvers._escape_like(term.lower()) + "%"
+    with closing(sqlite3.connect(":memory:")) as conn:
+        plain, folded = conn.execute(
+            "SELECT ? LIKE ? ESCAPE '\\', lower(?) LIKE ? ESCAPE '\\'", (text, pattern, text, pattern)
+        ).fetchone()
+    assert plain == folded
 
 
 async def test_cursor_stays_valid_while_rows_are_added(api: Api) -> None:
