@@ -462,27 +462,35 @@ async def test_search_pages_in_every_order(api: Api, candidates_max: int, monkey
 
 
 async def test_a_search_statement_is_compiled_once_per_shape(api: Api) -> None:
-    """Two terms of the same shape (length ≥ 3, as many UID case spellings) run one cached statement with each
-    term's own values. Before, `SearchMatch` opted out of SQLAlchemy's compiled cache and every search request
-    compiled its whole statement again (about a third of a search request)."""
-    for uid, nickname in (("U1", "kiwi fruit"), ("U2", "lime pie"), ("U3", "kiwano")):
+    """Terms of the same shape (length ≥ 3, as many UID case spellings) run one cached statement, each with
+    its own values: nickname substrings and UID prefixes alike (those are inlined at execution). Before,
+    `SearchMatch` opted out of SQLAlchemy's compiled cache and every search request compiled its whole
+    statement again (about a third of a search request)."""
+    for uid, nickname in (("U1", "kiwi fruit"), ("U2", "lime pie"), ("U3", "kiwano"), ("ABC1", None), ("XYZ1", None)):
         await link(api, uid, nickname=nickname)
-    searches: list[Any] = []
+    seen: list[Any] = []
 
     def record(_c: Any, _cur: Any, statement: str, _p: Any, context: Any, _many: bool) -> None:
         if context is not None and ("ILIKE" in statement or "account_search" in statement):
-            searches.append(context.cache_hit)
+            seen.append(context.cache_hit)
 
     event.listen(api.db.engine.sync_engine, "after_cursor_execute", record)
     try:
-        # "kiwi" and "lime" both have 16 ASCII case spellings: one shape, two sets of values.
+        # Four letters, 16 ASCII case spellings each: one shape.
         assert set(await listed(api, {"search": "kiwi"})) == {"U1"}
+        first = len(seen)
         assert set(await listed(api, {"search": "lime"})) == {"U2"}
         assert set(await listed(api, {"search": "KIWA"})) == {"U3"}
+        middle = len(seen)
+        # Three letters (8 spellings), matched by UID prefix only.
+        assert set(await listed(api, {"search": "abc"})) == {"ABC1"}
+        third = len(seen)
+        assert set(await listed(api, {"search": "xyz"})) == {"XYZ1"}
     finally:
         event.remove(api.db.engine.sync_engine, "after_cursor_execute", record)
-    assert searches, "no search statement seen"
-    assert searches[-1] is CACHE_HIT, searches
+    assert first > 0, "no search statement seen"
+    assert seen[first:middle] and all(hit is CACHE_HIT for hit in seen[first:middle]), seen
+    assert seen[third:] and all(hit is CACHE_HIT for hit in seen[third:]), seen
 
 
 @settings(max_examples=300, deadline=None)
