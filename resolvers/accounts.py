@@ -1040,6 +1040,36 @@ def _page_row(values: Sequence[Any]) -> tuple[AccountRow, Any, PoolRow | None, A
     return account, values[ACCOUNT_WIDTH], pool, account_at(values, ACCOUNT_WIDTH + 1 + POOL_WIDTH)
 
 
+#: The masters-only partial index of each order that has one (models.listing).
+OWNER_INDEXES = {
+    "LINKED_AT": "ix_account_listing_owner_linked",
+    "AVAILABLE_QUOTA": "ix_account_listing_owner_available",
+}
+
+
+def _owner_index(f: EndUserQuery, sort_field: str) -> str | None:
+    """The masters-only partial index SQLite must walk for `f` (includeSubAccounts: false), or None.
+
+    Why: SQLite's planner walks the full (partner, order, uid) index and skips sub-accounts rather than take
+    the partial index of the same order, whatever the statistics say. When the newest accounts are sub-accounts
+    (a partner that linked its masters first, then their sub-accounts: the bench's 1M data) a page walked
+    every one of them: 41–47 ms at a million accounts against 0.4 ms through the partial index. PostgreSQL
+    picks the partial index itself (the hint is SQLite's only). Left to the planner when another condition
+    has an index of its own (a flag, account types, UIDs, a search) or the order has no masters-only index.
+    """
+    if f.include_sub_accounts or sort_field not in OWNER_INDEXES:
+        return None
+    flagged = (
+        f.payg_freeze_status is PaygFreezeStatus.FROZEN
+        or f.purchase_control is PurchaseControl.BANNED
+        or bool(f.credit_control_statuses)
+        or f.below_warning_level is True
+    )
+    if flagged or f.account_types or f.uids is not None or f.search:
+        return None
+    return OWNER_INDEXES[sort_field]
+
+
 def query_key(f: EndUserQuery) -> tuple[Any, ...]:
     """`f` as a hashable value (its sequences as tuples): a key of `page_statement`'s cache."""
     return tuple(tuple(v) if isinstance(v, list | tuple) else v for v in vars(f).values())
@@ -1064,18 +1094,24 @@ def page_statement(
     conditions = filter_conditions(_Viewer(partner_id, account_id), f)
     order = _order(sort)
 
+    owner_index = _owner_index(f, sort_field)
+
+    def page_select(related: bool, reads: frozenset[str] | None) -> Select[Any]:
+        query = _page_select(sort_field, related, reads)
+        return query if owner_index is None else query.with_hint(L, f"INDEXED BY {owner_index}", "sqlite")
+
     @functools.lru_cache(maxsize=16)
     def first_page(related: bool, reads: frozenset[str] | None, limit: int) -> Select[Any]:
         # The pool and master are joined anyway; selecting them lets nested fields answer without loading them
         # again. Plain rows, not entities: see models.rows.
-        return _page_select(sort_field, related, reads).where(*conditions).order_by(*order).limit(limit)
+        return page_select(related, reads).where(*conditions).order_by(*order).limit(limit)
 
     def statement(
         related: bool, reads: frozenset[str] | None, start: tuple[Any, str] | None, limit: int
     ) -> Select[Any]:
         if start is None:
             return first_page(related, reads, limit)
-        query = _page_select(sort_field, related, reads).where(*conditions, _after(sort, *start))
+        query = page_select(related, reads).where(*conditions, _after(sort, *start))
         return query.order_by(*order).limit(limit)
 
     return statement

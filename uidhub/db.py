@@ -32,11 +32,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Executable, event, text
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
-from sqlalchemy.sql.compiler import WARN_LINTING
+from sqlalchemy.sql import FromClause
+from sqlalchemy.sql.compiler import WARN_LINTING, SQLCompiler
 
 from uidhub.notifications.log import commit
 
@@ -71,6 +73,19 @@ def postgres_connect_args(statement_timeout: float, connect_timeout: float) -> d
         "command_timeout": statement_timeout + CLIENT_TIMEOUT_SLACK_SECONDS,
         "server_settings": {"statement_timeout": str(max(1, round(statement_timeout * 1000)))},
     }
+
+
+def _sqlite_from_hint(_compiler: SQLCompiler, _table: FromClause, text: str | None) -> str | None:
+    """Render `Select.with_hint(table, "INDEXED BY …", "sqlite")` after the table's name.
+
+    SQLAlchemy's SQLite compiler drops FROM hints (the base compiler's `get_from_hint_text` returns None), and
+    SQLite's `INDEXED BY` clause goes exactly there. Only statements that ask for a "sqlite" hint change:
+    the listing's masters-only pages (resolvers.accounts._owner_index).
+    """
+    return text
+
+
+SQLiteCompiler.get_from_hint_text = _sqlite_from_hint  # type: ignore[method-assign,assignment]
 
 
 def _sqlite_setup(engine: AsyncEngine) -> None:
