@@ -125,19 +125,23 @@ def write_file(path: Path, accounts: int) -> None:
 
 
 async def mark_some(db: Database) -> None:
-    """A few frozen, banned, shut down and below-warning accounts, through plain UPDATEs (triggers follow)."""
+    """A few frozen, banned, shut down and below-warning accounts, through plain UPDATEs (triggers follow).
+
+    Each flag marks more than a page (101 rows) even at 10,000 accounts: with 1 in 200–300 marked, as before,
+    the small database's flag pages held 34–50 rows against 101 at 1M, and their ratios compared page sizes.
+    """
     async with db.write() as session:
-        await session.execute(text("UPDATE accounts SET payg_freeze = 'FROZEN' WHERE id % 200 = 7"))
-        await session.execute(text("UPDATE accounts SET purchase_control = 'BANNED' WHERE id % 300 = 11"))
-        await session.execute(text("UPDATE accounts SET account_type = 'ENTERPRISE' WHERE id % 100 = 3"))
+        await session.execute(text("UPDATE accounts SET payg_freeze = 'FROZEN' WHERE id % 40 = 7"))
+        await session.execute(text("UPDATE accounts SET purchase_control = 'BANNED' WHERE id % 60 = 11"))
+        await session.execute(text("UPDATE accounts SET account_type = 'ENTERPRISE' WHERE id % 50 = 3"))
         await session.execute(
             text(
                 "UPDATE quota_pools SET undeducted_cents = amount_cents + 100, credit_control_status = 'SHUTDOWN' "
-                "WHERE id % 250 = 5"
+                "WHERE id % 70 = 5"
             )
         )
         await session.execute(
-            text("UPDATE quota_pools SET undeducted_cents = amount_cents * 9 / 10 WHERE id % 10 = 0 AND id % 250 <> 5")
+            text("UPDATE quota_pools SET undeducted_cents = amount_cents * 9 / 10 WHERE id % 10 = 0 AND id % 70 <> 5")
         )
 
 
