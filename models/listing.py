@@ -142,9 +142,9 @@ def type_counter(account_type: AccountType) -> str:
 # varchar_pattern_ops index on uid for prefixes. SQLite searches through the FTS5 table `account_search`.
 # Migration 0004_scale creates them with raw DDL (the extension must exist first), so they are not part of
 # this metadata: `Base.metadata.create_all` stays usable on a database without pg_trgm.
-POSTGRES_ONLY_INDEXES = frozenset(
-    {"ix_accounts_uid_trgm", "ix_accounts_nickname_trgm", "ix_accounts_remarks_trgm", "ix_accounts_uid_pattern"}
-)
+#: The trigram GIN indexes (whose pending lists an import merges: uidhub.import_accounts.flush_search_pending).
+TRIGRAM_INDEXES = ("ix_accounts_nickname_trgm", "ix_accounts_remarks_trgm", "ix_accounts_uid_trgm")
+POSTGRES_ONLY_INDEXES = frozenset({*TRIGRAM_INDEXES, "ix_accounts_uid_pattern"})
 
 
 def include_in_schema_compare(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:

@@ -19,6 +19,7 @@ from uidhub.db import Database
 from uidhub.import_accounts import HEADER, ImportFailed, import_accounts, import_actor
 from uidhub.models import Account, AuditEntry, Partner, QuotaAdjustment, QuotaPool
 from uidhub.models.enums import AccountType, AuditAction, PartnerKind, QuotaOperationType
+from uidhub.models.listing import TRIGRAM_INDEXES
 from uidhub.resolvers import accounts
 
 
@@ -252,7 +253,7 @@ async def test_an_import_leaves_no_pending_search_entries(pg_db: Database, tmp_p
     rows = [[f"U{i}", f"Customer {i}", "", f"Remarks {i}", "", "", ""] for i in range(300)]
     assert await import_accounts(pg_db, "P-IMP", write_csv(tmp_path / "many.csv", rows)) == 300
     async with pg_db.engine.connect() as conn:
-        for name in import_accounts_module.TRIGRAM_INDEXES:
+        for name in TRIGRAM_INDEXES:
             # The number of pending pages merged now: none are left.
             left = await conn.scalar(text("SELECT gin_clean_pending_list(to_regclass(:name))"), {"name": name})
             assert left == 0, name
@@ -273,7 +274,7 @@ async def test_a_user_who_may_not_flush_the_search_indexes_gets_a_warning(
         with caplog.at_level(logging.WARNING, logger="uidhub.import_accounts"):
             await import_accounts_module.flush_search_pending(limited)
         warned = [r.getMessage() for r in caplog.records if "not allowed to flush" in r.getMessage()]
-        assert len(warned) == len(import_accounts_module.TRIGRAM_INDEXES), warned
+        assert len(warned) == len(TRIGRAM_INDEXES), warned
     finally:
         await limited.dispose()
         async with pg_db.engine.connect() as conn:

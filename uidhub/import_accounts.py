@@ -50,6 +50,7 @@ from uidhub.models.enums import (
     Role,
     ShutdownPolicy,
 )
+from uidhub.models.listing import TRIGRAM_INDEXES
 from uidhub.models.money import MoneyError, format_money, parse_money
 from uidhub.notifications import log
 from uidhub.resolvers import accounts, counters
@@ -611,10 +612,6 @@ async def import_accounts(
     if rows:
         await flush_search_pending(db)
     return len(rows)
-
-
-#: The trigram GIN indexes of `accounts` (migration 0004_scale) that `search` reads on PostgreSQL.
-TRIGRAM_INDEXES = ("ix_accounts_nickname_trgm", "ix_accounts_remarks_trgm", "ix_accounts_uid_trgm")
 
 
 async def flush_search_pending(db: Database) -> None:
